@@ -1,0 +1,470 @@
+//! Configuration: loading (TOML or YAML by extension, `REARGUARD_` environment
+//! overrides), validation into domain types, and the worst-case detection time of rules.
+//!
+//! Loading is two-staged: `raw` is a serde mirror of the file, `validate` turns it into
+//! the types below and collects every error with its path. Secrets are read here, once,
+//! and are held as `SecretString` so they never reach a log or a report. This module
+//! performs no network I/O.
+
+mod load;
+mod raw;
+mod validate;
+pub mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+pub use load::{load, load_str, Format};
+pub use units::{Cmp, Condition, Threshold, Unit};
+
+/// A validated configuration. Cross references (a rule's signal, a target's plan) are
+/// resolved to indices into the vectors here.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub daemon: Daemon,
+    pub targets: Vec<Target>,
+    pub signals: Vec<Signal>,
+    pub rules: Vec<Rule>,
+    pub plans: Vec<Plan>,
+    pub notifiers: Vec<Notifier>,
+    pub escalation: Vec<EscalationLevel>,
+}
+
+/// Settings of the daemon process itself (`[daemon]`).
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    /// Where incident reports and state are written.
+    pub state_dir: PathBuf,
+    /// The address of rearguard's own HTTP listener.
+    pub listen: SocketAddr,
+    pub mode: Mode,
+    /// How often the engine is ticked to expire windows and fire timers.
+    pub tick: Duration,
+    /// How long a shutdown waits for an in-flight step to reach a safe point.
+    pub drain_timeout: Duration,
+    /// The default time a source may fail before the watchdog declares itself blind.
+    pub blind_after: Duration,
+}
+
+/// `enforce` acts; `shadow` decides and notifies but never runs a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    Shadow,
+}
+
+/// Something watched and rolled back as a unit (`[[target]]`).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    /// The plan run when one of the target's rules fires; `None` means escalate only.
+    pub plan: Option<usize>,
+    /// Automatic action only when a breach began within this time after the latest change.
+    pub blame_window: Duration,
+    /// Minimum time between the end of one rollback and the start of the next.
+    pub cooldown: Duration,
+    pub max_rollbacks: u32,
+    pub rollback_period: Duration,
+    pub change: Option<ChangeSpec>,
+}
+
+/// How a change of a target is detected.
+#[derive(Debug, Clone)]
+pub enum ChangeSpec {
+    /// The revision is the name of the directory a `current` symlink points at.
+    ReleaseSymlink { path: PathBuf, interval: Duration },
+    /// The revision is what a command prints on stdout (trimmed).
+    Exec { command: Vec<String>, interval: Duration, timeout: Duration },
+    /// The Deployment's revision (watched by the Kubernetes source).
+    KubeDeployment { namespace: String, deployment: String },
+}
+
+/// A measured quantity of a target (`[[signal]]`).
+#[derive(Debug, Clone)]
+pub struct Signal {
+    pub name: String,
+    pub target: usize,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub blind_after: Duration,
+    pub source: SourceSpec,
+}
+
+/// What kind of reading a signal produces; it decides which conditions apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalKind {
+    /// Pass or fail (probes, smoke tests).
+    Check,
+    /// A number (latency in seconds, a gauge).
+    Number,
+    /// A ratio of errors to requests, with the request count.
+    Rate,
+    /// Distinct events (OOM kills), counted in a window.
+    Event,
+}
+
+impl SignalKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SignalKind::Check => "check",
+            SignalKind::Number => "number",
+            SignalKind::Rate => "rate",
+            SignalKind::Event => "event",
+        }
+    }
+}
+
+impl Signal {
+    pub fn kind(&self) -> SignalKind {
+        match &self.source {
+            SourceSpec::HttpProbe(_) | SourceSpec::Exec(_) => SignalKind::Check,
+            SourceSpec::Prometheus(p) => match p.query {
+                PromQuery::ErrorRate { .. } => SignalKind::Rate,
+                PromQuery::Latency { .. } | PromQuery::Expr(_) => SignalKind::Number,
+            },
+            SourceSpec::CgroupOom { .. } | SourceSpec::KubePods { .. } => SignalKind::Event,
+        }
+    }
+}
+
+/// Where a signal's readings come from.
+#[derive(Debug, Clone)]
+pub enum SourceSpec {
+    HttpProbe(HttpProbeSpec),
+    Exec(ExecSpec),
+    Prometheus(PrometheusSpec),
+    CgroupOom { cgroup: PathBuf },
+    KubePods { namespace: String, selector: String, event: String },
+}
+
+impl SourceSpec {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SourceSpec::HttpProbe(_) => "http_probe",
+            SourceSpec::Exec(_) => "exec",
+            SourceSpec::Prometheus(_) => "prometheus",
+            SourceSpec::CgroupOom { .. } => "cgroup_oom",
+            SourceSpec::KubePods { .. } => "kube_pods",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpProbeSpec {
+    pub url: reqwest::Url,
+    pub method: reqwest::Method,
+    pub expect_status: Vec<u16>,
+    pub body_contains: Option<String>,
+    /// A JSON pointer (`/status`) and the value it must equal.
+    pub json: Option<(String, serde_json::Value)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    /// The program and its arguments; never run through a shell.
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PrometheusSpec {
+    pub url: reqwest::Url,
+    pub query: PromQuery,
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum PromQuery {
+    ErrorRate { requests: String, errors: String },
+    Latency { histogram: String, quantile: f64 },
+    Expr(String),
+}
+
+/// A row of the trigger table (`[[rule]]`).
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub target: usize,
+    pub signal: usize,
+    pub when: Condition,
+    pub mode: RuleMode,
+    /// Once firing, the rule clears when this holds on every evaluation for `clear_for`.
+    pub clear: Condition,
+    pub clear_for: Duration,
+    /// Rate readings with fewer requests are insufficient samples.
+    pub min_requests: u64,
+    /// The one-sided confidence level (0.95) that the true rate is past the threshold.
+    pub confidence: Option<f64>,
+    /// How much history before a change forms the baseline of a `x baseline` condition.
+    pub baseline_window: Duration,
+    pub no_data: Policy,
+    pub insufficient: Policy,
+}
+
+/// How a rule turns a sequence of breaching evaluations into firing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleMode {
+    /// Every evaluation for this long breaches (Prometheus `for`).
+    Sustained { for_: Duration },
+    /// N breaching evaluations in a row.
+    Consecutive { n: u32 },
+    /// At least M of the last N evaluations breach.
+    MOfN { m: u32, n: u32 },
+    /// The count of distinct events within the window meets the condition.
+    Within { window: Duration },
+}
+
+impl RuleMode {
+    pub fn describe(&self) -> String {
+        match self {
+            RuleMode::Sustained { for_ } => format!("for {}", units::format_duration(*for_)),
+            RuleMode::Consecutive { n } => format!("{n} consecutive"),
+            RuleMode::MOfN { m, n } => format!("{m} of last {n}"),
+            RuleMode::Within { window } => format!("within {}", units::format_duration(*window)),
+        }
+    }
+}
+
+/// What a rule does with a reading that has no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Keep the current state; the reading neither breaches nor clears.
+    Hold,
+    Breach,
+    Ok,
+}
+
+impl Rule {
+    /// The longest time from fault onset to firing, given the signal's sampling: the
+    /// rule's own bound plus one sampling interval (the fault may begin just after a
+    /// sample) plus the source's timeout (the sample that sees it may take that long).
+    pub fn worst_case_detection(&self, signal: &Signal) -> Duration {
+        let i = signal.interval;
+        let own = match self.mode {
+            RuleMode::Sustained { for_ } => {
+                // Firing happens at the first evaluation at least `for` after the first
+                // breaching one; evaluations are one interval apart.
+                let steps = (for_.as_secs_f64() / i.as_secs_f64().max(1e-9)).ceil();
+                i.mul_f64(steps)
+            }
+            RuleMode::Consecutive { n } => i * n.saturating_sub(1),
+            RuleMode::MOfN { m, .. } => i * m.saturating_sub(1),
+            RuleMode::Within { .. } => Duration::ZERO,
+        };
+        let sampling = match self.mode {
+            // Events are pushed or polled each interval; either way one interval at most.
+            RuleMode::Within { .. } => i,
+            _ => i,
+        };
+        own + sampling + signal.timeout
+    }
+}
+
+/// An ordered rollback procedure with its verification (`[[plan]]`).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub name: String,
+    pub steps: Vec<Step>,
+    pub verify: Verify,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: String,
+    pub timeout: Duration,
+    /// Further attempts after a failed one.
+    pub retries: u32,
+    pub on_failure: OnFailure,
+    pub action: ActionSpec,
+}
+
+/// What a plan does when a step has failed all its attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Stop the plan and escalate.
+    Abort,
+    /// Record the failure and run the next step.
+    Continue,
+}
+
+#[derive(Debug, Clone)]
+pub enum ActionSpec {
+    Exec(ExecSpec),
+    ReleaseSwitch(ReleaseSwitchSpec),
+    Http(HttpCallSpec),
+}
+
+impl ActionSpec {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ActionSpec::Exec(_) => "exec",
+            ActionSpec::ReleaseSwitch(_) => "release_switch",
+            ActionSpec::Http(_) => "http",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReleaseSwitchSpec {
+    /// The symlink that names the running release.
+    pub current: PathBuf,
+    /// The directory holding one directory per release.
+    pub releases: PathBuf,
+    /// Run after the switch (argv, no shell).
+    pub restart: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpCallSpec {
+    pub method: reqwest::Method,
+    /// May hold placeholders such as `{incident}`; values are percent-encoded.
+    pub url: String,
+    pub headers: Vec<(String, HeaderValue)>,
+    /// May hold placeholders; values are escaped as JSON string content.
+    pub body: Option<String>,
+    pub expect_status: Vec<u16>,
+}
+
+/// A header value; secret values are never printed.
+#[derive(Clone)]
+pub enum HeaderValue {
+    Plain(String),
+    Secret(SecretString),
+}
+
+impl fmt::Debug for HeaderValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderValue::Plain(v) => write!(f, "{v:?}"),
+            HeaderValue::Secret(_) => f.write_str("[redacted]"),
+        }
+    }
+}
+
+/// How a plan's success is judged.
+#[derive(Debug, Clone)]
+pub struct Verify {
+    /// After the last step, the rules are watched this long.
+    pub window: Duration,
+    /// Rules that must be clear at the end of the window; empty means the rules that
+    /// opened the incident.
+    pub rules: Vec<usize>,
+}
+
+/// A place notifications go to (`[[notifier]]`).
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    pub name: String,
+    pub kind: NotifierKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifierKind {
+    /// The daemon's log and the incident report.
+    Log,
+}
+
+/// One rung of the escalation ladder (`[[escalation]]`).
+#[derive(Debug, Clone)]
+pub struct EscalationLevel {
+    pub name: String,
+    pub on: Vec<Occasion>,
+    /// Delay after the occasion before notifying; cancelled by acknowledgement or resolution.
+    pub after: Duration,
+    /// Repeat the notification this often until acknowledged or resolved.
+    pub repeat: Option<Duration>,
+    pub notify: Vec<usize>,
+}
+
+/// The moments of an incident's life that escalation levels react to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Occasion {
+    Opened,
+    RollbackStarted,
+    RollbackSucceeded,
+    RollbackFailed,
+    VerificationFailed,
+    NotRolledBack,
+    Blind,
+    Resolved,
+}
+
+impl Occasion {
+    pub const ALL: [Occasion; 8] = [
+        Occasion::Opened,
+        Occasion::RollbackStarted,
+        Occasion::RollbackSucceeded,
+        Occasion::RollbackFailed,
+        Occasion::VerificationFailed,
+        Occasion::NotRolledBack,
+        Occasion::Blind,
+        Occasion::Resolved,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Occasion::Opened => "opened",
+            Occasion::RollbackStarted => "rollback_started",
+            Occasion::RollbackSucceeded => "rollback_succeeded",
+            Occasion::RollbackFailed => "rollback_failed",
+            Occasion::VerificationFailed => "verification_failed",
+            Occasion::NotRolledBack => "not_rolled_back",
+            Occasion::Blind => "blind",
+            Occasion::Resolved => "resolved",
+        }
+    }
+}
+
+/// One configuration error with the path of the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `rule[2].for`; list indexes count from 0.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every error found in a configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    pub fn target_index(&self, name: &str) -> Option<usize> {
+        self.targets.iter().position(|t| t.name == name)
+    }
+
+    pub fn rule_index(&self, name: &str) -> Option<usize> {
+        self.rules.iter().position(|r| r.name == name)
+    }
+
+    pub fn signal_index(&self, name: &str) -> Option<usize> {
+        self.signals.iter().position(|s| s.name == name)
+    }
+}

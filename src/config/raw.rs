@@ -1,0 +1,299 @@
+//! The serde mirror of the configuration file: the first of the two stages.
+//!
+//! Every struct denies unknown fields so that a typo is an error, and every value that
+//! needs parsing (durations, percentages, conditions, URLs) is kept as text here, so that
+//! `validate` can report all bad values at once, each with its path. Nothing in this
+//! module is used past validation.
+
+use std::collections::BTreeMap;
+
+use figment::value::Value;
+use serde::Deserialize;
+
+/// The top level. Each list item stays an untyped value here and is deserialized on its
+/// own, so that one bad item does not hide the errors of the others.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub daemon: Option<Value>,
+    #[serde(default)]
+    pub target: Vec<Value>,
+    #[serde(default)]
+    pub signal: Vec<Value>,
+    #[serde(default)]
+    pub rule: Vec<Value>,
+    #[serde(default)]
+    pub plan: Vec<Value>,
+    #[serde(default)]
+    pub notifier: Vec<Value>,
+    #[serde(default)]
+    pub escalation: Vec<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    pub state_dir: Option<String>,
+    pub listen: Option<String>,
+    pub mode: Option<String>,
+    pub tick: Option<String>,
+    pub drain_timeout: Option<String>,
+    pub blind_after: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub name: String,
+    pub plan: Option<String>,
+    pub blame_window: Option<String>,
+    pub cooldown: Option<String>,
+    pub max_rollbacks: Option<u32>,
+    pub rollback_period: Option<String>,
+    pub change: Option<RawChange>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
+pub enum RawChange {
+    ReleaseSymlink {
+        path: String,
+        interval: Option<String>,
+    },
+    Exec {
+        command: Vec<String>,
+        interval: Option<String>,
+        timeout: Option<String>,
+    },
+    KubeDeployment {
+        namespace: String,
+        deployment: String,
+    },
+}
+
+/// A signal. Every variant repeats the common keys (`name`, `target`, `interval`,
+/// `timeout`, `blind_after`) because serde cannot deny unknown keys through `flatten`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
+pub enum RawSignal {
+    HttpProbe {
+        name: String,
+        target: String,
+        interval: Option<String>,
+        timeout: Option<String>,
+        blind_after: Option<String>,
+        url: String,
+        method: Option<String>,
+        expect_status: Option<Vec<u16>>,
+        body_contains: Option<String>,
+        json_pointer: Option<String>,
+        json_equals: Option<serde_json::Value>,
+    },
+    Exec {
+        name: String,
+        target: String,
+        interval: Option<String>,
+        timeout: Option<String>,
+        blind_after: Option<String>,
+        command: Vec<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        cwd: Option<String>,
+    },
+    Prometheus {
+        name: String,
+        target: String,
+        interval: Option<String>,
+        timeout: Option<String>,
+        blind_after: Option<String>,
+        url: String,
+        error_rate: Option<RawErrorRate>,
+        latency: Option<RawLatency>,
+        query: Option<String>,
+        window: Option<String>,
+    },
+    CgroupOom {
+        name: String,
+        target: String,
+        interval: Option<String>,
+        timeout: Option<String>,
+        blind_after: Option<String>,
+        cgroup: String,
+    },
+    KubePods {
+        name: String,
+        target: String,
+        interval: Option<String>,
+        timeout: Option<String>,
+        blind_after: Option<String>,
+        namespace: String,
+        selector: String,
+        event: String,
+    },
+}
+
+impl RawSignal {
+    /// The keys every signal has, whatever its type.
+    pub fn common(&self) -> RawSignalCommon<'_> {
+        match self {
+            RawSignal::HttpProbe { name, target, interval, timeout, blind_after, .. }
+            | RawSignal::Exec { name, target, interval, timeout, blind_after, .. }
+            | RawSignal::Prometheus { name, target, interval, timeout, blind_after, .. }
+            | RawSignal::CgroupOom { name, target, interval, timeout, blind_after, .. }
+            | RawSignal::KubePods { name, target, interval, timeout, blind_after, .. } => {
+                RawSignalCommon { name, target, interval, timeout, blind_after }
+            }
+        }
+    }
+}
+
+pub struct RawSignalCommon<'a> {
+    pub name: &'a str,
+    pub target: &'a str,
+    pub interval: &'a Option<String>,
+    pub timeout: &'a Option<String>,
+    pub blind_after: &'a Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawErrorRate {
+    pub requests: String,
+    pub errors: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLatency {
+    pub histogram: String,
+    pub quantile: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    pub signal: String,
+    pub when: Option<String>,
+    #[serde(rename = "for")]
+    pub for_: Option<String>,
+    pub consecutive: Option<u32>,
+    pub m_of_n: Option<[u32; 2]>,
+    pub within: Option<String>,
+    pub clear: Option<String>,
+    pub clear_for: Option<String>,
+    pub min_requests: Option<u64>,
+    pub confidence: Option<String>,
+    pub baseline_window: Option<String>,
+    pub no_data: Option<String>,
+    pub insufficient: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlan {
+    pub name: String,
+    #[serde(default)]
+    pub step: Vec<Value>,
+    pub verify: Option<RawVerify>,
+}
+
+/// A plan step. Every variant repeats the common keys (`name`, `timeout`, `retries`,
+/// `on_failure`) because serde cannot deny unknown keys through `flatten`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
+pub enum RawStep {
+    Exec {
+        name: Option<String>,
+        timeout: Option<String>,
+        retries: Option<u32>,
+        on_failure: Option<String>,
+        command: Vec<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        cwd: Option<String>,
+    },
+    ReleaseSwitch {
+        name: Option<String>,
+        timeout: Option<String>,
+        retries: Option<u32>,
+        on_failure: Option<String>,
+        current: String,
+        releases: Option<String>,
+        restart: Option<Vec<String>>,
+    },
+    Http {
+        name: Option<String>,
+        timeout: Option<String>,
+        retries: Option<u32>,
+        on_failure: Option<String>,
+        url: String,
+        method: Option<String>,
+        #[serde(default)]
+        headers: BTreeMap<String, RawHeaderValue>,
+        body: Option<String>,
+        expect_status: Option<Vec<u16>>,
+    },
+}
+
+impl RawStep {
+    pub fn common(&self) -> RawStepCommon<'_> {
+        match self {
+            RawStep::Exec { name, timeout, retries, on_failure, .. }
+            | RawStep::ReleaseSwitch { name, timeout, retries, on_failure, .. }
+            | RawStep::Http { name, timeout, retries, on_failure, .. } => {
+                RawStepCommon { name, timeout, retries: *retries, on_failure }
+            }
+        }
+    }
+}
+
+pub struct RawStepCommon<'a> {
+    pub name: &'a Option<String>,
+    pub timeout: &'a Option<String>,
+    pub retries: Option<u32>,
+    pub on_failure: &'a Option<String>,
+}
+
+/// A header value: plain text, or a secret read from a file or environment variable.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawHeaderValue {
+    Plain(String),
+    Secret(RawSecret),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    pub file: Option<String>,
+    pub env: Option<String>,
+    /// Text put before the secret, e.g. `"Bearer "`.
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    pub window: Option<String>,
+    pub rules: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotifier {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEscalation {
+    pub name: Option<String>,
+    pub on: Vec<String>,
+    pub after: Option<String>,
+    pub repeat: Option<String>,
+    pub notify: Vec<String>,
+}

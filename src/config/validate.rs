@@ -1,0 +1,862 @@
+//! The second configuration stage: from the serde mirror to domain types, collecting
+//! every error with its path instead of stopping at the first.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::value::Value;
+use secrecy::SecretString;
+use serde::de::DeserializeOwned;
+
+use super::load::figment_errors;
+use super::raw::*;
+use super::units::{parse_condition, parse_duration, parse_percent, Condition, Threshold, Unit};
+use super::*;
+
+/// Placeholders an action may use; each is also passed as `REARGUARD_<NAME>`.
+pub const PLACEHOLDERS: [&str; 5] = ["incident", "target", "rule", "from_revision", "to_revision"];
+
+struct Ctx<'a> {
+    errors: Vec<ConfigError>,
+    base_dir: &'a Path,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Deserializes one list item, recording its errors under `path`.
+    fn item<T: DeserializeOwned>(&mut self, path: &str, value: &Value) -> Option<T> {
+        match value.deserialize::<T>() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.errors.extend(figment_errors(path, e));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, path: String, value: &Option<String>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(text) => parse_duration(text).unwrap_or_else(|m| {
+                self.err(path, m);
+                default
+            }),
+        }
+    }
+
+    fn positive_duration(&mut self, path: String, value: &Option<String>, default: Duration) -> Duration {
+        let d = self.duration(path.clone(), value, default);
+        if d.is_zero() {
+            self.err(path, "must be greater than zero");
+            return default;
+        }
+        d
+    }
+
+    fn url(&mut self, path: String, text: &str) -> Option<reqwest::Url> {
+        match reqwest::Url::parse(text) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+            Ok(_) => {
+                self.err(path, format!("expected an http or https URL, got {text:?}"));
+                None
+            }
+            Err(e) => {
+                self.err(path, format!("expected a URL, got {text:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn method(&mut self, path: String, text: &Option<String>, default: reqwest::Method) -> reqwest::Method {
+        match text {
+            None => default,
+            Some(m) => match reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => m,
+                Err(_) => {
+                    self.err(path, format!("expected an HTTP method like \"POST\", got {m:?}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn statuses(&mut self, path: String, v: &Option<Vec<u16>>, default: &[u16]) -> Vec<u16> {
+        match v {
+            None => default.to_vec(),
+            Some(list) if list.is_empty() => {
+                self.err(path, "must list at least one status code");
+                default.to_vec()
+            }
+            Some(list) => {
+                for s in list {
+                    if !(100..=599).contains(s) {
+                        self.err(path.clone(), format!("{s} is not an HTTP status code"));
+                    }
+                }
+                list.clone()
+            }
+        }
+    }
+
+    fn argv(&mut self, path: &str, command: &[String], templated: bool) -> Vec<String> {
+        if command.is_empty() {
+            self.err(path, "must name a program: a list like [\"/usr/bin/true\"]");
+        }
+        for (i, arg) in command.iter().enumerate() {
+            let found = placeholders_in(arg);
+            if found.is_empty() {
+                continue;
+            }
+            if !templated {
+                self.err(format!("{path}[{i}]"), "placeholders are not available here");
+                continue;
+            }
+            for name in &found {
+                if !PLACEHOLDERS.contains(&name.as_str()) {
+                    self.err(format!("{path}[{i}]"), unknown_placeholder(name));
+                }
+            }
+            if !(found.len() == 1 && *arg == format!("{{{}}}", found[0])) {
+                let name = &found[0];
+                self.err(
+                    format!("{path}[{i}]"),
+                    format!(
+                        "placeholders are substituted only as whole arguments: write \"{{{name}}}\" as an argument of its own, or read the environment variable REARGUARD_{}",
+                        name.to_ascii_uppercase()
+                    ),
+                );
+            }
+        }
+        command.to_vec()
+    }
+
+    fn template(&mut self, path: String, text: &str) {
+        for name in placeholders_in(text) {
+            if !PLACEHOLDERS.contains(&name.as_str()) {
+                self.err(path.clone(), unknown_placeholder(&name));
+            }
+        }
+    }
+
+    fn secret(&mut self, path: String, raw: &RawSecret) -> Option<SecretString> {
+        let prefix = raw.prefix.clone().unwrap_or_default();
+        let value = match (&raw.file, &raw.env) {
+            (Some(file), None) => {
+                let p = self.base_dir.join(file);
+                match std::fs::read_to_string(&p) {
+                    Ok(s) => s.trim_end_matches(['\n', '\r']).to_owned(),
+                    Err(e) => {
+                        self.err(path, format!("cannot read secret file {}: {e}", p.display()));
+                        return None;
+                    }
+                }
+            }
+            (None, Some(var)) => match (self.env)(var) {
+                Some(v) => v,
+                None => {
+                    self.err(path, format!("environment variable {var} is not set"));
+                    return None;
+                }
+            },
+            _ => {
+                self.err(path, "a secret takes exactly one of `file` or `env`");
+                return None;
+            }
+        };
+        Some(SecretString::from(format!("{prefix}{value}")))
+    }
+
+    fn policy(&mut self, path: String, v: &Option<String>) -> Policy {
+        match v.as_deref() {
+            None | Some("hold") => Policy::Hold,
+            Some("breach") => Policy::Breach,
+            Some("ok") => Policy::Ok,
+            Some(other) => {
+                self.err(path, format!("expected \"hold\", \"breach\" or \"ok\", got {other:?}"));
+                Policy::Hold
+            }
+        }
+    }
+}
+
+fn unknown_placeholder(name: &str) -> String {
+    format!(
+        "unknown placeholder {{{name}}}; known: {}",
+        PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+    )
+}
+
+/// The names inside `{name}` where name is lowercase letters and underscores.
+pub fn placeholders_in(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        match after.find('}') {
+            Some(end) => {
+                let name = &after[..end];
+                if !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                    out.push(name.to_owned());
+                }
+                rest = &after[end..];
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+fn check_unique<'a>(ctx: &mut Ctx, section: &str, names: impl Iterator<Item = &'a str>) {
+    let mut seen = HashSet::new();
+    for (i, name) in names.enumerate() {
+        if name.is_empty() {
+            ctx.err(format!("{section}[{i}].name"), "must not be empty");
+        } else if !seen.insert(name) {
+            ctx.err(format!("{section}[{i}].name"), format!("{name:?} is used by an earlier {section}"));
+        }
+    }
+}
+
+pub fn validate(
+    raw: RawConfig,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let mut ctx = Ctx {
+        errors: Vec::new(),
+        base_dir,
+        env,
+    };
+    let daemon = daemon(&mut ctx, raw.daemon.as_ref());
+
+    let raw_targets: Vec<Option<RawTarget>> = items(&mut ctx, "target", &raw.target);
+    let raw_signals: Vec<Option<RawSignal>> = items(&mut ctx, "signal", &raw.signal);
+    let raw_rules: Vec<Option<RawRule>> = items(&mut ctx, "rule", &raw.rule);
+    let raw_plans: Vec<Option<RawPlan>> = items(&mut ctx, "plan", &raw.plan);
+    let raw_notifiers: Vec<Option<RawNotifier>> = items(&mut ctx, "notifier", &raw.notifier);
+    let raw_escalation: Vec<Option<RawEscalation>> = items(&mut ctx, "escalation", &raw.escalation);
+
+    // Names first, so that references can be resolved even when an item is invalid.
+    let target_names: Vec<&str> = raw_targets.iter().map(|t| t.as_ref().map_or("", |t| t.name.as_str())).collect();
+    let signal_names: Vec<&str> = raw_signals.iter().map(|s| s.as_ref().map_or("", |s| s.common().name)).collect();
+    let rule_names: Vec<&str> = raw_rules.iter().map(|r| r.as_ref().map_or("", |r| r.name.as_str())).collect();
+    let plan_names: Vec<&str> = raw_plans.iter().map(|p| p.as_ref().map_or("", |p| p.name.as_str())).collect();
+    let notifier_names: Vec<&str> = raw_notifiers.iter().map(|n| n.as_ref().map_or("", |n| n.name.as_str())).collect();
+    for (section, names, raws_ok) in [
+        ("target", &target_names, raw_targets.iter().map(Option::is_some).collect::<Vec<_>>()),
+        ("signal", &signal_names, raw_signals.iter().map(Option::is_some).collect()),
+        ("rule", &rule_names, raw_rules.iter().map(Option::is_some).collect()),
+        ("plan", &plan_names, raw_plans.iter().map(Option::is_some).collect()),
+        ("notifier", &notifier_names, raw_notifiers.iter().map(Option::is_some).collect()),
+    ] {
+        let valid: Vec<&str> = names.iter().zip(&raws_ok).filter(|(_, ok)| **ok).map(|(n, _)| *n).collect();
+        check_unique(&mut ctx, section, valid.into_iter());
+    }
+    let find = |names: &[&str], name: &str| names.iter().position(|n| *n == name);
+
+    let mut plans = Vec::new();
+    for (i, raw) in raw_plans.iter().enumerate() {
+        let Some(raw) = raw else { continue };
+        plans.push(plan(&mut ctx, i, raw, &rule_names));
+    }
+
+    let mut targets = Vec::new();
+    for (i, raw) in raw_targets.iter().enumerate() {
+        let Some(raw) = raw else { continue };
+        let p = format!("target[{i}]");
+        let plan = raw.plan.as_ref().and_then(|name| {
+            let found = find(&plan_names, name);
+            if found.is_none() {
+                ctx.err(format!("{p}.plan"), format!("no plan is named {name:?}"));
+            }
+            found
+        });
+        let change = raw.change.as_ref().map(|c| change(&mut ctx, &format!("{p}.change"), c));
+        let max_rollbacks = raw.max_rollbacks.unwrap_or(3);
+        if max_rollbacks == 0 {
+            ctx.err(format!("{p}.max_rollbacks"), "must be at least 1; leave `plan` unset to never act");
+        }
+        targets.push(Target {
+            name: raw.name.clone(),
+            plan,
+            blame_window: ctx.duration(format!("{p}.blame_window"), &raw.blame_window, Duration::from_secs(30 * 60)),
+            cooldown: ctx.duration(format!("{p}.cooldown"), &raw.cooldown, Duration::from_secs(15 * 60)),
+            max_rollbacks,
+            rollback_period: ctx.positive_duration(format!("{p}.rollback_period"), &raw.rollback_period, Duration::from_secs(3600)),
+            change,
+        });
+    }
+
+    let mut signals = Vec::new();
+    for (i, raw) in raw_signals.iter().enumerate() {
+        let Some(raw) = raw else { continue };
+        let p = format!("signal[{i}]");
+        let common = raw.common();
+        let Some(target) = find(&target_names, common.target) else {
+            ctx.err(format!("{p}.target"), format!("no target is named {:?}", common.target));
+            continue;
+        };
+        let interval = ctx.positive_duration(format!("{p}.interval"), common.interval, Duration::from_secs(10));
+        let timeout = ctx.positive_duration(format!("{p}.timeout"), common.timeout, Duration::from_secs(5).min(interval));
+        let blind_after = ctx.positive_duration(format!("{p}.blind_after"), common.blind_after, daemon.blind_after);
+        let Some(source) = source(&mut ctx, &p, raw) else { continue };
+        signals.push(Signal {
+            name: common.name.to_owned(),
+            target,
+            interval,
+            timeout,
+            blind_after,
+            source,
+        });
+    }
+
+    let mut rules = Vec::new();
+    for (i, raw) in raw_rules.iter().enumerate() {
+        let Some(raw) = raw else { continue };
+        let p = format!("rule[{i}]");
+        let Some(signal) = signals.iter().position(|s| s.name == raw.signal) else {
+            if !signal_names.contains(&raw.signal.as_str()) {
+                ctx.err(format!("{p}.signal"), format!("no signal is named {:?}", raw.signal));
+            }
+            continue;
+        };
+        if let Some(r) = rule(&mut ctx, &p, raw, signal, &signals[signal]) {
+            rules.push(r);
+        }
+    }
+
+    let mut notifiers = Vec::new();
+    for (i, raw) in raw_notifiers.iter().enumerate() {
+        let Some(raw) = raw else { continue };
+        let kind = match raw.kind.as_str() {
+            "log" => NotifierKind::Log,
+            other => {
+                ctx.err(format!("notifier[{i}].type"), format!("unknown notifier type {other:?}; known: \"log\""));
+                continue;
+            }
+        };
+        notifiers.push(Notifier {
+            name: raw.name.clone(),
+            kind,
+        });
+    }
+
+    let mut escalation = Vec::new();
+    for (i, raw) in raw_escalation.iter().enumerate() {
+        let Some(raw) = raw else { continue };
+        let p = format!("escalation[{i}]");
+        let mut on = Vec::new();
+        for (j, name) in raw.on.iter().enumerate() {
+            match Occasion::ALL.iter().find(|o| o.name() == name) {
+                Some(o) => on.push(*o),
+                None => ctx.err(
+                    format!("{p}.on[{j}]"),
+                    format!(
+                        "unknown occasion {name:?}; known: {}",
+                        Occasion::ALL.map(|o| o.name()).join(", ")
+                    ),
+                ),
+            }
+        }
+        if raw.on.is_empty() {
+            ctx.err(format!("{p}.on"), "must list at least one occasion");
+        }
+        let mut notify = Vec::new();
+        for (j, name) in raw.notify.iter().enumerate() {
+            match notifiers.iter().position(|n| &n.name == name) {
+                Some(n) => notify.push(n),
+                None if notifier_names.contains(&name.as_str()) => {}
+                None => ctx.err(format!("{p}.notify[{j}]"), format!("no notifier is named {name:?}")),
+            }
+        }
+        let repeat = raw
+            .repeat
+            .as_ref()
+            .map(|_| ctx.positive_duration(format!("{p}.repeat"), &raw.repeat, Duration::from_secs(900)));
+        escalation.push(EscalationLevel {
+            name: raw.name.clone().unwrap_or_else(|| format!("level {}", i + 1)),
+            on,
+            after: ctx.duration(format!("{p}.after"), &raw.after, Duration::ZERO),
+            repeat,
+            notify,
+        });
+    }
+
+    // The verification rules of a plan must watch the targets that use the plan.
+    for (ti, t) in targets.iter().enumerate() {
+        let Some(pi) = t.plan else { continue };
+        for &r in &plans[pi].verify.rules {
+            if let Some(rule) = rule_names.get(r).and_then(|n| rules.iter().find(|x| &x.name == n)) {
+                if rule.target != ti {
+                    ctx.err(
+                        format!("plan[{pi}].verify.rules"),
+                        format!("rule {:?} watches another target than {:?}, which uses this plan", rule.name, t.name),
+                    );
+                }
+            }
+        }
+    }
+    // Plans refer to rules by their index in the file; map them to validated indexes.
+    for plan in &mut plans {
+        plan.verify.rules = plan
+            .verify
+            .rules
+            .iter()
+            .filter_map(|&r| rules.iter().position(|x| x.name == rule_names[r]))
+            .collect();
+    }
+
+    if ctx.errors.is_empty() {
+        Ok(Config {
+            daemon,
+            targets,
+            signals,
+            rules,
+            plans,
+            notifiers,
+            escalation,
+        })
+    } else {
+        Err(ConfigErrors(ctx.errors))
+    }
+}
+
+fn items<T: DeserializeOwned>(ctx: &mut Ctx, section: &str, values: &[Value]) -> Vec<Option<T>> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ctx.item(&format!("{section}[{i}]"), v))
+        .collect()
+}
+
+fn daemon(ctx: &mut Ctx, raw: Option<&Value>) -> Daemon {
+    let raw: RawDaemon = raw.and_then(|v| ctx.item("daemon", v)).unwrap_or_default();
+    let listen = match &raw.listen {
+        None => SocketAddr::from(([127, 0, 0, 1], 9787)),
+        Some(text) => text.parse().unwrap_or_else(|_| {
+            ctx.err("daemon.listen", format!("expected an address like \"127.0.0.1:9787\", got {text:?}"));
+            SocketAddr::from(([127, 0, 0, 1], 9787))
+        }),
+    };
+    let mode = match raw.mode.as_deref() {
+        None | Some("enforce") => Mode::Enforce,
+        Some("shadow") => Mode::Shadow,
+        Some(other) => {
+            ctx.err("daemon.mode", format!("expected \"enforce\" or \"shadow\", got {other:?}"));
+            Mode::Enforce
+        }
+    };
+    Daemon {
+        state_dir: PathBuf::from(raw.state_dir.as_deref().unwrap_or("/var/lib/rearguard")),
+        listen,
+        mode,
+        tick: ctx.positive_duration("daemon.tick".into(), &raw.tick, Duration::from_secs(1)),
+        drain_timeout: ctx.duration("daemon.drain_timeout".into(), &raw.drain_timeout, Duration::from_secs(30)),
+        blind_after: ctx.positive_duration("daemon.blind_after".into(), &raw.blind_after, Duration::from_secs(120)),
+    }
+}
+
+fn change(ctx: &mut Ctx, p: &str, raw: &RawChange) -> ChangeSpec {
+    match raw {
+        RawChange::ReleaseSymlink { path, interval } => ChangeSpec::ReleaseSymlink {
+            path: PathBuf::from(path),
+            interval: ctx.positive_duration(format!("{p}.interval"), interval, Duration::from_secs(5)),
+        },
+        RawChange::Exec {
+            command,
+            interval,
+            timeout,
+        } => ChangeSpec::Exec {
+            command: ctx.argv(&format!("{p}.command"), command, false),
+            interval: ctx.positive_duration(format!("{p}.interval"), interval, Duration::from_secs(30)),
+            timeout: ctx.positive_duration(format!("{p}.timeout"), timeout, Duration::from_secs(10)),
+        },
+        RawChange::KubeDeployment { namespace, deployment } => ChangeSpec::KubeDeployment {
+            namespace: namespace.clone(),
+            deployment: deployment.clone(),
+        },
+    }
+}
+
+fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
+    Some(match raw {
+        RawSignal::HttpProbe {
+            url,
+            method,
+            expect_status,
+            body_contains,
+            json_pointer,
+            json_equals,
+            ..
+        } => {
+            let url = ctx.url(format!("{p}.url"), url);
+            let method = ctx.method(format!("{p}.method"), method, reqwest::Method::GET);
+            let expect_status = ctx.statuses(format!("{p}.expect_status"), expect_status, &[200]);
+            let json = match (json_pointer, json_equals) {
+                (None, None) => None,
+                (Some(ptr), Some(v)) => {
+                    if !ptr.is_empty() && !ptr.starts_with('/') {
+                        ctx.err(format!("{p}.json_pointer"), format!("expected a JSON pointer like \"/status\", got {ptr:?}"));
+                    }
+                    Some((ptr.clone(), v.clone()))
+                }
+                (Some(_), None) => {
+                    ctx.err(format!("{p}.json_equals"), "json_pointer needs json_equals: the value the field must have");
+                    None
+                }
+                (None, Some(_)) => {
+                    ctx.err(format!("{p}.json_pointer"), "json_equals needs json_pointer: which field to compare, like \"/status\"");
+                    None
+                }
+            };
+            SourceSpec::HttpProbe(HttpProbeSpec {
+                url: url?,
+                method,
+                expect_status,
+                body_contains: body_contains.clone(),
+                json,
+            })
+        }
+        RawSignal::Exec { command, env, cwd, .. } => SourceSpec::Exec(ExecSpec {
+            command: ctx.argv(&format!("{p}.command"), command, false),
+            env: env.clone(),
+            cwd: cwd.as_ref().map(PathBuf::from),
+        }),
+        RawSignal::Prometheus {
+            url,
+            error_rate,
+            latency,
+            query,
+            window,
+            ..
+        } => {
+            let url = ctx.url(format!("{p}.url"), url);
+            let chosen = [error_rate.is_some(), latency.is_some(), query.is_some()]
+                .iter()
+                .filter(|x| **x)
+                .count();
+            if chosen != 1 {
+                ctx.err(p.to_owned(), "a prometheus signal takes exactly one of `error_rate`, `latency` or `query`");
+                return None;
+            }
+            let query = if let Some(e) = error_rate {
+                PromQuery::ErrorRate {
+                    requests: e.requests.clone(),
+                    errors: e.errors.clone(),
+                }
+            } else if let Some(l) = latency {
+                let quantile = l.quantile.unwrap_or(0.95);
+                if !(quantile > 0.0 && quantile < 1.0) {
+                    ctx.err(format!("{p}.latency.quantile"), format!("expected a quantile between 0 and 1 like 0.95, got {quantile}"));
+                }
+                PromQuery::Latency {
+                    histogram: l.histogram.clone(),
+                    quantile,
+                }
+            } else {
+                PromQuery::Expr(query.clone().unwrap_or_default())
+            };
+            SourceSpec::Prometheus(PrometheusSpec {
+                url: url?,
+                query,
+                window: ctx.positive_duration(format!("{p}.window"), window, Duration::from_secs(60)),
+            })
+        }
+        RawSignal::CgroupOom { cgroup, .. } => SourceSpec::CgroupOom {
+            cgroup: PathBuf::from(cgroup),
+        },
+        RawSignal::KubePods {
+            namespace,
+            selector,
+            event,
+            ..
+        } => {
+            if !matches!(event.as_str(), "oom_killed" | "crash_loop" | "not_ready" | "evicted") {
+                ctx.err(
+                    format!("{p}.event"),
+                    format!("expected \"oom_killed\", \"crash_loop\", \"not_ready\" or \"evicted\", got {event:?}"),
+                );
+            }
+            SourceSpec::KubePods {
+                namespace: namespace.clone(),
+                selector: selector.clone(),
+                event: event.clone(),
+            }
+        }
+    })
+}
+
+fn rule(ctx: &mut Ctx, p: &str, raw: &RawRule, signal: usize, sig: &Signal) -> Option<Rule> {
+    let kind = sig.kind();
+    let when = match (&raw.when, kind) {
+        (None, SignalKind::Check) => Condition::Failing,
+        (None, _) => {
+            ctx.err(format!("{p}.when"), format!("is required for a {} signal, e.g. \"> 5%\"", kind.name()));
+            return None;
+        }
+        (Some(text), _) => match parse_condition(text) {
+            Ok(c) => c,
+            Err(m) => {
+                ctx.err(format!("{p}.when"), m);
+                return None;
+            }
+        },
+    };
+    check_condition_fits(ctx, &format!("{p}.when"), &when, kind, false);
+
+    let modes = [raw.for_.is_some(), raw.consecutive.is_some(), raw.m_of_n.is_some(), raw.within.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if modes != 1 {
+        ctx.err(p.to_owned(), "a rule takes exactly one of `for`, `consecutive`, `m_of_n` or `within`");
+        return None;
+    }
+    let mode = if raw.for_.is_some() {
+        RuleMode::Sustained {
+            for_: ctx.duration(format!("{p}.for"), &raw.for_, Duration::ZERO),
+        }
+    } else if let Some(n) = raw.consecutive {
+        if n == 0 {
+            ctx.err(format!("{p}.consecutive"), "must be at least 1");
+        }
+        RuleMode::Consecutive { n: n.max(1) }
+    } else if let Some([m, n]) = raw.m_of_n {
+        if m == 0 || m > n {
+            ctx.err(format!("{p}.m_of_n"), format!("expected [M, N] with 1 <= M <= N, got [{m}, {n}]"));
+        }
+        if n > 10_000 {
+            ctx.err(format!("{p}.m_of_n"), "N may be at most 10000");
+        }
+        RuleMode::MOfN { m: m.max(1), n: n.clamp(1, 10_000).max(m.max(1)) }
+    } else {
+        RuleMode::Within {
+            window: ctx.positive_duration(format!("{p}.within"), &raw.within, Duration::from_secs(300)),
+        }
+    };
+    match (kind, mode) {
+        (SignalKind::Event, RuleMode::Within { .. }) => {}
+        (SignalKind::Event, _) => ctx.err(p.to_owned(), "an event signal counts events: use `within = \"5m\"`"),
+        (_, RuleMode::Within { .. }) => ctx.err(
+            format!("{p}.within"),
+            format!("`within` counts events, but signal {:?} is a {} signal", sig.name, kind.name()),
+        ),
+        _ => {}
+    }
+
+    let clear = match &raw.clear {
+        None => when.negate(),
+        Some(text) => match parse_condition(text) {
+            Ok(c) => {
+                check_condition_fits(ctx, &format!("{p}.clear"), &c, kind, true);
+                c
+            }
+            Err(m) => {
+                ctx.err(format!("{p}.clear"), m);
+                when.negate()
+            }
+        },
+    };
+    if let (
+        Condition::Compare { cmp: wc, threshold: Threshold::Value(wv, _) },
+        Condition::Compare { cmp: cc, threshold: Threshold::Value(cv, _) },
+    ) = (when, clear)
+    {
+        // Hysteresis must leave no value that both breaches and clears.
+        let overlap = if wc.is_upper() { cc.is_upper() || cv > wv } else { !cc.is_upper() || cv < wv };
+        if overlap {
+            ctx.err(format!("{p}.clear"), format!("{:?} overlaps the breach condition {:?}: a value could both breach and clear", clear.describe(), when.describe()));
+        }
+    }
+
+    if raw.min_requests.is_some() && kind != SignalKind::Rate {
+        ctx.err(format!("{p}.min_requests"), format!("applies to rate signals; {:?} is a {} signal", sig.name, kind.name()));
+    }
+    let confidence = raw.confidence.as_ref().and_then(|text| {
+        if kind != SignalKind::Rate {
+            ctx.err(format!("{p}.confidence"), format!("applies to rate signals; {:?} is a {} signal", sig.name, kind.name()));
+            return None;
+        }
+        match parse_percent(text) {
+            Ok(c) if (0.5..1.0).contains(&c) => Some(c),
+            Ok(_) => {
+                ctx.err(format!("{p}.confidence"), format!("expected a level from 50% to below 100%, like \"95%\", got {text:?}"));
+                None
+            }
+            Err(m) => {
+                ctx.err(format!("{p}.confidence"), m);
+                None
+            }
+        }
+    });
+    let uses_baseline = matches!(when, Condition::Compare { threshold: Threshold::BaselineRatio(_), .. });
+    if raw.baseline_window.is_some() && !uses_baseline {
+        ctx.err(format!("{p}.baseline_window"), "applies only to a condition like \"> 1.5x baseline\"");
+    }
+    Some(Rule {
+        name: raw.name.clone(),
+        target: sig.target,
+        signal,
+        when,
+        mode,
+        clear,
+        clear_for: ctx.duration(format!("{p}.clear_for"), &raw.clear_for, Duration::ZERO),
+        min_requests: raw.min_requests.unwrap_or(0),
+        confidence,
+        baseline_window: ctx.positive_duration(format!("{p}.baseline_window"), &raw.baseline_window, Duration::from_secs(1800)),
+        no_data: ctx.policy(format!("{p}.no_data"), &raw.no_data),
+        insufficient: ctx.policy(format!("{p}.insufficient"), &raw.insufficient),
+    })
+}
+
+fn check_condition_fits(ctx: &mut Ctx, path: &str, c: &Condition, kind: SignalKind, is_clear: bool) {
+    let problem = match (c, kind) {
+        (Condition::Failing, SignalKind::Check) => None,
+        (Condition::Passing, SignalKind::Check) if is_clear => None,
+        (Condition::Failing | Condition::Passing, _) => Some(format!("{:?} applies to check signals; this is a {} signal", c.describe(), kind.name())),
+        (Condition::Compare { .. }, SignalKind::Check) => Some("a check signal passes or fails: use \"failing\"".to_owned()),
+        (Condition::Compare { threshold: Threshold::BaselineRatio(_), .. }, SignalKind::Number) => None,
+        (Condition::Compare { threshold: Threshold::BaselineRatio(_), .. }, _) => {
+            Some(format!("a baseline ratio applies to number signals such as latency; this is a {} signal", kind.name()))
+        }
+        (Condition::Compare { threshold: Threshold::Value(v, unit), .. }, SignalKind::Rate) => {
+            if *unit == Unit::Seconds || !(0.0..=1.0).contains(v) {
+                Some("a rate is a fraction: write it as a percentage like \"5%\"".to_owned())
+            } else {
+                None
+            }
+        }
+        (Condition::Compare { threshold: Threshold::Value(_, unit), .. }, SignalKind::Event) => {
+            if *unit != Unit::Plain {
+                Some("an event signal is a count: write a number like \"> 3\"".to_owned())
+            } else {
+                None
+            }
+        }
+        (Condition::Compare { .. }, SignalKind::Number) => None,
+    };
+    if let Some(m) = problem {
+        ctx.err(path, m);
+    }
+}
+
+fn plan(ctx: &mut Ctx, i: usize, raw: &RawPlan, rule_names: &[&str]) -> Plan {
+    let p = format!("plan[{i}]");
+    let mut steps = Vec::new();
+    if raw.step.is_empty() {
+        ctx.err(format!("{p}.step"), "a plan needs at least one step");
+    }
+    for (j, value) in raw.step.iter().enumerate() {
+        let sp = format!("{p}.step[{j}]");
+        let Some(raw_step) = ctx.item::<RawStep>(&sp, value) else { continue };
+        let common = raw_step.common();
+        let name = common.name.clone().unwrap_or_else(|| format!("step {}", j + 1));
+        let timeout = ctx.positive_duration(format!("{sp}.timeout"), common.timeout, Duration::from_secs(60));
+        let retries = common.retries.unwrap_or(0);
+        if retries > 10 {
+            ctx.err(format!("{sp}.retries"), "may be at most 10");
+        }
+        let on_failure = match common.on_failure.as_deref() {
+            None | Some("abort") => OnFailure::Abort,
+            Some("continue") => OnFailure::Continue,
+            Some(other) => {
+                ctx.err(format!("{sp}.on_failure"), format!("expected \"abort\" or \"continue\", got {other:?}"));
+                OnFailure::Abort
+            }
+        };
+        let action = match &raw_step {
+            RawStep::Exec { command, env, cwd, .. } => ActionSpec::Exec(ExecSpec {
+                command: ctx.argv(&format!("{sp}.command"), command, true),
+                env: env.clone(),
+                cwd: cwd.as_ref().map(PathBuf::from),
+            }),
+            RawStep::ReleaseSwitch {
+                current,
+                releases,
+                restart,
+                ..
+            } => {
+                let current = PathBuf::from(current);
+                let releases = match releases {
+                    Some(r) => PathBuf::from(r),
+                    None => current.parent().map(|d| d.join("releases")).unwrap_or_else(|| PathBuf::from("releases")),
+                };
+                ActionSpec::ReleaseSwitch(ReleaseSwitchSpec {
+                    current,
+                    releases,
+                    restart: restart.as_ref().map(|r| ctx.argv(&format!("{sp}.restart"), r, true)),
+                })
+            }
+            RawStep::Http {
+                url,
+                method,
+                headers,
+                body,
+                expect_status,
+                ..
+            } => {
+                ctx.template(format!("{sp}.url"), url);
+                let probe = url.replace(['{', '}'], "");
+                ctx.url(format!("{sp}.url"), &probe);
+                if let Some(b) = body {
+                    ctx.template(format!("{sp}.body"), b);
+                }
+                let mut hs = Vec::new();
+                for (name, value) in headers {
+                    let hp = format!("{sp}.headers.{name}");
+                    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        ctx.err(hp.clone(), "is not a valid header name");
+                    }
+                    let v = match value {
+                        RawHeaderValue::Plain(s) => Some(HeaderValue::Plain(s.clone())),
+                        RawHeaderValue::Secret(s) => ctx.secret(hp, s).map(HeaderValue::Secret),
+                    };
+                    if let Some(v) = v {
+                        hs.push((name.clone(), v));
+                    }
+                }
+                ActionSpec::Http(HttpCallSpec {
+                    method: ctx.method(format!("{sp}.method"), method, reqwest::Method::POST),
+                    url: url.clone(),
+                    headers: hs,
+                    body: body.clone(),
+                    expect_status: ctx.statuses(format!("{sp}.expect_status"), expect_status, &[200, 201, 202, 204]),
+                })
+            }
+        };
+        steps.push(Step {
+            name,
+            timeout,
+            retries: retries.min(10),
+            on_failure,
+            action,
+        });
+    }
+    let verify = raw.verify.as_ref();
+    let window = ctx.duration(
+        format!("{p}.verify.window"),
+        &verify.and_then(|v| v.window.clone()),
+        Duration::from_secs(300),
+    );
+    let mut rules = Vec::new();
+    for (j, name) in verify.and_then(|v| v.rules.clone()).unwrap_or_default().iter().enumerate() {
+        match rule_names.iter().position(|n| n == name) {
+            Some(r) => rules.push(r),
+            None => ctx.err(format!("{p}.verify.rules[{j}]"), format!("no rule is named {name:?}")),
+        }
+    }
+    Plan {
+        name: raw.name.clone(),
+        steps,
+        verify: Verify { window, rules },
+    }
+}

@@ -1,0 +1,117 @@
+//! Incidents: one per target and cause, with their state and timeline.
+
+use super::reading::Ts;
+
+/// Why an incident exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// One or more of the target's rules fired.
+    Breach,
+    /// A source of the target has failed for longer than its `blind_after`.
+    Blind,
+}
+
+/// Where an incident is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncidentState {
+    /// Detected; the decision is being made.
+    Open,
+    /// Running step `step` of the plan, attempt `attempt` (from 1).
+    Acting { step: usize, attempt: u32 },
+    /// The plan finished; its rules are watched until `until`.
+    Verifying { until: Ts },
+    /// People are in charge; rearguard does not act and waits for recovery.
+    Escalated,
+    Resolved,
+}
+
+impl IncidentState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            IncidentState::Open => "open",
+            IncidentState::Acting { .. } => "acting",
+            IncidentState::Verifying { .. } => "verifying",
+            IncidentState::Escalated => "escalated",
+            IncidentState::Resolved => "resolved",
+        }
+    }
+}
+
+/// How an incident ended, or why it was escalated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The plan ran and verification passed.
+    RolledBack,
+    /// The target recovered without a rollback.
+    Recovered,
+    /// An operator resolved it.
+    ResolvedByOperator(String),
+    /// The daemon stopped while the incident was open.
+    Interrupted,
+}
+
+/// One line of an incident's timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub at: Ts,
+    pub kind: EntryKind,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EntryKind {
+    /// A rule changed phase; the text holds the readings and threshold behind it.
+    Rule,
+    /// The engine decided to act or not, and why.
+    Decision,
+    /// A revision change of the target was observed.
+    Change,
+    StepStarted,
+    /// A step finished; `output` is what it printed or answered.
+    StepFinished { ok: bool, duration_ms: u64, output: String },
+    Verification,
+    Notification,
+    Operator,
+}
+
+/// An incident with everything needed to write its report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incident {
+    pub id: String,
+    pub target: usize,
+    pub target_name: String,
+    pub cause: Cause,
+    pub state: IncidentState,
+    pub opened_at: Ts,
+    pub closed_at: Option<Ts>,
+    /// When the breach that opened it began (the first breaching evaluation).
+    pub breach_started: Ts,
+    /// Rules that fired within it, in order.
+    pub rules: Vec<usize>,
+    /// For blind incidents: the signals that cannot be read.
+    pub blind_signals: Vec<usize>,
+    pub plan: Option<usize>,
+    /// The revision rolled back from and to, when a rollback runs.
+    pub from_revision: Option<String>,
+    pub to_revision: Option<String>,
+    pub plan_finished_at: Option<Ts>,
+    pub acknowledged: bool,
+    /// Why it was escalated, if it was.
+    pub escalation_reason: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub timeline: Vec<Entry>,
+}
+
+impl Incident {
+    pub fn is_open(&self) -> bool {
+        self.state != IncidentState::Resolved
+    }
+
+    pub fn log(&mut self, at: Ts, kind: EntryKind, text: impl Into<String>) {
+        self.timeline.push(Entry {
+            at,
+            kind,
+            text: text.into(),
+        });
+    }
+}

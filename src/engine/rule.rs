@@ -1,0 +1,410 @@
+//! The state machine of one rule: from readings to `Ok`, `Pending` and `Firing`.
+//!
+//! The semantics are exact and each has a table-driven test in `engine::tests`:
+//! - sustained (`for`): Prometheus semantics; every evaluation from the first breaching
+//!   one on must breach, and the rule fires at the first evaluation at least `for` after
+//!   it; one evaluation that does not breach resets it;
+//! - consecutive N: N breaching evaluations in a row;
+//! - M of N: at least M of the last N evaluations breach;
+//! - within: the number of distinct event keys seen in the window meets the condition.
+//!
+//! Once firing, a rule clears when its clear condition has held on every evaluation for
+//! `clear_for`, and every counter is reset. Readings without a value follow the rule's
+//! `no_data` and `insufficient` policies; a source error is always held.
+
+use std::collections::{HashSet, VecDeque};
+
+use crate::config::units::format_duration;
+use crate::config::{Condition, Policy, Rule, RuleMode, Threshold, Unit};
+
+use super::reading::{Measure, ReadingState, Ts};
+use super::stats;
+
+/// The phase of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Ok,
+    Pending,
+    Firing,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Ok => "ok",
+            Phase::Pending => "pending",
+            Phase::Firing => "firing",
+        }
+    }
+}
+
+/// A change of phase, with the evidence behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub from: Phase,
+    pub to: Phase,
+    /// When the current streak of breaches began (set when firing).
+    pub breach_since: Option<Ts>,
+    /// The reading and threshold behind the change, in words.
+    pub evidence: String,
+}
+
+/// What the last judged reading showed. Kept instead of text so that the reading path
+/// does not allocate; text is made only when the rule changes phase.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Nothing,
+    NoData,
+    NoBaseline,
+    Insufficient(f64, f64),
+    Number(f64, Option<f64>),
+    /// Errors, requests, and the confidence bound when one was applied.
+    Rate(f64, f64, Option<f64>),
+    Check(bool, Option<String>),
+    Events(f64, std::time::Duration),
+}
+
+/// What one reading means for a rule, before the rule's mode is applied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Verdict {
+    /// The breach condition holds (when not firing) or the clear condition does not
+    /// hold (when firing).
+    Bad,
+    /// The opposite.
+    Good,
+    Hold,
+}
+
+/// The mutable state of one rule. Created from the rule's configuration.
+#[derive(Debug, Clone)]
+pub struct RuleState {
+    pub phase: Phase,
+    /// The first breaching evaluation of the current streak.
+    breach_since: Option<Ts>,
+    /// Consecutive breaching evaluations.
+    streak: u32,
+    /// The last N verdicts for M of N, with their times (true = breach).
+    recent: VecDeque<(Ts, bool)>,
+    recent_breaches: u32,
+    /// Events seen, oldest first, for `within` rules.
+    events: VecDeque<(Ts, String)>,
+    /// Since when the clear condition has held, while firing.
+    clear_since: Option<Ts>,
+    /// The last evaluation that had a value (not held).
+    pub last_value_at: Option<Ts>,
+    /// What the last judged reading showed, for evidence.
+    seen: Seen,
+    /// z score for the rule's confidence level, computed once.
+    z: Option<f64>,
+}
+
+impl RuleState {
+    pub fn new(rule: &Rule) -> RuleState {
+        RuleState {
+            phase: Phase::Ok,
+            breach_since: None,
+            streak: 0,
+            recent: VecDeque::new(),
+            recent_breaches: 0,
+            events: VecDeque::new(),
+            clear_since: None,
+            last_value_at: None,
+            seen: Seen::Nothing,
+            z: rule.confidence.map(stats::z_for),
+        }
+    }
+
+    /// Applies one reading. `baseline` is the signal's value before the target's latest
+    /// change, for `x baseline` conditions.
+    pub fn on_reading(
+        &mut self,
+        rule: &Rule,
+        reading: &ReadingState,
+        baseline: Option<f64>,
+        now: Ts,
+    ) -> Option<Transition> {
+        let firing = self.phase == Phase::Firing;
+        let verdict = match reading {
+            ReadingState::SourceError(_) => Verdict::Hold,
+            ReadingState::NoData => {
+                self.seen = Seen::NoData;
+                policy_verdict(rule.no_data)
+            }
+            ReadingState::Insufficient { have, need } => {
+                self.seen = Seen::Insufficient(*have as f64, *need as f64);
+                policy_verdict(rule.insufficient)
+            }
+            ReadingState::Value(Measure::Event { key }) => {
+                if let RuleMode::Within { .. } = rule.mode {
+                    self.events.push_back((now, key.clone()));
+                }
+                return self.evaluate_events(rule, now);
+            }
+            ReadingState::Value(m) => self.judge(rule, m, baseline, firing, now),
+        };
+        self.apply(rule, verdict, now)
+    }
+
+    /// Re-evaluates time-based state without a reading: `within` windows expire.
+    pub fn on_tick(&mut self, rule: &Rule, now: Ts) -> Option<Transition> {
+        match rule.mode {
+            RuleMode::Within { .. } if !self.events.is_empty() || self.phase != Phase::Ok => {
+                self.evaluate_events(rule, now)
+            }
+            _ => None,
+        }
+    }
+
+    fn evaluate_events(&mut self, rule: &Rule, now: Ts) -> Option<Transition> {
+        let RuleMode::Within { window } = rule.mode else { return None };
+        let start = now.minus(window);
+        while self.events.front().is_some_and(|(t, _)| *t < start) {
+            self.events.pop_front();
+        }
+        let count = if self.events.len() <= 1 {
+            self.events.len()
+        } else {
+            self.events.iter().map(|(_, k)| k.as_str()).collect::<HashSet<_>>().len()
+        } as f64;
+        self.seen = Seen::Events(count, window);
+        self.last_value_at = Some(now);
+        let firing = self.phase == Phase::Firing;
+        let cond = if firing { rule.clear } else { rule.when };
+        let bad = compare(cond, count, None) != firing;
+        match (self.phase, bad) {
+            (Phase::Firing, true) => {
+                self.clear_since = None;
+                None
+            }
+            (Phase::Firing, false) => self.clear_or_wait(rule, now),
+            (_, true) => {
+                self.breach_since = Some(self.events.front().map_or(now, |(t, _)| *t));
+                Some(self.go(rule, Phase::Firing))
+            }
+            (Phase::Pending, false) => Some(self.go(rule, Phase::Ok)),
+            (Phase::Ok, false) => None,
+        }
+    }
+
+    /// Judges a measurement against the breach condition, or the clear condition when
+    /// firing. Records what was seen for the evidence of a later transition.
+    fn judge(&mut self, rule: &Rule, m: &Measure, baseline: Option<f64>, firing: bool, now: Ts) -> Verdict {
+        let cond = if firing { rule.clear } else { rule.when };
+        let holds = match *m {
+            Measure::Number(v) => {
+                if v.is_nan() {
+                    self.seen = Seen::NoData;
+                    return policy_verdict(rule.no_data);
+                }
+                let needs_baseline = matches!(cond, Condition::Compare { threshold: Threshold::BaselineRatio(_), .. });
+                if needs_baseline && baseline.is_none() {
+                    self.seen = Seen::NoBaseline;
+                    return policy_verdict(rule.insufficient);
+                }
+                self.seen = Seen::Number(v, baseline);
+                compare(cond, v, baseline)
+            }
+            Measure::Rate { errors, requests } => {
+                if !(requests > 0.0) || errors.is_nan() {
+                    self.seen = Seen::NoData;
+                    return policy_verdict(rule.no_data);
+                }
+                if requests < rule.min_requests as f64 {
+                    self.seen = Seen::Insufficient(requests, rule.min_requests as f64);
+                    return policy_verdict(rule.insufficient);
+                }
+                // Confidence applies to the breach: the bound on the bad side of the
+                // threshold must be past it. Clearing uses the measured ratio.
+                match (self.z, firing) {
+                    (Some(z), false) => {
+                        let (lo, hi) = stats::wilson(errors, requests, z);
+                        let bound = if cond_is_upper(cond) { lo } else { hi };
+                        self.seen = Seen::Rate(errors, requests, Some(bound));
+                        compare(cond, bound, None)
+                    }
+                    _ => {
+                        self.seen = Seen::Rate(errors, requests, None);
+                        compare(cond, errors / requests, None)
+                    }
+                }
+            }
+            Measure::Check { ok, ref detail } => {
+                self.seen = Seen::Check(ok, if ok { None } else { detail.clone() });
+                compare(cond, if ok { 0.0 } else { 1.0 }, None)
+            }
+            Measure::Event { .. } => unreachable!("events are handled by evaluate_events"),
+        };
+        self.last_value_at = Some(now);
+        if holds != firing { Verdict::Bad } else { Verdict::Good }
+    }
+
+    fn apply(&mut self, rule: &Rule, verdict: Verdict, now: Ts) -> Option<Transition> {
+        if self.phase == Phase::Firing {
+            return match verdict {
+                Verdict::Hold => None,
+                Verdict::Bad => {
+                    self.clear_since = None;
+                    None
+                }
+                Verdict::Good => self.clear_or_wait(rule, now),
+            };
+        }
+        match verdict {
+            Verdict::Hold => None,
+            Verdict::Good => {
+                self.record_recent(rule, now, false);
+                self.streak = 0;
+                if matches!(rule.mode, RuleMode::MOfN { .. }) && self.recent_breaches > 0 {
+                    self.breach_since = self.recent.iter().find(|(_, b)| *b).map(|(t, _)| *t);
+                    return None;
+                }
+                self.breach_since = None;
+                (self.phase == Phase::Pending).then(|| self.go(rule, Phase::Ok))
+            }
+            Verdict::Bad => {
+                self.record_recent(rule, now, true);
+                self.streak = self.streak.saturating_add(1);
+                if self.breach_since.is_none() {
+                    self.breach_since = Some(now);
+                }
+                let fire = match rule.mode {
+                    RuleMode::Sustained { for_ } => now.since(self.breach_since.unwrap_or(now)) >= for_,
+                    RuleMode::Consecutive { n } => self.streak >= n,
+                    RuleMode::MOfN { m, .. } => {
+                        self.breach_since = self.recent.iter().find(|(_, b)| *b).map(|(t, _)| *t);
+                        self.recent_breaches >= m
+                    }
+                    RuleMode::Within { .. } => false,
+                };
+                if fire {
+                    Some(self.go(rule, Phase::Firing))
+                } else if self.phase == Phase::Ok {
+                    Some(self.go(rule, Phase::Pending))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    fn clear_or_wait(&mut self, rule: &Rule, now: Ts) -> Option<Transition> {
+        let since = *self.clear_since.get_or_insert(now);
+        if now.since(since) >= rule.clear_for {
+            let t = self.go(rule, Phase::Ok);
+            self.reset();
+            Some(t)
+        } else {
+            None
+        }
+    }
+
+    fn record_recent(&mut self, rule: &Rule, now: Ts, breach: bool) {
+        let RuleMode::MOfN { n, .. } = rule.mode else { return };
+        self.recent.push_back((now, breach));
+        self.recent_breaches += breach as u32;
+        while self.recent.len() > n as usize {
+            if let Some((_, b)) = self.recent.pop_front() {
+                self.recent_breaches -= b as u32;
+            }
+        }
+    }
+
+    /// Forgets every counter: after a clear, a rule starts from nothing.
+    fn reset(&mut self) {
+        self.breach_since = None;
+        self.streak = 0;
+        self.recent.clear();
+        self.recent_breaches = 0;
+        self.clear_since = None;
+    }
+
+    fn go(&mut self, rule: &Rule, to: Phase) -> Transition {
+        let from = self.phase;
+        self.phase = to;
+        if to == Phase::Firing {
+            self.clear_since = None;
+        }
+        Transition {
+            from,
+            to,
+            breach_since: self.breach_since,
+            evidence: self.evidence(rule, from == Phase::Firing),
+        }
+    }
+
+    /// The last reading against the condition that was judged, in words.
+    pub fn evidence(&self, rule: &Rule, judged_clear: bool) -> String {
+        let cond = if judged_clear { rule.clear } else { rule.when };
+        let unit = value_unit(rule);
+        let seen = match &self.seen {
+            Seen::Nothing => "no reading yet".to_owned(),
+            Seen::NoData => "no data".to_owned(),
+            Seen::NoBaseline => "no baseline captured before the latest change".to_owned(),
+            Seen::Insufficient(have, need) => format!("insufficient samples ({have:.0} of {need:.0} needed)"),
+            Seen::Number(v, Some(b)) => format!("{} (baseline {})", unit.format(*v), unit.format(*b)),
+            Seen::Number(v, None) => unit.format(*v),
+            Seen::Rate(e, n, bound) => {
+                let b = bound.map_or(String::new(), |b| {
+                    let side = if cond_is_upper(cond) { "lower" } else { "upper" };
+                    let level = rule.confidence.map_or(String::new(), |c| format!(" at {}", Unit::Percent.format(c)));
+                    format!(", {side} bound{level} {}", Unit::Percent.format(b))
+                });
+                format!("{} ({e:.0}/{n:.0} requests{b})", Unit::Percent.format(e / n))
+            }
+            Seen::Check(true, _) => "check passed".to_owned(),
+            Seen::Check(false, Some(d)) => format!("check failed: {d}"),
+            Seen::Check(false, None) => "check failed".to_owned(),
+            Seen::Events(n, w) => format!("{n} distinct events within {}", format_duration(*w)),
+        };
+        let verb = if judged_clear { "clears when" } else { "fires when" };
+        format!("{seen}; {verb} {} {}", cond.describe(), rule.mode.describe())
+    }
+}
+
+/// The verdict a reading without a value gets under a policy. `Breach` counts as
+/// breaching, or as not clearing when firing; `Ok` the opposite.
+fn policy_verdict(policy: Policy) -> Verdict {
+    match policy {
+        Policy::Hold => Verdict::Hold,
+        Policy::Breach => Verdict::Bad,
+        Policy::Ok => Verdict::Good,
+    }
+}
+
+/// Whether `cond` holds for `value`. Checks are passed in as 1.0 (failing) or 0.0.
+fn compare(cond: Condition, value: f64, baseline: Option<f64>) -> bool {
+    match cond {
+        Condition::Failing => value >= 0.5,
+        Condition::Passing => value < 0.5,
+        Condition::Compare {
+            cmp,
+            threshold: Threshold::Value(t, _),
+        } => cmp.holds(value, t),
+        Condition::Compare {
+            cmp,
+            threshold: Threshold::BaselineRatio(r),
+        } => baseline.is_some_and(|b| cmp.holds(value, r * b)),
+    }
+}
+
+fn cond_is_upper(cond: Condition) -> bool {
+    match cond {
+        Condition::Compare { cmp, .. } => cmp.is_upper(),
+        _ => true,
+    }
+}
+
+/// The unit values of this rule's signal are printed in.
+fn value_unit(rule: &Rule) -> Unit {
+    match rule.when {
+        Condition::Compare {
+            threshold: Threshold::Value(_, unit),
+            ..
+        } => unit,
+        Condition::Compare {
+            threshold: Threshold::BaselineRatio(_),
+            ..
+        } => Unit::Seconds,
+        _ => Unit::Plain,
+    }
+}
