@@ -1,7 +1,15 @@
 //! rearguard: an autonomous rollback watchdog.
 //!
-//! The binary in `main.rs` only parses arguments and calls [`cli::run`]; everything else
+//! The binary in `main.rs` only parses arguments and calls [`cli::main`]; everything else
 //! lives here so that tests can drive the same code.
 
+pub mod action;
+pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod demo;
 pub mod engine;
+pub mod http;
+pub mod process;
+pub mod report;
+pub mod source;

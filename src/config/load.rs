@@ -7,9 +7,10 @@
 
 use std::path::Path;
 
+use figment::Figment;
+use figment::error::Kind;
 use figment::providers::{Format as _, Toml, Yaml};
 use figment::value::{Dict, Tag, Value};
-use figment::Figment;
 
 use super::raw::RawConfig;
 use super::{Config, ConfigError, ConfigErrors};
@@ -43,7 +44,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     load_str(&text, Format::from_path(path), std::env::vars(), base_dir)
 }
 
-/// Loads a configuration from text, with the given environment for overrides. Relative
+/// Loads a configuration from text, with the given environment for overrides and for
+/// secrets read from environment variables. Relative
 /// paths in the configuration (secret files) are resolved against `base_dir`.
 pub fn load_str(
     text: &str,
@@ -62,14 +64,16 @@ pub fn load_str(
         root = Value::Dict(Tag::Default, Dict::new());
     }
     let mut errors = Vec::new();
-    let mut overrides: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("REARGUARD_") && k.contains("__"))
-        .collect();
-    overrides.sort();
+    let env: std::collections::BTreeMap<String, String> = env.into_iter().collect();
+    let overrides = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("REARGUARD_") && k.contains("__"));
     for (key, value) in overrides {
-        if let Err(message) = apply_override(&mut root, &key, &value) {
-            errors.push(ConfigError { path: key, message });
+        if let Err(message) = apply_override(&mut root, key, value) {
+            errors.push(ConfigError {
+                path: key.clone(),
+                message,
+            });
         }
     }
     let raw: RawConfig = match root.deserialize() {
@@ -79,7 +83,8 @@ pub fn load_str(
             return Err(ConfigErrors(errors));
         }
     };
-    let env_lookup = |name: &str| std::env::var(name).ok();
+    // Secrets named by `env = "..."` come from the same environment as the overrides.
+    let env_lookup = |name: &str| env.get(name).cloned();
     match super::validate::validate(raw, base_dir, &env_lookup) {
         Ok(config) if errors.is_empty() => Ok(config),
         Ok(_) => Err(ConfigErrors(errors)),
@@ -95,8 +100,22 @@ pub(super) fn figment_errors(prefix: &str, error: figment::Error) -> Vec<ConfigE
     error
         .into_iter()
         .map(|e| {
+            let mut parts = e.path.clone();
+            // The path of an unknown or missing key ends at the table that holds it (and
+            // serde loses even the unknown key inside a `type`-tagged item such as a
+            // signal): put the key back so that the path names it.
+            let key = match &e.kind {
+                Kind::UnknownField(field, _) => Some(field.as_str()),
+                Kind::MissingField(field) => Some(field.as_ref()),
+                _ => None,
+            };
+            if let Some(key) = key
+                && parts.last().map(String::as_str) != Some(key)
+            {
+                parts.push(key.to_owned());
+            }
             let mut path = prefix.to_owned();
-            for part in &e.path {
+            for part in &parts {
                 if part.parse::<usize>().is_ok() {
                     path.push_str(&format!("[{part}]"));
                 } else {
@@ -108,10 +127,32 @@ pub(super) fn figment_errors(prefix: &str, error: figment::Error) -> Vec<ConfigE
             }
             ConfigError {
                 path,
-                message: e.kind.to_string(),
+                message: kind_message(&e.kind),
             }
         })
         .collect()
+}
+
+/// The message for one figment error. Unknown keys and `type` values list what is
+/// known in the configuration's own words; figment's text nests backticks there.
+fn kind_message(kind: &Kind) -> String {
+    let known = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match kind {
+        Kind::UnknownField(field, expected) => {
+            format!("unknown key {field:?}; known: {}", known(expected))
+        }
+        Kind::UnknownVariant(variant, expected) => {
+            format!("unknown type {variant:?}; known: {}", known(expected))
+        }
+        Kind::MissingField(_) => "is required".to_owned(),
+        other => other.to_string(),
+    }
 }
 
 /// Sets the key named by `REARGUARD_A__B__0__C` in `root`, creating tables as needed.
@@ -150,7 +191,11 @@ fn apply_override(root: &mut Value, var: &str, text: &str) -> Result<(), String>
                 }
                 slot
             }
-            _ => return Err(format!("cannot set {part:?} inside a value that is not a table")),
+            _ => {
+                return Err(format!(
+                    "cannot set {part:?} inside a value that is not a table"
+                ));
+            }
         };
     }
     Ok(())

@@ -8,8 +8,8 @@
 
 mod load;
 mod raw;
-mod validate;
 pub mod units;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-pub use load::{load, load_str, Format};
+pub use load::{Format, load, load_str};
 pub use units::{Cmp, Condition, Threshold, Unit};
 
 /// A validated configuration. Cross references (a rule's signal, a target's plan) are
@@ -79,9 +79,16 @@ pub enum ChangeSpec {
     /// The revision is the name of the directory a `current` symlink points at.
     ReleaseSymlink { path: PathBuf, interval: Duration },
     /// The revision is what a command prints on stdout (trimmed).
-    Exec { command: Vec<String>, interval: Duration, timeout: Duration },
+    Exec {
+        command: Vec<String>,
+        interval: Duration,
+        timeout: Duration,
+    },
     /// The Deployment's revision (watched by the Kubernetes source).
-    KubeDeployment { namespace: String, deployment: String },
+    KubeDeployment {
+        namespace: String,
+        deployment: String,
+    },
 }
 
 /// A measured quantity of a target (`[[signal]]`).
@@ -138,8 +145,14 @@ pub enum SourceSpec {
     HttpProbe(HttpProbeSpec),
     Exec(ExecSpec),
     Prometheus(PrometheusSpec),
-    CgroupOom { cgroup: PathBuf },
-    KubePods { namespace: String, selector: String, event: String },
+    CgroupOom {
+        cgroup: PathBuf,
+    },
+    KubePods {
+        namespace: String,
+        selector: String,
+        event: String,
+    },
 }
 
 impl SourceSpec {
@@ -257,12 +270,8 @@ impl Rule {
             RuleMode::MOfN { m, .. } => i * m.saturating_sub(1),
             RuleMode::Within { .. } => Duration::ZERO,
         };
-        let sampling = match self.mode {
-            // Events are pushed or polled each interval; either way one interval at most.
-            RuleMode::Within { .. } => i,
-            _ => i,
-        };
-        own + sampling + signal.timeout
+        // Events (the `within` mode) arrive by polling today, so one interval too.
+        own + i + signal.timeout
     }
 }
 

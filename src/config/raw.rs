@@ -137,13 +137,52 @@ impl RawSignal {
     /// The keys every signal has, whatever its type.
     pub fn common(&self) -> RawSignalCommon<'_> {
         match self {
-            RawSignal::HttpProbe { name, target, interval, timeout, blind_after, .. }
-            | RawSignal::Exec { name, target, interval, timeout, blind_after, .. }
-            | RawSignal::Prometheus { name, target, interval, timeout, blind_after, .. }
-            | RawSignal::CgroupOom { name, target, interval, timeout, blind_after, .. }
-            | RawSignal::KubePods { name, target, interval, timeout, blind_after, .. } => {
-                RawSignalCommon { name, target, interval, timeout, blind_after }
+            RawSignal::HttpProbe {
+                name,
+                target,
+                interval,
+                timeout,
+                blind_after,
+                ..
             }
+            | RawSignal::Exec {
+                name,
+                target,
+                interval,
+                timeout,
+                blind_after,
+                ..
+            }
+            | RawSignal::Prometheus {
+                name,
+                target,
+                interval,
+                timeout,
+                blind_after,
+                ..
+            }
+            | RawSignal::CgroupOom {
+                name,
+                target,
+                interval,
+                timeout,
+                blind_after,
+                ..
+            }
+            | RawSignal::KubePods {
+                name,
+                target,
+                interval,
+                timeout,
+                blind_after,
+                ..
+            } => RawSignalCommon {
+                name,
+                target,
+                interval,
+                timeout,
+                blind_after,
+            },
         }
     }
 }
@@ -240,11 +279,32 @@ pub enum RawStep {
 impl RawStep {
     pub fn common(&self) -> RawStepCommon<'_> {
         match self {
-            RawStep::Exec { name, timeout, retries, on_failure, .. }
-            | RawStep::ReleaseSwitch { name, timeout, retries, on_failure, .. }
-            | RawStep::Http { name, timeout, retries, on_failure, .. } => {
-                RawStepCommon { name, timeout, retries: *retries, on_failure }
+            RawStep::Exec {
+                name,
+                timeout,
+                retries,
+                on_failure,
+                ..
             }
+            | RawStep::ReleaseSwitch {
+                name,
+                timeout,
+                retries,
+                on_failure,
+                ..
+            }
+            | RawStep::Http {
+                name,
+                timeout,
+                retries,
+                on_failure,
+                ..
+            } => RawStepCommon {
+                name,
+                timeout,
+                retries: *retries,
+                on_failure,
+            },
         }
     }
 }

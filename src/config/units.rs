@@ -53,7 +53,12 @@ pub fn format_duration(d: Duration) -> String {
     }
     let mut out = String::new();
     let mut rest = ms;
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
         if rest >= size {
             out.push_str(&format!("{}{unit}", rest / size));
             rest %= size;
@@ -71,7 +76,9 @@ pub fn parse_percent(text: &str) -> Result<f64, String> {
     let number = text.strip_suffix('%').ok_or_else(bad)?;
     let value: f64 = number.trim().parse().map_err(|_| bad())?;
     if !(0.0..=100.0).contains(&value) {
-        return Err(format!("percentage must be between 0% and 100%, got {text:?}"));
+        return Err(format!(
+            "percentage must be between 0% and 100%, got {text:?}"
+        ));
     }
     Ok(value / 100.0)
 }
@@ -172,7 +179,10 @@ pub enum Condition {
     Failing,
     /// A check is passing; only meaningful as a clear condition.
     Passing,
-    Compare { cmp: Cmp, threshold: Threshold },
+    Compare {
+        cmp: Cmp,
+        threshold: Threshold,
+    },
 }
 
 impl Condition {
@@ -244,7 +254,10 @@ pub fn parse_condition(text: &str) -> Result<Condition, String> {
     let threshold = if rest.ends_with('%') {
         Threshold::Value(parse_percent(rest)?, Unit::Percent)
     } else if rest.ends_with(|c: char| c.is_ascii_alphabetic()) {
-        Threshold::Value(parse_duration(rest).map_err(|_| bad())?.as_secs_f64(), Unit::Seconds)
+        Threshold::Value(
+            parse_duration(rest).map_err(|_| bad())?.as_secs_f64(),
+            Unit::Seconds,
+        )
     } else {
         let v: f64 = rest.parse().map_err(|_| bad())?;
         if !v.is_finite() {
@@ -274,7 +287,10 @@ mod tests {
         }
         for text in ["5 minutes", "5", "m", "", " 5m", "5x", "-1s", "1e400s"] {
             let err = parse_duration(text).unwrap_err();
-            assert!(err.starts_with("expected a duration like \"5m\""), "{text}: {err}");
+            assert!(
+                err.starts_with("expected a duration like \"5m\""),
+                "{text}: {err}"
+            );
         }
     }
 
@@ -288,7 +304,11 @@ mod tests {
     #[test]
     fn conditions_parse_units_into_base_values() {
         let check = |text: &str, cmp: Cmp, threshold: Threshold| {
-            assert_eq!(parse_condition(text).unwrap(), Condition::Compare { cmp, threshold }, "{text}");
+            assert_eq!(
+                parse_condition(text).unwrap(),
+                Condition::Compare { cmp, threshold },
+                "{text}"
+            );
         };
         check("> 5%", Cmp::Gt, Threshold::Value(0.05, Unit::Percent));
         check(">= 200ms", Cmp::Ge, Threshold::Value(0.2, Unit::Seconds));
@@ -303,7 +323,14 @@ mod tests {
 
     #[test]
     fn conditions_describe_themselves_in_config_syntax() {
-        for text in ["> 5%", ">= 200ms", "> 3", "< 1%", "> 1.5x baseline", "failing"] {
+        for text in [
+            "> 5%",
+            ">= 200ms",
+            "> 3",
+            "< 1%",
+            "> 1.5x baseline",
+            "failing",
+        ] {
             assert_eq!(parse_condition(text).unwrap().describe(), text);
         }
     }

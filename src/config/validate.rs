@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::load::figment_errors;
 use super::raw::*;
-use super::units::{parse_condition, parse_duration, parse_percent, Condition, Threshold, Unit};
+use super::units::{Condition, Threshold, Unit, parse_condition, parse_duration, parse_percent};
 use super::*;
 
 /// Placeholders an action may use; each is also passed as `REARGUARD_<NAME>`.
@@ -53,7 +53,12 @@ impl Ctx<'_> {
         }
     }
 
-    fn positive_duration(&mut self, path: String, value: &Option<String>, default: Duration) -> Duration {
+    fn positive_duration(
+        &mut self,
+        path: String,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Duration {
         let d = self.duration(path.clone(), value, default);
         if d.is_zero() {
             self.err(path, "must be greater than zero");
@@ -76,13 +81,21 @@ impl Ctx<'_> {
         }
     }
 
-    fn method(&mut self, path: String, text: &Option<String>, default: reqwest::Method) -> reqwest::Method {
+    fn method(
+        &mut self,
+        path: String,
+        text: &Option<String>,
+        default: reqwest::Method,
+    ) -> reqwest::Method {
         match text {
             None => default,
             Some(m) => match reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
                 Ok(m) => m,
                 Err(_) => {
-                    self.err(path, format!("expected an HTTP method like \"POST\", got {m:?}"));
+                    self.err(
+                        path,
+                        format!("expected an HTTP method like \"POST\", got {m:?}"),
+                    );
                     default
                 }
             },
@@ -117,7 +130,10 @@ impl Ctx<'_> {
                 continue;
             }
             if !templated {
-                self.err(format!("{path}[{i}]"), "placeholders are not available here");
+                self.err(
+                    format!("{path}[{i}]"),
+                    "placeholders are not available here",
+                );
                 continue;
             }
             for name in &found {
@@ -155,7 +171,10 @@ impl Ctx<'_> {
                 match std::fs::read_to_string(&p) {
                     Ok(s) => s.trim_end_matches(['\n', '\r']).to_owned(),
                     Err(e) => {
-                        self.err(path, format!("cannot read secret file {}: {e}", p.display()));
+                        self.err(
+                            path,
+                            format!("cannot read secret file {}: {e}", p.display()),
+                        );
                         return None;
                     }
                 }
@@ -181,7 +200,10 @@ impl Ctx<'_> {
             Some("breach") => Policy::Breach,
             Some("ok") => Policy::Ok,
             Some(other) => {
-                self.err(path, format!("expected \"hold\", \"breach\" or \"ok\", got {other:?}"));
+                self.err(
+                    path,
+                    format!("expected \"hold\", \"breach\" or \"ok\", got {other:?}"),
+                );
                 Policy::Hold
             }
         }
@@ -195,33 +217,40 @@ fn unknown_placeholder(name: &str) -> String {
     )
 }
 
-/// The names inside `{name}` where name is lowercase letters and underscores.
+/// The names inside `{name}` where name is lowercase letters and underscores; braces of
+/// JSON around a placeholder do not hide it (`{"text": "{incident}"}`).
 pub fn placeholders_in(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find('{') {
         let after = &rest[start + 1..];
-        match after.find('}') {
-            Some(end) => {
-                let name = &after[..end];
-                if !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-                    out.push(name.to_owned());
-                }
-                rest = &after[end..];
+        let Some(end) = after.find(['{', '}']) else {
+            break;
+        };
+        if after.as_bytes()[end] == b'}' {
+            let name = &after[..end];
+            if !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                out.push(name.to_owned());
             }
-            None => break,
+            rest = &after[end + 1..];
+        } else {
+            // Another `{` comes first: the placeholder, if any, starts there.
+            rest = &after[end..];
         }
     }
     out
 }
 
-fn check_unique<'a>(ctx: &mut Ctx, section: &str, names: impl Iterator<Item = &'a str>) {
+fn check_unique<'a>(ctx: &mut Ctx, section: &str, names: impl Iterator<Item = (usize, &'a str)>) {
     let mut seen = HashSet::new();
-    for (i, name) in names.enumerate() {
+    for (i, name) in names {
         if name.is_empty() {
             ctx.err(format!("{section}[{i}].name"), "must not be empty");
         } else if !seen.insert(name) {
-            ctx.err(format!("{section}[{i}].name"), format!("{name:?} is used by an earlier {section}"));
+            ctx.err(
+                format!("{section}[{i}].name"),
+                format!("{name:?} is used by an earlier {section}"),
+            );
         }
     }
 }
@@ -246,19 +275,60 @@ pub fn validate(
     let raw_escalation: Vec<Option<RawEscalation>> = items(&mut ctx, "escalation", &raw.escalation);
 
     // Names first, so that references can be resolved even when an item is invalid.
-    let target_names: Vec<&str> = raw_targets.iter().map(|t| t.as_ref().map_or("", |t| t.name.as_str())).collect();
-    let signal_names: Vec<&str> = raw_signals.iter().map(|s| s.as_ref().map_or("", |s| s.common().name)).collect();
-    let rule_names: Vec<&str> = raw_rules.iter().map(|r| r.as_ref().map_or("", |r| r.name.as_str())).collect();
-    let plan_names: Vec<&str> = raw_plans.iter().map(|p| p.as_ref().map_or("", |p| p.name.as_str())).collect();
-    let notifier_names: Vec<&str> = raw_notifiers.iter().map(|n| n.as_ref().map_or("", |n| n.name.as_str())).collect();
+    let target_names: Vec<&str> = raw_targets
+        .iter()
+        .map(|t| t.as_ref().map_or("", |t| t.name.as_str()))
+        .collect();
+    let signal_names: Vec<&str> = raw_signals
+        .iter()
+        .map(|s| s.as_ref().map_or("", |s| s.common().name))
+        .collect();
+    let rule_names: Vec<&str> = raw_rules
+        .iter()
+        .map(|r| r.as_ref().map_or("", |r| r.name.as_str()))
+        .collect();
+    let plan_names: Vec<&str> = raw_plans
+        .iter()
+        .map(|p| p.as_ref().map_or("", |p| p.name.as_str()))
+        .collect();
+    let notifier_names: Vec<&str> = raw_notifiers
+        .iter()
+        .map(|n| n.as_ref().map_or("", |n| n.name.as_str()))
+        .collect();
     for (section, names, raws_ok) in [
-        ("target", &target_names, raw_targets.iter().map(Option::is_some).collect::<Vec<_>>()),
-        ("signal", &signal_names, raw_signals.iter().map(Option::is_some).collect()),
-        ("rule", &rule_names, raw_rules.iter().map(Option::is_some).collect()),
-        ("plan", &plan_names, raw_plans.iter().map(Option::is_some).collect()),
-        ("notifier", &notifier_names, raw_notifiers.iter().map(Option::is_some).collect()),
+        (
+            "target",
+            &target_names,
+            raw_targets.iter().map(Option::is_some).collect::<Vec<_>>(),
+        ),
+        (
+            "signal",
+            &signal_names,
+            raw_signals.iter().map(Option::is_some).collect(),
+        ),
+        (
+            "rule",
+            &rule_names,
+            raw_rules.iter().map(Option::is_some).collect(),
+        ),
+        (
+            "plan",
+            &plan_names,
+            raw_plans.iter().map(Option::is_some).collect(),
+        ),
+        (
+            "notifier",
+            &notifier_names,
+            raw_notifiers.iter().map(Option::is_some).collect(),
+        ),
     ] {
-        let valid: Vec<&str> = names.iter().zip(&raws_ok).filter(|(_, ok)| **ok).map(|(n, _)| *n).collect();
+        let valid: Vec<(usize, &str)> = names
+            .iter()
+            .zip(&raws_ok)
+            .enumerate()
+            .filter(|(_, (_, ok))| **ok)
+            .map(|(i, (n, _))| (i, *n))
+            .collect();
         check_unique(&mut ctx, section, valid.into_iter());
     }
     let find = |names: &[&str], name: &str| names.iter().position(|n| *n == name);
@@ -280,18 +350,36 @@ pub fn validate(
             }
             found
         });
-        let change = raw.change.as_ref().map(|c| change(&mut ctx, &format!("{p}.change"), c));
+        let change = raw
+            .change
+            .as_ref()
+            .map(|c| change(&mut ctx, &format!("{p}.change"), c));
         let max_rollbacks = raw.max_rollbacks.unwrap_or(3);
         if max_rollbacks == 0 {
-            ctx.err(format!("{p}.max_rollbacks"), "must be at least 1; leave `plan` unset to never act");
+            ctx.err(
+                format!("{p}.max_rollbacks"),
+                "must be at least 1; leave `plan` unset to never act",
+            );
         }
         targets.push(Target {
             name: raw.name.clone(),
             plan,
-            blame_window: ctx.duration(format!("{p}.blame_window"), &raw.blame_window, Duration::from_secs(30 * 60)),
-            cooldown: ctx.duration(format!("{p}.cooldown"), &raw.cooldown, Duration::from_secs(15 * 60)),
+            blame_window: ctx.duration(
+                format!("{p}.blame_window"),
+                &raw.blame_window,
+                Duration::from_secs(30 * 60),
+            ),
+            cooldown: ctx.duration(
+                format!("{p}.cooldown"),
+                &raw.cooldown,
+                Duration::from_secs(15 * 60),
+            ),
             max_rollbacks,
-            rollback_period: ctx.positive_duration(format!("{p}.rollback_period"), &raw.rollback_period, Duration::from_secs(3600)),
+            rollback_period: ctx.positive_duration(
+                format!("{p}.rollback_period"),
+                &raw.rollback_period,
+                Duration::from_secs(3600),
+            ),
             change,
         });
     }
@@ -302,13 +390,30 @@ pub fn validate(
         let p = format!("signal[{i}]");
         let common = raw.common();
         let Some(target) = find(&target_names, common.target) else {
-            ctx.err(format!("{p}.target"), format!("no target is named {:?}", common.target));
+            ctx.err(
+                format!("{p}.target"),
+                format!("no target is named {:?}", common.target),
+            );
             continue;
         };
-        let interval = ctx.positive_duration(format!("{p}.interval"), common.interval, Duration::from_secs(10));
-        let timeout = ctx.positive_duration(format!("{p}.timeout"), common.timeout, Duration::from_secs(5).min(interval));
-        let blind_after = ctx.positive_duration(format!("{p}.blind_after"), common.blind_after, daemon.blind_after);
-        let Some(source) = source(&mut ctx, &p, raw) else { continue };
+        let interval = ctx.positive_duration(
+            format!("{p}.interval"),
+            common.interval,
+            Duration::from_secs(10),
+        );
+        let timeout = ctx.positive_duration(
+            format!("{p}.timeout"),
+            common.timeout,
+            Duration::from_secs(5).min(interval),
+        );
+        let blind_after = ctx.positive_duration(
+            format!("{p}.blind_after"),
+            common.blind_after,
+            daemon.blind_after,
+        );
+        let Some(source) = source(&mut ctx, &p, raw) else {
+            continue;
+        };
         signals.push(Signal {
             name: common.name.to_owned(),
             target,
@@ -325,7 +430,10 @@ pub fn validate(
         let p = format!("rule[{i}]");
         let Some(signal) = signals.iter().position(|s| s.name == raw.signal) else {
             if !signal_names.contains(&raw.signal.as_str()) {
-                ctx.err(format!("{p}.signal"), format!("no signal is named {:?}", raw.signal));
+                ctx.err(
+                    format!("{p}.signal"),
+                    format!("no signal is named {:?}", raw.signal),
+                );
             }
             continue;
         };
@@ -340,7 +448,10 @@ pub fn validate(
         let kind = match raw.kind.as_str() {
             "log" => NotifierKind::Log,
             other => {
-                ctx.err(format!("notifier[{i}].type"), format!("unknown notifier type {other:?}; known: \"log\""));
+                ctx.err(
+                    format!("notifier[{i}].type"),
+                    format!("unknown notifier type {other:?}; known: \"log\""),
+                );
                 continue;
             }
         };
@@ -375,15 +486,20 @@ pub fn validate(
             match notifiers.iter().position(|n| &n.name == name) {
                 Some(n) => notify.push(n),
                 None if notifier_names.contains(&name.as_str()) => {}
-                None => ctx.err(format!("{p}.notify[{j}]"), format!("no notifier is named {name:?}")),
+                None => ctx.err(
+                    format!("{p}.notify[{j}]"),
+                    format!("no notifier is named {name:?}"),
+                ),
             }
         }
-        let repeat = raw
-            .repeat
-            .as_ref()
-            .map(|_| ctx.positive_duration(format!("{p}.repeat"), &raw.repeat, Duration::from_secs(900)));
+        let repeat = raw.repeat.as_ref().map(|_| {
+            ctx.positive_duration(format!("{p}.repeat"), &raw.repeat, Duration::from_secs(900))
+        });
         escalation.push(EscalationLevel {
-            name: raw.name.clone().unwrap_or_else(|| format!("level {}", i + 1)),
+            name: raw
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("level {}", i + 1)),
             on,
             after: ctx.duration(format!("{p}.after"), &raw.after, Duration::ZERO),
             repeat,
@@ -395,13 +511,18 @@ pub fn validate(
     for (ti, t) in targets.iter().enumerate() {
         let Some(pi) = t.plan else { continue };
         for &r in &plans[pi].verify.rules {
-            if let Some(rule) = rule_names.get(r).and_then(|n| rules.iter().find(|x| &x.name == n)) {
-                if rule.target != ti {
-                    ctx.err(
-                        format!("plan[{pi}].verify.rules"),
-                        format!("rule {:?} watches another target than {:?}, which uses this plan", rule.name, t.name),
-                    );
-                }
+            if let Some(rule) = rule_names
+                .get(r)
+                .and_then(|n| rules.iter().find(|x| &x.name == n))
+                && rule.target != ti
+            {
+                ctx.err(
+                    format!("plan[{pi}].verify.rules"),
+                    format!(
+                        "rule {:?} watches another target than {:?}, which uses this plan",
+                        rule.name, t.name
+                    ),
+                );
             }
         }
     }
@@ -443,7 +564,10 @@ fn daemon(ctx: &mut Ctx, raw: Option<&Value>) -> Daemon {
     let listen = match &raw.listen {
         None => SocketAddr::from(([127, 0, 0, 1], 9787)),
         Some(text) => text.parse().unwrap_or_else(|_| {
-            ctx.err("daemon.listen", format!("expected an address like \"127.0.0.1:9787\", got {text:?}"));
+            ctx.err(
+                "daemon.listen",
+                format!("expected an address like \"127.0.0.1:9787\", got {text:?}"),
+            );
             SocketAddr::from(([127, 0, 0, 1], 9787))
         }),
     };
@@ -451,7 +575,10 @@ fn daemon(ctx: &mut Ctx, raw: Option<&Value>) -> Daemon {
         None | Some("enforce") => Mode::Enforce,
         Some("shadow") => Mode::Shadow,
         Some(other) => {
-            ctx.err("daemon.mode", format!("expected \"enforce\" or \"shadow\", got {other:?}"));
+            ctx.err(
+                "daemon.mode",
+                format!("expected \"enforce\" or \"shadow\", got {other:?}"),
+            );
             Mode::Enforce
         }
     };
@@ -460,8 +587,16 @@ fn daemon(ctx: &mut Ctx, raw: Option<&Value>) -> Daemon {
         listen,
         mode,
         tick: ctx.positive_duration("daemon.tick".into(), &raw.tick, Duration::from_secs(1)),
-        drain_timeout: ctx.duration("daemon.drain_timeout".into(), &raw.drain_timeout, Duration::from_secs(30)),
-        blind_after: ctx.positive_duration("daemon.blind_after".into(), &raw.blind_after, Duration::from_secs(120)),
+        drain_timeout: ctx.duration(
+            "daemon.drain_timeout".into(),
+            &raw.drain_timeout,
+            Duration::from_secs(30),
+        ),
+        blind_after: ctx.positive_duration(
+            "daemon.blind_after".into(),
+            &raw.blind_after,
+            Duration::from_secs(120),
+        ),
     }
 }
 
@@ -469,7 +604,11 @@ fn change(ctx: &mut Ctx, p: &str, raw: &RawChange) -> ChangeSpec {
     match raw {
         RawChange::ReleaseSymlink { path, interval } => ChangeSpec::ReleaseSymlink {
             path: PathBuf::from(path),
-            interval: ctx.positive_duration(format!("{p}.interval"), interval, Duration::from_secs(5)),
+            interval: ctx.positive_duration(
+                format!("{p}.interval"),
+                interval,
+                Duration::from_secs(5),
+            ),
         },
         RawChange::Exec {
             command,
@@ -477,10 +616,21 @@ fn change(ctx: &mut Ctx, p: &str, raw: &RawChange) -> ChangeSpec {
             timeout,
         } => ChangeSpec::Exec {
             command: ctx.argv(&format!("{p}.command"), command, false),
-            interval: ctx.positive_duration(format!("{p}.interval"), interval, Duration::from_secs(30)),
-            timeout: ctx.positive_duration(format!("{p}.timeout"), timeout, Duration::from_secs(10)),
+            interval: ctx.positive_duration(
+                format!("{p}.interval"),
+                interval,
+                Duration::from_secs(30),
+            ),
+            timeout: ctx.positive_duration(
+                format!("{p}.timeout"),
+                timeout,
+                Duration::from_secs(10),
+            ),
         },
-        RawChange::KubeDeployment { namespace, deployment } => ChangeSpec::KubeDeployment {
+        RawChange::KubeDeployment {
+            namespace,
+            deployment,
+        } => ChangeSpec::KubeDeployment {
             namespace: namespace.clone(),
             deployment: deployment.clone(),
         },
@@ -505,16 +655,25 @@ fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
                 (None, None) => None,
                 (Some(ptr), Some(v)) => {
                     if !ptr.is_empty() && !ptr.starts_with('/') {
-                        ctx.err(format!("{p}.json_pointer"), format!("expected a JSON pointer like \"/status\", got {ptr:?}"));
+                        ctx.err(
+                            format!("{p}.json_pointer"),
+                            format!("expected a JSON pointer like \"/status\", got {ptr:?}"),
+                        );
                     }
                     Some((ptr.clone(), v.clone()))
                 }
                 (Some(_), None) => {
-                    ctx.err(format!("{p}.json_equals"), "json_pointer needs json_equals: the value the field must have");
+                    ctx.err(
+                        format!("{p}.json_equals"),
+                        "json_pointer needs json_equals: the value the field must have",
+                    );
                     None
                 }
                 (None, Some(_)) => {
-                    ctx.err(format!("{p}.json_pointer"), "json_equals needs json_pointer: which field to compare, like \"/status\"");
+                    ctx.err(
+                        format!("{p}.json_pointer"),
+                        "json_equals needs json_pointer: which field to compare, like \"/status\"",
+                    );
                     None
                 }
             };
@@ -526,7 +685,9 @@ fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
                 json,
             })
         }
-        RawSignal::Exec { command, env, cwd, .. } => SourceSpec::Exec(ExecSpec {
+        RawSignal::Exec {
+            command, env, cwd, ..
+        } => SourceSpec::Exec(ExecSpec {
             command: ctx.argv(&format!("{p}.command"), command, false),
             env: env.clone(),
             cwd: cwd.as_ref().map(PathBuf::from),
@@ -545,7 +706,10 @@ fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
                 .filter(|x| **x)
                 .count();
             if chosen != 1 {
-                ctx.err(p.to_owned(), "a prometheus signal takes exactly one of `error_rate`, `latency` or `query`");
+                ctx.err(
+                    p.to_owned(),
+                    "a prometheus signal takes exactly one of `error_rate`, `latency` or `query`",
+                );
                 return None;
             }
             let query = if let Some(e) = error_rate {
@@ -556,7 +720,10 @@ fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
             } else if let Some(l) = latency {
                 let quantile = l.quantile.unwrap_or(0.95);
                 if !(quantile > 0.0 && quantile < 1.0) {
-                    ctx.err(format!("{p}.latency.quantile"), format!("expected a quantile between 0 and 1 like 0.95, got {quantile}"));
+                    ctx.err(
+                        format!("{p}.latency.quantile"),
+                        format!("expected a quantile between 0 and 1 like 0.95, got {quantile}"),
+                    );
                 }
                 PromQuery::Latency {
                     histogram: l.histogram.clone(),
@@ -568,7 +735,11 @@ fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
             SourceSpec::Prometheus(PrometheusSpec {
                 url: url?,
                 query,
-                window: ctx.positive_duration(format!("{p}.window"), window, Duration::from_secs(60)),
+                window: ctx.positive_duration(
+                    format!("{p}.window"),
+                    window,
+                    Duration::from_secs(60),
+                ),
             })
         }
         RawSignal::CgroupOom { cgroup, .. } => SourceSpec::CgroupOom {
@@ -580,7 +751,10 @@ fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
             event,
             ..
         } => {
-            if !matches!(event.as_str(), "oom_killed" | "crash_loop" | "not_ready" | "evicted") {
+            if !matches!(
+                event.as_str(),
+                "oom_killed" | "crash_loop" | "not_ready" | "evicted"
+            ) {
                 ctx.err(
                     format!("{p}.event"),
                     format!("expected \"oom_killed\", \"crash_loop\", \"not_ready\" or \"evicted\", got {event:?}"),
@@ -600,7 +774,18 @@ fn rule(ctx: &mut Ctx, p: &str, raw: &RawRule, signal: usize, sig: &Signal) -> O
     let when = match (&raw.when, kind) {
         (None, SignalKind::Check) => Condition::Failing,
         (None, _) => {
-            ctx.err(format!("{p}.when"), format!("is required for a {} signal, e.g. \"> 5%\"", kind.name()));
+            let (article, example) = match kind {
+                SignalKind::Rate => ("a", "\"> 5%\""),
+                SignalKind::Event => ("an", "\"> 3\""),
+                _ => ("a", "\"> 200ms\""),
+            };
+            ctx.err(
+                format!("{p}.when"),
+                format!(
+                    "is required for {article} {} signal, e.g. {example}",
+                    kind.name()
+                ),
+            );
             return None;
         }
         (Some(text), _) => match parse_condition(text) {
@@ -613,12 +798,20 @@ fn rule(ctx: &mut Ctx, p: &str, raw: &RawRule, signal: usize, sig: &Signal) -> O
     };
     check_condition_fits(ctx, &format!("{p}.when"), &when, kind, false);
 
-    let modes = [raw.for_.is_some(), raw.consecutive.is_some(), raw.m_of_n.is_some(), raw.within.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let modes = [
+        raw.for_.is_some(),
+        raw.consecutive.is_some(),
+        raw.m_of_n.is_some(),
+        raw.within.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if modes != 1 {
-        ctx.err(p.to_owned(), "a rule takes exactly one of `for`, `consecutive`, `m_of_n` or `within`");
+        ctx.err(
+            p.to_owned(),
+            "a rule takes exactly one of `for`, `consecutive`, `m_of_n` or `within`",
+        );
         return None;
     }
     let mode = if raw.for_.is_some() {
@@ -632,23 +825,40 @@ fn rule(ctx: &mut Ctx, p: &str, raw: &RawRule, signal: usize, sig: &Signal) -> O
         RuleMode::Consecutive { n: n.max(1) }
     } else if let Some([m, n]) = raw.m_of_n {
         if m == 0 || m > n {
-            ctx.err(format!("{p}.m_of_n"), format!("expected [M, N] with 1 <= M <= N, got [{m}, {n}]"));
+            ctx.err(
+                format!("{p}.m_of_n"),
+                format!("expected [M, N] with 1 <= M <= N, got [{m}, {n}]"),
+            );
         }
         if n > 10_000 {
             ctx.err(format!("{p}.m_of_n"), "N may be at most 10000");
         }
-        RuleMode::MOfN { m: m.max(1), n: n.clamp(1, 10_000).max(m.max(1)) }
+        RuleMode::MOfN {
+            m: m.max(1),
+            n: n.clamp(1, 10_000).max(m.max(1)),
+        }
     } else {
         RuleMode::Within {
-            window: ctx.positive_duration(format!("{p}.within"), &raw.within, Duration::from_secs(300)),
+            window: ctx.positive_duration(
+                format!("{p}.within"),
+                &raw.within,
+                Duration::from_secs(300),
+            ),
         }
     };
     match (kind, mode) {
         (SignalKind::Event, RuleMode::Within { .. }) => {}
-        (SignalKind::Event, _) => ctx.err(p.to_owned(), "an event signal counts events: use `within = \"5m\"`"),
+        (SignalKind::Event, _) => ctx.err(
+            p.to_owned(),
+            "an event signal counts events: use `within = \"5m\"`",
+        ),
         (_, RuleMode::Within { .. }) => ctx.err(
             format!("{p}.within"),
-            format!("`within` counts events, but signal {:?} is a {} signal", sig.name, kind.name()),
+            format!(
+                "`within` counts events, but signal {:?} is a {} signal",
+                sig.name,
+                kind.name()
+            ),
         ),
         _ => {}
     }
@@ -667,29 +877,63 @@ fn rule(ctx: &mut Ctx, p: &str, raw: &RawRule, signal: usize, sig: &Signal) -> O
         },
     };
     if let (
-        Condition::Compare { cmp: wc, threshold: Threshold::Value(wv, _) },
-        Condition::Compare { cmp: cc, threshold: Threshold::Value(cv, _) },
+        Condition::Compare {
+            cmp: wc,
+            threshold: Threshold::Value(wv, _),
+        },
+        Condition::Compare {
+            cmp: cc,
+            threshold: Threshold::Value(cv, _),
+        },
     ) = (when, clear)
     {
         // Hysteresis must leave no value that both breaches and clears.
-        let overlap = if wc.is_upper() { cc.is_upper() || cv > wv } else { !cc.is_upper() || cv < wv };
+        let overlap = if wc.is_upper() {
+            cc.is_upper() || cv > wv
+        } else {
+            !cc.is_upper() || cv < wv
+        };
         if overlap {
-            ctx.err(format!("{p}.clear"), format!("{:?} overlaps the breach condition {:?}: a value could both breach and clear", clear.describe(), when.describe()));
+            ctx.err(
+                format!("{p}.clear"),
+                format!(
+                    "{:?} overlaps the breach condition {:?}: a value could both breach and clear",
+                    clear.describe(),
+                    when.describe()
+                ),
+            );
         }
     }
 
     if raw.min_requests.is_some() && kind != SignalKind::Rate {
-        ctx.err(format!("{p}.min_requests"), format!("applies to rate signals; {:?} is a {} signal", sig.name, kind.name()));
+        ctx.err(
+            format!("{p}.min_requests"),
+            format!(
+                "applies to rate signals; {:?} is a {} signal",
+                sig.name,
+                kind.name()
+            ),
+        );
     }
     let confidence = raw.confidence.as_ref().and_then(|text| {
         if kind != SignalKind::Rate {
-            ctx.err(format!("{p}.confidence"), format!("applies to rate signals; {:?} is a {} signal", sig.name, kind.name()));
+            ctx.err(
+                format!("{p}.confidence"),
+                format!(
+                    "applies to rate signals; {:?} is a {} signal",
+                    sig.name,
+                    kind.name()
+                ),
+            );
             return None;
         }
         match parse_percent(text) {
             Ok(c) if (0.5..1.0).contains(&c) => Some(c),
             Ok(_) => {
-                ctx.err(format!("{p}.confidence"), format!("expected a level from 50% to below 100%, like \"95%\", got {text:?}"));
+                ctx.err(
+                    format!("{p}.confidence"),
+                    format!("expected a level from 50% to below 100%, like \"95%\", got {text:?}"),
+                );
                 None
             }
             Err(m) => {
@@ -698,9 +942,18 @@ fn rule(ctx: &mut Ctx, p: &str, raw: &RawRule, signal: usize, sig: &Signal) -> O
             }
         }
     });
-    let uses_baseline = matches!(when, Condition::Compare { threshold: Threshold::BaselineRatio(_), .. });
+    let uses_baseline = matches!(
+        when,
+        Condition::Compare {
+            threshold: Threshold::BaselineRatio(_),
+            ..
+        }
+    );
     if raw.baseline_window.is_some() && !uses_baseline {
-        ctx.err(format!("{p}.baseline_window"), "applies only to a condition like \"> 1.5x baseline\"");
+        ctx.err(
+            format!("{p}.baseline_window"),
+            "applies only to a condition like \"> 1.5x baseline\"",
+        );
     }
     Some(Rule {
         name: raw.name.clone(),
@@ -712,30 +965,71 @@ fn rule(ctx: &mut Ctx, p: &str, raw: &RawRule, signal: usize, sig: &Signal) -> O
         clear_for: ctx.duration(format!("{p}.clear_for"), &raw.clear_for, Duration::ZERO),
         min_requests: raw.min_requests.unwrap_or(0),
         confidence,
-        baseline_window: ctx.positive_duration(format!("{p}.baseline_window"), &raw.baseline_window, Duration::from_secs(1800)),
+        baseline_window: ctx.positive_duration(
+            format!("{p}.baseline_window"),
+            &raw.baseline_window,
+            Duration::from_secs(1800),
+        ),
         no_data: ctx.policy(format!("{p}.no_data"), &raw.no_data),
         insufficient: ctx.policy(format!("{p}.insufficient"), &raw.insufficient),
     })
 }
 
-fn check_condition_fits(ctx: &mut Ctx, path: &str, c: &Condition, kind: SignalKind, is_clear: bool) {
+fn check_condition_fits(
+    ctx: &mut Ctx,
+    path: &str,
+    c: &Condition,
+    kind: SignalKind,
+    is_clear: bool,
+) {
     let problem = match (c, kind) {
         (Condition::Failing, SignalKind::Check) => None,
         (Condition::Passing, SignalKind::Check) if is_clear => None,
-        (Condition::Failing | Condition::Passing, _) => Some(format!("{:?} applies to check signals; this is a {} signal", c.describe(), kind.name())),
-        (Condition::Compare { .. }, SignalKind::Check) => Some("a check signal passes or fails: use \"failing\"".to_owned()),
-        (Condition::Compare { threshold: Threshold::BaselineRatio(_), .. }, SignalKind::Number) => None,
-        (Condition::Compare { threshold: Threshold::BaselineRatio(_), .. }, _) => {
-            Some(format!("a baseline ratio applies to number signals such as latency; this is a {} signal", kind.name()))
+        (Condition::Failing | Condition::Passing, _) => Some(format!(
+            "{:?} applies to check signals; this is a {} signal",
+            c.describe(),
+            kind.name()
+        )),
+        (Condition::Compare { .. }, SignalKind::Check) => {
+            Some("a check signal passes or fails: use \"failing\"".to_owned())
         }
-        (Condition::Compare { threshold: Threshold::Value(v, unit), .. }, SignalKind::Rate) => {
+        (
+            Condition::Compare {
+                threshold: Threshold::BaselineRatio(_),
+                ..
+            },
+            SignalKind::Number,
+        ) => None,
+        (
+            Condition::Compare {
+                threshold: Threshold::BaselineRatio(_),
+                ..
+            },
+            _,
+        ) => Some(format!(
+            "a baseline ratio applies to number signals such as latency; this is a {} signal",
+            kind.name()
+        )),
+        (
+            Condition::Compare {
+                threshold: Threshold::Value(v, unit),
+                ..
+            },
+            SignalKind::Rate,
+        ) => {
             if *unit == Unit::Seconds || !(0.0..=1.0).contains(v) {
                 Some("a rate is a fraction: write it as a percentage like \"5%\"".to_owned())
             } else {
                 None
             }
         }
-        (Condition::Compare { threshold: Threshold::Value(_, unit), .. }, SignalKind::Event) => {
+        (
+            Condition::Compare {
+                threshold: Threshold::Value(_, unit),
+                ..
+            },
+            SignalKind::Event,
+        ) => {
             if *unit != Unit::Plain {
                 Some("an event signal is a count: write a number like \"> 3\"".to_owned())
             } else {
@@ -757,10 +1051,19 @@ fn plan(ctx: &mut Ctx, i: usize, raw: &RawPlan, rule_names: &[&str]) -> Plan {
     }
     for (j, value) in raw.step.iter().enumerate() {
         let sp = format!("{p}.step[{j}]");
-        let Some(raw_step) = ctx.item::<RawStep>(&sp, value) else { continue };
+        let Some(raw_step) = ctx.item::<RawStep>(&sp, value) else {
+            continue;
+        };
         let common = raw_step.common();
-        let name = common.name.clone().unwrap_or_else(|| format!("step {}", j + 1));
-        let timeout = ctx.positive_duration(format!("{sp}.timeout"), common.timeout, Duration::from_secs(60));
+        let name = common
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("step {}", j + 1));
+        let timeout = ctx.positive_duration(
+            format!("{sp}.timeout"),
+            common.timeout,
+            Duration::from_secs(60),
+        );
         let retries = common.retries.unwrap_or(0);
         if retries > 10 {
             ctx.err(format!("{sp}.retries"), "may be at most 10");
@@ -769,12 +1072,17 @@ fn plan(ctx: &mut Ctx, i: usize, raw: &RawPlan, rule_names: &[&str]) -> Plan {
             None | Some("abort") => OnFailure::Abort,
             Some("continue") => OnFailure::Continue,
             Some(other) => {
-                ctx.err(format!("{sp}.on_failure"), format!("expected \"abort\" or \"continue\", got {other:?}"));
+                ctx.err(
+                    format!("{sp}.on_failure"),
+                    format!("expected \"abort\" or \"continue\", got {other:?}"),
+                );
                 OnFailure::Abort
             }
         };
         let action = match &raw_step {
-            RawStep::Exec { command, env, cwd, .. } => ActionSpec::Exec(ExecSpec {
+            RawStep::Exec {
+                command, env, cwd, ..
+            } => ActionSpec::Exec(ExecSpec {
                 command: ctx.argv(&format!("{sp}.command"), command, true),
                 env: env.clone(),
                 cwd: cwd.as_ref().map(PathBuf::from),
@@ -788,12 +1096,17 @@ fn plan(ctx: &mut Ctx, i: usize, raw: &RawPlan, rule_names: &[&str]) -> Plan {
                 let current = PathBuf::from(current);
                 let releases = match releases {
                     Some(r) => PathBuf::from(r),
-                    None => current.parent().map(|d| d.join("releases")).unwrap_or_else(|| PathBuf::from("releases")),
+                    None => current
+                        .parent()
+                        .map(|d| d.join("releases"))
+                        .unwrap_or_else(|| PathBuf::from("releases")),
                 };
                 ActionSpec::ReleaseSwitch(ReleaseSwitchSpec {
                     current,
                     releases,
-                    restart: restart.as_ref().map(|r| ctx.argv(&format!("{sp}.restart"), r, true)),
+                    restart: restart
+                        .as_ref()
+                        .map(|r| ctx.argv(&format!("{sp}.restart"), r, true)),
                 })
             }
             RawStep::Http {
@@ -829,7 +1142,11 @@ fn plan(ctx: &mut Ctx, i: usize, raw: &RawPlan, rule_names: &[&str]) -> Plan {
                     url: url.clone(),
                     headers: hs,
                     body: body.clone(),
-                    expect_status: ctx.statuses(format!("{sp}.expect_status"), expect_status, &[200, 201, 202, 204]),
+                    expect_status: ctx.statuses(
+                        format!("{sp}.expect_status"),
+                        expect_status,
+                        &[200, 201, 202, 204],
+                    ),
                 })
             }
         };
@@ -848,15 +1165,39 @@ fn plan(ctx: &mut Ctx, i: usize, raw: &RawPlan, rule_names: &[&str]) -> Plan {
         Duration::from_secs(300),
     );
     let mut rules = Vec::new();
-    for (j, name) in verify.and_then(|v| v.rules.clone()).unwrap_or_default().iter().enumerate() {
+    for (j, name) in verify
+        .and_then(|v| v.rules.clone())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         match rule_names.iter().position(|n| n == name) {
             Some(r) => rules.push(r),
-            None => ctx.err(format!("{p}.verify.rules[{j}]"), format!("no rule is named {name:?}")),
+            None => ctx.err(
+                format!("{p}.verify.rules[{j}]"),
+                format!("no rule is named {name:?}"),
+            ),
         }
     }
     Plan {
         name: raw.name.clone(),
         steps,
         verify: Verify { window, rules },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholders_in;
+
+    #[test]
+    fn placeholders_are_found_inside_json_braces() {
+        assert_eq!(
+            placeholders_in(r#"{"text": "{incidnet}", "n": 1}"#),
+            vec!["incidnet"]
+        );
+        assert_eq!(placeholders_in("{a}{b_c}"), vec!["a", "b_c"]);
+        assert!(placeholders_in(r#"{"a": 1}"#).is_empty());
+        assert!(placeholders_in("{Upper} {1} {}").is_empty());
     }
 }

@@ -17,9 +17,14 @@ pub enum IncidentState {
     /// Detected; the decision is being made.
     Open,
     /// Running step `step` of the plan, attempt `attempt` (from 1).
-    Acting { step: usize, attempt: u32 },
+    Acting {
+        step: usize,
+        attempt: u32,
+    },
     /// The plan finished; its rules are watched until `until`.
-    Verifying { until: Ts },
+    Verifying {
+        until: Ts,
+    },
     /// People are in charge; rearguard does not act and waits for recovery.
     Escalated,
     Resolved,
@@ -68,7 +73,11 @@ pub enum EntryKind {
     Change,
     StepStarted,
     /// A step finished; `output` is what it printed or answered.
-    StepFinished { ok: bool, duration_ms: u64, output: String },
+    StepFinished {
+        ok: bool,
+        duration_ms: u64,
+        output: String,
+    },
     Verification,
     Notification,
     Operator,
@@ -96,6 +105,9 @@ pub struct Incident {
     pub to_revision: Option<String>,
     pub plan_finished_at: Option<Ts>,
     pub acknowledged: bool,
+    /// Escalated by the decision gate (not after a rollback): a later change that
+    /// predates the breach lets the gate decide again.
+    pub refused_by_gate: bool,
     /// Why it was escalated, if it was.
     pub escalation_reason: Option<String>,
     pub outcome: Option<Outcome>,

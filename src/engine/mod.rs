@@ -30,8 +30,14 @@ pub enum Input {
     /// Time passes: windows expire, timers fire. The daemon ticks at `daemon.tick`.
     Tick,
     /// The target's current revision, as observed. The first observation of a target is
-    /// not a change; a different revision later is.
-    Change { target: usize, revision: String },
+    /// not a change; a different revision later is. `at` is the earliest time the change
+    /// can have happened: for a polling observer, its previous observation (which still
+    /// saw the old revision); for an exact source, the time of the change itself.
+    Change {
+        target: usize,
+        revision: String,
+        at: Ts,
+    },
     /// A plan step ordered by [`Effect::RunStep`] has finished.
     StepDone(StepResult),
     Command(Command),
@@ -54,19 +60,37 @@ pub struct StepResult {
 /// What an operator can ask of the engine. `by` names who asked, for the audit trail.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Acknowledge { incident: String, by: String },
-    Resolve { incident: String, by: String },
-    ClearBreaker { target: usize, by: String },
+    Acknowledge {
+        incident: String,
+        by: String,
+    },
+    Resolve {
+        incident: String,
+        by: String,
+    },
+    ClearBreaker {
+        target: usize,
+        by: String,
+    },
     /// Pause automatic action on one target, or on all when `target` is `None`.
-    Pause { target: Option<usize>, by: String },
-    Resume { target: Option<usize>, by: String },
+    Pause {
+        target: Option<usize>,
+        by: String,
+    },
+    Resume {
+        target: Option<usize>,
+        by: String,
+    },
 }
 
 /// What the engine asks the outside world to do or to record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// A rule changed phase (the audit trail of decisions).
-    RuleChanged { rule: usize, transition: Transition },
+    RuleChanged {
+        rule: usize,
+        transition: Transition,
+    },
     /// A target's revision changed.
     ChangeObserved {
         target: usize,
@@ -75,14 +99,20 @@ pub enum Effect {
         previous_healthy: bool,
     },
     /// A line was added to an incident's timeline.
-    Timeline { incident: String, target: usize, entry: Entry },
+    Timeline {
+        incident: String,
+        target: usize,
+        entry: Entry,
+    },
     /// Run one attempt of one plan step and report back with [`Input::StepDone`].
     RunStep(StepOrder),
     Notify(Notification),
     /// The incident has ended; write its report.
     IncidentClosed(Box<Incident>),
     /// An operator command could not be applied.
-    CommandRejected { reason: String },
+    CommandRejected {
+        reason: String,
+    },
 }
 
 /// An order to run one step, with the values an action may use.
@@ -166,7 +196,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(cfg: Config) -> Engine {
-        let rules = cfg.rules.iter().map(rule::RuleState::new).collect();
+        let rules = cfg.rules.iter().map(|_| rule::RuleState::new()).collect();
         let mut by_signal = vec![Vec::new(); cfg.signals.len()];
         let mut signals = vec![SignalState::default(); cfg.signals.len()];
         let mut within_rules = Vec::new();
@@ -176,7 +206,13 @@ impl Engine {
                 within_rules.push(i);
             }
             let uses_baseline = [r.when, r.clear].iter().any(|c| {
-                matches!(c, crate::config::Condition::Compare { threshold: Threshold::BaselineRatio(_), .. })
+                matches!(
+                    c,
+                    crate::config::Condition::Compare {
+                        threshold: Threshold::BaselineRatio(_),
+                        ..
+                    }
+                )
             });
             if uses_baseline {
                 let keep = &mut signals[r.signal].keep;
@@ -225,7 +261,11 @@ impl Engine {
         match input {
             Input::Reading(r) => self.on_reading(r, now),
             Input::Tick => self.on_tick(now),
-            Input::Change { target, revision } => self.on_change(target, revision, now),
+            Input::Change {
+                target,
+                revision,
+                at,
+            } => self.on_change(target, revision, at.min(now), now),
             Input::StepDone(r) => self.on_step_done(r, now),
             Input::Command(c) => self.on_command(c, now),
         }
@@ -233,7 +273,9 @@ impl Engine {
     }
 
     fn on_reading(&mut self, r: Reading, now: Ts) {
-        let Some(sig) = self.signals.get_mut(r.signal) else { return };
+        let Some(sig) = self.signals.get_mut(r.signal) else {
+            return;
+        };
         match &r.state {
             ReadingState::SourceError(e) => {
                 sig.error_since.get_or_insert(now);
@@ -251,19 +293,22 @@ impl Engine {
             }
         }
         let sig = &mut self.signals[r.signal];
-        if let (Some(keep), ReadingState::Value(Measure::Number(v))) = (sig.keep, &r.state) {
-            if v.is_finite() {
-                sig.history.push_back((now, *v));
-                let start = now.minus(keep);
-                while sig.history.front().is_some_and(|(t, _)| *t < start) || sig.history.len() > HISTORY_CAP {
-                    sig.history.pop_front();
-                }
+        if let (Some(keep), ReadingState::Value(Measure::Number(v))) = (sig.keep, &r.state)
+            && v.is_finite()
+        {
+            sig.history.push_back((now, *v));
+            let start = now.minus(keep);
+            while sig.history.front().is_some_and(|(t, _)| *t < start)
+                || sig.history.len() > HISTORY_CAP
+            {
+                sig.history.pop_front();
             }
         }
         let baseline = sig.baseline;
         for k in 0..self.by_signal[r.signal].len() {
             let ri = self.by_signal[r.signal][k];
-            if let Some(t) = self.rules[ri].on_reading(&self.cfg.rules[ri], &r.state, baseline, now) {
+            if let Some(t) = self.rules[ri].on_reading(&self.cfg.rules[ri], &r.state, baseline, now)
+            {
                 self.rule_changed(ri, t, now);
             }
         }
@@ -303,12 +348,20 @@ impl Engine {
     fn rule_changed(&mut self, ri: usize, t: Transition, now: Ts) {
         let target = self.cfg.rules[ri].target;
         let name = &self.cfg.rules[ri].name;
-        let text = format!("rule {name} {} -> {}: {}", t.from.name(), t.to.name(), t.evidence);
+        let text = format!(
+            "rule {name} {} -> {}: {}",
+            t.from.name(),
+            t.to.name(),
+            t.evidence
+        );
         if let Some(idx) = self.open_incident(target, Cause::Breach) {
             self.log(idx, now, EntryKind::Rule, text);
         }
         let (to, from, breach_since) = (t.to, t.from, t.breach_since);
-        self.out.push(Effect::RuleChanged { rule: ri, transition: t });
+        self.out.push(Effect::RuleChanged {
+            rule: ri,
+            transition: t,
+        });
         if to == Phase::Firing {
             self.rule_fired(ri, breach_since.unwrap_or(now), now);
         } else if from == Phase::Firing {
@@ -323,14 +376,14 @@ impl Engine {
             if !inc.rules.contains(&ri) {
                 inc.rules.push(ri);
             }
-            if let IncidentState::Verifying { .. } = inc.state {
-                if self.verification_rules(idx).contains(&ri) {
-                    let reason = format!(
-                        "rule {} fired again during verification: the rollback did not fix the problem",
-                        self.cfg.rules[ri].name
-                    );
-                    self.verification_failed(idx, reason, now);
-                }
+            if let IncidentState::Verifying { .. } = inc.state
+                && self.verification_rules(idx).contains(&ri)
+            {
+                let reason = format!(
+                    "rule {} fired again during verification: the rollback did not fix the problem",
+                    self.cfg.rules[ri].name
+                );
+                self.verification_failed(idx, reason, now);
             }
             return;
         }
@@ -349,11 +402,21 @@ impl Engine {
 
     fn rule_cleared(&mut self, ri: usize, now: Ts) {
         let target = self.cfg.rules[ri].target;
-        let Some(idx) = self.open_incident(target, Cause::Breach) else { return };
+        let Some(idx) = self.open_incident(target, Cause::Breach) else {
+            return;
+        };
         let inc = &self.incidents[idx];
-        let all_clear = inc.rules.iter().all(|&r| self.rules[r].phase != Phase::Firing);
+        let all_clear = inc
+            .rules
+            .iter()
+            .all(|&r| self.rules[r].phase != Phase::Firing);
         if all_clear && matches!(inc.state, IncidentState::Escalated | IncidentState::Open) {
-            self.log(idx, now, EntryKind::Decision, "every rule of the incident has cleared");
+            self.log(
+                idx,
+                now,
+                EntryKind::Decision,
+                "every rule of the incident has cleared",
+            );
             self.resolve(idx, Outcome::Recovered, now);
         }
     }
@@ -379,7 +442,9 @@ impl Engine {
             return Some("automatic action is paused by an operator".to_owned());
         }
         if let Some(why) = &ts.breaker {
-            return Some(format!("the circuit breaker is open ({why}); an operator must clear it"));
+            return Some(format!(
+                "the circuit breaker is open ({why}); an operator must clear it"
+            ));
         }
         let Some(changed_at) = ts.changed_at else {
             return Some(
@@ -410,18 +475,24 @@ impl Engine {
             return Some(format!("the previous revision {previous} is marked bad"));
         }
         if !healthy {
-            return Some(format!("the previous revision {previous} was not healthy when it was replaced"));
+            return Some(format!(
+                "the previous revision {previous} was not healthy when it was replaced"
+            ));
         }
-        if let Some(end) = ts.last_rollback_end {
-            if now.since(end) < target.cooldown {
-                return Some(format!(
-                    "the last rollback ended {} ago, within the cooldown of {}",
-                    format_duration(now.since(end)),
-                    format_duration(target.cooldown)
-                ));
-            }
+        if let Some(end) = ts.last_rollback_end
+            && now.since(end) < target.cooldown
+        {
+            return Some(format!(
+                "the last rollback ended {} ago, within the cooldown of {}",
+                format_duration(now.since(end)),
+                format_duration(target.cooldown)
+            ));
         }
-        let recent = ts.rollbacks.iter().filter(|&&s| now.since(s) < target.rollback_period).count();
+        let recent = ts
+            .rollbacks
+            .iter()
+            .filter(|&&s| now.since(s) < target.rollback_period)
+            .count();
         if recent >= target.max_rollbacks as usize {
             return Some(format!(
                 "{recent} rollbacks within {} already, the maximum",
@@ -440,14 +511,25 @@ impl Engine {
     fn start_plan(&mut self, idx: usize, now: Ts) {
         let t = self.incidents[idx].target;
         let plan = self.cfg.targets[t].plan.expect("checked by decide");
+        let period = self.cfg.targets[t].rollback_period;
         let ts = &mut self.targets[t];
         let from = ts.revision.clone().unwrap_or_default();
-        let to = ts.previous.as_ref().map(|(p, _)| p.clone()).unwrap_or_default();
+        let to = ts
+            .previous
+            .as_ref()
+            .map(|(p, _)| p.clone())
+            .unwrap_or_default();
         ts.bad.insert(from.clone());
-        ts.rollbacks.push_back(now);
-        while ts.rollbacks.len() > 64 {
+        // Only starts within the period count, and at most `max_rollbacks` of them can be
+        // there, so dropping the older ones bounds the list without loosening the limit.
+        while ts
+            .rollbacks
+            .front()
+            .is_some_and(|&s| now.since(s) >= period)
+        {
             ts.rollbacks.pop_front();
         }
+        ts.rollbacks.push_back(now);
         let changed_at = ts.changed_at.unwrap_or(now);
         let inc = &mut self.incidents[idx];
         inc.plan = Some(plan);
@@ -484,7 +566,11 @@ impl Engine {
             plan: plan_i,
             step,
             attempt,
-            rule: inc.rules.first().map(|&r| self.cfg.rules[r].name.clone()).unwrap_or_default(),
+            rule: inc
+                .rules
+                .first()
+                .map(|&r| self.cfg.rules[r].name.clone())
+                .unwrap_or_default(),
             from_revision: inc.from_revision.clone(),
             to_revision: inc.to_revision.clone(),
         };
@@ -493,8 +579,15 @@ impl Engine {
     }
 
     fn on_step_done(&mut self, r: StepResult, now: Ts) {
-        let Some(idx) = self.find(&r.incident) else { return };
-        if self.incidents[idx].state != (IncidentState::Acting { step: r.step, attempt: r.attempt }) {
+        let Some(idx) = self.find(&r.incident) else {
+            return;
+        };
+        if self.incidents[idx].state
+            != (IncidentState::Acting {
+                step: r.step,
+                attempt: r.attempt,
+            })
+        {
             // A result for a step that is no longer running (e.g. after an operator
             // resolved the incident) changes nothing.
             return;
@@ -502,7 +595,12 @@ impl Engine {
         let plan_i = self.incidents[idx].plan.expect("a plan is running");
         let plan = &self.cfg.plans[plan_i];
         let step = &plan.steps[r.step];
-        let (retries, on_failure, name, last) = (step.retries, step.on_failure, step.name.clone(), r.step + 1 == plan.steps.len());
+        let (retries, on_failure, name, last) = (
+            step.retries,
+            step.on_failure,
+            step.name.clone(),
+            r.step + 1 == plan.steps.len(),
+        );
         let verdict = match (&r.error, r.ok) {
             (_, true) => "succeeded".to_owned(),
             (Some(e), false) => format!("failed: {e}"),
@@ -516,7 +614,12 @@ impl Engine {
                 duration_ms: r.duration_ms,
                 output: r.output.clone(),
             },
-            format!("step {}/{} {name:?} {verdict} in {}ms", r.step + 1, plan.steps.len(), r.duration_ms),
+            format!(
+                "step {}/{} {name:?} {verdict} in {}ms",
+                r.step + 1,
+                plan.steps.len(),
+                r.duration_ms
+            ),
         );
         if r.ok {
             return self.after_step(idx, r.step, last, now);
@@ -526,7 +629,12 @@ impl Engine {
         }
         match on_failure {
             OnFailure::Continue => {
-                self.log(idx, now, EntryKind::Decision, format!("step {name:?} failed; the plan continues (on_failure = \"continue\")"));
+                self.log(
+                    idx,
+                    now,
+                    EntryKind::Decision,
+                    format!("step {name:?} failed; the plan continues (on_failure = \"continue\")"),
+                );
                 self.after_step(idx, r.step, last, now);
             }
             OnFailure::Abort => {
@@ -536,7 +644,8 @@ impl Engine {
                     if r.attempt == 1 { "" } else { "s" }
                 );
                 let t = self.incidents[idx].target;
-                self.targets[t].breaker = Some(format!("rollback {} failed", self.incidents[idx].id));
+                self.targets[t].breaker =
+                    Some(format!("rollback {} failed", self.incidents[idx].id));
                 self.targets[t].last_rollback_end = Some(now);
                 self.escalate(idx, reason, Occasion::RollbackFailed, now);
             }
@@ -549,7 +658,11 @@ impl Engine {
         }
         let plan = &self.cfg.plans[self.incidents[idx].plan.expect("a plan is running")];
         let until = now.plus(plan.verify.window);
-        let names: Vec<&str> = self.verification_rules(idx).iter().map(|&r| self.cfg.rules[r].name.as_str()).collect();
+        let names: Vec<&str> = self
+            .verification_rules(idx)
+            .iter()
+            .map(|&r| self.cfg.rules[r].name.as_str())
+            .collect();
         let text = format!(
             "plan finished; verifying for {} that these rules are clear: {}",
             format_duration(plan.verify.window),
@@ -576,25 +689,44 @@ impl Engine {
             let rule = &self.cfg.rules[r];
             let state = &self.rules[r];
             if state.phase == Phase::Firing {
-                problems.push(format!("{} is still firing ({})", rule.name, state.evidence(rule, true)));
-            } else if !state.last_value_at.is_some_and(|t| t > finished) {
-                problems.push(format!("{} has had no reading since the plan finished", rule.name));
+                problems.push(format!(
+                    "{} is still firing ({})",
+                    rule.name,
+                    state.evidence(rule, true)
+                ));
+            } else if state.last_value_at.is_none_or(|t| t <= finished) {
+                problems.push(format!(
+                    "{} has had no reading since the plan finished",
+                    rule.name
+                ));
             }
         }
         if problems.is_empty() {
             let t = self.incidents[idx].target;
             self.targets[t].last_rollback_end = Some(now);
-            self.log(idx, now, EntryKind::Verification, "verification passed: every rule is clear");
+            self.log(
+                idx,
+                now,
+                EntryKind::Verification,
+                "verification passed: every rule is clear",
+            );
             self.notify(idx, Occasion::RollbackSucceeded, now);
             self.resolve(idx, Outcome::RolledBack, now);
         } else {
-            self.verification_failed(idx, format!("verification failed: {}", problems.join("; ")), now);
+            self.verification_failed(
+                idx,
+                format!("verification failed: {}", problems.join("; ")),
+                now,
+            );
         }
     }
 
     fn verification_failed(&mut self, idx: usize, reason: String, now: Ts) {
         let t = self.incidents[idx].target;
-        self.targets[t].breaker = Some(format!("rollback {} did not fix the problem", self.incidents[idx].id));
+        self.targets[t].breaker = Some(format!(
+            "rollback {} did not fix the problem",
+            self.incidents[idx].id
+        ));
         self.targets[t].last_rollback_end = Some(now);
         self.log(idx, now, EntryKind::Verification, reason.clone());
         self.escalate(
@@ -606,14 +738,29 @@ impl Engine {
     }
 
     fn escalate(&mut self, idx: usize, reason: String, occasion: Occasion, now: Ts) {
+        let gate = occasion == Occasion::NotRolledBack;
         let inc = &mut self.incidents[idx];
         inc.state = IncidentState::Escalated;
         inc.escalation_reason = Some(reason.clone());
-        self.log(idx, now, EntryKind::Decision, format!("escalated without acting: {reason}"));
+        inc.refused_by_gate = gate;
+        let text = if gate {
+            format!("escalated without acting: {reason}")
+        } else {
+            format!("escalated: {reason}")
+        };
+        self.log(idx, now, EntryKind::Decision, text);
         self.notify(idx, occasion, now);
-        // An escalated breach whose rules have all cleared meanwhile is over.
+        // A breach the gate refused whose rules have all cleared meanwhile is over. After
+        // a rollback that failed or did not verify, people decide when it is over.
         let inc = &self.incidents[idx];
-        if inc.cause == Cause::Breach && !inc.rules.is_empty() && inc.rules.iter().all(|&r| self.rules[r].phase != Phase::Firing) {
+        if gate
+            && inc.cause == Cause::Breach
+            && !inc.rules.is_empty()
+            && inc
+                .rules
+                .iter()
+                .all(|&r| self.rules[r].phase != Phase::Firing)
+        {
             self.resolve(idx, Outcome::Recovered, now);
         }
     }
@@ -635,8 +782,10 @@ impl Engine {
         self.out.push(Effect::IncidentClosed(Box::new(inc)));
     }
 
-    fn on_change(&mut self, target: usize, revision: String, now: Ts) {
-        let Some(ts) = self.targets.get_mut(target) else { return };
+    fn on_change(&mut self, target: usize, revision: String, at: Ts, now: Ts) {
+        let Some(ts) = self.targets.get_mut(target) else {
+            return;
+        };
         let Some(old) = ts.revision.clone() else {
             ts.revision = Some(revision);
             return;
@@ -644,31 +793,50 @@ impl Engine {
         if old == revision {
             return;
         }
-        let firing = self
-            .cfg
-            .rules
-            .iter()
-            .enumerate()
-            .any(|(i, r)| r.target == target && self.rules[i].phase == Phase::Firing);
+        // The old revision was healthy unless a rule was firing over a breach that began
+        // before the change: a breach that began after it belongs to the new revision,
+        // even when the rule fired before the change was observed.
+        let firing = self.cfg.rules.iter().enumerate().any(|(i, r)| {
+            r.target == target
+                && self.rules[i].phase == Phase::Firing
+                && self.rules[i].breach_since().is_none_or(|b| b < at)
+        });
         let ts = &mut self.targets[target];
         let healthy = !firing && !ts.bad.contains(&old);
         ts.previous = Some((old.clone(), healthy));
         ts.revision = Some(revision.clone());
-        ts.changed_at = Some(now);
-        // Baselines are what the target's signals looked like before this change.
+        ts.changed_at = Some(at);
+        // Baselines are what the target's signals looked like before this change, on a
+        // healthy revision. When the replaced revision was unhealthy (a rollback away
+        // from a bad one, a fix over a firing one) its readings are no norm to compare
+        // with, so the baseline from before it is kept.
         for (s, sig) in self.cfg.signals.iter().enumerate() {
-            if sig.target != target {
+            if sig.target != target || !healthy {
                 continue;
             }
             let st = &mut self.signals[s];
             if let Some(keep) = st.keep {
-                let start = now.minus(keep);
-                let mut values: Vec<f64> = st.history.iter().filter(|(t, _)| *t >= start).map(|(_, v)| *v).collect();
+                let start = at.minus(keep);
+                let mut values: Vec<f64> = st
+                    .history
+                    .iter()
+                    .filter(|(t, _)| *t >= start && *t < at)
+                    .map(|(_, v)| *v)
+                    .collect();
                 st.baseline = median(&mut values);
             }
         }
-        if let Some(idx) = self.open_incident(target, Cause::Breach) {
-            self.log(idx, now, EntryKind::Change, format!("revision changed from {old} to {revision}"));
+        let open = self.open_incident(target, Cause::Breach);
+        if let Some(idx) = open {
+            self.log(
+                idx,
+                now,
+                EntryKind::Change,
+                format!(
+                    "revision changed from {old} to {revision} (at {} at the earliest)",
+                    at.clock()
+                ),
+            );
         }
         self.out.push(Effect::ChangeObserved {
             target,
@@ -676,6 +844,24 @@ impl Engine {
             to: revision,
             previous_healthy: healthy,
         });
+        // A breach that fired before its change was observed was refused for want of a
+        // change to blame; now there is one, so the gate decides again.
+        if let Some(idx) = open {
+            let inc = &self.incidents[idx];
+            if inc.refused_by_gate
+                && inc.state == IncidentState::Escalated
+                && inc.breach_started >= at
+            {
+                self.incidents[idx].refused_by_gate = false;
+                self.log(
+                    idx,
+                    now,
+                    EntryKind::Decision,
+                    "the breach began after this change: deciding again",
+                );
+                self.decide(idx, now);
+            }
+        }
     }
 
     fn on_command(&mut self, c: Command, now: Ts) {
@@ -684,13 +870,23 @@ impl Engine {
                 Some(idx) => {
                     self.incidents[idx].acknowledged = true;
                     self.pending.retain(|p| p.incident != incident);
-                    self.log(idx, now, EntryKind::Operator, format!("acknowledged by {by}"));
+                    self.log(
+                        idx,
+                        now,
+                        EntryKind::Operator,
+                        format!("acknowledged by {by}"),
+                    );
                 }
                 None => self.reject(format!("no open incident has the id {incident:?}")),
             },
             Command::Resolve { incident, by } => match self.find(&incident) {
                 Some(idx) => {
-                    self.log(idx, now, EntryKind::Operator, format!("resolve requested by {by}"));
+                    self.log(
+                        idx,
+                        now,
+                        EntryKind::Operator,
+                        format!("resolve requested by {by}"),
+                    );
                     self.resolve(idx, Outcome::ResolvedByOperator(by), now);
                 }
                 None => self.reject(format!("no open incident has the id {incident:?}")),
@@ -699,7 +895,12 @@ impl Engine {
                 Some(ts) if ts.breaker.is_some() => {
                     ts.breaker = None;
                     if let Some(idx) = self.open_incident(target, Cause::Breach) {
-                        self.log(idx, now, EntryKind::Operator, format!("circuit breaker cleared by {by}"));
+                        self.log(
+                            idx,
+                            now,
+                            EntryKind::Operator,
+                            format!("circuit breaker cleared by {by}"),
+                        );
                     }
                 }
                 Some(_) => self.reject("the circuit breaker of this target is not open".to_owned()),
@@ -754,7 +955,9 @@ impl Engine {
 
     fn sight_restored(&mut self, s: usize, now: Ts) {
         let target = self.cfg.signals[s].target;
-        let Some(idx) = self.open_incident(target, Cause::Blind) else { return };
+        let Some(idx) = self.open_incident(target, Cause::Blind) else {
+            return;
+        };
         self.incidents[idx].blind_signals.retain(|&x| x != s);
         let text = format!("signal {} reads again", self.cfg.signals[s].name);
         self.log(idx, now, EntryKind::Decision, text);
@@ -765,7 +968,12 @@ impl Engine {
 
     fn open(&mut self, target: usize, cause: Cause, breach_started: Ts, now: Ts) -> usize {
         let t = &self.cfg.targets[target];
-        let stamp: String = now.rfc3339().chars().filter(|c| c.is_ascii_digit() || *c == 'T').take(15).collect();
+        let stamp: String = now
+            .rfc3339()
+            .chars()
+            .filter(|c| c.is_ascii_digit() || *c == 'T')
+            .take(15)
+            .collect();
         let mut id = format!("{}-{stamp}", t.name);
         if cause == Cause::Blind {
             id.push_str("-blind");
@@ -773,7 +981,9 @@ impl Engine {
         let ts = &mut self.targets[target];
         let mut n = 1;
         let base = id.clone();
-        while ts.last_incident_id.as_deref() == Some(id.as_str()) || self.incidents.iter().any(|i| i.id == id) {
+        while ts.last_incident_id.as_deref() == Some(id.as_str())
+            || self.incidents.iter().any(|i| i.id == id)
+        {
             n += 1;
             id = format!("{base}-{n}");
         }
@@ -794,6 +1004,7 @@ impl Engine {
             to_revision: None,
             plan_finished_at: None,
             acknowledged: false,
+            refused_by_gate: false,
             escalation_reason: None,
             outcome: None,
             timeline: Vec::new(),
@@ -802,7 +1013,9 @@ impl Engine {
     }
 
     fn open_incident(&self, target: usize, cause: Cause) -> Option<usize> {
-        self.incidents.iter().position(|i| i.target == target && i.cause == cause)
+        self.incidents
+            .iter()
+            .position(|i| i.target == target && i.cause == cause)
     }
 
     fn find(&self, id: &str) -> Option<usize> {
@@ -864,28 +1077,42 @@ impl Engine {
         if self.pending.iter().all(|p| p.due > now) {
             return;
         }
-        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending).into_iter().partition(|p| p.due <= now);
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.due <= now);
         self.pending = rest;
         for p in due {
-            let Some(idx) = self.find(&p.incident) else { continue };
+            let Some(idx) = self.find(&p.incident) else {
+                continue;
+            };
             if self.incidents[idx].acknowledged {
                 continue;
             }
             self.emit_notice(idx, p.occasion, Some(p.level), now);
             if let Some(every) = self.cfg.escalation[p.level].repeat {
-                self.schedule(idx, p.level, p.occasion, now.plus(every));
+                // From when it was due, so repeats do not drift by a tick each time.
+                self.schedule(idx, p.level, p.occasion, p.due.plus(every).max(now));
             }
         }
     }
 
     fn emit_notice(&mut self, idx: usize, occasion: Occasion, level: Option<usize>, now: Ts) {
         let inc = &self.incidents[idx];
-        let rules: Vec<&str> = inc.rules.iter().map(|&r| self.cfg.rules[r].name.as_str()).collect();
+        let rules: Vec<&str> = inc
+            .rules
+            .iter()
+            .map(|&r| self.cfg.rules[r].name.as_str())
+            .collect();
         let last_decision = inc
             .timeline
             .iter()
             .rev()
-            .find(|e| matches!(e.kind, EntryKind::Decision | EntryKind::Verification | EntryKind::Rule))
+            .find(|e| {
+                matches!(
+                    e.kind,
+                    EntryKind::Decision | EntryKind::Verification | EntryKind::Rule
+                )
+            })
             .map_or("", |e| e.text.as_str());
         let headline = match occasion {
             Occasion::Opened => "incident opened",
@@ -897,13 +1124,22 @@ impl Engine {
             Occasion::Blind => "watchdog is blind",
             Occasion::Resolved => "incident resolved",
         };
-        let rules_text = if rules.is_empty() { String::new() } else { format!(" [{}]", rules.join(", ")) };
-        let summary = format!("{}: {headline}{rules_text}: {last_decision} (incident {})", inc.target_name, inc.id);
+        let rules_text = if rules.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", rules.join(", "))
+        };
+        let summary = format!(
+            "{}: {headline}{rules_text}: {last_decision} (incident {})",
+            inc.target_name, inc.id
+        );
         let notifiers = match level {
             Some(l) => self.cfg.escalation[l].notify.clone(),
             None => Vec::new(),
         };
-        let level_name = level.map_or("default".to_owned(), |l| self.cfg.escalation[l].name.clone());
+        let level_name = level.map_or("default".to_owned(), |l| {
+            self.cfg.escalation[l].name.clone()
+        });
         let notice = Notification {
             incident: inc.id.clone(),
             target: inc.target,
@@ -912,7 +1148,16 @@ impl Engine {
             notifiers,
             summary,
         };
-        self.log(idx, now, EntryKind::Notification, format!("notified ({}, level {level_name}): {}", occasion.name(), notice.summary));
+        self.log(
+            idx,
+            now,
+            EntryKind::Notification,
+            format!(
+                "notified ({}, level {level_name}): {}",
+                occasion.name(),
+                notice.summary
+            ),
+        );
         self.out.push(Effect::Notify(notice));
     }
 }
@@ -923,5 +1168,9 @@ fn median(values: &mut [f64]) -> Option<f64> {
     }
     values.sort_by(|a, b| a.total_cmp(b));
     let n = values.len();
-    Some(if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    })
 }

@@ -31,10 +31,10 @@ impl Ts {
         humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(self.0)).to_string()
     }
 
-    /// `HH:MM:SS` in UTC, for timelines.
+    /// `HH:MM:SS.mmm` in UTC, for timelines.
     pub fn clock(self) -> String {
         let s = self.rfc3339();
-        s.get(11..19).unwrap_or(&s).to_owned()
+        s.get(11..23).unwrap_or(&s).to_owned()
     }
 }
 
@@ -60,7 +60,10 @@ pub enum ReadingState {
     /// The source answered, but had nothing (an empty query result, no traffic, NaN).
     NoData,
     /// The source answered with too few samples to judge (e.g. 3 requests).
-    Insufficient { have: u64, need: u64 },
+    Insufficient {
+        have: u64,
+        need: u64,
+    },
     /// The source could not be read: the watchdog cannot see. Never a breach.
     SourceError(String),
 }

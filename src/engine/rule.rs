@@ -58,8 +58,8 @@ enum Seen {
     NoBaseline,
     Insufficient(f64, f64),
     Number(f64, Option<f64>),
-    /// Errors, requests, and the confidence bound when one was applied.
-    Rate(f64, f64, Option<f64>),
+    /// Errors, requests, and whether a confidence bound was applied.
+    Rate(f64, f64, bool),
     Check(bool, Option<String>),
     Events(f64, std::time::Duration),
 }
@@ -75,7 +75,7 @@ enum Verdict {
     Hold,
 }
 
-/// The mutable state of one rule. Created from the rule's configuration.
+/// The mutable state of one rule.
 #[derive(Debug, Clone)]
 pub struct RuleState {
     pub phase: Phase,
@@ -94,12 +94,10 @@ pub struct RuleState {
     pub last_value_at: Option<Ts>,
     /// What the last judged reading showed, for evidence.
     seen: Seen,
-    /// z score for the rule's confidence level, computed once.
-    z: Option<f64>,
 }
 
 impl RuleState {
-    pub fn new(rule: &Rule) -> RuleState {
+    pub fn new() -> RuleState {
         RuleState {
             phase: Phase::Ok,
             breach_since: None,
@@ -110,8 +108,12 @@ impl RuleState {
             clear_since: None,
             last_value_at: None,
             seen: Seen::Nothing,
-            z: rule.confidence.map(stats::z_for),
         }
+    }
+
+    /// When the current streak of breaches began, while pending or firing.
+    pub fn breach_since(&self) -> Option<Ts> {
+        self.breach_since
     }
 
     /// Applies one reading. `baseline` is the signal's value before the target's latest
@@ -123,6 +125,12 @@ impl RuleState {
         baseline: Option<f64>,
         now: Ts,
     ) -> Option<Transition> {
+        // A `within` rule counts events; a reading without one neither adds nor clears.
+        if matches!(rule.mode, RuleMode::Within { .. })
+            && !matches!(reading, ReadingState::Value(Measure::Event { .. }))
+        {
+            return None;
+        }
         let firing = self.phase == Phase::Firing;
         let verdict = match reading {
             ReadingState::SourceError(_) => Verdict::Hold,
@@ -142,6 +150,11 @@ impl RuleState {
             }
             ReadingState::Value(m) => self.judge(rule, m, baseline, firing, now),
         };
+        // A reading a policy turns into a verdict is evidence too (verification asks for
+        // evidence after the plan); a held one is not.
+        if verdict != Verdict::Hold {
+            self.last_value_at = Some(now);
+        }
         self.apply(rule, verdict, now)
     }
 
@@ -156,7 +169,9 @@ impl RuleState {
     }
 
     fn evaluate_events(&mut self, rule: &Rule, now: Ts) -> Option<Transition> {
-        let RuleMode::Within { window } = rule.mode else { return None };
+        let RuleMode::Within { window } = rule.mode else {
+            return None;
+        };
         let start = now.minus(window);
         while self.events.front().is_some_and(|(t, _)| *t < start) {
             self.events.pop_front();
@@ -164,7 +179,11 @@ impl RuleState {
         let count = if self.events.len() <= 1 {
             self.events.len()
         } else {
-            self.events.iter().map(|(_, k)| k.as_str()).collect::<HashSet<_>>().len()
+            self.events
+                .iter()
+                .map(|(_, k)| k.as_str())
+                .collect::<HashSet<_>>()
+                .len()
         } as f64;
         self.seen = Seen::Events(count, window);
         self.last_value_at = Some(now);
@@ -188,7 +207,14 @@ impl RuleState {
 
     /// Judges a measurement against the breach condition, or the clear condition when
     /// firing. Records what was seen for the evidence of a later transition.
-    fn judge(&mut self, rule: &Rule, m: &Measure, baseline: Option<f64>, firing: bool, now: Ts) -> Verdict {
+    fn judge(
+        &mut self,
+        rule: &Rule,
+        m: &Measure,
+        baseline: Option<f64>,
+        firing: bool,
+        now: Ts,
+    ) -> Verdict {
         let cond = if firing { rule.clear } else { rule.when };
         let holds = match *m {
             Measure::Number(v) => {
@@ -196,7 +222,13 @@ impl RuleState {
                     self.seen = Seen::NoData;
                     return policy_verdict(rule.no_data);
                 }
-                let needs_baseline = matches!(cond, Condition::Compare { threshold: Threshold::BaselineRatio(_), .. });
+                let needs_baseline = matches!(
+                    cond,
+                    Condition::Compare {
+                        threshold: Threshold::BaselineRatio(_),
+                        ..
+                    }
+                );
                 if needs_baseline && baseline.is_none() {
                     self.seen = Seen::NoBaseline;
                     return policy_verdict(rule.insufficient);
@@ -205,7 +237,7 @@ impl RuleState {
                 compare(cond, v, baseline)
             }
             Measure::Rate { errors, requests } => {
-                if !(requests > 0.0) || errors.is_nan() {
+                if requests.is_nan() || requests <= 0.0 || errors.is_nan() {
                     self.seen = Seen::NoData;
                     return policy_verdict(rule.no_data);
                 }
@@ -215,18 +247,21 @@ impl RuleState {
                 }
                 // Confidence applies to the breach: the bound on the bad side of the
                 // threshold must be past it. Clearing uses the measured ratio.
-                match (self.z, firing) {
-                    (Some(z), false) => {
-                        let (lo, hi) = stats::wilson(errors, requests, z);
-                        let bound = if cond_is_upper(cond) { lo } else { hi };
-                        self.seen = Seen::Rate(errors, requests, Some(bound));
-                        compare(cond, bound, None)
+                let confident = rule.confidence.filter(|_| !firing);
+                self.seen = Seen::Rate(errors, requests, confident.is_some());
+                // The bound lies between the measured ratio and the good side, so a
+                // ratio that is not past the threshold settles it without statistics.
+                compare(cond, errors / requests, None)
+                    && match (confident, cond) {
+                        (
+                            Some(c),
+                            Condition::Compare {
+                                cmp,
+                                threshold: Threshold::Value(t, _),
+                            },
+                        ) => stats::bound_is_past(errors, requests, t, c, cmp.is_upper()),
+                        _ => true,
                     }
-                    _ => {
-                        self.seen = Seen::Rate(errors, requests, None);
-                        compare(cond, errors / requests, None)
-                    }
-                }
             }
             Measure::Check { ok, ref detail } => {
                 self.seen = Seen::Check(ok, if ok { None } else { detail.clone() });
@@ -235,7 +270,11 @@ impl RuleState {
             Measure::Event { .. } => unreachable!("events are handled by evaluate_events"),
         };
         self.last_value_at = Some(now);
-        if holds != firing { Verdict::Bad } else { Verdict::Good }
+        if holds != firing {
+            Verdict::Bad
+        } else {
+            Verdict::Good
+        }
     }
 
     fn apply(&mut self, rule: &Rule, verdict: Verdict, now: Ts) -> Option<Transition> {
@@ -268,7 +307,9 @@ impl RuleState {
                     self.breach_since = Some(now);
                 }
                 let fire = match rule.mode {
-                    RuleMode::Sustained { for_ } => now.since(self.breach_since.unwrap_or(now)) >= for_,
+                    RuleMode::Sustained { for_ } => {
+                        now.since(self.breach_since.unwrap_or(now)) >= for_
+                    }
                     RuleMode::Consecutive { n } => self.streak >= n,
                     RuleMode::MOfN { m, .. } => {
                         self.breach_since = self.recent.iter().find(|(_, b)| *b).map(|(t, _)| *t);
@@ -299,7 +340,9 @@ impl RuleState {
     }
 
     fn record_recent(&mut self, rule: &Rule, now: Ts, breach: bool) {
-        let RuleMode::MOfN { n, .. } = rule.mode else { return };
+        let RuleMode::MOfN { n, .. } = rule.mode else {
+            return;
+        };
         self.recent.push_back((now, breach));
         self.recent_breaches += breach as u32;
         while self.recent.len() > n as usize {
@@ -340,24 +383,54 @@ impl RuleState {
             Seen::Nothing => "no reading yet".to_owned(),
             Seen::NoData => "no data".to_owned(),
             Seen::NoBaseline => "no baseline captured before the latest change".to_owned(),
-            Seen::Insufficient(have, need) => format!("insufficient samples ({have:.0} of {need:.0} needed)"),
-            Seen::Number(v, Some(b)) => format!("{} (baseline {})", unit.format(*v), unit.format(*b)),
+            Seen::Insufficient(have, need) => {
+                format!("insufficient samples ({have:.0} of {need:.0} needed)")
+            }
+            Seen::Number(v, Some(b)) => {
+                format!("{} (baseline {})", unit.format(*v), unit.format(*b))
+            }
             Seen::Number(v, None) => unit.format(*v),
-            Seen::Rate(e, n, bound) => {
+            Seen::Rate(e, n, confident) => {
+                // Computed here rather than when judging: evidence is rare, readings not.
+                let bound = rule.confidence.filter(|_| *confident).map(|c| {
+                    let (lo, hi) = stats::binomial_bounds(*e, *n, c);
+                    if cond_is_upper(cond) { lo } else { hi }
+                });
                 let b = bound.map_or(String::new(), |b| {
-                    let side = if cond_is_upper(cond) { "lower" } else { "upper" };
-                    let level = rule.confidence.map_or(String::new(), |c| format!(" at {}", Unit::Percent.format(c)));
+                    let side = if cond_is_upper(cond) {
+                        "lower"
+                    } else {
+                        "upper"
+                    };
+                    let level = rule.confidence.map_or(String::new(), |c| {
+                        format!(" at {}", Unit::Percent.format(c))
+                    });
                     format!(", {side} bound{level} {}", Unit::Percent.format(b))
                 });
-                format!("{} ({e:.0}/{n:.0} requests{b})", Unit::Percent.format(e / n))
+                format!(
+                    "{} ({e:.0}/{n:.0} requests{b})",
+                    Unit::Percent.format(e / n)
+                )
             }
             Seen::Check(true, _) => "check passed".to_owned(),
             Seen::Check(false, Some(d)) => format!("check failed: {d}"),
             Seen::Check(false, None) => "check failed".to_owned(),
             Seen::Events(n, w) => format!("{n} distinct events within {}", format_duration(*w)),
         };
-        let verb = if judged_clear { "clears when" } else { "fires when" };
-        format!("{seen}; {verb} {} {}", cond.describe(), rule.mode.describe())
+        if judged_clear {
+            let held = if rule.clear_for.is_zero() {
+                String::new()
+            } else {
+                format!(" for {}", format_duration(rule.clear_for))
+            };
+            format!("{seen}; clears when {}{held}", cond.describe())
+        } else {
+            format!(
+                "{seen}; fires when {} {}",
+                cond.describe(),
+                rule.mode.describe()
+            )
+        }
     }
 }
 

@@ -1,1 +1,628 @@
-//! placeholder
+//! `rearguard check` through the real binary, and the shipped configuration folder: every
+//! file under `config/` must pass, the reference must show every key the schema has, and
+//! a bad file must be reported completely, with paths, and exit 64.
+//!
+//! The binary runs with an empty environment unless a test sets variables, so that no
+//! `REARGUARD_` override or secret of the machine running the tests changes the outcome.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use rearguard::config::{Format, RuleMode, load_str};
+
+const EXIT_CONFIG: i32 = 64;
+
+fn config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+/// Runs `rearguard ARGS` with only the given environment.
+fn rearguard(args: &[&str], env: &[(&str, &str)]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rearguard"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("the rearguard binary runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A configuration file in a fresh temporary directory, removed when the guard drops.
+struct TempConfig {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl TempConfig {
+    fn new(name: &str, text: &str) -> TempConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        TempConfig { _dir: dir, path }
+    }
+
+    fn path(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
+/// Every configuration file under `dir`, at any depth, sorted.
+fn configuration_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("toml" | "yaml" | "yml")
+            ) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The errors of a configuration that must not validate, as `path: message` lines.
+fn errors_of(toml: &str) -> Vec<String> {
+    match load_str(toml, Format::Toml, Vec::new(), Path::new(".")) {
+        Ok(_) => panic!("expected errors from:\n{toml}"),
+        Err(errors) => errors.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn every_shipped_configuration_passes_check() {
+    let files = configuration_files(&config_dir());
+    let names: BTreeSet<String> = files
+        .iter()
+        .map(|f| {
+            f.strip_prefix(config_dir())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    for expected in [
+        "reference.toml",
+        "examples/runbook-table.toml",
+        "examples/kubernetes-service.toml",
+        "examples/host-systemd.toml",
+        "examples/host-systemd.yaml",
+        "examples/sidecar.toml",
+        "examples/alertmanager-driven.toml",
+    ] {
+        assert!(
+            names.contains(expected),
+            "config/{expected} is missing; found {names:?}"
+        );
+    }
+    for file in &files {
+        let path = file.to_str().unwrap();
+        let out = rearguard(&["check", path], &[]);
+        let text = stdout(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{path} fails check:\n{text}{}",
+            stderr(&out)
+        );
+        assert!(
+            text.starts_with(&format!("{path}: ok, mode ")),
+            "{path}:\n{text}"
+        );
+        assert!(
+            text.contains("worst-case detection"),
+            "{path} has no rule:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn an_invalid_file_exits_64_and_lists_every_error_with_its_path() {
+    let file = TempConfig::new(
+        "broken.toml",
+        r#"
+[[target]]
+name = "shop"
+blame_windw = "30m"
+
+[[target]]
+name = "api"
+plan = "rollbak"
+
+[[signal]]
+name = "health"
+type = "http_probe"
+target = "api"
+url = "http://127.0.0.1:8080/healthz"
+
+[[signal]]
+name = "errors"
+type = "prometheus"
+target = "api"
+url = "http://127.0.0.1:9090"
+error_rate = { requests = "http_requests_total", errors = 'http_requests_total{code=~"5.."}' }
+
+[[rule]]
+name = "down"
+signal = "health"
+consecutive = 3
+
+[[rule]]
+name = "error-rate"
+signal = "errors"
+when = "> 5%"
+for = "5m"
+confidence = "95"
+
+[[rule]]
+name = "slow-to-recover"
+signal = "health"
+for = "5 minutes"
+
+[[plan]]
+name = "rollback"
+
+[[plan.step]]
+type = "exec"
+command = ["/usr/bin/true"]
+
+[[plan.step]]
+type = "exec"
+command = ["kubectl", "rollout", "undo", "--to-revision={to_revision}"]
+
+[[plan.step]]
+type = "http"
+url = "https://status.example/incidents/{incident}"
+headers = { Authorization = { env = "STATUS_PAGE_TOKEN", prefix = "Bearer " } }
+"#,
+    );
+    let out = rearguard(&["check", file.path()], &[]);
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_CONFIG),
+        "{text}{}",
+        stderr(&out)
+    );
+    let expected = [
+        r#"target[0].blame_windw: unknown key "blame_windw"; known: "name", "plan", "blame_window", "cooldown", "max_rollbacks", "rollback_period", "change""#,
+        r#"target[1].plan: no plan is named "rollbak""#,
+        r#"plan[0].step[1].command[3]: placeholders are substituted only as whole arguments: write "{to_revision}" as an argument of its own, or read the environment variable REARGUARD_TO_REVISION"#,
+        r#"plan[0].step[2].headers.Authorization: environment variable STATUS_PAGE_TOKEN is not set"#,
+        r#"rule[1].confidence: expected a percentage like "5%", got "95""#,
+        r#"rule[2].for: expected a duration like "5m", got "5 minutes""#,
+    ];
+    // The count is exact: every error is listed, and nothing else.
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("{}: {} errors", file.path(), expected.len()),
+        "{text}"
+    );
+    assert_eq!(lines.len(), expected.len() + 1, "{text}");
+    for line in expected {
+        assert!(
+            lines.contains(&format!("  {line}").as_str()),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn error_paths_name_the_bad_key_of_the_right_item() {
+    let errors = errors_of(
+        r#"
+[[target]]
+nam = "typo"
+
+[[target]]
+name = "web"
+
+[[target]]
+name = "web"
+
+[[signal]]
+name = "health"
+type = "http_probe"
+target = "web"
+url = "http://127.0.0.1:8080/healthz"
+expect_stauts = [200]
+
+[[rule]]
+signal = "health"
+"#,
+    );
+    for expected in [
+        // An unknown key inside a `type`-tagged item still names the key.
+        r#"signal[0].expect_stauts: unknown key "expect_stauts"; known: "name", "target", "interval", "timeout", "blind_after", "url", "method", "expect_status", "body_contains", "json_pointer", "json_equals""#,
+        // The duplicate is the third target, even though the first one is invalid.
+        r#"target[2].name: "web" is used by an earlier target"#,
+        "rule[0].name: is required",
+    ] {
+        assert!(
+            errors.iter().any(|e| e == expected),
+            "missing {expected:?} in {errors:#?}"
+        );
+    }
+}
+
+#[test]
+fn check_prints_each_rules_worst_case_detection_time() {
+    let file = TempConfig::new(
+        "detection.toml",
+        r#"
+[[target]]
+name = "api"
+
+[[signal]]
+name = "errors"
+type = "prometheus"
+target = "api"
+url = "http://127.0.0.1:9090"
+interval = "30s"
+timeout = "5s"
+error_rate = { requests = "http_requests_total", errors = 'http_requests_total{code=~"5.."}' }
+
+[[signal]]
+name = "p95"
+type = "prometheus"
+target = "api"
+url = "http://127.0.0.1:9090"
+interval = "45s"
+timeout = "5s"
+latency = { histogram = "http_request_duration_seconds_bucket" }
+
+[[signal]]
+name = "health"
+type = "http_probe"
+target = "api"
+url = "http://127.0.0.1:8080/healthz"
+interval = "10s"
+timeout = "2s"
+
+[[signal]]
+name = "smoke"
+type = "exec"
+target = "api"
+command = ["/usr/bin/true"]
+interval = "1m"
+timeout = "30s"
+
+[[rule]]
+name = "error-rate"
+signal = "errors"
+when = "> 5%"
+for = "5m"
+
+[[rule]]
+name = "slow"
+signal = "p95"
+when = "> 200ms"
+for = "5m"
+
+[[rule]]
+name = "down"
+signal = "health"
+consecutive = 3
+
+[[rule]]
+name = "smoke-broken"
+signal = "smoke"
+m_of_n = [2, 3]
+"#,
+    );
+    let out = rearguard(&["check", file.path()], &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    for line in [
+        // 5m is 10 samples 30s apart, plus one interval, plus the timeout.
+        "    rule error-rate: errors > 5% for 5m; worst-case detection 5m35s (sampled every 30s, timeout 5s)",
+        // 5m is not a whole number of 45s intervals: the 7th sample (5m15s) fires.
+        "    rule slow: p95 > 200ms for 5m; worst-case detection 6m5s (sampled every 45s, timeout 5s)",
+        "    rule down: health failing 3 consecutive; worst-case detection 32s (sampled every 10s, timeout 2s)",
+        "    rule smoke-broken: smoke failing 2 of last 3; worst-case detection 2m30s (sampled every 1m, timeout 30s)",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+}
+
+const OVERRIDABLE: &str = r#"
+[daemon]
+mode = "enforce"
+
+[[target]]
+name = "api"
+
+[[signal]]
+name = "health"
+type = "http_probe"
+target = "api"
+url = "http://127.0.0.1:8080/healthz"
+interval = "30s"
+timeout = "5s"
+
+[[rule]]
+name = "down"
+signal = "health"
+for = "5m"
+
+[[rule]]
+name = "flaky"
+signal = "health"
+m_of_n = [3, 5]
+"#;
+
+#[test]
+fn environment_overrides_change_what_check_reports() {
+    let file = TempConfig::new("rearguard.toml", OVERRIDABLE);
+    let plain = stdout(&rearguard(&["check", file.path()], &[]));
+    assert!(plain.contains(": ok, mode enforce\n"), "{plain}");
+    assert!(
+        plain.contains("rule down: health failing for 5m; worst-case detection 5m35s"),
+        "{plain}"
+    );
+
+    let out = rearguard(
+        &["check", file.path()],
+        &[
+            ("REARGUARD_DAEMON__MODE", "shadow"),
+            ("REARGUARD_RULE__0__FOR", "2m"),
+        ],
+    );
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    assert!(text.contains(": ok, mode shadow"), "{text}");
+    assert!(
+        text.contains("rule down: health failing for 2m; worst-case detection 2m35s"),
+        "{text}"
+    );
+
+    // A list index past the end is an error reported under the variable's name.
+    let out = rearguard(&["check", file.path()], &[("REARGUARD_RULE__5__FOR", "2m")]);
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG));
+    assert!(
+        stdout(&out)
+            .contains("  REARGUARD_RULE__5__FOR: list index 5 is past the end (length 2)\n"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn environment_overrides_parse_lists_and_reach_nested_keys() {
+    let env = [
+        ("REARGUARD_RULE__1__M_OF_N".to_owned(), "[2, 5]".to_owned()),
+        (
+            "REARGUARD_SIGNAL__0__INTERVAL".to_owned(),
+            "1m30s".to_owned(),
+        ),
+        // Not an override: no `__`, so it must not be mistaken for a key.
+        ("REARGUARD_LOG".to_owned(), "debug".to_owned()),
+    ];
+    let cfg = load_str(OVERRIDABLE, Format::Toml, env, Path::new(".")).unwrap();
+    assert_eq!(cfg.rules[1].mode, RuleMode::MOfN { m: 2, n: 5 });
+    assert_eq!(cfg.signals[0].interval.as_secs(), 90);
+}
+
+#[test]
+fn yaml_and_toml_of_the_same_configuration_validate_to_the_same_summary() {
+    let examples = config_dir().join("examples");
+    let (toml, yaml) = (
+        examples.join("host-systemd.toml"),
+        examples.join("host-systemd.yaml"),
+    );
+    let summary = |path: &Path| {
+        let out = rearguard(&["check", path.to_str().unwrap()], &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+        let text = stdout(&out);
+        let (first, rest) = text.split_once('\n').unwrap();
+        assert!(first.starts_with(path.to_str().unwrap()), "{text}");
+        (
+            first[path.to_str().unwrap().len()..].to_owned(),
+            rest.to_owned(),
+        )
+    };
+    let (t, y) = (summary(&toml), summary(&yaml));
+    assert!(t.1.contains("rule "), "the summary lists no rule:\n{}", t.1);
+    assert_eq!(t, y);
+
+    // The summary leaves out steps, URLs and commands: compare the whole configuration.
+    let load = |path: &Path, format| {
+        let text = std::fs::read_to_string(path).unwrap();
+        format!(
+            "{:?}",
+            load_str(&text, format, Vec::new(), &examples).unwrap()
+        )
+    };
+    assert_eq!(load(&toml, Format::Toml), load(&yaml, Format::Yaml));
+}
+
+#[test]
+fn the_reference_shows_every_key_of_the_schema() {
+    let reference = std::fs::read_to_string(config_dir().join("reference.toml")).unwrap();
+    // The schema's own list of keys for each kind of table, taken from the error an
+    // unknown key gets there, so that a key added to the schema fails this test until
+    // the reference documents it.
+    let probes = [
+        "[daemon]\nzzz = 1",
+        "[[target]]\nzzz = 1",
+        "[[target]]\nchange = { type = \"release_symlink\", zzz = 1 }",
+        "[[target]]\nchange = { type = \"exec\", zzz = 1 }",
+        "[[target]]\nchange = { type = \"kube_deployment\", zzz = 1 }",
+        "[[signal]]\ntype = \"http_probe\"\nzzz = 1",
+        "[[signal]]\ntype = \"exec\"\nzzz = 1",
+        "[[signal]]\ntype = \"prometheus\"\nzzz = 1",
+        "[[signal]]\ntype = \"prometheus\"\nname = \"a\"\ntarget = \"a\"\nurl = \"http://a\"\nerror_rate = { zzz = 1 }",
+        "[[signal]]\ntype = \"prometheus\"\nname = \"a\"\ntarget = \"a\"\nurl = \"http://a\"\nlatency = { zzz = 1 }",
+        "[[signal]]\ntype = \"cgroup_oom\"\nzzz = 1",
+        "[[signal]]\ntype = \"kube_pods\"\nzzz = 1",
+        "[[rule]]\nzzz = 1",
+        "[[plan]]\nzzz = 1",
+        "[[plan]]\nname = \"p\"\nverify = { zzz = 1 }",
+        "[[plan]]\nname = \"p\"\n[[plan.step]]\ntype = \"exec\"\nzzz = 1",
+        "[[plan]]\nname = \"p\"\n[[plan.step]]\ntype = \"release_switch\"\nzzz = 1",
+        "[[plan]]\nname = \"p\"\n[[plan.step]]\ntype = \"http\"\nzzz = 1",
+        "[[notifier]]\nzzz = 1",
+        "[[escalation]]\nzzz = 1",
+    ];
+    let mut keys = BTreeSet::new();
+    for probe in probes {
+        let errors = errors_of(probe);
+        let known = errors
+            .iter()
+            .find_map(|e| {
+                e.split_once("unknown key \"zzz\"; known: ")
+                    .map(|(_, k)| k.to_owned())
+            })
+            .unwrap_or_else(|| panic!("no unknown-key error for {probe:?}: {errors:#?}"));
+        keys.extend(known.split(", ").map(|k| k.trim_matches('"').to_owned()));
+    }
+    // Secret header values are untagged, so they have no unknown-key error to ask.
+    keys.extend(["type", "file", "env", "prefix"].map(str::to_owned));
+    assert!(keys.len() > 50, "too few keys found: {keys:?}");
+    let shown = |key: &str| {
+        // `key = ...`, inline or in a comment, or a table header like `[plan.verify]`.
+        let key = regex::escape(key);
+        let pattern = format!(r"(?m)(^|[\s{{,#]){key}\s*=|\.{key}\]");
+        regex::Regex::new(&pattern).unwrap().is_match(&reference)
+    };
+    let missing: Vec<&String> = keys.iter().filter(|k| !shown(k)).collect();
+    assert!(
+        missing.is_empty(),
+        "config/reference.toml does not show these keys: {missing:?}"
+    );
+
+    // Values that are names rather than keys: every section, type, occasion and event.
+    for section in [
+        "[daemon]",
+        "[[target]]",
+        "[[signal]]",
+        "[[rule]]",
+        "[[plan]]",
+        "[[plan.step]]",
+        "[plan.verify]",
+        "[[notifier]]",
+        "[[escalation]]",
+    ] {
+        assert!(reference.contains(section), "no {section} in the reference");
+    }
+    for value in [
+        "release_symlink",
+        "kube_deployment",
+        "http_probe",
+        "prometheus",
+        "cgroup_oom",
+        "kube_pods",
+        "release_switch",
+        "oom_killed",
+        "crash_loop",
+        "not_ready",
+        "evicted",
+        "enforce",
+        "shadow",
+        "hold",
+        "breach",
+        "abort",
+        "continue",
+        "{incident}",
+        "{target}",
+        "{rule}",
+        "{from_revision}",
+        "{to_revision}",
+        "REARGUARD_DAEMON__MODE=shadow",
+        "REARGUARD_RULE__0__FOR=2m",
+    ] {
+        assert!(
+            reference.contains(value),
+            "{value} is not mentioned in the reference"
+        );
+    }
+    for occasion in rearguard::config::Occasion::ALL {
+        let explained =
+            regex::Regex::new(&format!(r"(?m)^#\s+{}\s\s+\S", occasion.name())).unwrap();
+        assert!(
+            explained.is_match(&reference),
+            "occasion {} is not explained in the reference",
+            occasion.name()
+        );
+    }
+}
+
+#[test]
+fn a_nonexistent_file_is_a_clear_error_with_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("rearguard.toml");
+    let out = rearguard(&["check", missing.to_str().unwrap()], &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{text}");
+    assert!(
+        text.contains(&format!(
+            "cannot read configuration file {}: No such file or directory",
+            missing.display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_reports_each_file_and_fails_if_any_is_invalid() {
+    let good = config_dir().join("examples/sidecar.toml");
+    let bad = TempConfig::new("bad.yaml", "daemon:\n  mode: loud\n");
+    let out = rearguard(&["check", good.to_str().unwrap(), bad.path()], &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{text}");
+    assert!(
+        text.contains(&format!("{}: ok, mode enforce", good.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{}: 1 error\n", bad.path())),
+        "{text}"
+    );
+    assert!(
+        text.contains("  daemon.mode: expected \"enforce\" or \"shadow\", got \"loud\"\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    for args in [
+        &["chek", "rearguard.toml"][..],
+        &["check"][..],
+        &["check", "--no-such-option", "a.toml"][..],
+    ] {
+        let out = rearguard(args, &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_CONFIG),
+            "rearguard {args:?}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("Usage:"),
+            "rearguard {args:?}: {}",
+            stderr(&out)
+        );
+    }
+    // Asking for help is not a usage error.
+    let out = rearguard(&["check", "--help"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -1,1 +1,459 @@
-//! placeholder
+//! The daemon end to end: real release directories and symlinks, real processes, a real
+//! HTTP service on loopback, and the real binary for signals and exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use rearguard::config::{Config, Format};
+use rearguard::daemon::{self, Event};
+use rearguard::engine::{Effect, EntryKind, Incident, Outcome};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::support;
+
+/// A service whose health is the behaviour file of the release `current` names, read on
+/// every request, plus a switch that forces it unhealthy whatever the release.
+struct Svc {
+    dir: PathBuf,
+    broken: AtomicBool,
+}
+
+async fn health(State(svc): State<Arc<Svc>>) -> (StatusCode, &'static str) {
+    let release = std::fs::read_link(svc.dir.join("current")).unwrap_or_default();
+    let behaviour =
+        std::fs::read_to_string(svc.dir.join(&release).join("behaviour")).unwrap_or_default();
+    if behaviour.trim() == "healthy" && !svc.broken.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::INTERNAL_SERVER_ERROR, "failing")
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    svc: Arc<Svc>,
+    server: support::TestServer,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, behaviour) in [("v1", "healthy"), ("v2", "broken")] {
+            let d = dir.path().join("releases").join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("behaviour"), behaviour).unwrap();
+        }
+        std::os::unix::fs::symlink("releases/v1", dir.path().join("current")).unwrap();
+        let svc = Arc::new(Svc {
+            dir: dir.path().to_owned(),
+            broken: AtomicBool::new(false),
+        });
+        let app = Router::new()
+            .route("/health", get(health))
+            .with_state(Arc::clone(&svc));
+        let server = support::serve(app).await;
+        Fixture { dir, svc, server }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn deploy(&self, release: &str) {
+        let tmp = self.path().join(".deploy");
+        std::os::unix::fs::symlink(format!("releases/{release}"), &tmp).unwrap();
+        std::fs::rename(&tmp, self.path().join("current")).unwrap();
+    }
+
+    fn current(&self) -> String {
+        std::fs::read_link(self.path().join("current"))
+            .unwrap()
+            .display()
+            .to_string()
+    }
+
+    /// A configuration for this fixture; `plan_steps` is TOML for the plan's steps.
+    fn config(&self, plan_steps: &str, extra: &str) -> String {
+        format!(
+            r#"
+[daemon]
+state_dir = "{dir}/state"
+tick = "50ms"
+drain_timeout = "5s"
+{extra}
+
+[[target]]
+name = "shop"
+plan = "back"
+blame_window = "5m"
+change = {{ type = "release_symlink", path = "{dir}/current", interval = "100ms" }}
+
+[[signal]]
+name = "health"
+target = "shop"
+type = "http_probe"
+url = "{url}"
+interval = "100ms"
+timeout = "1s"
+
+[[rule]]
+name = "down"
+signal = "health"
+consecutive = 3
+
+[[plan]]
+name = "back"
+{plan_steps}
+
+[plan.verify]
+window = "500ms"
+"#,
+            dir = self.path().display(),
+            url = self.server.url("/health"),
+        )
+    }
+}
+
+fn load(text: &str) -> Config {
+    rearguard::config::load_str(text, Format::Toml, std::iter::empty(), Path::new("."))
+        .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}"))
+}
+
+struct Running {
+    rx: mpsc::UnboundedReceiver<Event>,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), daemon::StartError>>,
+    seen: Vec<Event>,
+}
+
+fn start(cfg: Config) -> Running {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(daemon::run(
+        cfg,
+        daemon::Options {
+            shutdown: shutdown.clone(),
+            observer: Some(tx),
+        },
+    ));
+    Running {
+        rx,
+        shutdown,
+        handle,
+        seen: Vec::new(),
+    }
+}
+
+impl Running {
+    /// Waits for an event matching `pred`, failing the test at the deadline.
+    async fn wait_for(&mut self, what: &str, secs: u64, pred: impl Fn(&Event) -> bool) -> Event {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(e)) => {
+                    self.seen.push(e.clone());
+                    if pred(&e) {
+                        return e;
+                    }
+                }
+                Ok(None) => panic!(
+                    "daemon stopped while waiting for {what}; saw {:#?}",
+                    self.seen
+                ),
+                Err(_) => panic!("no {what} within {secs}s; saw {:#?}", self.seen),
+            }
+        }
+    }
+
+    async fn closed_incident(&mut self, secs: u64) -> Incident {
+        match self
+            .wait_for("a closed incident", secs, |e| {
+                matches!(e, Event::Effect(_, Effect::IncidentClosed(_)))
+            })
+            .await
+        {
+            Event::Effect(_, Effect::IncidentClosed(inc)) => *inc,
+            _ => unreachable!(),
+        }
+    }
+
+    async fn stop(mut self) -> Vec<Event> {
+        self.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            self.seen.push(e);
+        }
+        self.handle.await.expect("daemon task").expect("daemon ran");
+        self.seen
+    }
+
+    fn steps_run(&self) -> usize {
+        self.seen
+            .iter()
+            .filter(|e| matches!(e, Event::Effect(_, Effect::RunStep(_))))
+            .count()
+    }
+}
+
+const SWITCH_BACK: &str = r#"
+[[plan.step]]
+name = "switch back"
+type = "release_switch"
+current = "{dir}/current"
+releases = "{dir}/releases"
+timeout = "5s"
+"#;
+
+fn switch_back(f: &Fixture) -> String {
+    SWITCH_BACK.replace("{dir}", &f.path().display().to_string())
+}
+
+#[tokio::test]
+async fn bad_release_is_switched_back_verified_and_reported() {
+    let f = Fixture::new().await;
+    let mut d = start(load(&f.config(&switch_back(&f), "")));
+    d.wait_for("the first revision", 10, |e| matches!(e, Event::Started))
+        .await;
+    // Healthy readings on v1 first, then the deploy is a change against a healthy revision.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    f.deploy("v2");
+    let inc = d.closed_incident(20).await;
+    assert_eq!(
+        inc.outcome,
+        Some(Outcome::RolledBack),
+        "timeline: {:#?}",
+        inc.timeline
+    );
+    assert_eq!(inc.from_revision.as_deref(), Some("v2"));
+    assert_eq!(inc.to_revision.as_deref(), Some("v1"));
+    assert_eq!(
+        f.current(),
+        "releases/v1",
+        "the relative link stays relative"
+    );
+    let report = d
+        .wait_for("the report", 5, |e| matches!(e, Event::Report { .. }))
+        .await;
+    let Event::Report { path, .. } = report else {
+        unreachable!()
+    };
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("rolled back and verified"), "{text}");
+    assert!(text.contains("rule down fired"), "{text}");
+    assert!(
+        text.contains("current: v2 -> v1") || text.contains("v2 -> v1"),
+        "{text}"
+    );
+    assert!(path.starts_with(f.path().join("state/reports")));
+    let seen = d.stop().await;
+    let steps = seen
+        .iter()
+        .filter(|e| matches!(e, Event::Effect(_, Effect::RunStep(_))))
+        .count();
+    assert_eq!(steps, 1, "one step, run once");
+}
+
+#[tokio::test]
+async fn breach_without_a_change_escalates_without_acting_and_resolves_on_recovery() {
+    let f = Fixture::new().await;
+    f.svc.broken.store(true, Ordering::SeqCst);
+    let mut d = start(load(&f.config(&switch_back(&f), "")));
+    d.wait_for("escalation", 10, |e| {
+        matches!(e, Event::Effect(_, Effect::Timeline { entry, .. })
+            if entry.kind == EntryKind::Decision && entry.text.contains("nothing to blame"))
+    })
+    .await;
+    assert_eq!(f.current(), "releases/v1", "nothing was switched");
+    f.svc.broken.store(false, Ordering::SeqCst);
+    let inc = d.closed_incident(10).await;
+    assert_eq!(inc.outcome, Some(Outcome::Recovered));
+    assert_eq!(d.steps_run(), 0);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn hanging_step_is_killed_at_its_timeout_and_the_plan_aborts_and_escalates() {
+    let f = Fixture::new().await;
+    let pidfile = f.path().join("step.pid");
+    let steps = format!(
+        r#"
+[[plan.step]]
+name = "hang"
+type = "exec"
+command = ["/bin/sh", "-c", "echo $$ > {pid}; exec sleep 60"]
+timeout = "700ms"
+on_failure = "abort"
+"#,
+        pid = pidfile.display()
+    );
+    let mut d = start(load(&f.config(&steps, "")));
+    d.wait_for("start", 10, |e| matches!(e, Event::Started))
+        .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    f.deploy("v2");
+    d.wait_for("the failed step", 20, |e| {
+        matches!(e, Event::Effect(_, Effect::Timeline { entry, .. })
+            if matches!(entry.kind, EntryKind::StepFinished { ok: false, .. }))
+    })
+    .await;
+    d.wait_for("the rollback-failed escalation", 5, |e| {
+        matches!(e, Event::Effect(_, Effect::Timeline { entry, .. })
+            if entry.kind == EntryKind::Decision && entry.text.contains("the plan was stopped"))
+    })
+    .await;
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    support::poll_until(Duration::from_secs(5), || support::process_is_gone(pid))
+        .await
+        .unwrap_or_else(|_| panic!("the step's process {pid} is still alive after its timeout"));
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn stopping_during_a_step_lets_it_finish_and_reports_the_incident_as_interrupted() {
+    let f = Fixture::new().await;
+    let marker = f.path().join("step-finished");
+    let steps = format!(
+        r#"
+[[plan.step]]
+name = "slow"
+type = "exec"
+command = ["/bin/sh", "-c", "sleep 1; touch {m}"]
+timeout = "10s"
+"#,
+        m = marker.display()
+    );
+    let mut d = start(load(&f.config(&steps, "")));
+    d.wait_for("start", 10, |e| matches!(e, Event::Started))
+        .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    f.deploy("v2");
+    d.wait_for("the step", 20, |e| {
+        matches!(e, Event::Effect(_, Effect::RunStep(_)))
+    })
+    .await;
+    let seen = d.stop().await;
+    assert!(
+        marker.exists(),
+        "the in-flight step reached its end before the daemon stopped"
+    );
+    let closed: Vec<&Incident> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Effect(_, Effect::IncidentClosed(i)) => Some(&**i as &Incident),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed.len(), 1, "{seen:#?}");
+    assert_eq!(closed[0].outcome, Some(Outcome::Interrupted));
+    assert!(
+        closed[0]
+            .timeline
+            .iter()
+            .any(|e| matches!(e.kind, EntryKind::StepFinished { ok: true, .. })),
+        "the step's result was recorded: {:#?}",
+        closed[0].timeline
+    );
+    assert!(seen.iter().any(|e| matches!(e, Event::Report { .. })));
+}
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_rearguard")
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_real_binary_cleanly_within_the_drain() {
+    let f = Fixture::new().await;
+    let cfg = f.path().join("rearguard.toml");
+    std::fs::write(&cfg, f.config(&switch_back(&f), "")).unwrap();
+    let mut child = tokio::process::Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap() as i32;
+    // Wait until it is watching: the probe's first request reaches the service.
+    let server_hits = f.server.requests.clone();
+    support::poll_until(Duration::from_secs(10), || {
+        server_hits.load(Ordering::SeqCst) > 0
+    })
+    .await
+    .expect("the daemon probes the service");
+    // SAFETY: sending a signal to a child we spawned.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits within the drain")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_source_type_not_built_yet_makes_run_exit_64_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("rearguard.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[daemon]
+state_dir = "{}/state"
+[[target]]
+name = "api"
+[[signal]]
+name = "errors"
+target = "api"
+type = "prometheus"
+url = "http://127.0.0.1:9/"
+error_rate = {{ requests = "http_requests_total", errors = 'code=~"5.."' }}
+"#,
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("prometheus"), "{stderr}");
+}
+
+#[tokio::test]
+async fn invalid_configuration_makes_run_exit_64_listing_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("rearguard.toml");
+    std::fs::write(&cfg, "[daemon]\ntick = \"soon\"\nmode = \"yolo\"\n").unwrap();
+    let out = tokio::process::Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("daemon.tick: expected a duration"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("daemon.mode: expected \"enforce\" or \"shadow\""),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,472 @@
+//! The daemon: the only module that wires sources, the engine, actions and reports.
+//!
+//! One engine task owns the [`Engine`] and is the only caller of `step`. Samplers (one
+//! task per signal) and change observers (one per target) send it inputs; plan steps run
+//! as their own tasks and send their results back. Every task is spawned on one
+//! `TaskTracker` with a child of one root `CancellationToken`.
+//!
+//! Shutdown (the token is cancelled, e.g. on SIGTERM) is a bounded drain: sources stop at
+//! once, the engine stops ordering new steps, an in-flight step is given
+//! `daemon.drain_timeout` to finish and its result is recorded, and every open incident
+//! is closed as interrupted with its report written.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::action::{Action, ActionContext};
+use crate::config::{Config, Occasion};
+use crate::engine::{Effect, Engine, Input, ReadingState, StepOrder, StepResult, Ts};
+use crate::source::{self, Source};
+
+/// What the daemon tells an observer (the demo, tests) as it runs.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Sources and the engine are running.
+    Started,
+    /// An effect the engine produced, at the engine time it was produced.
+    Effect(Ts, Effect),
+    /// An incident report was written.
+    Report {
+        incident: String,
+        path: std::path::PathBuf,
+    },
+    /// The daemon has drained and is about to return.
+    Stopped,
+}
+
+/// How the daemon is run.
+#[derive(Default)]
+pub struct Options {
+    /// Cancelled to stop the daemon; the daemon makes its own if none is given.
+    pub shutdown: CancellationToken,
+    /// Receives every [`Event`]; the daemon never blocks on it.
+    pub observer: Option<mpsc::UnboundedSender<Event>>,
+}
+
+/// A failure that stops the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A signal uses a source this build cannot run; a configuration problem.
+    #[error("signal[{index}] ({name}): {source}")]
+    Unsupported {
+        index: usize,
+        name: String,
+        source: source::UnsupportedSource,
+    },
+    /// A target uses a change type this build cannot observe.
+    #[error(
+        "target[{index}] ({name}).change: change type {kind:?} is not available in this version of rearguard"
+    )]
+    UnsupportedChange {
+        index: usize,
+        name: String,
+        kind: &'static str,
+    },
+    #[error("cannot create state directory {path}: {source}")]
+    StateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// True when the cause is the configuration (exit code 64).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            StartError::Unsupported { .. } | StartError::UnsupportedChange { .. }
+        )
+    }
+}
+
+/// A monotonic engine clock anchored at wall time when the daemon starts, so that engine
+/// time never runs backwards when the wall clock is stepped.
+#[derive(Clone, Copy)]
+struct Clock {
+    wall_ms: u64,
+    start: Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Clock {
+            wall_ms,
+            start: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Ts {
+        Ts(self.wall_ms + self.start.elapsed().as_millis() as u64)
+    }
+}
+
+/// Runs the daemon until `opts.shutdown` is cancelled.
+pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
+    let client = crate::http::client();
+    let mut sources = Vec::with_capacity(cfg.signals.len());
+    for (index, signal) in cfg.signals.iter().enumerate() {
+        let s = Source::new(signal, &client).map_err(|source| StartError::Unsupported {
+            index,
+            name: signal.name.clone(),
+            source,
+        })?;
+        sources.push(Arc::new(s));
+    }
+    for (index, target) in cfg.targets.iter().enumerate() {
+        if let Some(crate::config::ChangeSpec::KubeDeployment { .. }) = target.change {
+            return Err(StartError::UnsupportedChange {
+                index,
+                name: target.name.clone(),
+                kind: "kube_deployment",
+            });
+        }
+    }
+    let actions: Vec<Vec<Arc<Action>>> = cfg
+        .plans
+        .iter()
+        .map(|p| {
+            p.steps
+                .iter()
+                .map(|s| Arc::new(Action::new(&s.action, &client)))
+                .collect()
+        })
+        .collect();
+    let reports_dir = cfg.daemon.state_dir.join("reports");
+    std::fs::create_dir_all(&reports_dir).map_err(|source| StartError::StateDir {
+        path: reports_dir.clone(),
+        source,
+    })?;
+
+    let clock = Clock::new();
+    let token = opts.shutdown.clone();
+    let sources_token = token.child_token();
+    let tracker = TaskTracker::new();
+    let (tx, mut rx) = mpsc::channel::<Input>(1024);
+    let observer = opts.observer;
+    let tell = |event: Event| {
+        if let Some(o) = &observer {
+            let _ = o.send(event);
+        }
+    };
+
+    for (i, source) in sources.iter().enumerate() {
+        tracker.spawn(sample_loop(
+            i,
+            Arc::clone(source),
+            cfg.signals[i].interval,
+            cfg.signals[i].timeout,
+            tx.clone(),
+            sources_token.clone(),
+        ));
+    }
+    for (t, target) in cfg.targets.iter().enumerate() {
+        if let Some(spec) = target.change.clone() {
+            tracker.spawn(change_loop(
+                t,
+                target.name.clone(),
+                spec,
+                clock,
+                tx.clone(),
+                sources_token.clone(),
+            ));
+        }
+    }
+
+    let mut engine = Engine::new(cfg.clone());
+    let mut ticker = tokio::time::interval(cfg.daemon.tick);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut in_flight: HashMap<String, tokio_util::sync::DropGuard> = HashMap::new();
+    let steps_token = CancellationToken::new();
+    tracing::info!(
+        targets = cfg.targets.len(),
+        signals = cfg.signals.len(),
+        rules = cfg.rules.len(),
+        mode = ?cfg.daemon.mode,
+        "rearguard started"
+    );
+    tell(Event::Started);
+
+    let dispatch =
+        |engine_effects: Vec<Effect>,
+         now: Ts,
+         draining: bool,
+         in_flight: &mut HashMap<String, tokio_util::sync::DropGuard>| {
+            for effect in engine_effects {
+                // Observers hear of an effect before what carrying it out produces (a report).
+                tell(Event::Effect(now, effect.clone()));
+                match &effect {
+                    Effect::RunStep(order) if draining => {
+                        tracing::warn!(incident = %order.incident, step = order.step, "step not started: rearguard is stopping");
+                    }
+                    Effect::RunStep(order) => {
+                        let action = Arc::clone(&actions[order.plan][order.step]);
+                        let step_cfg = &cfg.plans[order.plan].steps[order.step];
+                        let guard_token = steps_token.child_token();
+                        in_flight.insert(order.incident.clone(), guard_token.clone().drop_guard());
+                        tracker.spawn(run_step(
+                            action,
+                            order.clone(),
+                            cfg.targets[order.target].name.clone(),
+                            step_cfg.timeout,
+                            tx.clone(),
+                            guard_token,
+                        ));
+                    }
+                    Effect::IncidentClosed(inc) => {
+                        in_flight.remove(&inc.id);
+                        match crate::report::write(&cfg.daemon.state_dir, inc, &cfg) {
+                            Ok(path) => {
+                                tracing::info!(incident = %inc.id, path = %path.display(), "incident report written");
+                                tell(Event::Report {
+                                    incident: inc.id.clone(),
+                                    path,
+                                });
+                            }
+                            Err(e) => {
+                                tracing::error!(incident = %inc.id, error = %e, "cannot write incident report")
+                            }
+                        }
+                    }
+                    _ => log_effect(&cfg, &effect),
+                }
+            }
+        };
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            Some(input) = rx.recv() => {
+                if let Input::StepDone(r) = &input {
+                    in_flight.remove(&r.incident);
+                }
+                let now = clock.now();
+                let effects = engine.step(input, now);
+                dispatch(effects, now, false, &mut in_flight);
+            }
+            _ = ticker.tick() => {
+                let now = clock.now();
+                let effects = engine.step(Input::Tick, now);
+                dispatch(effects, now, false, &mut in_flight);
+            }
+        }
+    }
+
+    // Drain: sources stop now; in-flight steps get the drain timeout to finish.
+    tracing::info!(in_flight = in_flight.len(), "rearguard stopping");
+    sources_token.cancel();
+    let deadline = tokio::time::Instant::now() + cfg.daemon.drain_timeout;
+    while !in_flight.is_empty() {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(input)) => {
+                let is_step = matches!(input, Input::StepDone(_));
+                if let Input::StepDone(r) = &input {
+                    in_flight.remove(&r.incident);
+                }
+                if is_step {
+                    let now = clock.now();
+                    let effects = engine.step(input, now);
+                    dispatch(effects, now, true, &mut in_flight);
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!(
+                    steps = in_flight.len(),
+                    "drain timeout: abandoning in-flight steps"
+                );
+                break;
+            }
+        }
+    }
+    // Dropping the guards cancels what is left; actions kill their processes.
+    in_flight.clear();
+    steps_token.cancel();
+    let now = clock.now();
+    let effects = engine.interrupt_all(now);
+    dispatch(effects, now, true, &mut in_flight);
+    drop(tx);
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 5s");
+    }
+    tracing::info!("rearguard stopped");
+    if let Some(o) = &observer {
+        let _ = o.send(Event::Stopped);
+    }
+    Ok(())
+}
+
+async fn sample_loop(
+    signal: usize,
+    source: Arc<Source>,
+    interval: Duration,
+    timeout: Duration,
+    tx: mpsc::Sender<Input>,
+    token: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        // The source bounds itself by its timeout; this is a safety net on top.
+        let state = tokio::select! {
+            _ = token.cancelled() => return,
+            r = tokio::time::timeout(timeout + Duration::from_secs(1), source.sample()) => r.unwrap_or_else(|_| {
+                ReadingState::SourceError(format!("sample did not finish within {}", crate::config::units::format_duration(timeout)))
+            }),
+        };
+        let reading = crate::engine::Reading { signal, state };
+        if tx.send(Input::Reading(reading)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn change_loop(
+    target: usize,
+    name: String,
+    spec: crate::config::ChangeSpec,
+    clock: Clock,
+    tx: mpsc::Sender<Input>,
+    token: CancellationToken,
+) {
+    let interval = match &spec {
+        crate::config::ChangeSpec::ReleaseSymlink { interval, .. }
+        | crate::config::ChangeSpec::Exec { interval, .. } => *interval,
+        crate::config::ChangeSpec::KubeDeployment { .. } => Duration::from_secs(10),
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_error: Option<String> = None;
+    // When the previous observation began: a change seen now happened after it.
+    let mut previous: Option<Ts> = None;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let started = clock.now();
+        match source::change::observe(&spec).await {
+            Ok(revision) => {
+                if last_error.take().is_some() {
+                    tracing::info!(target = %name, "change observer works again");
+                }
+                let at = previous.unwrap_or(started);
+                previous = Some(started);
+                if tx
+                    .send(Input::Change {
+                        target,
+                        revision,
+                        at,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                // Said once per distinct error, not once per interval.
+                if last_error.as_deref() != Some(&e) {
+                    tracing::warn!(target = %name, error = %e, "cannot observe the target's revision");
+                    last_error = Some(e);
+                }
+            }
+        }
+    }
+}
+
+async fn run_step(
+    action: Arc<Action>,
+    order: StepOrder,
+    target: String,
+    timeout: Duration,
+    tx: mpsc::Sender<Input>,
+    cancel: CancellationToken,
+) {
+    let ctx = ActionContext {
+        incident: order.incident.clone(),
+        target,
+        rule: order.rule.clone(),
+        from_revision: order.from_revision.clone(),
+        to_revision: order.to_revision.clone(),
+    };
+    let started = Instant::now();
+    let result = tokio::select! {
+        out = action.run(&ctx, timeout) => StepResult {
+            incident: order.incident.clone(),
+            step: order.step,
+            attempt: order.attempt,
+            ok: out.ok,
+            duration_ms: out.duration.as_millis() as u64,
+            output: out.output,
+            error: out.error,
+        },
+        _ = cancel.cancelled() => StepResult {
+            incident: order.incident.clone(),
+            step: order.step,
+            attempt: order.attempt,
+            ok: false,
+            duration_ms: started.elapsed().as_millis() as u64,
+            output: String::new(),
+            error: Some("abandoned: rearguard stopped before the step finished".to_owned()),
+        },
+    };
+    let _ = tx.send(Input::StepDone(result)).await;
+}
+
+/// Logs what the engine decided. Notifications go to the log until notifiers exist.
+fn log_effect(cfg: &Config, effect: &Effect) {
+    match effect {
+        Effect::RuleChanged { rule, transition } => tracing::info!(
+            rule = %cfg.rules[*rule].name,
+            from = transition.from.name(),
+            to = transition.to.name(),
+            evidence = %transition.evidence,
+            "rule changed"
+        ),
+        Effect::ChangeObserved {
+            target,
+            from,
+            to,
+            previous_healthy,
+        } => tracing::info!(
+            target = %cfg.targets[*target].name,
+            from = %from,
+            to = %to,
+            previous_healthy,
+            "revision changed"
+        ),
+        Effect::Timeline {
+            incident, entry, ..
+        } => {
+            tracing::info!(incident = %incident, "{}", entry.text)
+        }
+        Effect::Notify(n) => match n.occasion {
+            Occasion::Resolved | Occasion::RollbackSucceeded => {
+                tracing::info!(incident = %n.incident, occasion = n.occasion.name(), "{}", n.summary)
+            }
+            _ => {
+                tracing::warn!(incident = %n.incident, occasion = n.occasion.name(), "{}", n.summary)
+            }
+        },
+        Effect::CommandRejected { reason } => tracing::warn!(reason = %reason, "command rejected"),
+        Effect::RunStep(_) | Effect::IncidentClosed(_) => {}
+    }
+}
