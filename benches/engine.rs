@@ -41,7 +41,7 @@ name = "errors-{i}"
 target = "web"
 type = "prometheus"
 url = "http://127.0.0.1:9090"
-error_rate = {{ requests = "requests_{i}", errors = "errors_{i}" }}
+error_rate = {{ requests = "requests_{i}", errors = 'code=~"5.."' }}
 
 [[rule]]
 name = "errors-high-{i}"
@@ -65,7 +65,7 @@ fn mixed_rules(n: usize) -> Config {
             0 => (
                 r#"type = "prometheus"
 url = "http://127.0.0.1:9090"
-error_rate = { requests = "requests", errors = "errors" }"#,
+error_rate = { requests = "requests", errors = 'code=~"5.."' }"#,
                 "when = \"> 5%\"\nfor = \"5m\"",
             ),
             1 => (

@@ -70,7 +70,7 @@ pub fn main() -> ExitCode {
             run(&config)
         }
         Command::Demo { dir } => {
-            init_logging(cli.log_format, "warn");
+            init_logging(cli.log_format, "error");
             runtime().block_on(crate::demo::run(dir))
         }
     }
@@ -151,15 +151,23 @@ pub fn describe(file: &Path, cfg: &Config) -> String {
         ));
         for rule in cfg.rules.iter().filter(|r| r.target == t) {
             let signal = &cfg.signals[rule.signal];
+            let sampling = match signal.source {
+                config::SourceSpec::Alertmanager(_) => {
+                    "after the webhook arrives; Alertmanager's group_wait and group_interval come first".to_owned()
+                }
+                _ => format!(
+                    "sampled every {}, timeout {}",
+                    format_duration(signal.interval),
+                    format_duration(signal.timeout)
+                ),
+            };
             s.push_str(&format!(
-                "    rule {}: {} {} {}; worst-case detection {} (sampled every {}, timeout {})\n",
+                "    rule {}: {} {} {}; worst-case detection {} ({sampling})\n",
                 rule.name,
                 signal.name,
                 rule.when.describe(),
                 rule.mode.describe(),
                 format_duration(rule.worst_case_detection(signal)),
-                format_duration(signal.interval),
-                format_duration(signal.timeout),
             ));
         }
     }

@@ -20,9 +20,77 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::action::{Action, ActionContext};
+use crate::config::SourceSpec;
 use crate::config::{Config, Occasion};
 use crate::engine::{Effect, Engine, Input, ReadingState, StepOrder, StepResult, Ts};
-use crate::source::{self, Source};
+use crate::source::{self, Source, alertmanager};
+
+/// Where Alertmanager's webhook is received on `daemon.listen`.
+pub const WEBHOOK_PATH: &str = "/webhook/alertmanager";
+
+/// What the webhook handler needs.
+struct Hook {
+    receiver: Arc<alertmanager::Receiver>,
+    tx: mpsc::Sender<Input>,
+    clock: Clock,
+    /// Held across judging a delivery and queueing its readings, so that two deliveries
+    /// reach the engine in the order the receiver judged them.
+    order: tokio::sync::Mutex<()>,
+}
+
+/// Receives one Alertmanager delivery. Answers 200 once its readings are queued for the
+/// engine, so that Alertmanager retries anything not taken.
+async fn webhook(
+    axum::extract::State(hook): axum::extract::State<Arc<Hook>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let _order = hook.order.lock().await;
+    match hook.receiver.receive(auth, &body, hook.clock.now()) {
+        Ok(delivery) => {
+            let summary = delivery.to_string();
+            for r in delivery.readings {
+                if hook.tx.send(Input::Reading(r)).await.is_err() {
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "rearguard is stopping\n".to_owned(),
+                    );
+                }
+            }
+            tracing::debug!(summary = %summary, "alertmanager webhook accepted");
+            (StatusCode::OK, format!("{summary}\n"))
+        }
+        Err(rejection) => {
+            tracing::warn!(status = rejection.status, reason = %rejection.reason, "alertmanager webhook refused");
+            let status = StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::BAD_REQUEST);
+            (status, format!("{}\n", rejection.reason))
+        }
+    }
+}
+
+/// Re-sends the receiver's current state of every alertmanager signal each `interval`:
+/// a push source otherwise reads only on change, and rules that count evaluations
+/// (`consecutive`, `m_of_n`, `for`) and verification after a plan need readings.
+async fn resend_loop(hook: Arc<Hook>, interval: Duration, token: CancellationToken) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let _order = hook.order.lock().await;
+        for r in hook.receiver.current() {
+            if hook.tx.send(Input::Reading(r)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
 
 /// What the daemon tells an observer (the demo, tests) as it runs.
 #[derive(Debug, Clone)]
@@ -67,6 +135,11 @@ pub enum StartError {
         index: usize,
         name: String,
         kind: &'static str,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
     },
     #[error("cannot create state directory {path}: {source}")]
     StateDir {
@@ -114,13 +187,30 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     let client = crate::http::client();
     let mut sources = Vec::with_capacity(cfg.signals.len());
     for (index, signal) in cfg.signals.iter().enumerate() {
+        // Push sources are not sampled: the listener receives them.
+        if let SourceSpec::Alertmanager(_) = signal.source {
+            sources.push(None);
+            continue;
+        }
         let s = Source::new(signal, &client).map_err(|source| StartError::Unsupported {
             index,
             name: signal.name.clone(),
             source,
         })?;
-        sources.push(Arc::new(s));
+        sources.push(Some(Arc::new(s)));
     }
+    let receiver = alertmanager::Receiver::new(&cfg).map(Arc::new);
+    let listener = match &receiver {
+        Some(_) => Some(
+            tokio::net::TcpListener::bind(cfg.daemon.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: cfg.daemon.listen,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     for (index, target) in cfg.targets.iter().enumerate() {
         if let Some(crate::config::ChangeSpec::KubeDeployment { .. }) = target.change {
             return Err(StartError::UnsupportedChange {
@@ -158,7 +248,40 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
         }
     };
 
+    if let (Some(receiver), Some(listener)) = (receiver, listener) {
+        let resend_every = cfg
+            .signals
+            .iter()
+            .filter(|s| matches!(s.source, SourceSpec::Alertmanager(_)))
+            .map(|s| s.interval)
+            .min()
+            .unwrap_or(Duration::from_secs(10));
+        let hook = Arc::new(Hook {
+            receiver,
+            tx: tx.clone(),
+            clock,
+            order: tokio::sync::Mutex::new(()),
+        });
+        let app = axum::Router::new()
+            .route(WEBHOOK_PATH, axum::routing::post(webhook))
+            .layer(axum::extract::DefaultBodyLimit::max(
+                alertmanager::BODY_LIMIT,
+            ))
+            .with_state(Arc::clone(&hook));
+        let stop = sources_token.clone();
+        tracing::info!(addr = %cfg.daemon.listen, path = WEBHOOK_PATH, "receiving alertmanager webhooks");
+        tracker.spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the webhook listener failed");
+            }
+        });
+        tracker.spawn(resend_loop(hook, resend_every, sources_token.clone()));
+    }
     for (i, source) in sources.iter().enumerate() {
+        let Some(source) = source else { continue };
         tracker.spawn(sample_loop(
             i,
             Arc::clone(source),

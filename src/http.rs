@@ -55,6 +55,38 @@ pub fn client() -> reqwest::Client {
     }
 }
 
+/// A client for one source with its own TLS settings: extra CA certificates from a PEM
+/// file, or (tests and emergencies only) no certificate verification. Without settings it
+/// is the shared [`client`].
+pub fn client_with(tls: &crate::config::TlsSpec) -> Result<reqwest::Client, String> {
+    if tls.ca_file.is_none() && !tls.insecure_skip_verify {
+        return Ok(client());
+    }
+    install_crypto_provider();
+    let mut b = builder();
+    if let Some(path) = &tls.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            format!(
+                "ca_file {} holds no usable PEM certificate: {e}",
+                path.display()
+            )
+        })?;
+        if certs.is_empty() {
+            return Err(format!("ca_file {} holds no certificate", path.display()));
+        }
+        for cert in certs {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    if tls.insecure_skip_verify {
+        b = b.tls_danger_accept_invalid_certs(true);
+    }
+    b.build()
+        .map_err(|e| format!("cannot build the http client: {}", describe_error(&e)))
+}
+
 fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(USER_AGENT)

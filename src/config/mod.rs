@@ -8,6 +8,7 @@
 
 mod load;
 mod raw;
+pub mod selector;
 pub mod units;
 mod validate;
 
@@ -134,6 +135,11 @@ impl Signal {
                 PromQuery::ErrorRate { .. } => SignalKind::Rate,
                 PromQuery::Latency { .. } | PromQuery::Expr(_) => SignalKind::Number,
             },
+            SourceSpec::Scrape(s) => match s.query {
+                ScrapeQuery::ErrorRate { .. } => SignalKind::Rate,
+                ScrapeQuery::Latency { .. } | ScrapeQuery::Value(_) => SignalKind::Number,
+            },
+            SourceSpec::Alertmanager(_) => SignalKind::Check,
             SourceSpec::CgroupOom { .. } | SourceSpec::KubePods { .. } => SignalKind::Event,
         }
     }
@@ -145,6 +151,8 @@ pub enum SourceSpec {
     HttpProbe(HttpProbeSpec),
     Exec(ExecSpec),
     Prometheus(PrometheusSpec),
+    Scrape(ScrapeSpec),
+    Alertmanager(AlertmanagerSpec),
     CgroupOom {
         cgroup: PathBuf,
     },
@@ -161,6 +169,8 @@ impl SourceSpec {
             SourceSpec::HttpProbe(_) => "http_probe",
             SourceSpec::Exec(_) => "exec",
             SourceSpec::Prometheus(_) => "prometheus",
+            SourceSpec::Scrape(_) => "scrape",
+            SourceSpec::Alertmanager(_) => "alertmanager",
             SourceSpec::CgroupOom { .. } => "cgroup_oom",
             SourceSpec::KubePods { .. } => "kube_pods",
         }
@@ -185,18 +195,99 @@ pub struct ExecSpec {
     pub cwd: Option<PathBuf>,
 }
 
+/// A Prometheus server queried through its HTTP API.
 #[derive(Debug, Clone)]
 pub struct PrometheusSpec {
+    /// The server's base URL, e.g. `http://prometheus:9090`.
     pub url: reqwest::Url,
     pub query: PromQuery,
+    /// The range of `increase()` and `rate()` in built-in queries.
     pub window: Duration,
+    pub auth: Option<HttpAuth>,
+    pub tls: TlsSpec,
 }
 
+/// What a Prometheus signal asks.
 #[derive(Debug, Clone)]
 pub enum PromQuery {
-    ErrorRate { requests: String, errors: String },
-    Latency { histogram: String, quantile: f64 },
+    /// `sum(increase(errors[window]))` out of `sum(increase(requests[window]))`.
+    ErrorRate {
+        requests: selector::Selector,
+        errors: Vec<selector::Matcher>,
+    },
+    /// `histogram_quantile(q, sum by (le) (rate(histogram[window])))`.
+    Latency {
+        histogram: selector::Selector,
+        quantile: f64,
+    },
+    /// Any PromQL expression returning one value.
     Expr(String),
+}
+
+/// A Prometheus text or OpenMetrics endpoint scraped directly.
+#[derive(Debug, Clone)]
+pub struct ScrapeSpec {
+    pub url: reqwest::Url,
+    pub query: ScrapeQuery,
+    /// Counters and histograms are compared across this window.
+    pub window: Duration,
+    pub auth: Option<HttpAuth>,
+    pub tls: TlsSpec,
+}
+
+/// What a scrape signal computes from the exposition.
+#[derive(Debug, Clone)]
+pub enum ScrapeQuery {
+    /// The increase of the error series out of the increase of the request series.
+    ErrorRate {
+        requests: selector::Selector,
+        errors: Vec<selector::Matcher>,
+    },
+    /// A quantile of the increase of a histogram's buckets (`_bucket` series).
+    Latency {
+        histogram: selector::Selector,
+        quantile: f64,
+    },
+    /// The sum of the selected series' current values (a gauge).
+    Value(selector::Selector),
+}
+
+/// Alertmanager's webhook, received on rearguard's listener: firing alerts whose labels
+/// match are failing readings, resolved ones passing.
+#[derive(Debug, Clone)]
+pub struct AlertmanagerSpec {
+    /// Label equality matchers an alert must all satisfy.
+    pub matchers: Vec<(String, String)>,
+    /// The bearer token Alertmanager sends (`http_config.authorization`).
+    pub token: SecretString,
+}
+
+/// Credentials for an HTTP source.
+#[derive(Clone)]
+pub enum HttpAuth {
+    Bearer(SecretString),
+    Basic {
+        username: String,
+        password: SecretString,
+    },
+}
+
+impl fmt::Debug for HttpAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpAuth::Bearer(_) => f.write_str("Bearer([redacted])"),
+            HttpAuth::Basic { username, .. } => write!(f, "Basic({username:?}, [redacted])"),
+        }
+    }
+}
+
+/// TLS settings for an HTTP source; rustls with the system roots by default.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSpec {
+    /// A PEM file of extra CA certificates to trust.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate. For tests and emergencies only.
+    pub insecure_skip_verify: bool,
 }
 
 /// A row of the trigger table (`[[rule]]`).
@@ -270,6 +361,11 @@ impl Rule {
             RuleMode::MOfN { m, .. } => i * m.saturating_sub(1),
             RuleMode::Within { .. } => Duration::ZERO,
         };
+        // A pushed reading is judged when it arrives: only the rule's own bound counts
+        // (from the webhook's arrival; the pusher's own delays come before it).
+        if let SourceSpec::Alertmanager(_) = signal.source {
+            return own;
+        }
         // Events (the `within` mode) arrive by polling today, so one interval too.
         own + i + signal.timeout
     }

@@ -112,6 +112,32 @@ pub enum RawSignal {
         latency: Option<RawLatency>,
         query: Option<String>,
         window: Option<String>,
+        auth: Option<RawAuth>,
+        tls: Option<RawTls>,
+    },
+    Scrape {
+        name: String,
+        target: String,
+        interval: Option<String>,
+        timeout: Option<String>,
+        blind_after: Option<String>,
+        url: String,
+        error_rate: Option<RawErrorRate>,
+        latency: Option<RawLatency>,
+        value: Option<String>,
+        window: Option<String>,
+        auth: Option<RawAuth>,
+        tls: Option<RawTls>,
+    },
+    Alertmanager {
+        name: String,
+        target: String,
+        interval: Option<String>,
+        timeout: Option<String>,
+        blind_after: Option<String>,
+        #[serde(default)]
+        matchers: BTreeMap<String, String>,
+        token: RawSecret,
     },
     CgroupOom {
         name: String,
@@ -161,6 +187,22 @@ impl RawSignal {
                 blind_after,
                 ..
             }
+            | RawSignal::Scrape {
+                name,
+                target,
+                interval,
+                timeout,
+                blind_after,
+                ..
+            }
+            | RawSignal::Alertmanager {
+                name,
+                target,
+                interval,
+                timeout,
+                blind_after,
+                ..
+            }
             | RawSignal::CgroupOom {
                 name,
                 target,
@@ -200,6 +242,22 @@ pub struct RawSignalCommon<'a> {
 pub struct RawErrorRate {
     pub requests: String,
     pub errors: String,
+}
+
+/// Credentials: `bearer = { file = "..." }`, or `username` with `password = { env = "..." }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub bearer: Option<RawSecret>,
+    pub username: Option<String>,
+    pub password: Option<RawSecret>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub ca_file: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

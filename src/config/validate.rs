@@ -194,6 +194,99 @@ impl Ctx<'_> {
         Some(SecretString::from(format!("{prefix}{value}")))
     }
 
+    fn error_rate(
+        &mut self,
+        p: &str,
+        e: &RawErrorRate,
+    ) -> Option<(selector::Selector, Vec<selector::Matcher>)> {
+        let requests = selector::parse_selector(&e.requests)
+            .map_err(|m| self.err(format!("{p}.error_rate.requests"), m))
+            .ok();
+        // The errors are the requests that also match these label matchers. A full
+        // selector here is the most likely mistake, so it gets its own message.
+        let looks_like_selector = e
+            .errors
+            .trim_start()
+            .starts_with(|c: char| c.is_ascii_alphabetic())
+            && e.errors
+                .find('{')
+                .is_some_and(|b| !e.errors[..b].contains(['=', '!', '~']));
+        let errors = if looks_like_selector {
+            self.err(
+                format!("{p}.error_rate.errors"),
+                format!(
+                    "expected label matchers that pick the errors out of `requests`, like 'code=~\"5..\"', got the selector {:?}",
+                    e.errors
+                ),
+            );
+            None
+        } else {
+            selector::parse_matchers(&e.errors)
+                .map_err(|m| self.err(format!("{p}.error_rate.errors"), m))
+                .ok()
+        };
+        if errors.as_ref().is_some_and(|e| e.is_empty()) {
+            self.err(
+                format!("{p}.error_rate.errors"),
+                "must select the errors, e.g. 'code=~\"5..\"'",
+            );
+            return None;
+        }
+        Some((requests?, errors?))
+    }
+
+    fn latency(&mut self, p: &str, l: &RawLatency) -> Option<(selector::Selector, f64)> {
+        let quantile = l.quantile.unwrap_or(0.95);
+        if !(quantile > 0.0 && quantile < 1.0) {
+            self.err(
+                format!("{p}.latency.quantile"),
+                format!("expected a quantile between 0 and 1 like 0.95, got {quantile}"),
+            );
+        }
+        let histogram = selector::parse_selector(&l.histogram)
+            .map_err(|m| self.err(format!("{p}.latency.histogram"), m))
+            .ok()?;
+        if !histogram.metric.ends_with("_bucket") {
+            self.err(
+                format!("{p}.latency.histogram"),
+                format!(
+                    "expected the histogram's bucket series, e.g. \"{}_bucket\"",
+                    histogram.metric
+                ),
+            );
+        }
+        Some((histogram, quantile))
+    }
+
+    fn auth(&mut self, p: &str, raw: Option<&RawAuth>) -> Option<HttpAuth> {
+        let raw = raw?;
+        match (&raw.bearer, &raw.username, &raw.password) {
+            (Some(token), None, None) => self
+                .secret(format!("{p}.auth.bearer"), token)
+                .map(HttpAuth::Bearer),
+            (None, Some(user), Some(password)) => self
+                .secret(format!("{p}.auth.password"), password)
+                .map(|password| HttpAuth::Basic {
+                    username: user.clone(),
+                    password,
+                }),
+            _ => {
+                self.err(
+                    format!("{p}.auth"),
+                    "takes either `bearer`, or `username` with `password`",
+                );
+                None
+            }
+        }
+    }
+
+    fn tls(&mut self, raw: Option<&RawTls>) -> TlsSpec {
+        raw.map_or_else(TlsSpec::default, |t| TlsSpec {
+            ca_file: t.ca_file.as_ref().map(|f| self.base_dir.join(f)),
+            insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+        })
+    }
+
     fn policy(&mut self, path: String, v: &Option<String>) -> Policy {
         match v.as_deref() {
             None | Some("hold") => Policy::Hold,
@@ -698,6 +791,8 @@ fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
             latency,
             query,
             window,
+            auth,
+            tls,
             ..
         } => {
             let url = ctx.url(format!("{p}.url"), url);
@@ -713,24 +808,20 @@ fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
                 return None;
             }
             let query = if let Some(e) = error_rate {
-                PromQuery::ErrorRate {
-                    requests: e.requests.clone(),
-                    errors: e.errors.clone(),
-                }
+                let (requests, errors) = ctx.error_rate(p, e)?;
+                PromQuery::ErrorRate { requests, errors }
             } else if let Some(l) = latency {
-                let quantile = l.quantile.unwrap_or(0.95);
-                if !(quantile > 0.0 && quantile < 1.0) {
-                    ctx.err(
-                        format!("{p}.latency.quantile"),
-                        format!("expected a quantile between 0 and 1 like 0.95, got {quantile}"),
-                    );
-                }
+                let (histogram, quantile) = ctx.latency(p, l)?;
                 PromQuery::Latency {
-                    histogram: l.histogram.clone(),
+                    histogram,
                     quantile,
                 }
             } else {
-                PromQuery::Expr(query.clone().unwrap_or_default())
+                let q = query.clone().unwrap_or_default();
+                if q.trim().is_empty() {
+                    ctx.err(format!("{p}.query"), "must be a PromQL expression");
+                }
+                PromQuery::Expr(q)
             };
             SourceSpec::Prometheus(PrometheusSpec {
                 url: url?,
@@ -740,6 +831,79 @@ fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
                     window,
                     Duration::from_secs(60),
                 ),
+                auth: ctx.auth(p, auth.as_ref()),
+                tls: ctx.tls(tls.as_ref()),
+            })
+        }
+        RawSignal::Scrape {
+            url,
+            error_rate,
+            latency,
+            value,
+            window,
+            auth,
+            tls,
+            ..
+        } => {
+            let url = ctx.url(format!("{p}.url"), url);
+            let chosen = [error_rate.is_some(), latency.is_some(), value.is_some()]
+                .iter()
+                .filter(|x| **x)
+                .count();
+            if chosen != 1 {
+                ctx.err(
+                    p.to_owned(),
+                    "a scrape signal takes exactly one of `error_rate`, `latency` or `value`",
+                );
+                return None;
+            }
+            let query = if let Some(e) = error_rate {
+                let (requests, errors) = ctx.error_rate(p, e)?;
+                ScrapeQuery::ErrorRate { requests, errors }
+            } else if let Some(l) = latency {
+                let (histogram, quantile) = ctx.latency(p, l)?;
+                ScrapeQuery::Latency {
+                    histogram,
+                    quantile,
+                }
+            } else {
+                let text = value.clone().unwrap_or_default();
+                match selector::parse_selector(&text) {
+                    Ok(sel) => ScrapeQuery::Value(sel),
+                    Err(m) => {
+                        ctx.err(format!("{p}.value"), m);
+                        return None;
+                    }
+                }
+            };
+            SourceSpec::Scrape(ScrapeSpec {
+                url: url?,
+                query,
+                window: ctx.positive_duration(
+                    format!("{p}.window"),
+                    window,
+                    Duration::from_secs(60),
+                ),
+                auth: ctx.auth(p, auth.as_ref()),
+                tls: ctx.tls(tls.as_ref()),
+            })
+        }
+        RawSignal::Alertmanager {
+            matchers, token, ..
+        } => {
+            if matchers.is_empty() {
+                ctx.err(
+                    format!("{p}.matchers"),
+                    "must name at least one label, e.g. { alertname = \"CheckoutErrors\" }: an empty matcher would take every alert",
+                );
+            }
+            let token = ctx.secret(format!("{p}.token"), token)?;
+            SourceSpec::Alertmanager(AlertmanagerSpec {
+                matchers: matchers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                token,
             })
         }
         RawSignal::CgroupOom { cgroup, .. } => SourceSpec::CgroupOom {

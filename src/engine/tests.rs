@@ -42,7 +42,7 @@ type = "prometheus"
 url = "http://127.0.0.1:9090"
 interval = "1m"
 blind_after = "2m"
-error_rate = { requests = 'sum(rate(http_requests_total[1m]))', errors = 'sum(rate(http_requests_total{code=~"5.."}[1m]))' }
+error_rate = { requests = 'http_requests_total', errors = 'code=~"5.."' }
 
 [[signal]]
 name = "latency"

@@ -7,9 +7,12 @@
 //! like a failure of the watchdog or the other way round: what the service does wrong is
 //! a failed check, what keeps us from looking is a source error.
 
+pub mod alertmanager;
 pub mod change;
 pub mod exec;
 pub mod http_probe;
+pub mod prometheus;
+pub mod scrape;
 
 use crate::config::{Signal, SourceSpec};
 use crate::engine::ReadingState;
@@ -22,9 +25,12 @@ pub const DETAIL_LIMIT: usize = 300;
 pub enum Source {
     HttpProbe(http_probe::HttpProbe),
     Exec(exec::ExecCheck),
+    Prometheus(prometheus::PrometheusSource),
+    Scrape(scrape::ScrapeSource),
 }
 
-/// A source type the configuration accepts but this build cannot read yet.
+/// A source type the configuration accepts but this build cannot sample: types not built
+/// yet, and push sources (`alertmanager`), which the daemon receives instead.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("source type {type_name:?} is not available in this version of rearguard")]
 pub struct UnsupportedSource {
@@ -42,7 +48,14 @@ impl Source {
                 client,
             ))),
             SourceSpec::Exec(spec) => Ok(Source::Exec(exec::ExecCheck::new(spec, signal.timeout))),
-            other @ (SourceSpec::Prometheus(_)
+            SourceSpec::Prometheus(spec) => Ok(Source::Prometheus(
+                prometheus::PrometheusSource::new(spec, signal.timeout),
+            )),
+            SourceSpec::Scrape(spec) => Ok(Source::Scrape(scrape::ScrapeSource::new(
+                spec,
+                signal.timeout,
+            ))),
+            other @ (SourceSpec::Alertmanager(_)
             | SourceSpec::CgroupOom { .. }
             | SourceSpec::KubePods { .. }) => Err(UnsupportedSource {
                 type_name: other.type_name(),
@@ -56,6 +69,8 @@ impl Source {
         match self {
             Source::HttpProbe(probe) => probe.sample().await,
             Source::Exec(check) => check.sample().await,
+            Source::Prometheus(p) => p.sample().await,
+            Source::Scrape(s) => s.sample().await,
         }
     }
 }

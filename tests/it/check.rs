@@ -154,7 +154,7 @@ name = "errors"
 type = "prometheus"
 target = "api"
 url = "http://127.0.0.1:9090"
-error_rate = { requests = "http_requests_total", errors = 'http_requests_total{code=~"5.."}' }
+error_rate = { requests = "http_requests_total", errors = 'code=~"5.."' }
 
 [[rule]]
 name = "down"
@@ -275,7 +275,7 @@ target = "api"
 url = "http://127.0.0.1:9090"
 interval = "30s"
 timeout = "5s"
-error_rate = { requests = "http_requests_total", errors = 'http_requests_total{code=~"5.."}' }
+error_rate = { requests = "http_requests_total", errors = 'code=~"5.."' }
 
 [[signal]]
 name = "p95"
@@ -471,6 +471,10 @@ fn the_reference_shows_every_key_of_the_schema() {
         "[[signal]]\ntype = \"prometheus\"\nzzz = 1",
         "[[signal]]\ntype = \"prometheus\"\nname = \"a\"\ntarget = \"a\"\nurl = \"http://a\"\nerror_rate = { zzz = 1 }",
         "[[signal]]\ntype = \"prometheus\"\nname = \"a\"\ntarget = \"a\"\nurl = \"http://a\"\nlatency = { zzz = 1 }",
+        "[[signal]]\ntype = \"prometheus\"\nname = \"a\"\ntarget = \"a\"\nurl = \"http://a\"\nauth = { zzz = 1 }",
+        "[[signal]]\ntype = \"prometheus\"\nname = \"a\"\ntarget = \"a\"\nurl = \"http://a\"\ntls = { zzz = 1 }",
+        "[[signal]]\ntype = \"scrape\"\nzzz = 1",
+        "[[signal]]\ntype = \"alertmanager\"\nzzz = 1",
         "[[signal]]\ntype = \"cgroup_oom\"\nzzz = 1",
         "[[signal]]\ntype = \"kube_pods\"\nzzz = 1",
         "[[rule]]\nzzz = 1",
@@ -528,6 +532,9 @@ fn the_reference_shows_every_key_of_the_schema() {
         "kube_deployment",
         "http_probe",
         "prometheus",
+        "scrape",
+        "alertmanager",
+        "/webhook/alertmanager",
         "cgroup_oom",
         "kube_pods",
         "release_switch",

@@ -414,11 +414,10 @@ state_dir = "{}/state"
 [[target]]
 name = "api"
 [[signal]]
-name = "errors"
+name = "oom"
 target = "api"
-type = "prometheus"
-url = "http://127.0.0.1:9/"
-error_rate = {{ requests = "http_requests_total", errors = 'code=~"5.."' }}
+type = "cgroup_oom"
+cgroup = "/sys/fs/cgroup/api"
 "#,
             dir.path().display()
         ),
@@ -432,7 +431,10 @@ error_rate = {{ requests = "http_requests_total", errors = 'code=~"5.."' }}
         .unwrap();
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("prometheus"), "{stderr}");
+    assert!(
+        stderr.contains(r#"source type "cgroup_oom" is not available"#),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

@@ -2,8 +2,13 @@
 //! shared helpers (temporary directories, polling with a deadline, local HTTP servers).
 
 mod actions;
+mod alertmanager;
 mod check;
 mod daemon;
 mod demo;
+mod prometheus;
+mod promstack;
+mod scrape;
 mod sources;
 mod support;
+mod workload;

@@ -42,6 +42,25 @@ pub async fn poll_until(
     }
 }
 
+/// Checks an asynchronous `condition` every 100 ms until it holds or `timeout` has
+/// passed (for conditions that ask a server).
+pub async fn poll_until_async<F, Fut>(timeout: Duration, mut condition: F) -> Result<(), TimedOut>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(TimedOut(timeout));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A real HTTP server on `127.0.0.1` with an ephemeral port, serving a test's router. It
 /// stops accepting when dropped.
 pub struct TestServer {
