@@ -31,7 +31,7 @@ pub const WEBHOOK_PATH: &str = "/webhook/alertmanager";
 /// What the webhook handler needs.
 struct Hook {
     receiver: Arc<alertmanager::Receiver>,
-    tx: mpsc::Sender<Input>,
+    tx: mpsc::Sender<(Input, Ts)>,
     clock: Clock,
     /// Held across judging a delivery and queueing its readings, so that two deliveries
     /// reach the engine in the order the receiver judged them.
@@ -50,11 +50,12 @@ async fn webhook(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let _order = hook.order.lock().await;
-    match hook.receiver.receive(auth, &body, hook.clock.now()) {
+    let now = hook.clock.now();
+    match hook.receiver.receive(auth, &body, now) {
         Ok(delivery) => {
             let summary = delivery.to_string();
             for r in delivery.readings {
-                if hook.tx.send(Input::Reading(r)).await.is_err() {
+                if hook.tx.send((Input::Reading(r), now)).await.is_err() {
                     return (
                         StatusCode::SERVICE_UNAVAILABLE,
                         "rearguard is stopping\n".to_owned(),
@@ -84,8 +85,9 @@ async fn resend_loop(hook: Arc<Hook>, interval: Duration, token: CancellationTok
             _ = ticker.tick() => {}
         }
         let _order = hook.order.lock().await;
+        let now = hook.clock.now();
         for r in hook.receiver.current() {
-            if hook.tx.send(Input::Reading(r)).await.is_err() {
+            if hook.tx.send((Input::Reading(r), now)).await.is_err() {
                 return;
             }
         }
@@ -180,6 +182,12 @@ impl Clock {
     fn now(&self) -> Ts {
         Ts(self.wall_ms + self.start.elapsed().as_millis() as u64)
     }
+
+    /// The engine time of an instant (a sampler's scheduled tick).
+    fn at(&self, instant: tokio::time::Instant) -> Ts {
+        let since = instant.into_std().saturating_duration_since(self.start);
+        Ts(self.wall_ms + since.as_millis() as u64)
+    }
 }
 
 /// Runs the daemon until `opts.shutdown` is cancelled.
@@ -240,7 +248,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     let token = opts.shutdown.clone();
     let sources_token = token.child_token();
     let tracker = TaskTracker::new();
-    let (tx, mut rx) = mpsc::channel::<Input>(1024);
+    let (tx, mut rx) = mpsc::channel::<(Input, Ts)>(1024);
     let observer = opts.observer;
     let tell = |event: Event| {
         if let Some(o) = &observer {
@@ -287,6 +295,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
             Arc::clone(source),
             cfg.signals[i].interval,
             cfg.signals[i].timeout,
+            clock,
             tx.clone(),
             sources_token.clone(),
         ));
@@ -340,6 +349,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                             order.clone(),
                             cfg.targets[order.target].name.clone(),
                             step_cfg.timeout,
+                            clock,
                             tx.clone(),
                             guard_token,
                         ));
@@ -364,20 +374,30 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
             }
         };
 
+    // Every input carries the time it happened. A reading is judged at the time its
+    // sample was scheduled, exactly, so that samples one interval apart are one interval
+    // apart for `for` and counts (a signal's readings come in that order). Other inputs
+    // are kept from running behind the latest time.
+    let mut last = clock.now();
     loop {
         tokio::select! {
             biased;
             _ = token.cancelled() => break,
-            Some(input) = rx.recv() => {
+            Some((input, at)) = rx.recv() => {
                 if let Input::StepDone(r) = &input {
                     in_flight.remove(&r.incident);
                 }
-                let now = clock.now();
+                let now = match input {
+                    Input::Reading(_) => at,
+                    _ => at.max(last),
+                };
+                last = last.max(now);
                 let effects = engine.step(input, now);
                 dispatch(effects, now, false, &mut in_flight);
             }
             _ = ticker.tick() => {
-                let now = clock.now();
+                let now = clock.now().max(last);
+                last = now;
                 let effects = engine.step(Input::Tick, now);
                 dispatch(effects, now, false, &mut in_flight);
             }
@@ -390,13 +410,14 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     let deadline = tokio::time::Instant::now() + cfg.daemon.drain_timeout;
     while !in_flight.is_empty() {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(input)) => {
+            Ok(Some((input, at))) => {
                 let is_step = matches!(input, Input::StepDone(_));
                 if let Input::StepDone(r) = &input {
                     in_flight.remove(&r.incident);
                 }
                 if is_step {
-                    let now = clock.now();
+                    let now = at.max(last);
+                    last = now;
                     let effects = engine.step(input, now);
                     dispatch(effects, now, true, &mut in_flight);
                 }
@@ -414,7 +435,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     // Dropping the guards cancels what is left; actions kill their processes.
     in_flight.clear();
     steps_token.cancel();
-    let now = clock.now();
+    let now = clock.now().max(last);
     let effects = engine.interrupt_all(now);
     dispatch(effects, now, true, &mut in_flight);
     drop(tx);
@@ -437,16 +458,19 @@ async fn sample_loop(
     source: Arc<Source>,
     interval: Duration,
     timeout: Duration,
-    tx: mpsc::Sender<Input>,
+    clock: Clock,
+    tx: mpsc::Sender<(Input, Ts)>,
     token: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        // The scheduled time of the tick, not when it ran: samples stay exactly one
+        // interval apart in engine time, so `for` and counts are not shifted by jitter.
+        let at = tokio::select! {
             _ = token.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+            t = ticker.tick() => clock.at(t),
+        };
         // The source bounds itself by its timeout; this is a safety net on top.
         let state = tokio::select! {
             _ = token.cancelled() => return,
@@ -455,7 +479,7 @@ async fn sample_loop(
             }),
         };
         let reading = crate::engine::Reading { signal, state };
-        if tx.send(Input::Reading(reading)).await.is_err() {
+        if tx.send((Input::Reading(reading), at)).await.is_err() {
             return;
         }
     }
@@ -466,7 +490,7 @@ async fn change_loop(
     name: String,
     spec: crate::config::ChangeSpec,
     clock: Clock,
-    tx: mpsc::Sender<Input>,
+    tx: mpsc::Sender<(Input, Ts)>,
     token: CancellationToken,
 ) {
     let interval = match &spec {
@@ -492,15 +516,12 @@ async fn change_loop(
                 }
                 let at = previous.unwrap_or(started);
                 previous = Some(started);
-                if tx
-                    .send(Input::Change {
-                        target,
-                        revision,
-                        at,
-                    })
-                    .await
-                    .is_err()
-                {
+                let change = Input::Change {
+                    target,
+                    revision,
+                    at,
+                };
+                if tx.send((change, started)).await.is_err() {
                     return;
                 }
             }
@@ -520,7 +541,8 @@ async fn run_step(
     order: StepOrder,
     target: String,
     timeout: Duration,
-    tx: mpsc::Sender<Input>,
+    clock: Clock,
+    tx: mpsc::Sender<(Input, Ts)>,
     cancel: CancellationToken,
 ) {
     let ctx = ActionContext {
@@ -551,7 +573,7 @@ async fn run_step(
             error: Some("abandoned: rearguard stopped before the step finished".to_owned()),
         },
     };
-    let _ = tx.send(Input::StepDone(result)).await;
+    let _ = tx.send((Input::StepDone(result), clock.now())).await;
 }
 
 /// Logs what the engine decided. Notifications go to the log until notifiers exist.

@@ -713,6 +713,27 @@ mod tests {
         Ok(out)
     }
 
+    const VALID: &str = "# HELP http_requests_total Requests.\n# TYPE http_requests_total counter\nhttp_requests_total{code=\"200\",path=\"/a\\\"b\"} 1027 1395066363000\nh_bucket{le=\"0.1\"} 3\nh_bucket{le=\"+Inf\"} 5\n";
+
+    proptest::proptest! {
+        /// Whatever an endpoint sends, parsing ends in series or an error, never a panic.
+        #[test]
+        fn arbitrary_text_never_panics_the_parser(text in "\\PC*", om in proptest::bool::ANY) {
+            let _ = parse(&text, om);
+        }
+
+        /// A body cut anywhere is an error or a prefix of the series, never a panic, and a
+        /// cut inside a line is always an error.
+        #[test]
+        fn truncated_expositions_are_errors_or_whole_lines(cut in 0..VALID.len()) {
+            let Some(text) = VALID.get(..cut) else { return Ok(()) };
+            let result = parse(text, false);
+            if !text.is_empty() && !text.ends_with('\n') {
+                proptest::prop_assert!(result.is_err(), "cut at {cut} parsed: {result:?}");
+            }
+        }
+    }
+
     #[test]
     fn well_formed_expositions_parse_into_series() {
         // (text, openmetrics, expected series and values)
