@@ -32,6 +32,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// Output of `replay`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Output {
+    /// A readable timeline and a summary.
+    Text,
+    /// JSON lines, as documented in `src/replay.rs`.
+    Json,
+}
+
+/// How `replay` answers plan steps.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Steps {
+    Succeed,
+    Fail,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate configuration files; print each rule's worst-case detection time.
@@ -44,6 +60,47 @@ pub enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Replay recorded readings through a configuration's rules, with no side effects,
+    /// and print what would have happened.
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A recording (CSV, as `rearguard record` writes it).
+        #[arg(
+            long,
+            conflicts_with = "prometheus",
+            required_unless_present = "prometheus"
+        )]
+        csv: Option<PathBuf>,
+        /// Read the configuration's Prometheus signals over --from..--to instead.
+        #[arg(long, requires_all = ["from", "to"])]
+        prometheus: bool,
+        /// Start of the range: RFC 3339 or Unix seconds.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range: RFC 3339 or Unix seconds.
+        #[arg(long)]
+        to: Option<String>,
+        /// Resolution of the range, e.g. "15s".
+        #[arg(long, default_value = "15s")]
+        step: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// How replay answers each plan step it would have run.
+        #[arg(long, value_enum, default_value_t = Steps::Succeed)]
+        steps: Steps,
+    },
+    /// Record live readings of a configuration's signals to a CSV recording.
+    Record {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The recording to write; "-" for standard output.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Stop after this long, e.g. "10m"; otherwise at SIGTERM or SIGINT.
+        #[arg(long)]
+        duration: Option<String>,
     },
     /// Watch a simulated service roll out a bad release and roll it back, end to end.
     Demo {
@@ -68,6 +125,27 @@ pub fn main() -> ExitCode {
         Command::Run { config } => {
             init_logging(cli.log_format, "info");
             run(&config)
+        }
+        Command::Replay {
+            config,
+            csv,
+            prometheus: _,
+            from,
+            to,
+            step,
+            output,
+            steps,
+        } => {
+            init_logging(cli.log_format, "warn");
+            replay(&config, csv.as_deref(), from.zip(to), &step, output, steps)
+        }
+        Command::Record {
+            config,
+            out,
+            duration,
+        } => {
+            init_logging(cli.log_format, "info");
+            record(&config, &out, duration.as_deref())
         }
         Command::Demo { dir } => {
             init_logging(cli.log_format, "error");
@@ -174,16 +252,148 @@ pub fn describe(file: &Path, cfg: &Config) -> String {
     s
 }
 
-fn run(path: &Path) -> ExitCode {
-    let cfg = match config::load(path) {
-        Ok(cfg) => cfg,
-        Err(errors) => {
-            eprintln!("{}: invalid configuration", path.display());
-            for e in &errors.0 {
-                eprintln!("  {e}");
-            }
-            return ExitCode::from(EXIT_CONFIG);
+/// Loads a configuration, or prints every error and gives the exit code.
+fn load_or_exit(path: &Path) -> Result<Config, ExitCode> {
+    config::load(path).map_err(|errors| {
+        eprintln!("{}: invalid configuration", path.display());
+        for e in &errors.0 {
+            eprintln!("  {e}");
         }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn usage_error(message: String) -> ExitCode {
+    eprintln!("{message}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// `rearguard replay`.
+fn replay(
+    path: &Path,
+    csv: Option<&Path>,
+    range: Option<(String, String)>,
+    step: &str,
+    output: Output,
+    steps: Steps,
+) -> ExitCode {
+    use crate::engine::{Input, Ts};
+    use crate::recording::RowError;
+    let cfg = match load_or_exit(path) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    // A recording streams: a week of readings never has to fit in memory.
+    let inputs: Box<dyn Iterator<Item = Result<(Ts, Input), RowError>> + '_> = match (csv, range) {
+        (Some(file), _) => match std::fs::File::open(file) {
+            Ok(f) => Box::new(crate::recording::read(&cfg, std::io::BufReader::new(f))),
+            Err(e) => return usage_error(format!("cannot open recording {}: {e}", file.display())),
+        },
+        (None, Some((from, to))) => {
+            let (from, to, step) = match (
+                crate::recording::parse_time(&from),
+                crate::recording::parse_time(&to),
+                config::units::parse_duration(step),
+            ) {
+                (Ok(f), Ok(t), Ok(s)) => (f, t, s),
+                (Err(e), _, _) => return usage_error(format!("--from: {e}")),
+                (_, Err(e), _) => return usage_error(format!("--to: {e}")),
+                (_, _, Err(e)) => return usage_error(format!("--step: {e}")),
+            };
+            match runtime().block_on(crate::history::prometheus_range(&cfg, from, to, step)) {
+                Ok(history) => {
+                    for w in &history.warnings {
+                        eprintln!("note: {w}");
+                    }
+                    Box::new(history.inputs.into_iter().map(Ok))
+                }
+                Err(e) => {
+                    eprintln!("cannot read history from prometheus: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        (None, None) => {
+            return usage_error(
+                "replay needs --csv FILE or --prometheus --from T --to T".to_owned(),
+            );
+        }
+    };
+    let opts = crate::replay::Options {
+        steps: match steps {
+            Steps::Succeed => crate::replay::StepOutcome::Succeed,
+            Steps::Fail => crate::replay::StepOutcome::Fail,
+        },
+    };
+    let mut out = std::io::stdout().lock();
+    let mut on_effect = |at: Ts, effect: &crate::engine::Effect| {
+        let line = match output {
+            Output::Text => crate::replay::render_text(&cfg, at, effect),
+            Output::Json => crate::replay::render_json(&cfg, at, effect),
+        };
+        if let Some(line) = line {
+            let _ = writeln!(out, "{line}");
+        }
+    };
+    let summary = match crate::replay::run(&cfg, inputs, &opts, &mut on_effect) {
+        Ok(summary) => summary,
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("recording: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let _ = match output {
+        Output::Text => writeln!(out, "\n{}", summary.render_text()),
+        Output::Json => writeln!(out, "{}", summary.to_json()),
+    };
+    ExitCode::SUCCESS
+}
+
+/// `rearguard record`.
+fn record(path: &Path, out: &Path, duration: Option<&str>) -> ExitCode {
+    let cfg = match load_or_exit(path) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    let duration = match duration.map(config::units::parse_duration).transpose() {
+        Ok(d) => d,
+        Err(e) => return usage_error(format!("--duration: {e}")),
+    };
+    let writer: Box<dyn std::io::Write + Send> = if out == Path::new("-") {
+        Box::new(std::io::stdout())
+    } else {
+        match std::fs::File::create(out) {
+            Ok(f) => Box::new(std::io::BufWriter::new(f)),
+            Err(e) => return usage_error(format!("cannot create {}: {e}", out.display())),
+        }
+    };
+    runtime().block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = tokio::spawn(stop_on_signal(shutdown.clone()));
+        let result = crate::record::record(&cfg, writer, shutdown, duration).await;
+        signals.abort();
+        match result {
+            Ok(stats) => {
+                tracing::info!(
+                    readings = stats.readings,
+                    changes = stats.changes,
+                    "recording finished"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record");
+                ExitCode::from(if e.is_config() { EXIT_CONFIG } else { 1 })
+            }
+        }
+    })
+}
+
+fn run(path: &Path) -> ExitCode {
+    let cfg = match load_or_exit(path) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
     };
     runtime().block_on(async move {
         let shutdown = CancellationToken::new();

@@ -163,13 +163,13 @@ impl StartError {
 /// A monotonic engine clock anchored at wall time when the daemon starts, so that engine
 /// time never runs backwards when the wall clock is stepped.
 #[derive(Clone, Copy)]
-struct Clock {
+pub(crate) struct Clock {
     wall_ms: u64,
     start: Instant,
 }
 
 impl Clock {
-    fn new() -> Clock {
+    pub(crate) fn new() -> Clock {
         let wall_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -179,12 +179,12 @@ impl Clock {
         }
     }
 
-    fn now(&self) -> Ts {
+    pub(crate) fn now(&self) -> Ts {
         Ts(self.wall_ms + self.start.elapsed().as_millis() as u64)
     }
 
     /// The engine time of an instant (a sampler's scheduled tick).
-    fn at(&self, instant: tokio::time::Instant) -> Ts {
+    pub(crate) fn at(&self, instant: tokio::time::Instant) -> Ts {
         let since = instant.into_std().saturating_duration_since(self.start);
         Ts(self.wall_ms + since.as_millis() as u64)
     }

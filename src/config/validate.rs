@@ -629,6 +629,40 @@ pub fn validate(
             .collect();
     }
 
+    // A `within` rule still counts events from before the rollback until its window has
+    // passed; a shorter verification would fail on them and trip the breaker.
+    for (pi, plan) in plans.iter().enumerate() {
+        let users: Vec<usize> = targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.plan == Some(pi))
+            .map(|(i, _)| i)
+            .collect();
+        let judged = rules.iter().enumerate().filter(|(ri, r)| {
+            if plan.verify.rules.is_empty() {
+                users.contains(&r.target)
+            } else {
+                plan.verify.rules.contains(ri)
+            }
+        });
+        for (_, rule) in judged {
+            if let RuleMode::Within { window } = rule.mode
+                && window > plan.verify.window
+            {
+                ctx.err(
+                    format!("plan[{pi}].verify.window"),
+                    format!(
+                        "{} is shorter than rule {:?}'s `within` of {}: events from before the rollback would still count when verification ends; make it at least {}",
+                        units::format_duration(plan.verify.window),
+                        rule.name,
+                        units::format_duration(window),
+                        units::format_duration(window)
+                    ),
+                );
+            }
+        }
+    }
+
     if ctx.errors.is_empty() {
         Ok(Config {
             daemon,

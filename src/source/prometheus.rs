@@ -1,5 +1,7 @@
 //! The Prometheus source: one instant query per sample against a Prometheus server's
-//! HTTP API, sent with prometheus-http-query over rearguard's own reqwest client.
+//! HTTP API, sent with prometheus-http-query over rearguard's own reqwest client. The
+//! same query also runs as a range query ([`PrometheusSource::sample_range`]) for
+//! readings from the past (`crate::history`), with the same mapping at every step.
 //!
 //! It owns turning a [`PrometheusSpec`] into PromQL and an answer into a reading state.
 //! Three kinds of query, so that the common signals need no PromQL from the user:
@@ -25,6 +27,7 @@
 //! user name or password. Every sample is bounded by the signal's timeout, which is
 //! also passed to Prometheus as the query's evaluation timeout.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -39,11 +42,17 @@ use serde::Deserialize;
 use super::{DETAIL_LIMIT, clip};
 use crate::config::units::format_duration;
 use crate::config::{HttpAuth, PromQuery, PrometheusSpec};
-use crate::engine::{Measure, ReadingState};
+use crate::engine::{Measure, ReadingState, Ts};
 
 /// The most answer a sample reads. A one-value query answers in a few hundred bytes;
 /// a larger answer is a query that selects far too much.
 pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The most answer a range query reads: two series of 11,000 points fit many times over.
+pub const RANGE_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// The most steps Prometheus evaluates in one range query (its own limit, per series).
+pub const MAX_RANGE_POINTS: u64 = 11_000;
 
 /// The label that marks the error count in the answer to the error-rate query.
 const PART_LABEL: &str = "rearguard_part";
@@ -126,17 +135,66 @@ impl PrometheusSource {
     }
 
     async fn query(&self, setup: &Setup) -> Result<Data, String> {
-        // Prometheus gets a little less time than we wait, so that a slow evaluation
-        // comes back as its own "query timed out" error rather than as no answer.
-        let server_timeout = (self.timeout.as_millis() * 9 / 10).max(1);
         let mut query = setup
             .client
             .query(&self.promql)
-            .timeout(i64::try_from(server_timeout).unwrap_or(i64::MAX));
+            .timeout(server_timeout(self.timeout));
         if let Some(value) = &setup.authorization {
             query = query.header(AUTHORIZATION, value.clone());
         }
-        let mut response = query.get_raw().await.map_err(|e| self.request_error(&e))?;
+        self.answer(query.get_raw().await, BODY_LIMIT).await
+    }
+
+    /// Runs the query as a range query over `[start, end]` (Unix seconds) at `step`, and
+    /// maps the answer to one reading state per step, `start`, `start + step`, ... up to
+    /// `end`, exactly as [`sample`](Self::sample) maps an instant answer: a step at which
+    /// the query has no point is no data. `step` is whole milliseconds, at least one, and
+    /// the range at most [`MAX_RANGE_POINTS`] steps: split longer ranges.
+    ///
+    /// Everything that keeps the query from running (the request, the answer, a query
+    /// Prometheus rejects) is an error rather than a state, with the same text a sample
+    /// would carry; so is `timeout` passing without an answer.
+    pub async fn sample_range(
+        &self,
+        start: i64,
+        end: i64,
+        step: Duration,
+        timeout: Duration,
+    ) -> Result<Vec<(Ts, ReadingState)>, String> {
+        let grid = Grid::new(start, end, step)?;
+        let setup = self
+            .setup
+            .as_ref()
+            .map_err(|reason| clip(reason, DETAIL_LIMIT))?;
+        let mut query = setup
+            .client
+            .query_range(&self.promql, start, end, grid.step_ms as f64 / 1000.0)
+            .timeout(server_timeout(timeout));
+        if let Some(value) = &setup.authorization {
+            query = query.header(AUTHORIZATION, value.clone());
+        }
+        let run = async { self.answer(query.get_raw().await, RANGE_BODY_LIMIT).await };
+        let data = match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(data)) => data,
+            Ok(Err(detail)) => return Err(clip(&self.scrub(detail), DETAIL_LIMIT)),
+            Err(_) => {
+                return Err(format!(
+                    "no answer from prometheus within {}",
+                    format_duration(timeout)
+                ));
+            }
+        };
+        range_states(self.kind, data, &grid)
+    }
+
+    /// The query result in a response, or what kept us from it. Reads at most `limit`
+    /// bytes of body.
+    async fn answer(
+        &self,
+        response: Result<reqwest::Response, prometheus_http_query::Error>,
+        limit: usize,
+    ) -> Result<Data, String> {
+        let mut response = response.map_err(|e| self.request_error(&e))?;
         let status = response.status();
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| {
@@ -145,11 +203,11 @@ impl PrometheusSource {
                 crate::http::describe_error(&e)
             )
         })? {
-            if body.len() + chunk.len() > BODY_LIMIT {
-                return Err(
-                    "the answer is larger than 4 MiB: aggregate with sum() or narrow the selector"
-                        .to_owned(),
-                );
+            if body.len() + chunk.len() > limit {
+                return Err(format!(
+                    "the answer is larger than {} MiB: aggregate with sum() or narrow the selector",
+                    limit / (1024 * 1024)
+                ));
             }
             body.extend_from_slice(&chunk);
         }
@@ -221,6 +279,13 @@ fn range(window: Duration) -> String {
     } else {
         format!("{ms}ms")
     }
+}
+
+/// The evaluation timeout sent to Prometheus, in milliseconds: a little less time than
+/// we wait, so that a slow evaluation comes back as its own "query timed out" error
+/// rather than as no answer.
+fn server_timeout(timeout: Duration) -> i64 {
+    i64::try_from((timeout.as_millis() * 9 / 10).max(1)).unwrap_or(i64::MAX)
 }
 
 fn setup(spec: &PrometheusSpec) -> Result<Setup, String> {
@@ -325,19 +390,25 @@ fn snippet(body: &[u8]) -> String {
 
 /// One value: a scalar, or a vector of at most one series.
 fn number_reading(data: Data) -> ReadingState {
-    let value = match data {
-        Data::Scalar(sample) => sample.value(),
-        Data::Vector(series) => match series.as_slice() {
-            [] => return ReadingState::NoData,
-            [one] => one.sample().value(),
-            many => return several_series(many.len()),
-        },
-        Data::Matrix(_) => {
-            return ReadingState::SourceError(
-                "query returned a range vector, expected one value: drop the [range] or wrap it in a function such as rate()"
-                    .to_owned(),
-            );
+    match data {
+        Data::Scalar(sample) => number_state(&[sample.value()]),
+        Data::Vector(series) => {
+            let values: Vec<f64> = series.iter().map(|s| s.sample().value()).collect();
+            number_state(&values)
         }
+        Data::Matrix(_) => ReadingState::SourceError(
+            "query returned a range vector, expected one value: drop the [range] or wrap it in a function such as rate()"
+                .to_owned(),
+        ),
+    }
+}
+
+/// The state of the values a one-value query returned at one instant, one per series.
+fn number_state(values: &[f64]) -> ReadingState {
+    let value = match values {
+        [] => return ReadingState::NoData,
+        [one] => *one,
+        many => return several_series(many.len()),
     };
     if value.is_nan() {
         ReadingState::NoData
@@ -359,14 +430,24 @@ fn rate_reading(data: Data) -> ReadingState {
             "the error-rate query did not return an instant vector".to_owned(),
         );
     };
+    let points: Vec<_> = series
+        .iter()
+        .map(|s| (s.metric(), s.sample().value()))
+        .collect();
+    rate_state(&points)
+}
+
+/// The state of what the error-rate query returned at one instant: each series' labels
+/// and value.
+fn rate_state(series: &[(&HashMap<String, String>, f64)]) -> ReadingState {
     let (mut requests, mut errors) = (None, None);
-    for s in &series {
-        let slot = match s.metric().get(PART_LABEL).map(String::as_str) {
-            Some("errors") if s.metric().len() == 1 => &mut errors,
-            None if s.metric().is_empty() => &mut requests,
+    for (labels, value) in series {
+        let slot = match labels.get(PART_LABEL).map(String::as_str) {
+            Some("errors") if labels.len() == 1 => &mut errors,
+            None if labels.is_empty() => &mut requests,
             _ => return several_series(series.len()),
         };
-        if slot.replace(s.sample().value()).is_some() {
+        if slot.replace(*value).is_some() {
             return several_series(series.len());
         }
     }
@@ -383,6 +464,97 @@ fn rate_reading(data: Data) -> ReadingState {
         );
     }
     ReadingState::Value(Measure::Rate { errors, requests })
+}
+
+/// The steps of a range query, in milliseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Grid {
+    start_ms: u64,
+    step_ms: u64,
+    points: u64,
+}
+
+impl Grid {
+    fn new(start: i64, end: i64, step: Duration) -> Result<Grid, String> {
+        let step_ms = u64::try_from(step.as_millis()).unwrap_or(u64::MAX);
+        if step_ms == 0 || !step.subsec_nanos().is_multiple_of(1_000_000) {
+            return Err(format!(
+                "the step must be whole milliseconds, at least 1ms, got {step:?}"
+            ));
+        }
+        let (Ok(start_s), Ok(end_s)) = (u64::try_from(start), u64::try_from(end)) else {
+            return Err("the range must not begin before 1970".to_owned());
+        };
+        if end_s < start_s {
+            return Err(format!("the range ends ({end}) before it begins ({start})"));
+        }
+        let points = (end_s - start_s) * 1000 / step_ms + 1;
+        if points > MAX_RANGE_POINTS {
+            return Err(format!(
+                "the range has {points} steps, more than the {MAX_RANGE_POINTS} prometheus evaluates in one query"
+            ));
+        }
+        Ok(Grid {
+            start_ms: start_s * 1000,
+            step_ms,
+            points,
+        })
+    }
+
+    /// The index of the step at `ms`, if it is one.
+    fn index(&self, ms: u64) -> Option<usize> {
+        let offset = ms.checked_sub(self.start_ms)?;
+        let i = offset / self.step_ms;
+        (offset % self.step_ms == 0 && i < self.points).then_some(i as usize)
+    }
+
+    fn at(&self, i: usize) -> Ts {
+        Ts(self.start_ms + i as u64 * self.step_ms)
+    }
+}
+
+/// One state per step of `grid` from a range query's answer: the series' points at each
+/// step, mapped as an instant answer with those points would be.
+fn range_states(kind: Kind, data: Data, grid: &Grid) -> Result<Vec<(Ts, ReadingState)>, String> {
+    let series = match data {
+        Data::Matrix(series) => series,
+        Data::Vector(_) | Data::Scalar(_) => {
+            return Err("the range query did not return a range vector".to_owned());
+        }
+    };
+    // For each step, the series (by index) with a point there and its value.
+    let mut at: Vec<Vec<(usize, f64)>> = vec![Vec::new(); grid.points as usize];
+    for (i, s) in series.iter().enumerate() {
+        for p in s.samples() {
+            let ms = (p.timestamp() * 1000.0).round();
+            if ms < 0.0 {
+                continue;
+            }
+            if let Some(step) = grid.index(ms as u64) {
+                at[step].push((i, p.value()));
+            }
+        }
+    }
+    Ok(at
+        .iter()
+        .enumerate()
+        .map(|(step, points)| {
+            let state = match kind {
+                Kind::Number => {
+                    let values: Vec<f64> = points.iter().map(|(_, v)| *v).collect();
+                    number_state(&values)
+                }
+                Kind::Rate => {
+                    let labelled: Vec<_> = points
+                        .iter()
+                        .map(|(i, v)| (series[*i].metric(), *v))
+                        .collect();
+                    rate_state(&labelled)
+                }
+            };
+            (grid.at(step), state)
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -493,6 +665,85 @@ mod tests {
             number_reading(scalar),
             ReadingState::Value(Measure::Number(3.0))
         );
+    }
+
+    fn matrix(series: &[(&str, &[(f64, &str)])]) -> Data {
+        let result: Vec<String> = series
+            .iter()
+            .map(|(labels, points)| {
+                let values: Vec<String> = points
+                    .iter()
+                    .map(|(t, v)| format!(r#"[{t},"{v}"]"#))
+                    .collect();
+                format!(
+                    r#"{{"metric":{{{labels}}},"values":[{}]}}"#,
+                    values.join(",")
+                )
+            })
+            .collect();
+        let body = format!(
+            r#"{{"status":"success","data":{{"resultType":"matrix","result":[{}]}}}}"#,
+            result.join(",")
+        );
+        decoded(200, &body).unwrap()
+    }
+
+    #[test]
+    fn range_answers_map_each_step_like_an_instant_answer_and_missing_points_to_no_data() {
+        let grid = Grid::new(100, 102, Duration::from_millis(500)).unwrap();
+        assert_eq!(grid.points, 5);
+        let data = matrix(&[
+            (
+                "",
+                &[(100.5, "10"), (101.0, "10"), (101.5, "0"), (102.0, "20")],
+            ),
+            (
+                r#""rearguard_part":"errors""#,
+                &[(101.0, "4"), (102.0, "NaN")],
+            ),
+        ]);
+        let states = range_states(Kind::Rate, data, &grid).unwrap();
+        let rate =
+            |errors: f64, requests: f64| ReadingState::Value(Measure::Rate { errors, requests });
+        assert_eq!(
+            states,
+            vec![
+                (Ts(100_000), ReadingState::NoData),
+                (Ts(100_500), rate(0.0, 10.0)),
+                (Ts(101_000), rate(4.0, 10.0)),
+                (Ts(101_500), ReadingState::NoData),
+                (Ts(102_000), ReadingState::NoData),
+            ]
+        );
+        let data = matrix(&[
+            (r#""a":"1""#, &[(100.0, "1"), (101.0, "3")]),
+            (r#""a":"2""#, &[(101.0, "2"), (101.7, "9")]),
+        ]);
+        let states = range_states(Kind::Number, data, &grid).unwrap();
+        assert_eq!(
+            states[0],
+            (Ts(100_000), ReadingState::Value(Measure::Number(1.0)))
+        );
+        assert_eq!(states[1], (Ts(100_500), ReadingState::NoData));
+        assert_eq!(states[2].1, several_series(2));
+        assert_eq!(
+            states[3].1,
+            ReadingState::NoData,
+            "a point off the steps is ignored"
+        );
+        assert!(range_states(Kind::Number, vector(&[("", "1")]), &grid).is_err());
+    }
+
+    #[test]
+    fn a_range_beyond_the_prometheus_limit_or_with_a_bad_step_is_refused() {
+        assert!(Grid::new(0, 10, Duration::from_millis(1)).unwrap().points == 10_001);
+        assert!(
+            Grid::new(0, 11, Duration::from_millis(1))
+                .unwrap_err()
+                .contains("11000")
+        );
+        assert!(Grid::new(0, 10, Duration::ZERO).is_err());
+        assert!(Grid::new(10, 0, Duration::from_secs(1)).is_err());
     }
 
     #[test]

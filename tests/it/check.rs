@@ -633,3 +633,42 @@ fn usage_errors_exit_64() {
     let out = rearguard(&["check", "--help"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[test]
+fn a_verification_shorter_than_a_within_rules_window_is_an_error() {
+    let config = |verify: &str| {
+        format!(
+            r#"
+[[target]]
+name = "shop"
+plan = "back"
+[[signal]]
+name = "oom"
+target = "shop"
+type = "cgroup_oom"
+cgroup = "/sys/fs/cgroup/shop"
+[[rule]]
+name = "oom-loop"
+signal = "oom"
+when = "> 3"
+within = "5m"
+[[plan]]
+name = "back"
+[[plan.step]]
+type = "exec"
+command = ["true"]
+[plan.verify]
+window = "{verify}"
+"#
+        )
+    };
+    let errors = errors_of(&config("2m"));
+    assert_eq!(
+        errors,
+        vec![
+            "plan[0].verify.window: 2m is shorter than rule \"oom-loop\"'s `within` of 5m: events from before the rollback would still count when verification ends; make it at least 5m"
+        ],
+        "{errors:#?}"
+    );
+    assert!(load_str(&config("5m"), Format::Toml, Vec::new(), Path::new(".")).is_ok());
+}

@@ -4,10 +4,13 @@
 mod actions;
 mod alertmanager;
 mod check;
+mod cli;
 mod daemon;
 mod demo;
 mod prometheus;
 mod promstack;
+mod record;
+mod scenarios;
 mod scrape;
 mod sources;
 mod support;

@@ -1,0 +1,958 @@
+//! `rearguard replay`: a configuration's rules run through the real engine over a
+//! recording, with no side effects, reporting what would have happened.
+//!
+//! [`run`] feeds every row of a recording (see [`crate::recording`]) to a fresh
+//! [`Engine`] at the row's time. Time advances exactly as in the daemon: before each
+//! input, an `Input::Tick` is given every `daemon.tick` (on a grid that starts at the
+//! first row) up to and including the input's time, so `within` windows expire,
+//! verification windows end, blindness is declared and delayed notifications go out at
+//! the ticks where the daemon would have done it. A plan step ordered by the engine is
+//! never run: replay answers it at once, at the same engine time, as succeeded or (with
+//! [`StepOutcome::Fail`]) failed with the error `replay: steps fail by request`, so a
+//! failed rollback and the circuit breaker can be tried too.
+//!
+//! After the last row, time runs on without readings for the longest verification window
+//! plus the longest escalation delay (`after`) of the configuration, so that a
+//! verification or escalation already under way is decided. A rule that has had no
+//! reading since its plan finished fails verification, as in the daemon: record for at
+//! least the verification window after a rollback. Incidents still open after that are
+//! reported as open at the end; they are not closed as interrupted.
+//!
+//! This module writes nothing and reads no clock: what it finds goes to the caller's
+//! `on_effect` and into the returned [`Summary`]. [`render_text`] and [`render_json`]
+//! turn each effect into a line.
+//!
+//! # The JSON lines
+//!
+//! [`render_json`] (`rearguard replay --output json`) writes one JSON object per line.
+//! Every object has:
+//!
+//! - `time`: when it happened, engine time, RFC 3339 in UTC with milliseconds
+//!   (`"2026-11-22T10:07:30.000Z"`).
+//! - `event`: one of the names below.
+//! - `target`: the target's name.
+//! - `incident`: the incident id, or `null` for events outside an incident
+//!   (`rule_changed` while no incident is open, `change`).
+//! - `rule`: the rule's name, or `null` when the event is not about one rule.
+//!
+//! The events and the fields each one adds:
+//!
+//! - `rule_changed`: a rule changed phase. `from`, `to` (`"ok"`, `"pending"`,
+//!   `"firing"`), `breach_since` (RFC 3339 or `null`: when the breach streak began),
+//!   `evidence` (the reading and threshold behind the change, in words). `incident` is
+//!   always `null` here: the incident a firing opens follows as `incident_opened`.
+//! - `change`: the target's revision changed. `from`, `to` (revisions),
+//!   `previous_healthy` (whether `from` was healthy when it was replaced, which makes it a
+//!   rollback destination).
+//! - `incident_opened`: a rule fired and opened an incident. `cause` (`"breach"`),
+//!   `text` (the rule and its evidence). A "watchdog is blind" incident opens with a
+//!   `decision` whose text begins `watchdog is blind:` instead.
+//! - `decision`: the engine decided something and said why, in `text`: to roll back
+//!   (`rolling back from v2 to v1 with plan ...`), to escalate without acting
+//!   (`escalated without acting: ...`), to escalate after a failed rollback
+//!   (`escalated: ...`), that a signal is blind, or that the incident resolved.
+//! - `step`: a plan step would run. `plan` (name), `step` (its number, from 1), `steps`
+//!   (how many the plan has), `step_name`, `action` (`"exec"`, `"release_switch"`,
+//!   `"http"`), `attempt` (from 1), `from_revision`, `to_revision`. `rule` is the rule
+//!   that opened the incident.
+//! - `step_result`: the answer replay gave to a step. `ok` (bool), `text`.
+//! - `verification`: the verification of a plan started, failed or passed, in `text`.
+//! - `notification`: a notification would have gone out. `occasion` (`"opened"`,
+//!   `"rollback_started"`, `"rollback_succeeded"`, `"rollback_failed"`,
+//!   `"verification_failed"`, `"not_rolled_back"`, `"blind"`, `"resolved"`), `level`
+//!   (the escalation level's name, or `null` when no levels are configured), `notifiers`
+//!   (names), `summary` (the message).
+//! - `incident_closed`: the incident ended. `outcome` (`"rolled_back"`, `"recovered"`,
+//!   `"resolved_by_operator"`, `"interrupted"`), `cause` (`"breach"` or `"blind"`),
+//!   `opened_at`, `breach_started` (RFC 3339), `from_revision`, `to_revision` (of the
+//!   rollback, or `null`), `escalation_reason` (or `null`).
+//! - `operator`, `command_rejected`: operator commands; a replay has none.
+//!
+//! `rearguard replay --output json` ends with one line with `event` = `"summary"` and no
+//! `time`: the counts (`readings`, `changes`, `rule_changes`, `steps`,
+//! `notifications`), `from`, `to`, `ticked_until`, `incidents` (each with `id`,
+//! `target`, `cause`, `opened_at`, `closed_at`, `outcome` or `"open at end"`,
+//! `rolled_back`, `first_step_at`, `escalated`) and `breakers` (`{target, reason}`).
+//!
+//! Fields may be added; none will be removed or change meaning without saying so in the
+//! release notes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::engine::{
+    Cause, Effect, Engine, Entry, EntryKind, Incident, Input, Outcome, StepOrder, StepResult, Ts,
+};
+use crate::recording::RowError;
+
+/// The error every step gets with [`StepOutcome::Fail`].
+pub const FAIL_ERROR: &str = "replay: steps fail by request";
+
+/// How replay answers each plan step the engine orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepOutcome {
+    /// Every attempt succeeds at once.
+    #[default]
+    Succeed,
+    /// Every attempt fails at once with [`FAIL_ERROR`].
+    Fail,
+}
+
+/// How to replay.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub steps: StepOutcome,
+}
+
+/// What a replay found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Reading rows replayed.
+    pub readings: u64,
+    /// Change rows replayed (the first observation of a target included).
+    pub changes: u64,
+    /// The time of the first and the last row.
+    pub from: Option<Ts>,
+    pub to: Option<Ts>,
+    /// The last tick given: time ran on past `to` to let verifications and escalations
+    /// under way end.
+    pub ticked_until: Option<Ts>,
+    /// Every incident, closed or open at the end, in the order they opened.
+    pub incidents: Vec<IncidentSummary>,
+    /// Plan step attempts that would have run.
+    pub steps: u64,
+    /// Notifications that would have gone out.
+    pub notifications: u64,
+    /// Rule phase changes.
+    pub rule_changes: u64,
+    /// Targets whose circuit breaker is open at the end, with the reason.
+    pub breakers: Vec<(String, String)>,
+}
+
+/// One incident of a replay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentSummary {
+    pub id: String,
+    /// The target's name.
+    pub target: String,
+    pub cause: Cause,
+    pub opened_at: Ts,
+    pub closed_at: Option<Ts>,
+    /// How it ended; `None` when it was still open at the end of the replay.
+    pub outcome: Option<Outcome>,
+    /// A rollback ran and its verification passed (outcome `RolledBack`).
+    pub rolled_back: bool,
+    /// When the first plan step would have run: the rollback decision.
+    pub first_step_at: Option<Ts>,
+    /// Why people were paged without (further) automatic action, if they were.
+    pub escalated: Option<String>,
+}
+
+impl IncidentSummary {
+    fn new(inc: &Incident, first_step_at: Option<Ts>) -> IncidentSummary {
+        IncidentSummary {
+            id: inc.id.clone(),
+            target: inc.target_name.clone(),
+            cause: inc.cause,
+            opened_at: inc.opened_at,
+            closed_at: inc.closed_at,
+            outcome: inc.outcome.clone(),
+            rolled_back: inc.outcome == Some(Outcome::RolledBack),
+            first_step_at,
+            escalated: inc.escalation_reason.clone(),
+        }
+    }
+
+    /// The outcome in words: `rolled_back`, `recovered`, ... or `open at end`.
+    pub fn outcome_name(&self) -> &'static str {
+        self.outcome.as_ref().map_or("open at end", outcome_name)
+    }
+}
+
+/// Replays `inputs` (rows in time order, as [`crate::recording::read`] gives them)
+/// through a fresh engine for `cfg`. Every effect goes to `on_effect` with its engine
+/// time, in order. A row error stops the replay and is returned; the effects before it
+/// have been reported.
+pub fn run(
+    cfg: &Config,
+    inputs: impl Iterator<Item = Result<(Ts, Input), RowError>>,
+    opts: &Options,
+    on_effect: &mut dyn FnMut(Ts, &Effect),
+) -> Result<Summary, RowError> {
+    let mut r = Replay {
+        engine: Engine::new(cfg.clone()),
+        steps: opts.steps,
+        summary: Summary::default(),
+        first_steps: HashMap::new(),
+        on_effect,
+    };
+    // A zero tick cannot pass validation; guard anyway so that the loop ends.
+    let tick = cfg.daemon.tick.max(Duration::from_millis(1));
+    let mut next_tick: Option<Ts> = None;
+    for row in inputs {
+        let (at, input) = row?;
+        let next = next_tick.get_or_insert(at);
+        while *next <= at {
+            r.apply(Input::Tick, *next);
+            r.summary.ticked_until = Some(*next);
+            *next = next.plus(tick);
+        }
+        match input {
+            Input::Reading(_) => r.summary.readings += 1,
+            Input::Change { .. } => r.summary.changes += 1,
+            _ => {}
+        }
+        r.summary.from.get_or_insert(at);
+        r.summary.to = Some(at);
+        r.apply(input, at);
+    }
+    if let (Some(mut next), Some(last)) = (next_tick, r.summary.to) {
+        let end = last.plus(run_on(cfg)).plus(tick);
+        while next <= end {
+            r.apply(Input::Tick, next);
+            r.summary.ticked_until = Some(next);
+            next = next.plus(tick);
+        }
+    }
+    let Replay {
+        engine,
+        mut summary,
+        first_steps,
+        ..
+    } = r;
+    for inc in engine.incidents() {
+        let first = first_steps.get(&inc.id).copied();
+        summary.incidents.push(IncidentSummary::new(inc, first));
+    }
+    summary
+        .incidents
+        .sort_by(|a, b| (a.opened_at, &a.id).cmp(&(b.opened_at, &b.id)));
+    for (t, target) in cfg.targets.iter().enumerate() {
+        if let Some(why) = engine.breaker(t) {
+            summary.breakers.push((target.name.clone(), why.to_owned()));
+        }
+    }
+    Ok(summary)
+}
+
+/// How long time runs on after the last row: the longest verification window plus the
+/// longest escalation delay.
+fn run_on(cfg: &Config) -> Duration {
+    let verify = cfg.plans.iter().map(|p| p.verify.window).max();
+    let after = cfg.escalation.iter().map(|l| l.after).max();
+    verify.unwrap_or_default() + after.unwrap_or_default()
+}
+
+struct Replay<'a> {
+    engine: Engine,
+    steps: StepOutcome,
+    summary: Summary,
+    first_steps: HashMap<String, Ts>,
+    on_effect: &'a mut dyn FnMut(Ts, &Effect),
+}
+
+impl Replay<'_> {
+    /// Gives one input to the engine, then the answers to the steps it orders, until no
+    /// step is outstanding.
+    fn apply(&mut self, input: Input, at: Ts) {
+        let mut effects = self.engine.step(input, at);
+        // Nearly every step returns nothing; only then is there work to do.
+        while !effects.is_empty() {
+            let mut answers = Vec::new();
+            for effect in &effects {
+                (self.on_effect)(at, effect);
+                match effect {
+                    Effect::RunStep(order) => {
+                        self.summary.steps += 1;
+                        self.first_steps.entry(order.incident.clone()).or_insert(at);
+                        answers.push(self.answer(order));
+                    }
+                    Effect::Notify(_) => self.summary.notifications += 1,
+                    Effect::RuleChanged { .. } => self.summary.rule_changes += 1,
+                    Effect::IncidentClosed(inc) => {
+                        let first = self.first_steps.remove(&inc.id);
+                        self.summary
+                            .incidents
+                            .push(IncidentSummary::new(inc, first));
+                    }
+                    _ => {}
+                }
+            }
+            effects = Vec::new();
+            for answer in answers {
+                effects.extend(self.engine.step(Input::StepDone(answer), at));
+            }
+        }
+    }
+
+    fn answer(&self, order: &StepOrder) -> StepResult {
+        let ok = self.steps == StepOutcome::Succeed;
+        StepResult {
+            incident: order.incident.clone(),
+            step: order.step,
+            attempt: order.attempt,
+            ok,
+            duration_ms: 0,
+            output: String::new(),
+            error: (!ok).then(|| FAIL_ERROR.to_owned()),
+        }
+    }
+}
+
+/// One line of the text timeline for an effect, starting with its time in RFC 3339, or
+/// `None` for effects another line already shows (a rule's timeline entry repeats its
+/// `rule_changed`, a notification's entry repeats the notification).
+pub fn render_text(cfg: &Config, at: Ts, effect: &Effect) -> Option<String> {
+    let text = match effect {
+        Effect::RuleChanged { rule, transition } => format!(
+            "rule {}: {} -> {} ({})",
+            cfg.rules[*rule].name,
+            transition.from.name(),
+            transition.to.name(),
+            transition.evidence
+        ),
+        Effect::ChangeObserved {
+            target,
+            from,
+            to,
+            previous_healthy,
+        } => format!(
+            "{}: revision changed from {from} to {to} ({from} was {})",
+            cfg.targets[*target].name,
+            if *previous_healthy {
+                "healthy"
+            } else {
+                "not healthy"
+            }
+        ),
+        Effect::Timeline {
+            incident, entry, ..
+        } => {
+            timeline_event(cfg, entry)?;
+            format!("[{incident}] {}", entry.text)
+        }
+        Effect::RunStep(order) => {
+            let plan = &cfg.plans[order.plan];
+            let step = &plan.steps[order.step];
+            format!(
+                "[{}] would run step {}/{} {:?} ({}) of plan {}, attempt {}",
+                order.incident,
+                order.step + 1,
+                plan.steps.len(),
+                step.name,
+                step.action.type_name(),
+                plan.name,
+                order.attempt
+            )
+        }
+        Effect::Notify(n) => {
+            let names: Vec<&str> = n
+                .notifiers
+                .iter()
+                .map(|&i| cfg.notifiers[i].name.as_str())
+                .collect();
+            let level = n
+                .level
+                .map_or("default", |l| cfg.escalation[l].name.as_str());
+            format!(
+                "[{}] would notify ({}, level {level}{}): {}",
+                n.incident,
+                n.occasion.name(),
+                if names.is_empty() {
+                    String::new()
+                } else {
+                    format!(" -> {}", names.join(", "))
+                },
+                n.summary
+            )
+        }
+        Effect::IncidentClosed(inc) => {
+            format!("[{}] incident closed: {}", inc.id, outcome_name_of(inc))
+        }
+        Effect::CommandRejected { reason } => format!("command rejected: {reason}"),
+    };
+    Some(format!("{at}  {text}"))
+}
+
+/// One JSON object (one line, no newline) for an effect, with the fields documented in
+/// the module documentation, or `None` for effects another line already shows.
+pub fn render_json(cfg: &Config, at: Ts, effect: &Effect) -> Option<String> {
+    let target_name = |t: usize| cfg.targets[t].name.clone();
+    let (event, target, incident, rule, mut extra) = match effect {
+        Effect::RuleChanged { rule, transition } => (
+            "rule_changed",
+            target_name(cfg.rules[*rule].target),
+            None,
+            Some(cfg.rules[*rule].name.clone()),
+            json!({
+                "from": transition.from.name(),
+                "to": transition.to.name(),
+                "breach_since": transition.breach_since.map(|t| t.rfc3339()),
+                "evidence": transition.evidence,
+            }),
+        ),
+        Effect::ChangeObserved {
+            target,
+            from,
+            to,
+            previous_healthy,
+        } => (
+            "change",
+            target_name(*target),
+            None,
+            None,
+            json!({ "from": from, "to": to, "previous_healthy": previous_healthy }),
+        ),
+        Effect::Timeline {
+            incident,
+            target,
+            entry,
+        } => {
+            let event = timeline_event(cfg, entry)?;
+            let mut extra = json!({ "text": entry.text });
+            let mut rule = None;
+            match &entry.kind {
+                EntryKind::StepFinished { ok, .. } => extra["ok"] = json!(ok),
+                _ if event == "incident_opened" => {
+                    extra["cause"] = json!("breach");
+                    rule = fired_rule(cfg, &entry.text).map(|r| cfg.rules[r].name.clone());
+                }
+                _ => {}
+            }
+            (
+                event,
+                target_name(*target),
+                Some(incident.clone()),
+                rule,
+                extra,
+            )
+        }
+        Effect::RunStep(order) => {
+            let plan = &cfg.plans[order.plan];
+            let step = &plan.steps[order.step];
+            (
+                "step",
+                target_name(order.target),
+                Some(order.incident.clone()),
+                Some(order.rule.clone()).filter(|r| !r.is_empty()),
+                json!({
+                    "plan": plan.name,
+                    "step": order.step + 1,
+                    "steps": plan.steps.len(),
+                    "step_name": step.name,
+                    "action": step.action.type_name(),
+                    "attempt": order.attempt,
+                    "from_revision": order.from_revision,
+                    "to_revision": order.to_revision,
+                }),
+            )
+        }
+        Effect::Notify(n) => (
+            "notification",
+            target_name(n.target),
+            Some(n.incident.clone()),
+            None,
+            json!({
+                "occasion": n.occasion.name(),
+                "level": n.level.map(|l| cfg.escalation[l].name.clone()),
+                "notifiers": n.notifiers.iter().map(|&i| cfg.notifiers[i].name.clone()).collect::<Vec<_>>(),
+                "summary": n.summary,
+            }),
+        ),
+        Effect::IncidentClosed(inc) => (
+            "incident_closed",
+            inc.target_name.clone(),
+            Some(inc.id.clone()),
+            inc.rules.first().map(|&r| cfg.rules[r].name.clone()),
+            json!({
+                "outcome": outcome_name_of(inc),
+                "cause": cause_name(inc.cause),
+                "opened_at": inc.opened_at.rfc3339(),
+                "breach_started": inc.breach_started.rfc3339(),
+                "from_revision": inc.from_revision,
+                "to_revision": inc.to_revision,
+                "escalation_reason": inc.escalation_reason,
+            }),
+        ),
+        Effect::CommandRejected { reason } => (
+            "command_rejected",
+            String::new(),
+            None,
+            None,
+            json!({ "reason": reason }),
+        ),
+    };
+    let mut line = json!({
+        "time": at.rfc3339(),
+        "event": event,
+        "target": target,
+        "incident": incident,
+        "rule": rule,
+    });
+    if let (Some(line), Some(extra)) = (line.as_object_mut(), extra.as_object_mut()) {
+        line.append(extra);
+    }
+    Some(line.to_string())
+}
+
+/// The event name of a timeline entry, or `None` when another effect shows it.
+fn timeline_event(cfg: &Config, entry: &Entry) -> Option<&'static str> {
+    Some(match entry.kind {
+        // A rule's phase change is its `rule_changed`; only the firing that opened the
+        // incident (logged as "rule NAME fired: ...") is an event of its own.
+        EntryKind::Rule => {
+            fired_rule(cfg, &entry.text)?;
+            "incident_opened"
+        }
+        EntryKind::Decision => "decision",
+        EntryKind::Verification => "verification",
+        EntryKind::StepFinished { .. } => "step_result",
+        EntryKind::Operator => "operator",
+        // These repeat `change`, `step` and `notification`.
+        EntryKind::Change | EntryKind::StepStarted | EntryKind::Notification => return None,
+    })
+}
+
+/// The rule whose firing opened an incident, from the entry the engine logs for it.
+fn fired_rule(cfg: &Config, text: &str) -> Option<usize> {
+    let rest = text.strip_prefix("rule ")?;
+    cfg.rules.iter().position(|r| {
+        rest.strip_prefix(r.name.as_str())
+            .is_some_and(|tail| tail.starts_with(" fired: "))
+    })
+}
+
+fn outcome_name(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::RolledBack => "rolled_back",
+        Outcome::Recovered => "recovered",
+        Outcome::ResolvedByOperator(_) => "resolved_by_operator",
+        Outcome::Interrupted => "interrupted",
+    }
+}
+
+fn outcome_name_of(inc: &Incident) -> &'static str {
+    inc.outcome.as_ref().map_or("open", outcome_name)
+}
+
+fn cause_name(c: Cause) -> &'static str {
+    match c {
+        Cause::Breach => "breach",
+        Cause::Blind => "blind",
+    }
+}
+
+impl Summary {
+    /// The summary in words, one fact per line, for the end of a text replay.
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        let span = match (self.from, self.to) {
+            (Some(from), Some(to)) => crate::recording::describe_span(from, to),
+            _ => "an empty recording".to_owned(),
+        };
+        s.push_str(&format!(
+            "replayed {} readings and {} changes, {span}\n",
+            self.readings, self.changes
+        ));
+        s.push_str(&format!(
+            "{} rule changes, {} incidents, {} step attempts, {} notifications\n",
+            self.rule_changes,
+            self.incidents.len(),
+            self.steps,
+            self.notifications
+        ));
+        for i in &self.incidents {
+            s.push_str(&format!(
+                "incident {} ({}, {}): opened {}, {}",
+                i.id,
+                i.target,
+                cause_name(i.cause),
+                i.opened_at,
+                i.outcome_name()
+            ));
+            if let Some(at) = i.closed_at {
+                s.push_str(&format!(" at {at}"));
+            }
+            if let Some(at) = i.first_step_at {
+                s.push_str(&format!("; rollback started {at}"));
+            }
+            if let Some(why) = &i.escalated {
+                s.push_str(&format!("; escalated: {why}"));
+            }
+            s.push('\n');
+        }
+        for (target, why) in &self.breakers {
+            s.push_str(&format!("circuit breaker open on {target}: {why}\n"));
+        }
+        s
+    }
+
+    /// The summary as one JSON object: the fields of [`Summary`] and
+    /// [`IncidentSummary`] by the same names, times in RFC 3339, `outcome` as in
+    /// `incident_closed` or `"open at end"`, `breakers` as `{target, reason}` objects.
+    pub fn to_json(&self) -> Value {
+        let t = |t: Option<Ts>| t.map(|t| t.rfc3339());
+        json!({
+            "event": "summary",
+            "readings": self.readings,
+            "changes": self.changes,
+            "from": t(self.from),
+            "to": t(self.to),
+            "ticked_until": t(self.ticked_until),
+            "steps": self.steps,
+            "notifications": self.notifications,
+            "rule_changes": self.rule_changes,
+            "incidents": self.incidents.iter().map(|i| json!({
+                "id": i.id,
+                "target": i.target,
+                "cause": cause_name(i.cause),
+                "opened_at": i.opened_at.rfc3339(),
+                "closed_at": t(i.closed_at),
+                "outcome": i.outcome_name(),
+                "rolled_back": i.rolled_back,
+                "first_step_at": t(i.first_step_at),
+                "escalated": i.escalated,
+            })).collect::<Vec<_>>(),
+            "breakers": self.breakers.iter().map(|(target, reason)| json!({
+                "target": target,
+                "reason": reason,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Measure, Reading, ReadingState};
+
+    /// 2026-11-22T10:00:00Z.
+    const T0: u64 = 1_795_341_600;
+
+    fn cfg(extra: &str) -> Config {
+        let text = format!(
+            r#"
+[daemon]
+tick = "1s"
+
+[[target]]
+name = "shop"
+plan = "back"
+blame_window = "5m"
+
+[[signal]]
+name = "health"
+target = "shop"
+type = "http_probe"
+url = "http://127.0.0.1:8080/health"
+interval = "1s"
+
+[[rule]]
+name = "down"
+signal = "health"
+consecutive = 2
+
+[[plan]]
+name = "back"
+
+[[plan.step]]
+name = "switch"
+type = "exec"
+command = ["true"]
+retries = 1
+
+[plan.verify]
+window = "30s"
+
+[[notifier]]
+name = "log"
+type = "log"
+{extra}
+"#
+        );
+        crate::config::load_str(
+            &text,
+            crate::config::Format::Toml,
+            std::iter::empty(),
+            std::path::Path::new("."),
+        )
+        .unwrap()
+    }
+
+    fn at(s: u64) -> Ts {
+        Ts::from_secs(T0 + s)
+    }
+
+    fn change(s: u64, rev: &str) -> Result<(Ts, Input), RowError> {
+        Ok((
+            at(s),
+            Input::Change {
+                target: 0,
+                revision: rev.to_owned(),
+                at: at(s),
+            },
+        ))
+    }
+
+    fn probe(s: u64, ok: bool) -> Result<(Ts, Input), RowError> {
+        Ok((
+            at(s),
+            Input::Reading(Reading {
+                signal: 0,
+                state: ReadingState::Value(Measure::Check { ok, detail: None }),
+            }),
+        ))
+    }
+
+    /// v1 healthy, v2 deployed at 10s, failing at 11s and 12s (fires at 12s), healthy
+    /// again from 13s to 15s, then the recording ends.
+    fn bad_deploy() -> Vec<Result<(Ts, Input), RowError>> {
+        let mut rows = vec![change(0, "v1")];
+        rows.extend((1..10).map(|s| probe(s, true)));
+        rows.push(change(10, "v2"));
+        rows.extend([probe(11, false), probe(12, false)]);
+        rows.extend((13..=15).map(|s| probe(s, true)));
+        rows
+    }
+
+    fn replay(
+        cfg: &Config,
+        rows: Vec<Result<(Ts, Input), RowError>>,
+        steps: StepOutcome,
+    ) -> (Summary, Vec<(Ts, Effect)>) {
+        let mut seen = Vec::new();
+        let summary = run(cfg, rows.into_iter(), &Options { steps }, &mut |t, e| {
+            seen.push((t, e.clone()))
+        })
+        .unwrap();
+        (summary, seen)
+    }
+
+    #[test]
+    fn the_verification_window_passes_on_ticks_after_the_last_row() {
+        let cfg = cfg("");
+        let (s, _) = replay(&cfg, bad_deploy(), StepOutcome::Succeed);
+        assert_eq!((s.readings, s.changes, s.steps), (14, 2, 1));
+        assert_eq!(s.from, Some(at(0)));
+        assert_eq!(s.to, Some(at(15)));
+        assert_eq!(s.incidents.len(), 1, "{s:?}");
+        let inc = &s.incidents[0];
+        assert_eq!(inc.outcome, Some(Outcome::RolledBack));
+        assert!(inc.rolled_back);
+        assert_eq!(inc.first_step_at, Some(at(12)));
+        // The plan finished at 12s; the window of 30s ends at 42s, 27s after the last row,
+        // and only a tick can get there.
+        assert_eq!(inc.closed_at, Some(at(42)));
+        assert!(s.ticked_until.unwrap() >= at(42));
+        assert!(s.breakers.is_empty());
+    }
+
+    #[test]
+    fn ticks_fill_the_gaps_between_rows_so_delayed_notifications_go_out_on_time() {
+        let cfg = cfg(r#"
+[[escalation]]
+name = "later"
+on = ["opened"]
+after = "20s"
+notify = ["log"]
+"#);
+        let mut rows = bad_deploy();
+        rows.truncate(13); // up to the firing at 12s
+        // The next row comes five minutes later; the notice is due at 32s.
+        rows.push(probe(300, false));
+        let (_, seen) = replay(&cfg, rows, StepOutcome::Fail);
+        let opened: Vec<Ts> = seen
+            .iter()
+            .filter_map(|(t, e)| match e {
+                Effect::Notify(n) if n.occasion == crate::config::Occasion::Opened => Some(*t),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(opened, [at(32)]);
+    }
+
+    #[test]
+    fn failing_steps_open_the_breaker_and_leave_the_incident_escalated() {
+        let cfg = cfg("");
+        // The rollback never ran, so the service stays down to the end of the recording.
+        let mut rows = bad_deploy();
+        rows.truncate(13);
+        rows.extend((13..=15).map(|s| probe(s, false)));
+        let (s, seen) = replay(&cfg, rows, StepOutcome::Fail);
+        // One attempt and one retry, both answered at once.
+        assert_eq!(s.steps, 2);
+        let failures = seen
+            .iter()
+            .filter(|(_, e)| matches!(e, Effect::Timeline { entry, .. } if entry.text.contains(FAIL_ERROR)))
+            .count();
+        assert_eq!(failures, 2);
+        assert_eq!(s.incidents.len(), 1);
+        let inc = &s.incidents[0];
+        assert_eq!(inc.outcome, None, "still open at the end: {inc:?}");
+        assert_eq!(inc.outcome_name(), "open at end");
+        assert!(!inc.rolled_back);
+        assert_eq!(inc.first_step_at, Some(at(12)));
+        assert!(
+            inc.escalated
+                .as_deref()
+                .unwrap()
+                .contains("failed after 2 attempts")
+        );
+        assert_eq!(s.breakers.len(), 1);
+        assert_eq!(s.breakers[0].0, "shop");
+    }
+
+    #[test]
+    fn json_lines_parse_and_carry_the_documented_fields() {
+        let cfg = cfg(r#"
+[[escalation]]
+name = "team"
+on = ["opened", "rollback_started", "rollback_succeeded", "resolved"]
+notify = ["log"]
+"#);
+        let mut lines = Vec::new();
+        run(
+            &cfg,
+            bad_deploy().into_iter(),
+            &Options::default(),
+            &mut |t, e| {
+                lines.extend(render_json(&cfg, t, e));
+            },
+        )
+        .unwrap();
+        let events: Vec<Value> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let by_event = |name: &str| -> &Value {
+            events
+                .iter()
+                .find(|v| v["event"] == name)
+                .unwrap_or_else(|| panic!("no {name} in {lines:#?}"))
+        };
+        let common = ["time", "event", "target", "incident", "rule"];
+        let added: [(&str, &[&str]); 9] = [
+            ("rule_changed", &["from", "to", "breach_since", "evidence"]),
+            ("change", &["from", "to", "previous_healthy"]),
+            ("incident_opened", &["cause", "text"]),
+            ("decision", &["text"]),
+            (
+                "step",
+                &[
+                    "plan",
+                    "step",
+                    "steps",
+                    "step_name",
+                    "action",
+                    "attempt",
+                    "from_revision",
+                    "to_revision",
+                ],
+            ),
+            ("step_result", &["ok", "text"]),
+            ("verification", &["text"]),
+            (
+                "notification",
+                &["occasion", "level", "notifiers", "summary"],
+            ),
+            (
+                "incident_closed",
+                &[
+                    "outcome",
+                    "cause",
+                    "opened_at",
+                    "breach_started",
+                    "from_revision",
+                    "to_revision",
+                    "escalation_reason",
+                ],
+            ),
+        ];
+        for (event, fields) in added {
+            let v = by_event(event);
+            for f in common.iter().chain(fields) {
+                assert!(v.get(f).is_some(), "{event} has no {f}: {v}");
+            }
+            assert_eq!(v["target"], "shop", "{v}");
+            let time = v["time"].as_str().unwrap();
+            assert!(crate::recording::parse_time(time).is_ok(), "{time}");
+        }
+        let step = by_event("step");
+        assert_eq!(step["time"], "2026-11-22T10:00:12.000Z");
+        assert_eq!(step["plan"], "back");
+        assert_eq!(
+            (step["step"].as_u64(), step["attempt"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(step["action"], "exec");
+        assert_eq!(step["rule"], "down");
+        assert_eq!(
+            (step["from_revision"].as_str(), step["to_revision"].as_str()),
+            (Some("v2"), Some("v1"))
+        );
+        assert_eq!(by_event("incident_opened")["rule"], "down");
+        let n = by_event("notification");
+        assert_eq!(
+            (n["level"].as_str(), n["notifiers"][0].as_str()),
+            (Some("team"), Some("log"))
+        );
+        assert_eq!(by_event("incident_closed")["outcome"], "rolled_back");
+        // Each effect is one line, and the entries that repeat another effect have none.
+        assert!(lines.iter().all(|l| !l.contains('\n')));
+        assert_eq!(
+            events
+                .iter()
+                .filter(|v| v["event"] == "incident_opened")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn text_lines_start_with_the_time_and_skip_repeated_entries() {
+        let cfg = cfg("");
+        let mut lines = Vec::new();
+        run(
+            &cfg,
+            bad_deploy().into_iter(),
+            &Options::default(),
+            &mut |t, e| {
+                lines.extend(render_text(&cfg, t, e));
+            },
+        )
+        .unwrap();
+        let text = lines.join("\n");
+        assert!(
+            lines.iter().all(|l| l.starts_with("2026-11-22T10:00:")),
+            "{text}"
+        );
+        for want in [
+            "shop: revision changed from v1 to v2 (v1 was healthy)",
+            "rule down: pending -> firing",
+            "would run step 1/1 \"switch\" (exec) of plan back, attempt 1",
+            "verification passed",
+            "incident closed: rolled_back",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert_eq!(text.matches("would run step").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn a_row_error_stops_the_replay_and_is_returned() {
+        let cfg = cfg("");
+        let mut rows = bad_deploy();
+        rows.insert(
+            3,
+            Err(RowError {
+                line: 4,
+                message: "bad".into(),
+            }),
+        );
+        let err = run(&cfg, rows.into_iter(), &Options::default(), &mut |_, _| {}).unwrap_err();
+        assert_eq!(err.line, 4);
+    }
+}

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Writes tests/scenarios/<name>/readings.csv for every scenario of the replay corpus.
+
+Deterministic (no randomness): run it again and the files do not change. Each scenario's
+config.toml and expect.toml are written by hand; this only makes the recordings, in the
+format of src/recording.rs. Run from anywhere: python3 tests/scenarios/generate.py
+"""
+
+import datetime
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# 2026-11-22T10:00:00Z
+T0 = 1795341600
+HEADER = "time,kind,target,signal,state,value,requests"
+
+
+def ts(s):
+    t = datetime.datetime.fromtimestamp(T0 + s, tz=datetime.timezone.utc)
+    text = t.strftime("%Y-%m-%dT%H:%M:%S")
+    ms = round((s - int(s)) * 1000)
+    return f"{text}.{ms:03d}Z" if ms else f"{text}Z"
+
+
+class Recording:
+    def __init__(self, target="shop"):
+        self.rows = []
+        self.target = target
+
+    def change(self, s, rev):
+        self.rows.append((s, f"{ts(s)},change,{self.target},,,{rev},"))
+
+    def rate(self, s, signal, ratio, requests):
+        self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},value,{ratio:g},{requests}"))
+
+    def number(self, s, signal, v):
+        self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},value,{v:.4f},"))
+
+    def check(self, s, signal, ok):
+        self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},value,{1 if ok else 0},"))
+
+    def event(self, s, signal, key):
+        self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},value,{key},"))
+
+    def error(self, s, signal, why):
+        self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},error,{why},"))
+
+    def write(self, name):
+        # A stable sort keeps rows of the same second in the order they were added.
+        rows = sorted(self.rows, key=lambda r: r[0])
+        path = os.path.join(HERE, name, "readings.csv")
+        with open(path, "w") as f:
+            f.write(HEADER + "\n")
+            for _, line in rows:
+                f.write(line + "\n")
+
+
+def errors_with_rollback(name, after_rollback_ratio):
+    """v2 serves 8% errors from its deploy at 5m; whoever rolls back switches to v1 at
+    6m30s (the recording shows the revision going back); after it the error ratio is
+    `after_rollback_ratio`."""
+    r = Recording()
+    r.change(0, "v1")
+    for s in range(5, 12 * 60 + 1, 5):
+        if s <= 5 * 60:
+            ratio = 0.003
+        elif s <= 6 * 60 + 30:
+            ratio = 0.08
+        else:
+            ratio = after_rollback_ratio
+        r.rate(s, "errors", ratio, 1000)
+    r.change(5 * 60, "v2")
+    r.change(6 * 60 + 30, "v1")
+    r.write(name)
+
+
+def bad_deploy():
+    errors_with_rollback("bad-deploy-8pct-errors", 0.002)
+
+
+def rollback_does_not_fix():
+    errors_with_rollback("rollback-does-not-fix", 0.08)
+
+
+def night_small_samples():
+    # 03:00 local-ish traffic: a handful of requests. 1 error in 3 requests (33%) and 2 in
+    # 25 (8%): above 5%, but too few requests (min_requests) or not surely above it
+    # (confidence 95%).
+    r = Recording()
+    r.change(0, "v41")
+    r.change(60, "v42")
+    for i, s in enumerate(range(90, 15 * 60 + 1, 30)):
+        if i % 2 == 0:
+            r.rate(s, "errors", 1 / 3, 3)
+        else:
+            r.rate(s, "errors", 0.08, 25)
+    r.write("night-one-error-in-three")
+
+
+def spike_inside_for():
+    r = Recording()
+    r.change(0, "v1")
+    r.change(60, "v2")
+    for s in range(5, 12 * 60 + 1, 5):
+        spike = 4 * 60 <= s < 4 * 60 + 30
+        r.rate(s, "errors", 0.20 if spike else 0.004, 1000)
+    r.write("spike-30s-inside-5m-for")
+
+
+def prometheus_down():
+    r = Recording()
+    r.change(0, "v1")
+    r.change(3 * 60, "v2")
+    for s in range(5, 18 * 60 + 1, 5):
+        if 5 * 60 <= s < 15 * 60:
+            r.error(s, "errors", "Get http://prometheus:9090/api/v1/query: connection refused")
+        else:
+            r.rate(s, "errors", 0.003, 1000)
+    r.write("prometheus-down-10m")
+
+
+def latency_creep():
+    r = Recording()
+    r.change(0, "v1")
+    for s in range(10, 22 * 60 + 1, 10):
+        wobble = ((s // 10) % 5 - 2) * 0.002  # -0.004 .. +0.004, deterministic
+        if s <= 10 * 60:
+            v = 0.200 + wobble
+        elif s <= 16 * 60:
+            v = 0.200 + 0.120 * (s - 10 * 60) / (6 * 60) + wobble  # creeping to 0.32
+        elif s <= 17 * 60 + 30:
+            v = 0.320 + wobble
+        else:
+            v = 0.200 + wobble  # back on v1
+        r.number(s, "p95", v)
+    r.change(10 * 60, "v2")
+    r.change(17 * 60 + 30, "v1")
+    r.write("latency-creep-1.6x-baseline")
+
+
+def oom_loop():
+    r = Recording()
+    r.change(0, "v1")
+    r.change(2 * 60, "v2")
+    for s in range(5, 10 * 60 + 1, 5):
+        r.check(s, "health", True)
+    for s, pod in [(180, "shop-7f9c-a"), (220, "shop-7f9c-b"), (260, "shop-7f9c-c"), (300, "shop-7f9c-d")]:
+        r.event(s, "oom", pod)
+    r.change(5 * 60 + 15, "v1")
+    r.write("oom-loop-4-pods")
+
+
+def outage_days_after_deploy():
+    r = Recording()
+    r.change(0, "v1")
+    r.change(60, "v2")
+    for s in range(65, 5 * 60 + 1, 5):
+        r.check(s, "health", True)
+    day3 = 3 * 86400
+    for s in range(day3, day3 + 6 * 60 + 1, 5):
+        down = day3 + 60 <= s < day3 + 3 * 60
+        r.check(s, "health", not down)
+    r.write("outage-3-days-after-deploy")
+
+
+def flapping_health():
+    r = Recording()
+    r.change(0, "v1")
+    r.change(60, "v2")
+    for i, s in enumerate(range(65, 12 * 60 + 1, 5)):
+        r.check(s, "health", i % 2 == 0)
+    r.write("flapping-health-check")
+
+
+if __name__ == "__main__":
+    bad_deploy()
+    rollback_does_not_fix()
+    night_small_samples()
+    spike_inside_for()
+    prometheus_down()
+    latency_creep()
+    oom_loop()
+    outage_days_after_deploy()
+    flapping_health()
