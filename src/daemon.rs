@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::action::{Action, ActionContext};
 use crate::config::SourceSpec;
 use crate::config::{Config, Occasion};
-use crate::engine::{Effect, Engine, Input, ReadingState, StepOrder, StepResult, Ts};
+use crate::engine::{Effect, Engine, Input, StepOrder, StepResult, Ts};
 use crate::source::{self, Source, alertmanager};
 
 /// Where Alertmanager's webhook is received on `daemon.listen`.
@@ -471,12 +471,9 @@ async fn sample_loop(
             _ = token.cancelled() => return,
             t = ticker.tick() => clock.at(t),
         };
-        // The source bounds itself by its timeout; this is a safety net on top.
         let state = tokio::select! {
             _ = token.cancelled() => return,
-            r = tokio::time::timeout(timeout + Duration::from_secs(1), source.sample()) => r.unwrap_or_else(|_| {
-                ReadingState::SourceError(format!("sample did not finish within {}", crate::config::units::format_duration(timeout)))
-            }),
+            r = source.sample_within(timeout) => r,
         };
         let reading = crate::engine::Reading { signal, state };
         if tx.send((Input::Reading(reading), at)).await.is_err() {

@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::units::format_duration;
 use crate::config::{ChangeSpec, Config, SourceSpec};
 use crate::daemon::Clock;
-use crate::engine::{Reading, ReadingState, Ts};
+use crate::engine::{Reading, Ts};
 use crate::recording;
 use crate::source::{self, Source};
 
@@ -334,9 +334,7 @@ async fn sample_loop(
         };
         let state = tokio::select! {
             _ = token.cancelled() => return,
-            r = tokio::time::timeout(timeout + Duration::from_secs(1), source.sample()) => r.unwrap_or_else(|_| {
-                ReadingState::SourceError(format!("sample did not finish within {}", format_duration(timeout)))
-            }),
+            r = source.sample_within(timeout) => r,
         };
         // The next tick is scheduled at least one interval after this one.
         let msg = Msg {

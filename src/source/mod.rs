@@ -63,6 +63,21 @@ impl Source {
         }
     }
 
+    /// Takes one reading, with a safety net one second past the source's own timeout: a
+    /// source that overruns it anyway gives a source error instead of stalling its
+    /// sampler. What the daemon and `record` call.
+    pub async fn sample_within(&self, timeout: std::time::Duration) -> ReadingState {
+        let net = timeout + std::time::Duration::from_secs(1);
+        tokio::time::timeout(net, self.sample())
+            .await
+            .unwrap_or_else(|_| {
+                ReadingState::SourceError(format!(
+                    "sample did not finish within {}",
+                    crate::config::units::format_duration(timeout)
+                ))
+            })
+    }
+
     /// Takes one reading. Bounded by the signal's timeout; never fails: every outcome is
     /// one of the reading states.
     pub async fn sample(&self) -> ReadingState {

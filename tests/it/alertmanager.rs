@@ -8,15 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rearguard::config::{Config, Format};
-use rearguard::daemon::{self, Event, WEBHOOK_PATH};
+use rearguard::daemon::{Event, WEBHOOK_PATH};
 use rearguard::engine::{Effect, Measure, Outcome, Phase, Reading, ReadingState, Ts};
 use rearguard::source::alertmanager::{
     self, BODY_LIMIT, MAX_ALERTS_PER_SIGNAL, Receiver, Rejection,
 };
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
+use crate::running::start;
 use crate::{promstack, support, workload};
 
 const SHOP_TOKEN: &str = "shop-token-7f3a9c";
@@ -723,90 +722,6 @@ fn times_with_offsets_and_nanoseconds_compare_as_instants() {
 
 // ---------------------------------------------------------------------------------------
 // The daemon, in process, with an observer.
-
-struct Running {
-    rx: mpsc::UnboundedReceiver<Event>,
-    shutdown: CancellationToken,
-    handle: tokio::task::JoinHandle<Result<(), daemon::StartError>>,
-    seen: Vec<Event>,
-}
-
-fn start(cfg: Config) -> Running {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(daemon::run(
-        cfg,
-        daemon::Options {
-            shutdown: shutdown.clone(),
-            observer: Some(tx),
-        },
-    ));
-    Running {
-        rx,
-        shutdown,
-        handle,
-        seen: Vec::new(),
-    }
-}
-
-impl Running {
-    /// Waits for an event matching `pred`, failing the test at the deadline.
-    async fn wait_for(&mut self, what: &str, secs: u64, pred: impl Fn(&Event) -> bool) -> Event {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(e)) => {
-                    self.seen.push(e.clone());
-                    if pred(&e) {
-                        return e;
-                    }
-                }
-                Ok(None) => panic!(
-                    "daemon stopped while waiting for {what}; saw {:#?}",
-                    self.seen
-                ),
-                Err(_) => panic!("no {what} within {secs}s; saw {:#?}", self.seen),
-            }
-        }
-    }
-
-    /// Waits for rule 0 to change to `to` and returns the evidence.
-    async fn rule_becomes(&mut self, to: Phase, secs: u64) -> String {
-        let e = self
-            .wait_for(&format!("rule 0 -> {}", to.name()), secs, |e| {
-                matches!(e, Event::Effect(_, Effect::RuleChanged { rule: 0, transition }) if transition.to == to)
-            })
-            .await;
-        match e {
-            Event::Effect(_, Effect::RuleChanged { transition, .. }) => transition.evidence,
-            _ => unreachable!(),
-        }
-    }
-
-    /// Takes what the daemon has said so far without waiting.
-    fn drain(&mut self) {
-        while let Ok(e) = self.rx.try_recv() {
-            self.seen.push(e);
-        }
-    }
-
-    fn rule_changes(&self) -> usize {
-        self.seen
-            .iter()
-            .filter(|e| matches!(e, Event::Effect(_, Effect::RuleChanged { .. })))
-            .count()
-    }
-
-    async fn stop(mut self) -> Vec<Event> {
-        self.shutdown.cancel();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
-            self.seen.push(e);
-        }
-        self.handle.await.expect("daemon task").expect("daemon ran");
-        self.seen
-    }
-}
 
 /// A free loopback port: bound, read, released. The daemon binds it right after.
 fn free_port() -> u16 {

@@ -12,11 +12,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use rearguard::config::{Config, Format};
-use rearguard::daemon::{self, Event};
+use rearguard::daemon::Event;
 use rearguard::engine::{Effect, EntryKind, Incident, Outcome};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
+use crate::running::start;
 use crate::support;
 
 /// A service whose health is the behaviour file of the release `current` names, read on
@@ -125,82 +124,6 @@ window = "500ms"
 fn load(text: &str) -> Config {
     rearguard::config::load_str(text, Format::Toml, std::iter::empty(), Path::new("."))
         .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}"))
-}
-
-struct Running {
-    rx: mpsc::UnboundedReceiver<Event>,
-    shutdown: CancellationToken,
-    handle: tokio::task::JoinHandle<Result<(), daemon::StartError>>,
-    seen: Vec<Event>,
-}
-
-fn start(cfg: Config) -> Running {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(daemon::run(
-        cfg,
-        daemon::Options {
-            shutdown: shutdown.clone(),
-            observer: Some(tx),
-        },
-    ));
-    Running {
-        rx,
-        shutdown,
-        handle,
-        seen: Vec::new(),
-    }
-}
-
-impl Running {
-    /// Waits for an event matching `pred`, failing the test at the deadline.
-    async fn wait_for(&mut self, what: &str, secs: u64, pred: impl Fn(&Event) -> bool) -> Event {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(e)) => {
-                    self.seen.push(e.clone());
-                    if pred(&e) {
-                        return e;
-                    }
-                }
-                Ok(None) => panic!(
-                    "daemon stopped while waiting for {what}; saw {:#?}",
-                    self.seen
-                ),
-                Err(_) => panic!("no {what} within {secs}s; saw {:#?}", self.seen),
-            }
-        }
-    }
-
-    async fn closed_incident(&mut self, secs: u64) -> Incident {
-        match self
-            .wait_for("a closed incident", secs, |e| {
-                matches!(e, Event::Effect(_, Effect::IncidentClosed(_)))
-            })
-            .await
-        {
-            Event::Effect(_, Effect::IncidentClosed(inc)) => *inc,
-            _ => unreachable!(),
-        }
-    }
-
-    async fn stop(mut self) -> Vec<Event> {
-        self.shutdown.cancel();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
-            self.seen.push(e);
-        }
-        self.handle.await.expect("daemon task").expect("daemon ran");
-        self.seen
-    }
-
-    fn steps_run(&self) -> usize {
-        self.seen
-            .iter()
-            .filter(|e| matches!(e, Event::Effect(_, Effect::RunStep(_))))
-            .count()
-    }
 }
 
 const SWITCH_BACK: &str = r#"

@@ -14,14 +14,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use rearguard::config::selector::{parse_matchers, parse_selector};
 use rearguard::config::{Config, HttpAuth, PromQuery, PrometheusSpec, TlsSpec};
-use rearguard::daemon::{self, Event};
-use rearguard::engine::{Effect, Incident, Measure, Outcome, ReadingState};
+use rearguard::daemon::Event;
+use rearguard::engine::{Effect, Measure, Outcome, ReadingState};
 use rearguard::source::prometheus::PrometheusSource;
 use secrecy::SecretString;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::promstack::{self, Server};
+use crate::running::{Running, start};
 use crate::support::{self, Misbehave};
 use crate::workload::{Behaviour, Workload};
 
@@ -649,95 +648,6 @@ window = "10s"
 impl Drop for Site {
     fn drop(&mut self) {
         self.follower.abort();
-    }
-}
-
-struct Running {
-    rx: mpsc::UnboundedReceiver<Event>,
-    shutdown: CancellationToken,
-    handle: tokio::task::JoinHandle<Result<(), daemon::StartError>>,
-    seen: Vec<Event>,
-}
-
-fn start(cfg: Config) -> Running {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(daemon::run(
-        cfg,
-        daemon::Options {
-            shutdown: shutdown.clone(),
-            observer: Some(tx),
-        },
-    ));
-    Running {
-        rx,
-        shutdown,
-        handle,
-        seen: Vec::new(),
-    }
-}
-
-impl Running {
-    /// Waits for an event matching `pred`, failing the test at the deadline.
-    async fn wait_for(&mut self, what: &str, secs: u64, pred: impl Fn(&Event) -> bool) -> Event {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(e)) => {
-                    self.seen.push(e.clone());
-                    if pred(&e) {
-                        return e;
-                    }
-                }
-                Ok(None) => panic!(
-                    "daemon stopped while waiting for {what}; saw {:#?}",
-                    self.seen
-                ),
-                Err(_) => panic!("no {what} within {secs}s; saw {:#?}", self.seen),
-            }
-        }
-    }
-
-    /// Watches the events for `secs`, failing the test at the first that matches `pred`.
-    async fn expect_none(&mut self, what: &str, secs: u64, pred: impl Fn(&Event) -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(e)) => {
-                    if pred(&e) {
-                        panic!("unexpected {what}: {e:#?}; before it: {:#?}", self.seen);
-                    }
-                    self.seen.push(e);
-                }
-                Ok(None) => panic!(
-                    "daemon stopped while watching for {what}; saw {:#?}",
-                    self.seen
-                ),
-                Err(_) => return,
-            }
-        }
-    }
-
-    async fn closed_incident(&mut self, secs: u64) -> Incident {
-        match self
-            .wait_for("a closed incident", secs, |e| {
-                matches!(e, Event::Effect(_, Effect::IncidentClosed(_)))
-            })
-            .await
-        {
-            Event::Effect(_, Effect::IncidentClosed(inc)) => *inc,
-            _ => unreachable!(),
-        }
-    }
-
-    async fn stop(mut self) -> Vec<Event> {
-        self.shutdown.cancel();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
-            self.seen.push(e);
-        }
-        self.handle.await.expect("daemon task").expect("daemon ran");
-        self.seen
     }
 }
 

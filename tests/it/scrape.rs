@@ -14,13 +14,12 @@ use rearguard::config::selector::{parse_matchers, parse_selector};
 use rearguard::config::{
     Config, Format, HttpAuth, ScrapeQuery, ScrapeSpec, Signal, SourceSpec, TlsSpec,
 };
-use rearguard::daemon::{self, Event};
+use rearguard::daemon::Event;
 use rearguard::engine::{Effect, Incident, Measure, Outcome, ReadingState};
 use rearguard::source::Source;
 use secrecy::SecretString;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
+use crate::running::{Running, start};
 use crate::support::{self, Misbehave};
 use crate::workload::{Behaviour, Workload};
 
@@ -603,62 +602,6 @@ window = "5s"
                 d.seen.push(e);
             }
         }
-    }
-}
-
-struct Running {
-    rx: mpsc::UnboundedReceiver<Event>,
-    shutdown: CancellationToken,
-    handle: tokio::task::JoinHandle<Result<(), daemon::StartError>>,
-    seen: Vec<Event>,
-}
-
-fn start(cfg: Config) -> Running {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(daemon::run(
-        cfg,
-        daemon::Options {
-            shutdown: shutdown.clone(),
-            observer: Some(tx),
-        },
-    ));
-    Running {
-        rx,
-        shutdown,
-        handle,
-        seen: Vec::new(),
-    }
-}
-
-impl Running {
-    async fn wait_for(&mut self, what: &str, secs: u64, pred: impl Fn(&Event) -> bool) -> Event {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(e)) => {
-                    self.seen.push(e.clone());
-                    if pred(&e) {
-                        return e;
-                    }
-                }
-                Ok(None) => panic!(
-                    "daemon stopped while waiting for {what}; saw {:#?}",
-                    self.seen
-                ),
-                Err(_) => panic!("no {what} within {secs}s; saw {:#?}", self.seen),
-            }
-        }
-    }
-
-    async fn stop(mut self) -> Vec<Event> {
-        self.shutdown.cancel();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
-            self.seen.push(e);
-        }
-        self.handle.await.expect("daemon task").expect("daemon ran");
-        self.seen
     }
 }
 
