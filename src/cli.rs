@@ -157,6 +157,9 @@ pub fn main() -> ExitCode {
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // File system calls (change observers read symlinks) run on the blocking pool;
+        // observers tick together, and an unbounded pool would grow a thread per target.
+        .max_blocking_threads(16)
         .enable_all()
         .build()
         .expect("the tokio runtime starts")

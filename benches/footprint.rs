@@ -1,0 +1,613 @@
+//! Footprint benchmark: resident memory and CPU of rearguard watching N targets, beside
+//! the usual alternative doing the same job (Prometheus scraping N targets every 1 s with
+//! an alerting rule, plus Alertmanager), in the same run on the same machine.
+//!
+//! One tiny HTTP server in this process serves `/health/{i}` (probed by rearguard) and
+//! `/metrics/{i}` (scraped by Prometheus) for every target i. For each N the two sides
+//! run one after the other, each alone:
+//! - rearguard: the real release binary (`rearguard run --config FILE`) with, per target,
+//!   one `http_probe` signal every 1 s, a rule `consecutive = 3`, a `release_symlink`
+//!   change read every 5 s and a plan with one exec step;
+//! - Prometheus: N targets scraped every 1 s and evaluated every 1 s, one alerting rule
+//!   `up{job="fleet"} == 0` for 3s over all of them, sending to a real Alertmanager.
+//!
+//! After a warm-up (`WARMUP`, default 10 s), each process's VmRSS (and RssAnon, RssFile,
+//! threads) is read from `/proc/PID/status` every second for `MEASURE` seconds (default
+//! 30), and its CPU is utime + stime from `/proc/PID/stat` over the same window, as % of
+//! one core. `FOOTPRINT_N` sets the sizes (default "1,100,1000").
+//!
+//! `cargo bench --bench footprint` (needs the Debian packages `prometheus` and
+//! `prometheus-alertmanager`). Under `cargo test` it does nothing.
+
+#[path = "../tests/it/support.rs"]
+mod support;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use tokio::process::{Child, Command};
+
+/// Counters of what the local server answered, to check that every side did its job.
+#[derive(Default)]
+struct Hits {
+    health: AtomicUsize,
+    metrics: AtomicUsize,
+    firing: AtomicUsize,
+}
+
+async fn health(State(hits): State<Arc<Hits>>) -> &'static str {
+    hits.health.fetch_add(1, Ordering::Relaxed);
+    "ok"
+}
+
+async fn metrics(State(hits): State<Arc<Hits>>) -> &'static str {
+    hits.metrics.fetch_add(1, Ordering::Relaxed);
+    "# TYPE app_healthy gauge\napp_healthy 1\n"
+}
+
+async fn hook(State(hits): State<Arc<Hits>>, body: String) -> &'static str {
+    if body.contains("\"firing\"") {
+        hits.firing.fetch_add(1, Ordering::Relaxed);
+    }
+    "ok"
+}
+
+/// The path of an installed server binary, or a panic that says how to install it.
+fn binary(name: &str, package: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
+        let p = PathBuf::from(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed; install it with `apt-get install -y {package}`");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A measured child process, killed when dropped.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    pid: u32,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, bin: &Path, args: &[String], dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin)
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let pid = child.id().expect("a running child has a pid");
+        Proc {
+            name,
+            child,
+            pid,
+            log,
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// Polls `url` until it answers 2xx, or panics with the process's log.
+async fn wait_ready(client: &reqwest::Client, url: &str, proc: &Proc) {
+    let ok = support::poll_until_async(Duration::from_secs(60), || async {
+        client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    if ok.is_err() {
+        panic!("{} not ready within 60 s; log:\n{}", proc.name, proc.log());
+    }
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    let rest = stat.rsplit_once(')').expect("stat has a command name").1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// (VmRSS, RssAnon, RssFile in kB, Threads) from `/proc/PID/status`.
+fn status(pid: u32) -> (u64, u64, u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        field("VmRSS:"),
+        field("RssAnon:"),
+        field("RssFile:"),
+        field("Threads:"),
+    )
+}
+
+/// Resident memory by kind of mapping, from `/proc/PID/smaps`, in kB.
+fn smaps_summary(pid: u32) -> String {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return String::new();
+    };
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let (mut bin, mut libs, mut heap, mut anon, mut anon_n, mut stack) = (0, 0, 0, 0, 0, 0);
+    let mut kind = 0;
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            let path = line.split_whitespace().nth(5).unwrap_or("");
+            kind = if path.is_empty() {
+                anon_n += 1;
+                3
+            } else if path == "[heap]" {
+                2
+            } else if path == "[stack]" {
+                4
+            } else if Path::new(path) == exe {
+                0
+            } else {
+                1
+            };
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            match kind {
+                0 => bin += kb,
+                1 => libs += kb,
+                2 => heap += kb,
+                3 => anon += kb,
+                _ => stack += kb,
+            }
+        }
+    }
+    format!(
+        "binary {bin} kB, other files {libs} kB, [heap] {heap} kB, anonymous {anon} kB in {anon_n} mappings, [stack] {stack} kB"
+    )
+}
+
+struct Measured {
+    name: &'static str,
+    rss_median_kb: u64,
+    rss_max_kb: u64,
+    anon_median_kb: u64,
+    file_median_kb: u64,
+    threads_max: u64,
+    cpu_pct: f64,
+    smaps: String,
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    }
+}
+
+/// Samples every process once a second for `window`; CPU over the whole window.
+async fn measure(procs: &[&Proc], window: Duration) -> (Vec<Measured>, f64) {
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let self_pid = std::process::id();
+    let start_self = cpu_ticks(self_pid);
+    let start: Vec<u64> = procs.iter().map(|p| cpu_ticks(p.pid)).collect();
+    let t0 = Instant::now();
+    let mut samples: Vec<Vec<(u64, u64, u64, u64)>> = vec![Vec::new(); procs.len()];
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let n = window.as_secs();
+    for _ in 0..n {
+        ticker.tick().await;
+        for (i, p) in procs.iter().enumerate() {
+            samples[i].push(status(p.pid));
+        }
+    }
+    // The last sample is taken at n-1 s; wait out the last second of the window.
+    ticker.tick().await;
+    let wall = t0.elapsed().as_secs_f64();
+    let end: Vec<u64> = procs.iter().map(|p| cpu_ticks(p.pid)).collect();
+    let self_cpu = (cpu_ticks(self_pid) - start_self) as f64 / tck / wall * 100.0;
+    let out = procs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let s = &samples[i];
+            Measured {
+                name: p.name,
+                rss_median_kb: median(s.iter().map(|x| x.0).collect()),
+                rss_max_kb: s.iter().map(|x| x.0).max().unwrap_or(0),
+                anon_median_kb: median(s.iter().map(|x| x.1).collect()),
+                file_median_kb: median(s.iter().map(|x| x.2).collect()),
+                threads_max: s.iter().map(|x| x.3).max().unwrap_or(0),
+                cpu_pct: (end[i] - start[i]) as f64 / tck / wall * 100.0,
+                smaps: smaps_summary(p.pid),
+            }
+        })
+        .collect();
+    (out, self_cpu)
+}
+
+fn mb(kb: u64) -> String {
+    format!("{:.1} MB", kb as f64 / 1024.0)
+}
+
+fn describe(m: &Measured) -> String {
+    format!(
+        "  {}: RSS median {} max {} (anon {}, file {}), threads max {}, CPU {:.2}% of one core\n    smaps at the end: {}",
+        m.name,
+        mb(m.rss_median_kb),
+        mb(m.rss_max_kb),
+        mb(m.anon_median_kb),
+        mb(m.file_median_kb),
+        m.threads_max,
+        m.cpu_pct,
+        m.smaps
+    )
+}
+
+fn rearguard_config(n: usize, dir: &Path, base: &str) -> String {
+    let d = dir.display();
+    let mut text = format!(
+        "[daemon]\nstate_dir = \"{d}/state\"\ndrain_timeout = \"2s\"\n\n[[plan]]\nname = \"back\"\n[[plan.step]]\ntype = \"exec\"\ncommand = [\"true\"]\n\n"
+    );
+    for i in 0..n {
+        let _ = write!(
+            text,
+            r#"[[target]]
+name = "t{i}"
+plan = "back"
+change = {{ type = "release_symlink", path = "{d}/links/current{i}", interval = "5s" }}
+[[signal]]
+name = "h{i}"
+target = "t{i}"
+type = "http_probe"
+url = "{base}/health/{i}"
+interval = "1s"
+[[rule]]
+name = "down{i}"
+signal = "h{i}"
+consecutive = 3
+
+"#
+        );
+    }
+    text
+}
+
+fn prometheus_config(n: usize, server: &str, am: &str) -> String {
+    let mut text = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - rules.yml\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{am}']\nscrape_configs:\n  - job_name: fleet\n    static_configs:\n"
+    );
+    // One group per target: the same host:port, its own path and its own instance label,
+    // so that there are N targets and N series of `up`.
+    for i in 0..n {
+        let _ = write!(
+            text,
+            "      - targets: ['{server}']\n        labels: {{ instance: 't{i}', __metrics_path__: '/metrics/{i}' }}\n"
+        );
+    }
+    text
+}
+
+const RULES: &str = "groups:\n  - name: fleet\n    interval: 1s\n    rules:\n      - alert: TargetDown\n        expr: up{job=\"fleet\"} == 0\n        for: 3s\n";
+
+struct Row {
+    n: usize,
+    rearguard: Option<Measured>,
+    rearguard_note: String,
+    stack: Option<(Measured, Measured)>,
+    stack_note: String,
+}
+
+async fn run_rearguard(
+    n: usize,
+    base: &str,
+    hits: &Hits,
+    warmup: Duration,
+    window: Duration,
+) -> (Option<Measured>, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("links/releases/v1")).unwrap();
+    for i in 0..n {
+        std::os::unix::fs::symlink(
+            "releases/v1",
+            dir.path().join("links").join(format!("current{i}")),
+        )
+        .unwrap();
+    }
+    let config = dir.path().join("rearguard.toml");
+    std::fs::write(&config, rearguard_config(n, dir.path(), base)).unwrap();
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_rearguard"));
+    let args = vec![
+        "run".to_owned(),
+        "--config".to_owned(),
+        config.display().to_string(),
+    ];
+    let before = hits.health.load(Ordering::Relaxed);
+    let mut proc = Proc::spawn("rearguard", &bin, &args, dir.path());
+    // Started: every probe has reached the server once.
+    let started = support::poll_until(Duration::from_secs(60), || {
+        hits.health.load(Ordering::Relaxed) >= before + n
+    })
+    .await;
+    if started.is_err() || !proc.alive() {
+        let log = proc.log();
+        proc.kill().await;
+        return (None, format!("did not start: {log}"));
+    }
+    tokio::time::sleep(warmup).await;
+    let h0 = hits.health.load(Ordering::Relaxed);
+    let (mut m, self_cpu) = measure(&[&proc], window).await;
+    let probes = (hits.health.load(Ordering::Relaxed) - h0) as f64 / window.as_secs_f64();
+    let alive = proc.alive();
+    let log = proc.log();
+    proc.kill().await;
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .count();
+    let incidents = log.lines().filter(|l| l.contains("incident")).count();
+    let note = format!(
+        "probes answered {probes:.1}/s (expected {n}/s), alive to the end: {alive}, log lines {} (warn/error {warnings}, mentioning an incident {incidents}), this bench process (HTTP server) CPU {self_cpu:.2}%",
+        log.lines().count()
+    );
+    (m.pop(), note)
+}
+
+/// How many targets Prometheus sees as up, from its own API ("?" if it cannot say).
+async fn targets_up(client: &reqwest::Client, prom_url: &str) -> String {
+    let body = match client
+        .get(format!("{prom_url}/api/v1/query"))
+        .query(&[("query", "count(up{job=\"fleet\"} == 1)")])
+        .send()
+        .await
+    {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    body.split("\"value\":[")
+        .nth(1)
+        .and_then(|v| v.split('"').nth(1))
+        .unwrap_or("?")
+        .to_owned()
+}
+
+async fn run_stack(
+    n: usize,
+    server: &str,
+    hits: &Hits,
+    warmup: Duration,
+    window: Duration,
+) -> (Option<(Measured, Measured)>, String) {
+    let client = rearguard::http::client();
+    let am_dir = tempfile::tempdir().expect("temp dir");
+    let am_port = free_port();
+    std::fs::write(
+        am_dir.path().join("alertmanager.yml"),
+        format!(
+            "route:\n  receiver: hook\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: http://{server}/hook\n"
+        ),
+    )
+    .unwrap();
+    let am_args = vec![
+        format!(
+            "--config.file={}",
+            am_dir.path().join("alertmanager.yml").display()
+        ),
+        format!("--storage.path={}", am_dir.path().join("data").display()),
+        format!("--web.listen-address=127.0.0.1:{am_port}"),
+        "--cluster.listen-address=".to_owned(),
+    ];
+    let am = Proc::spawn(
+        "alertmanager",
+        &binary("prometheus-alertmanager", "prometheus-alertmanager"),
+        &am_args,
+        am_dir.path(),
+    );
+    wait_ready(&client, &format!("http://127.0.0.1:{am_port}/-/ready"), &am).await;
+
+    let prom_dir = tempfile::tempdir().expect("temp dir");
+    let prom_port = free_port();
+    std::fs::write(prom_dir.path().join("rules.yml"), RULES).unwrap();
+    std::fs::write(
+        prom_dir.path().join("prometheus.yml"),
+        prometheus_config(n, server, &format!("127.0.0.1:{am_port}")),
+    )
+    .unwrap();
+    let prom_args = vec![
+        format!(
+            "--config.file={}",
+            prom_dir.path().join("prometheus.yml").display()
+        ),
+        format!(
+            "--storage.tsdb.path={}",
+            prom_dir.path().join("data").display()
+        ),
+        format!("--web.listen-address=127.0.0.1:{prom_port}"),
+        "--storage.tsdb.retention.time=1h".to_owned(),
+    ];
+    let prom = Proc::spawn(
+        "prometheus",
+        &binary("prometheus", "prometheus"),
+        &prom_args,
+        prom_dir.path(),
+    );
+    let prom_url = format!("http://127.0.0.1:{prom_port}");
+    wait_ready(&client, &format!("{prom_url}/-/ready"), &prom).await;
+    // Started: every target has been scraped and is up.
+    let all_up = support::poll_until_async(Duration::from_secs(60), || async {
+        targets_up(&client, &prom_url).await == n.to_string()
+    })
+    .await;
+    if all_up.is_err() {
+        println!(
+            "  not all {n} targets up within 60 s (up: {}); measuring anyway",
+            targets_up(&client, &prom_url).await
+        );
+    }
+    tokio::time::sleep(warmup).await;
+    let m0 = hits.metrics.load(Ordering::Relaxed);
+    let (mut m, self_cpu) = measure(&[&prom, &am], window).await;
+    let scrapes = (hits.metrics.load(Ordering::Relaxed) - m0) as f64 / window.as_secs_f64();
+    let up = targets_up(&client, &prom_url).await;
+    let (mut prom, mut am) = (prom, am);
+    let alive = prom.alive() && am.alive();
+    prom.kill().await;
+    am.kill().await;
+    let am_m = m.pop().unwrap();
+    let prom_m = m.pop().unwrap();
+    let note = format!(
+        "scrapes answered {scrapes:.1}/s (expected {n}/s), targets up {up} of {n}, firing webhooks {}, alive to the end: {alive}, this bench process (HTTP server) CPU {self_cpu:.2}%",
+        hits.firing.load(Ordering::Relaxed)
+    );
+    (Some((prom_m, am_m)), note)
+}
+
+async fn bench(ns: Vec<usize>, warmup: Duration, window: Duration) -> Vec<Row> {
+    let hits = Arc::new(Hits::default());
+    let app = Router::new()
+        .route("/health/{i}", get(health))
+        .route("/metrics/{i}", get(metrics))
+        .route("/hook", post(hook))
+        .with_state(Arc::clone(&hits));
+    let server = support::serve(app).await;
+    let addr = server.addr.to_string();
+    let base = format!("http://{addr}");
+    let mut rows = Vec::new();
+    for n in ns {
+        let t = Instant::now();
+        let (rearguard, rearguard_note) = run_rearguard(n, &base, &hits, warmup, window).await;
+        println!("N = {n}, rearguard ({:.0} s):", t.elapsed().as_secs_f64());
+        if let Some(m) = &rearguard {
+            println!("{}", describe(m));
+        }
+        println!("  {rearguard_note}");
+        let t = Instant::now();
+        let (stack, stack_note) = run_stack(n, &addr, &hits, warmup, window).await;
+        println!(
+            "N = {n}, Prometheus + Alertmanager ({:.0} s):",
+            t.elapsed().as_secs_f64()
+        );
+        if let Some((p, a)) = &stack {
+            println!("{}\n{}", describe(p), describe(a));
+        }
+        println!("  {stack_note}");
+        rows.push(Row {
+            n,
+            rearguard,
+            rearguard_note,
+            stack,
+            stack_note,
+        });
+    }
+    drop(server);
+    rows
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let env_secs = |key: &str, default: u64| {
+        Duration::from_secs(
+            std::env::var(key)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default),
+        )
+    };
+    let warmup = env_secs("WARMUP", 10);
+    let window = env_secs("MEASURE", 30);
+    let ns: Vec<usize> = std::env::var("FOOTPRINT_N")
+        .unwrap_or_else(|_| "1,100,1000".to_owned())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let started = Instant::now();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rows = rt.block_on(bench(ns, warmup, window));
+    drop(rt);
+
+    println!();
+    println!(
+        "| N | rearguard RSS median / max | rearguard CPU | Prometheus RSS median / max | Prometheus CPU | Alertmanager RSS median / max | Alertmanager CPU | Prometheus + Alertmanager RSS median | Prometheus + Alertmanager CPU |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let rg = r.rearguard.as_ref().map_or("- | -".to_owned(), |m| {
+            format!(
+                "{} / {} | {:.2}%",
+                mb(m.rss_median_kb),
+                mb(m.rss_max_kb),
+                m.cpu_pct
+            )
+        });
+        let st = r
+            .stack
+            .as_ref()
+            .map_or("- | - | - | - | - | -".to_owned(), |(p, a)| {
+                format!(
+                    "{} / {} | {:.2}% | {} / {} | {:.2}% | {} | {:.2}%",
+                    mb(p.rss_median_kb),
+                    mb(p.rss_max_kb),
+                    p.cpu_pct,
+                    mb(a.rss_median_kb),
+                    mb(a.rss_max_kb),
+                    a.cpu_pct,
+                    mb(p.rss_median_kb + a.rss_median_kb),
+                    p.cpu_pct + a.cpu_pct
+                )
+            });
+        println!("| {} | {rg} | {st} |", r.n);
+        if r.rearguard.is_none() {
+            println!("  rearguard: {}", r.rearguard_note);
+        }
+        if r.stack.is_none() {
+            println!("  stack: {}", r.stack_note);
+        }
+    }
+    println!(
+        "\nwarm-up {} s, window {} s, whole run {:.0} s",
+        warmup.as_secs(),
+        window.as_secs(),
+        started.elapsed().as_secs_f64()
+    );
+}
