@@ -190,23 +190,43 @@ impl Clock {
     }
 }
 
+/// The sampled source of every signal (`None` for push sources, which the listener
+/// receives), after checking that this build can run every source and observe every
+/// change type of the configuration. Shared with `record`, which reads what the daemon
+/// reads.
+pub(crate) fn sampled_sources(
+    cfg: &Config,
+    client: &reqwest::Client,
+) -> Result<Vec<Option<Arc<Source>>>, StartError> {
+    for (index, target) in cfg.targets.iter().enumerate() {
+        if let Some(crate::config::ChangeSpec::KubeDeployment { .. }) = target.change {
+            return Err(StartError::UnsupportedChange {
+                index,
+                name: target.name.clone(),
+                kind: "kube_deployment",
+            });
+        }
+    }
+    cfg.signals
+        .iter()
+        .enumerate()
+        .map(|(index, signal)| match signal.source {
+            SourceSpec::Alertmanager(_) => Ok(None),
+            _ => Source::new(signal, client)
+                .map(|s| Some(Arc::new(s)))
+                .map_err(|source| StartError::Unsupported {
+                    index,
+                    name: signal.name.clone(),
+                    source,
+                }),
+        })
+        .collect()
+}
+
 /// Runs the daemon until `opts.shutdown` is cancelled.
 pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     let client = crate::http::client();
-    let mut sources = Vec::with_capacity(cfg.signals.len());
-    for (index, signal) in cfg.signals.iter().enumerate() {
-        // Push sources are not sampled: the listener receives them.
-        if let SourceSpec::Alertmanager(_) = signal.source {
-            sources.push(None);
-            continue;
-        }
-        let s = Source::new(signal, &client).map_err(|source| StartError::Unsupported {
-            index,
-            name: signal.name.clone(),
-            source,
-        })?;
-        sources.push(Some(Arc::new(s)));
-    }
+    let sources = sampled_sources(&cfg, &client)?;
     let receiver = alertmanager::Receiver::new(&cfg).map(Arc::new);
     let listener = match &receiver {
         Some(_) => Some(
@@ -219,15 +239,6 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
         ),
         None => None,
     };
-    for (index, target) in cfg.targets.iter().enumerate() {
-        if let Some(crate::config::ChangeSpec::KubeDeployment { .. }) = target.change {
-            return Err(StartError::UnsupportedChange {
-                index,
-                name: target.name.clone(),
-                kind: "kube_deployment",
-            });
-        }
-    }
     let actions: Vec<Vec<Arc<Action>>> = cfg
         .plans
         .iter()

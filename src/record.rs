@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::units::format_duration;
-use crate::config::{ChangeSpec, Config, SourceSpec};
+use crate::config::{ChangeSpec, Config};
 use crate::daemon::Clock;
 use crate::engine::{Reading, Ts};
 use crate::recording;
@@ -54,22 +54,9 @@ pub struct RecordStats {
 /// Why a recording could not start or went on.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    /// A signal uses a source this build cannot sample (the daemon refuses it too).
-    #[error("signal[{index}] ({name}): {source}")]
-    Unsupported {
-        index: usize,
-        name: String,
-        source: source::UnsupportedSource,
-    },
-    /// A target uses a change type this build cannot observe.
-    #[error(
-        "target[{index}] ({name}).change: change type {kind:?} is not available in this version of rearguard"
-    )]
-    UnsupportedChange {
-        index: usize,
-        name: String,
-        kind: &'static str,
-    },
+    /// A source or change type this build cannot run: the daemon's own refusal.
+    #[error(transparent)]
+    Start(#[from] crate::daemon::StartError),
     /// Nothing in the configuration can be recorded.
     #[error(
         "nothing to record: the configuration has no sampled signal (alertmanager signals are not recorded) and no target with a change"
@@ -83,7 +70,11 @@ pub enum RecordError {
 impl RecordError {
     /// True when the cause is the configuration (exit code 64).
     pub fn is_config(&self) -> bool {
-        !matches!(self, RecordError::Write(_))
+        match self {
+            RecordError::Start(e) => e.is_config(),
+            RecordError::Nothing => true,
+            RecordError::Write(_) => false,
+        }
     }
 }
 
@@ -111,34 +102,18 @@ pub async fn record(
     duration: Option<Duration>,
 ) -> Result<RecordStats, RecordError> {
     let client = crate::http::client();
-    let mut sources = Vec::new();
-    let mut push = 0usize;
-    for (index, signal) in cfg.signals.iter().enumerate() {
-        if let SourceSpec::Alertmanager(_) = signal.source {
-            push += 1;
-            continue;
-        }
-        let s = Source::new(signal, &client).map_err(|source| RecordError::Unsupported {
-            index,
-            name: signal.name.clone(),
-            source,
-        })?;
-        sources.push((index, Arc::new(s)));
-    }
-    let mut changes = Vec::new();
-    for (index, target) in cfg.targets.iter().enumerate() {
-        match &target.change {
-            Some(ChangeSpec::KubeDeployment { .. }) => {
-                return Err(RecordError::UnsupportedChange {
-                    index,
-                    name: target.name.clone(),
-                    kind: "kube_deployment",
-                });
-            }
-            Some(spec) => changes.push((index, spec.clone())),
-            None => {}
-        }
-    }
+    let sources: Vec<(usize, Arc<Source>)> = crate::daemon::sampled_sources(cfg, &client)?
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, s)| s.map(|s| (index, s)))
+        .collect();
+    let push = cfg.signals.len() - sources.len();
+    let changes: Vec<(usize, ChangeSpec)> = cfg
+        .targets
+        .iter()
+        .enumerate()
+        .filter_map(|(index, t)| t.change.clone().map(|c| (index, c)))
+        .collect();
     if sources.is_empty() && changes.is_empty() {
         return Err(RecordError::Nothing);
     }

@@ -275,7 +275,10 @@ cgroup = "/sys/fs/cgroup/shop"
     let err = record::record(&cfg, out.clone(), CancellationToken::new(), None)
         .await
         .expect_err("cgroup_oom cannot be recorded");
-    assert!(matches!(err, RecordError::Unsupported { index: 0, .. }));
+    assert!(matches!(
+        err,
+        RecordError::Start(rearguard::daemon::StartError::Unsupported { index: 0, .. })
+    ));
     assert!(err.is_config());
     let daemon = rearguard::daemon::run(cfg, Default::default())
         .await
