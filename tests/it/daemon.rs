@@ -15,6 +15,7 @@ use rearguard::config::{Config, Format};
 use rearguard::daemon::Event;
 use rearguard::engine::{Effect, EntryKind, Incident, Outcome};
 
+use crate::releases::Releases;
 use crate::running::start;
 use crate::support;
 
@@ -37,46 +38,45 @@ async fn health(State(svc): State<Arc<Svc>>) -> (StatusCode, &'static str) {
 }
 
 struct Fixture {
-    dir: tempfile::TempDir,
+    releases: Releases,
     svc: Arc<Svc>,
     server: support::TestServer,
 }
 
 impl Fixture {
     async fn new() -> Fixture {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let releases = Releases::new();
         for (name, behaviour) in [("v1", "healthy"), ("v2", "broken")] {
-            let d = dir.path().join("releases").join(name);
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join("behaviour"), behaviour).unwrap();
+            std::fs::write(releases.release(name).join("behaviour"), behaviour).unwrap();
         }
-        std::os::unix::fs::symlink("releases/v1", dir.path().join("current")).unwrap();
         let svc = Arc::new(Svc {
-            dir: dir.path().to_owned(),
+            dir: releases.path().to_owned(),
             broken: AtomicBool::new(false),
         });
         let app = Router::new()
             .route("/health", get(health))
             .with_state(Arc::clone(&svc));
         let server = support::serve(app).await;
-        Fixture { dir, svc, server }
+        Fixture {
+            releases,
+            svc,
+            server,
+        }
     }
 
     fn path(&self) -> &Path {
-        self.dir.path()
+        self.releases.path()
     }
 
-    fn deploy(&self, release: &str) {
-        let tmp = self.path().join(".deploy");
-        std::os::unix::fs::symlink(format!("releases/{release}"), &tmp).unwrap();
-        std::fs::rename(&tmp, self.path().join("current")).unwrap();
-    }
-
-    fn current(&self) -> String {
-        std::fs::read_link(self.path().join("current"))
-            .unwrap()
-            .display()
-            .to_string()
+    /// Waits until the daemon has probed the service `n` times. Its first look at the
+    /// `current` symlink happens at start, before any probe, so v1 is known by then.
+    async fn probed(&self, n: usize) {
+        let requests = self.server.requests.clone();
+        support::poll_until(Duration::from_secs(10), || {
+            requests.load(Ordering::SeqCst) >= n
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the daemon did not probe the service {n} times within 10s"));
     }
 
     /// A configuration for this fixture; `plan_steps` is TOML for the plan's steps.
@@ -146,8 +146,8 @@ async fn bad_release_is_switched_back_verified_and_reported() {
     d.wait_for("the first revision", 10, |e| matches!(e, Event::Started))
         .await;
     // Healthy readings on v1 first, then the deploy is a change against a healthy revision.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    f.deploy("v2");
+    f.probed(3).await;
+    f.releases.deploy("v2");
     let inc = d.closed_incident(20).await;
     assert_eq!(
         inc.outcome,
@@ -158,7 +158,7 @@ async fn bad_release_is_switched_back_verified_and_reported() {
     assert_eq!(inc.from_revision.as_deref(), Some("v2"));
     assert_eq!(inc.to_revision.as_deref(), Some("v1"));
     assert_eq!(
-        f.current(),
+        f.releases.current(),
         "releases/v1",
         "the relative link stays relative"
     );
@@ -194,7 +194,7 @@ async fn breach_without_a_change_escalates_without_acting_and_resolves_on_recove
             if entry.kind == EntryKind::Decision && entry.text.contains("nothing to blame"))
     })
     .await;
-    assert_eq!(f.current(), "releases/v1", "nothing was switched");
+    assert_eq!(f.releases.current(), "releases/v1", "nothing was switched");
     f.svc.broken.store(false, Ordering::SeqCst);
     let inc = d.closed_incident(10).await;
     assert_eq!(inc.outcome, Some(Outcome::Recovered));
@@ -220,8 +220,8 @@ on_failure = "abort"
     let mut d = start(load(&f.config(&steps, "")));
     d.wait_for("start", 10, |e| matches!(e, Event::Started))
         .await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    f.deploy("v2");
+    f.probed(3).await;
+    f.releases.deploy("v2");
     d.wait_for("the failed step", 20, |e| {
         matches!(e, Event::Effect(_, Effect::Timeline { entry, .. })
             if matches!(entry.kind, EntryKind::StepFinished { ok: false, .. }))
@@ -260,8 +260,8 @@ timeout = "10s"
     let mut d = start(load(&f.config(&steps, "")));
     d.wait_for("start", 10, |e| matches!(e, Event::Started))
         .await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    f.deploy("v2");
+    f.probed(3).await;
+    f.releases.deploy("v2");
     d.wait_for("the step", 20, |e| {
         matches!(e, Event::Effect(_, Effect::RunStep(_)))
     })

@@ -10,6 +10,7 @@ mod demo;
 mod prometheus;
 mod promstack;
 mod record;
+mod releases;
 mod running;
 mod scenarios;
 mod scrape;

@@ -2,7 +2,6 @@
 //! the test workload every second, and through the daemon end to end. Answers the real
 //! server cannot give (a hang, a proxy's error page, garbage) come from local fakes.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +19,7 @@ use rearguard::source::prometheus::PrometheusSource;
 use secrecy::SecretString;
 
 use crate::promstack::{self, Server};
+use crate::releases::Releases;
 use crate::running::{Running, start};
 use crate::support::{self, Misbehave};
 use crate::workload::{Behaviour, Workload};
@@ -525,7 +525,7 @@ async fn an_unreadable_ca_file_is_a_source_error_on_every_sample() {
 /// Releases v1 and v2 with `current` naming v1, and a task that makes the workload
 /// behave as the release `current` names does: what a deploy and a rollback change.
 struct Site {
-    dir: tempfile::TempDir,
+    releases: Releases,
     workload: Arc<Workload>,
     follower: tokio::task::JoinHandle<()>,
     prom: Server,
@@ -534,59 +534,26 @@ struct Site {
 
 impl Site {
     async fn new(v1: Behaviour, v2: Behaviour) -> Site {
-        let dir = support::temp_dir();
-        for name in ["v1", "v2"] {
-            std::fs::create_dir_all(dir.path().join("releases").join(name)).unwrap();
-        }
-        std::os::unix::fs::symlink("releases/v1", dir.path().join("current")).unwrap();
+        let releases = Releases::new();
         let workload = Arc::new(Workload::start(v1).await);
         let prom = promstack::prometheus(&[workload.target()], "1s", None, None).await;
         let bad_seen = Arc::new(AtomicBool::new(false));
-        let follower = {
-            let current = dir.path().join("current");
-            let workload = Arc::clone(&workload);
-            let bad_seen = Arc::clone(&bad_seen);
-            tokio::spawn(async move {
-                let mut running = String::from("releases/v1");
-                loop {
-                    let now = std::fs::read_link(&current)
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default();
-                    if now != running {
-                        workload.set(if now.ends_with("v2") { v2 } else { v1 });
-                        if now.ends_with("v2") {
-                            bad_seen.store(true, Ordering::SeqCst);
-                        }
-                        running = now;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            })
-        };
+        let seen = Arc::clone(&bad_seen);
+        let follower = workload.follow(releases.path().join("current"), move |release| {
+            if release == "v2" {
+                seen.store(true, Ordering::SeqCst);
+                v2
+            } else {
+                v1
+            }
+        });
         Site {
-            dir,
+            releases,
             workload,
             follower,
             prom,
             bad_seen,
         }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn deploy(&self, release: &str) {
-        let tmp = self.path().join(".deploy");
-        std::os::unix::fs::symlink(format!("releases/{release}"), &tmp).unwrap();
-        std::fs::rename(&tmp, self.path().join("current")).unwrap();
-    }
-
-    fn current(&self) -> String {
-        std::fs::read_link(self.path().join("current"))
-            .unwrap()
-            .display()
-            .to_string()
     }
 
     fn config(&self) -> Config {
@@ -634,7 +601,7 @@ timeout = "5s"
 [plan.verify]
 window = "10s"
 "#,
-            dir = self.path().display(),
+            dir = self.releases.path().display(),
             prom = self.prom.url(),
         ))
     }
@@ -699,7 +666,7 @@ async fn a_deploy_that_raises_the_error_rate_is_rolled_back_and_verified() {
     .await;
     let mut d = start(site.config());
     until_watching(&site, &mut d, |e, n| e == 0.0 && n >= 100.0).await;
-    site.deploy("v2");
+    site.releases.deploy("v2");
     let inc = d.closed_incident(40).await;
     assert!(site.bad_seen.load(Ordering::SeqCst), "v2 ran");
     assert_eq!(
@@ -710,7 +677,7 @@ async fn a_deploy_that_raises_the_error_rate_is_rolled_back_and_verified() {
     );
     assert_eq!(inc.from_revision.as_deref(), Some("v2"));
     assert_eq!(inc.to_revision.as_deref(), Some("v1"));
-    assert_eq!(site.current(), "releases/v1");
+    assert_eq!(site.releases.current(), "releases/v1");
     let fired = inc.timeline.iter().any(|e| e.text.contains("error-spike"));
     assert!(
         fired,
@@ -730,9 +697,9 @@ async fn a_healthy_deploy_is_left_alone() {
     let site = Site::new(HEALTHY, HEALTHY).await;
     let mut d = start(site.config());
     until_watching(&site, &mut d, |e, n| e == 0.0 && n >= 100.0).await;
-    site.deploy("v2");
+    site.releases.deploy("v2");
     d.expect_none("incident", 12, is_incident_activity).await;
-    assert_eq!(site.current(), "releases/v2");
+    assert_eq!(site.releases.current(), "releases/v2");
     // The daemon was reading values all along, not blind or without data.
     let r = site.probe().sample().await;
     assert!(
@@ -758,14 +725,14 @@ async fn too_little_traffic_is_never_rolled_back_even_when_every_request_fails()
     .await;
     let mut d = start(site.config());
     until_watching(&site, &mut d, |e, n| e == 0.0 && n > 0.0 && n < 20.0).await;
-    site.deploy("v2");
+    site.releases.deploy("v2");
     // Every request in the window fails, yet there are fewer than 20 of them.
     reading_until(&site.probe(), 15, "a 100% error rate", |r| {
         rate_of(r).is_some_and(|(e, n)| n > 0.0 && n < 20.0 && (e - n).abs() < 1e-9)
     })
     .await;
     d.expect_none("rollback step", 8, is_step).await;
-    assert_eq!(site.current(), "releases/v2");
+    assert_eq!(site.releases.current(), "releases/v2");
     assert!(
         site.workload.totals().1 > 0,
         "the workload did serve errors"
@@ -787,7 +754,7 @@ async fn a_prometheus_outage_makes_the_watchdog_blind_and_never_rolls_back() {
     until_watching(&site, &mut d, |e, n| e == 0.0 && n >= 100.0).await;
     site.prom.kill().await;
     // A bad deploy nobody can see: it must not be acted on blindly.
-    site.deploy("v2");
+    site.releases.deploy("v2");
     let blind = d
         .wait_for("a watchdog-is-blind timeline entry", 15, |e| {
             matches!(e, Event::Effect(_, Effect::Timeline { entry, .. })
@@ -802,5 +769,5 @@ async fn a_prometheus_outage_makes_the_watchdog_blind_and_never_rolls_back() {
     d.expect_none("rollback step", 4, is_step).await;
     let seen = d.stop().await;
     assert!(!seen.iter().any(is_step), "no step ran");
-    assert_eq!(site.current(), "releases/v2");
+    assert_eq!(site.releases.current(), "releases/v2");
 }

@@ -19,6 +19,7 @@ use rearguard::engine::{Effect, Incident, Measure, Outcome, ReadingState};
 use rearguard::source::Source;
 use secrecy::SecretString;
 
+use crate::releases::Releases;
 use crate::running::{Running, start};
 use crate::support::{self, Misbehave};
 use crate::workload::{Behaviour, Workload};
@@ -466,7 +467,7 @@ async fn an_unreadable_ca_file_is_a_source_error_on_every_sample() {
 /// Releases v1 and v2 behind a `current` symlink, and a workload that behaves as the
 /// release `current` names: v2 serves 30% errors.
 struct Fixture {
-    dir: tempfile::TempDir,
+    releases: Releases,
     workload: Arc<Workload>,
     follower: tokio::task::JoinHandle<()>,
 }
@@ -479,60 +480,25 @@ impl Drop for Fixture {
 
 impl Fixture {
     async fn new(rps: f64, v2_error_fraction: f64) -> Fixture {
-        let dir = support::temp_dir();
-        for name in ["v1", "v2"] {
-            std::fs::create_dir_all(dir.path().join("releases").join(name)).unwrap();
-        }
-        std::os::unix::fs::symlink("releases/v1", dir.path().join("current")).unwrap();
-        let workload = Arc::new(
-            Workload::start(Behaviour {
-                rps,
-                error_fraction: 0.0,
-                latency: 0.02,
+        let releases = Releases::new();
+        let behaviour = move |error_fraction| Behaviour {
+            rps,
+            error_fraction,
+            latency: 0.02,
+        };
+        let workload = Arc::new(Workload::start(behaviour(0.0)).await);
+        let follower = workload.follow(releases.path().join("current"), move |release| {
+            behaviour(if release == "v2" {
+                v2_error_fraction
+            } else {
+                0.0
             })
-            .await,
-        );
-        let current = dir.path().join("current");
-        let shared = Arc::clone(&workload);
-        let follower = tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(Duration::from_millis(20));
-            loop {
-                ticker.tick().await;
-                let release = std::fs::read_link(&current).unwrap_or_default();
-                let error_fraction = if release.ends_with("v2") {
-                    v2_error_fraction
-                } else {
-                    0.0
-                };
-                shared.set(Behaviour {
-                    rps,
-                    error_fraction,
-                    latency: 0.02,
-                });
-            }
         });
         Fixture {
-            dir,
+            releases,
             workload,
             follower,
         }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn deploy(&self, release: &str) {
-        let tmp = self.path().join(".deploy");
-        std::os::unix::fs::symlink(format!("releases/{release}"), &tmp).unwrap();
-        std::fs::rename(&tmp, self.path().join("current")).unwrap();
-    }
-
-    fn current(&self) -> String {
-        std::fs::read_link(self.path().join("current"))
-            .unwrap()
-            .display()
-            .to_string()
     }
 
     fn config(&self) -> Config {
@@ -579,7 +545,7 @@ timeout = "5s"
 [plan.verify]
 window = "5s"
 "#,
-            dir = self.path().display(),
+            dir = self.releases.path().display(),
             url = self.workload.metrics_url(),
         );
         rearguard::config::load_str(&text, Format::Toml, std::iter::empty(), Path::new("."))
@@ -612,7 +578,7 @@ async fn deploy_v2_under_watch(f: &Fixture) -> Running {
         .await;
     // Two scrapes: the window holds healthy v1 traffic before the change.
     f.scrapes(&mut d, 2).await;
-    f.deploy("v2");
+    f.releases.deploy("v2");
     d
 }
 
@@ -637,7 +603,7 @@ async fn daemon_rolls_back_through_a_scrape_signal_when_a_deploy_turns_bad() {
     );
     assert_eq!(inc.from_revision.as_deref(), Some("v2"));
     assert_eq!(inc.to_revision.as_deref(), Some("v1"));
-    assert_eq!(f.current(), "releases/v1");
+    assert_eq!(f.releases.current(), "releases/v1");
     d.stop().await;
 }
 
@@ -657,7 +623,7 @@ async fn assert_no_rollback(f: &Fixture, mut d: Running) {
         })
         .collect();
     assert!(acted.is_empty(), "{acted:#?}");
-    assert_eq!(f.current(), "releases/v2");
+    assert_eq!(f.releases.current(), "releases/v2");
 }
 
 #[tokio::test]

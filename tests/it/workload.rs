@@ -95,6 +95,29 @@ impl Workload {
         *self.shared.behaviour.lock().unwrap() = behaviour;
     }
 
+    /// Makes the workload behave as `behaviour` says for the release the `current`
+    /// symlink names (its last component), checked every 20 ms: what a deploy and a
+    /// rollback change. The task ends when the handle is aborted.
+    pub fn follow(
+        self: &Arc<Self>,
+        current: std::path::PathBuf,
+        behaviour: impl Fn(&str) -> Behaviour + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let workload = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                ticker.tick().await;
+                let link = std::fs::read_link(&current).unwrap_or_default();
+                let release = link
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                workload.set(behaviour(release));
+            }
+        })
+    }
+
     /// The `host:port` Prometheus scrapes.
     pub fn target(&self) -> String {
         self.server.addr.to_string()
