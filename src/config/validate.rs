@@ -194,6 +194,56 @@ impl Ctx<'_> {
         Some(SecretString::from(format!("{prefix}{value}")))
     }
 
+    /// The built-in query of a prometheus or scrape signal: exactly one of `error_rate`,
+    /// `latency` or the type's own third key (`other`, with whether it is set).
+    fn metric(
+        &mut self,
+        p: &str,
+        kind: &str,
+        error_rate: &Option<RawErrorRate>,
+        latency: &Option<RawLatency>,
+        other: (&str, bool),
+    ) -> Option<Metric> {
+        let chosen = [error_rate.is_some(), latency.is_some(), other.1]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if chosen != 1 {
+            self.err(
+                p.to_owned(),
+                format!(
+                    "a {kind} signal takes exactly one of `error_rate`, `latency` or `{}`",
+                    other.0
+                ),
+            );
+            return None;
+        }
+        if let Some(e) = error_rate {
+            let (requests, errors) = self.error_rate(p, e)?;
+            return Some(Metric::ErrorRate(requests, errors));
+        }
+        if let Some(l) = latency {
+            let (histogram, quantile) = self.latency(p, l)?;
+            return Some(Metric::Latency(histogram, quantile));
+        }
+        Some(Metric::Other)
+    }
+
+    /// The window, credentials and TLS settings of a prometheus or scrape signal.
+    fn endpoint(
+        &mut self,
+        p: &str,
+        window: &Option<String>,
+        auth: &Option<RawAuth>,
+        tls: &Option<RawTls>,
+    ) -> (Duration, Option<HttpAuth>, TlsSpec) {
+        (
+            self.positive_duration(format!("{p}.window"), window, Duration::from_secs(60)),
+            self.auth(p, auth.as_ref()),
+            self.tls(tls.as_ref()),
+        )
+    }
+
     fn error_rate(
         &mut self,
         p: &str,
@@ -301,6 +351,14 @@ impl Ctx<'_> {
             }
         }
     }
+}
+
+/// The built-in query chosen in a prometheus or scrape signal.
+enum Metric {
+    ErrorRate(selector::Selector, Vec<selector::Matcher>),
+    Latency(selector::Selector, f64),
+    /// The type's own third key: `query` for prometheus, `value` for scrape.
+    Other,
 }
 
 fn unknown_placeholder(name: &str) -> String {
@@ -830,43 +888,34 @@ fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
             ..
         } => {
             let url = ctx.url(format!("{p}.url"), url);
-            let chosen = [error_rate.is_some(), latency.is_some(), query.is_some()]
-                .iter()
-                .filter(|x| **x)
-                .count();
-            if chosen != 1 {
-                ctx.err(
-                    p.to_owned(),
-                    "a prometheus signal takes exactly one of `error_rate`, `latency` or `query`",
-                );
-                return None;
-            }
-            let query = if let Some(e) = error_rate {
-                let (requests, errors) = ctx.error_rate(p, e)?;
-                PromQuery::ErrorRate { requests, errors }
-            } else if let Some(l) = latency {
-                let (histogram, quantile) = ctx.latency(p, l)?;
-                PromQuery::Latency {
+            let choice = ctx.metric(
+                p,
+                "prometheus",
+                error_rate,
+                latency,
+                ("query", query.is_some()),
+            )?;
+            let query = match choice {
+                Metric::ErrorRate(requests, errors) => PromQuery::ErrorRate { requests, errors },
+                Metric::Latency(histogram, quantile) => PromQuery::Latency {
                     histogram,
                     quantile,
+                },
+                Metric::Other => {
+                    let q = query.clone().unwrap_or_default();
+                    if q.trim().is_empty() {
+                        ctx.err(format!("{p}.query"), "must be a PromQL expression");
+                    }
+                    PromQuery::Expr(q)
                 }
-            } else {
-                let q = query.clone().unwrap_or_default();
-                if q.trim().is_empty() {
-                    ctx.err(format!("{p}.query"), "must be a PromQL expression");
-                }
-                PromQuery::Expr(q)
             };
+            let (window, auth, tls) = ctx.endpoint(p, window, auth, tls);
             SourceSpec::Prometheus(PrometheusSpec {
                 url: url?,
                 query,
-                window: ctx.positive_duration(
-                    format!("{p}.window"),
-                    window,
-                    Duration::from_secs(60),
-                ),
-                auth: ctx.auth(p, auth.as_ref()),
-                tls: ctx.tls(tls.as_ref()),
+                window,
+                auth,
+                tls,
             })
         }
         RawSignal::Scrape {
@@ -880,46 +929,32 @@ fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
             ..
         } => {
             let url = ctx.url(format!("{p}.url"), url);
-            let chosen = [error_rate.is_some(), latency.is_some(), value.is_some()]
-                .iter()
-                .filter(|x| **x)
-                .count();
-            if chosen != 1 {
-                ctx.err(
-                    p.to_owned(),
-                    "a scrape signal takes exactly one of `error_rate`, `latency` or `value`",
-                );
-                return None;
-            }
-            let query = if let Some(e) = error_rate {
-                let (requests, errors) = ctx.error_rate(p, e)?;
-                ScrapeQuery::ErrorRate { requests, errors }
-            } else if let Some(l) = latency {
-                let (histogram, quantile) = ctx.latency(p, l)?;
-                ScrapeQuery::Latency {
+            let choice =
+                ctx.metric(p, "scrape", error_rate, latency, ("value", value.is_some()))?;
+            let query = match choice {
+                Metric::ErrorRate(requests, errors) => ScrapeQuery::ErrorRate { requests, errors },
+                Metric::Latency(histogram, quantile) => ScrapeQuery::Latency {
                     histogram,
                     quantile,
-                }
-            } else {
-                let text = value.clone().unwrap_or_default();
-                match selector::parse_selector(&text) {
-                    Ok(sel) => ScrapeQuery::Value(sel),
-                    Err(m) => {
-                        ctx.err(format!("{p}.value"), m);
-                        return None;
+                },
+                Metric::Other => {
+                    let text = value.clone().unwrap_or_default();
+                    match selector::parse_selector(&text) {
+                        Ok(sel) => ScrapeQuery::Value(sel),
+                        Err(m) => {
+                            ctx.err(format!("{p}.value"), m);
+                            return None;
+                        }
                     }
                 }
             };
+            let (window, auth, tls) = ctx.endpoint(p, window, auth, tls);
             SourceSpec::Scrape(ScrapeSpec {
                 url: url?,
                 query,
-                window: ctx.positive_duration(
-                    format!("{p}.window"),
-                    window,
-                    Duration::from_secs(60),
-                ),
-                auth: ctx.auth(p, auth.as_ref()),
-                tls: ctx.tls(tls.as_ref()),
+                window,
+                auth,
+                tls,
             })
         }
         RawSignal::Alertmanager {
