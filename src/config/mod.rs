@@ -561,14 +561,7 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl Config {
-    pub fn target_index(&self, name: &str) -> Option<usize> {
-        self.targets.iter().position(|t| t.name == name)
-    }
-
-    pub fn rule_index(&self, name: &str) -> Option<usize> {
-        self.rules.iter().position(|r| r.name == name)
-    }
-
+    /// The index of the signal with this name.
     pub fn signal_index(&self, name: &str) -> Option<usize> {
         self.signals.iter().position(|s| s.name == name)
     }
