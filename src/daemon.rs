@@ -345,7 +345,9 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
          in_flight: &mut HashMap<String, tokio_util::sync::DropGuard>| {
             for effect in engine_effects {
                 // Observers hear of an effect before what carrying it out produces (a report).
-                tell(Event::Effect(now, effect.clone()));
+                if observer.is_some() {
+                    tell(Event::Effect(now, effect.clone()));
+                }
                 match &effect {
                     Effect::RunStep(order) if draining => {
                         tracing::warn!(incident = %order.incident, step = order.step, "step not started: rearguard is stopping");
