@@ -11,6 +11,7 @@ pub mod demo;
 pub mod engine;
 pub mod history;
 pub mod http;
+pub mod notify;
 pub mod process;
 pub mod record;
 pub mod recording;

@@ -466,13 +466,110 @@ pub struct Verify {
 #[derive(Debug, Clone)]
 pub struct Notifier {
     pub name: String,
+    /// Bounds one delivery attempt (every request it makes).
+    pub timeout: Duration,
+    /// The least time between two deliveries, from `per_minute`; zero for `log`.
+    pub min_interval: Duration,
     pub kind: NotifierKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Each notifier type with its settings. Secrets are read at load time and never printed.
+#[derive(Debug, Clone)]
 pub enum NotifierKind {
     /// The daemon's log and the incident report.
     Log,
+    Slack(SlackSpec),
+    PagerDuty(PagerDutySpec),
+    Teams(TeamsSpec),
+    Statuspage(StatuspageSpec),
+    Email(EmailSpec),
+    Webhook(WebhookSpec),
+}
+
+impl NotifierKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            NotifierKind::Log => "log",
+            NotifierKind::Slack(_) => "slack",
+            NotifierKind::PagerDuty(_) => "pagerduty",
+            NotifierKind::Teams(_) => "teams",
+            NotifierKind::Statuspage(_) => "statuspage",
+            NotifierKind::Email(_) => "email",
+            NotifierKind::Webhook(_) => "webhook",
+        }
+    }
+}
+
+/// Slack: an incoming webhook (one message per transition), or a bot token (one thread
+/// per incident, the parent message kept current).
+#[derive(Debug, Clone)]
+pub enum SlackSpec {
+    Webhook {
+        url: SecretString,
+    },
+    Bot {
+        token: SecretString,
+        channel: String,
+        /// `https://slack.com/api` unless set; methods are appended (`/chat.postMessage`).
+        api_url: reqwest::Url,
+    },
+}
+
+/// PagerDuty Events API v2.
+#[derive(Debug, Clone)]
+pub struct PagerDutySpec {
+    pub routing_key: SecretString,
+    /// `https://events.pagerduty.com` unless set; `/v2/enqueue` and
+    /// `/v2/change/enqueue` are appended.
+    pub url: reqwest::Url,
+}
+
+/// Microsoft Teams through a Workflows webhook.
+#[derive(Debug, Clone)]
+pub struct TeamsSpec {
+    pub url: SecretString,
+}
+
+/// Atlassian Statuspage.
+#[derive(Debug, Clone)]
+pub struct StatuspageSpec {
+    pub api_key: SecretString,
+    pub page_id: String,
+    /// The component whose status follows the incident; none leaves components alone.
+    pub component_id: Option<String>,
+    /// `https://api.statuspage.io/v1` unless set.
+    pub api_url: reqwest::Url,
+}
+
+/// Email over SMTP.
+#[derive(Debug, Clone)]
+pub struct EmailSpec {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+/// How the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain text; for a relay on the same host only.
+    None,
+    /// Upgrade with STARTTLS (port 587); the upgrade is required.
+    StartTls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+/// A generic webhook: a versioned JSON body signed with HMAC-SHA256.
+#[derive(Debug, Clone)]
+pub struct WebhookSpec {
+    pub url: reqwest::Url,
+    /// The HMAC key of the signature header.
+    pub secret: SecretString,
 }
 
 /// One rung of the escalation ladder (`[[escalation]]`).
@@ -485,30 +582,43 @@ pub struct EscalationLevel {
     /// Repeat the notification this often until acknowledged or resolved.
     pub repeat: Option<Duration>,
     pub notify: Vec<usize>,
+    /// For `rollback_slow`: how long a rollback (plan and verification) may take.
+    pub slow_after: Duration,
+    /// For `attempts_failed`: how many failed step attempts in one incident.
+    pub attempts: u32,
 }
 
 /// The moments of an incident's life that escalation levels react to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Occasion {
     Opened,
     RollbackStarted,
+    RollbackSlow,
+    AttemptsFailed,
     RollbackSucceeded,
     RollbackFailed,
     VerificationFailed,
     NotRolledBack,
     Blind,
+    Acknowledged,
     Resolved,
 }
 
 impl Occasion {
-    pub const ALL: [Occasion; 8] = [
+    pub const ALL: [Occasion; 11] = [
         Occasion::Opened,
         Occasion::RollbackStarted,
+        Occasion::RollbackSlow,
+        Occasion::AttemptsFailed,
         Occasion::RollbackSucceeded,
         Occasion::RollbackFailed,
         Occasion::VerificationFailed,
         Occasion::NotRolledBack,
         Occasion::Blind,
+        Occasion::Acknowledged,
         Occasion::Resolved,
     ];
 
@@ -516,13 +626,39 @@ impl Occasion {
         match self {
             Occasion::Opened => "opened",
             Occasion::RollbackStarted => "rollback_started",
+            Occasion::RollbackSlow => "rollback_slow",
+            Occasion::AttemptsFailed => "attempts_failed",
             Occasion::RollbackSucceeded => "rollback_succeeded",
             Occasion::RollbackFailed => "rollback_failed",
             Occasion::VerificationFailed => "verification_failed",
             Occasion::NotRolledBack => "not_rolled_back",
             Occasion::Blind => "blind",
+            Occasion::Acknowledged => "acknowledged",
             Occasion::Resolved => "resolved",
         }
+    }
+
+    /// What people read: "rollback started".
+    pub fn headline(self) -> &'static str {
+        match self {
+            Occasion::Opened => "incident opened",
+            Occasion::RollbackStarted => "rollback started",
+            Occasion::RollbackSlow => "rollback is taking too long",
+            Occasion::AttemptsFailed => "several rollback attempts failed",
+            Occasion::RollbackSucceeded => "rollback succeeded and verified",
+            Occasion::RollbackFailed => "rollback failed",
+            Occasion::VerificationFailed => "still unhealthy after rollback",
+            Occasion::NotRolledBack => "not rolled back automatically",
+            Occasion::Blind => "watchdog is blind",
+            Occasion::Acknowledged => "acknowledged",
+            Occasion::Resolved => "incident resolved",
+        }
+    }
+
+    /// Occasions that end the need to act: told to every notifier already told of the
+    /// incident, at once, whatever the levels say.
+    pub fn closes_loop(self) -> bool {
+        matches!(self, Occasion::Acknowledged | Occasion::Resolved)
     }
 }
 

@@ -399,11 +399,113 @@ pub struct RawVerify {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawNotifier {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: String,
+#[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
+pub enum RawNotifier {
+    Log {
+        name: String,
+    },
+    Slack {
+        name: String,
+        timeout: Option<String>,
+        per_minute: Option<u32>,
+        webhook_url: Option<RawSecret>,
+        token: Option<RawSecret>,
+        channel: Option<String>,
+        api_url: Option<String>,
+    },
+    #[serde(rename = "pagerduty")]
+    PagerDuty {
+        name: String,
+        timeout: Option<String>,
+        per_minute: Option<u32>,
+        routing_key: RawSecret,
+        url: Option<String>,
+    },
+    Teams {
+        name: String,
+        timeout: Option<String>,
+        per_minute: Option<u32>,
+        webhook_url: RawSecret,
+    },
+    Statuspage {
+        name: String,
+        timeout: Option<String>,
+        per_minute: Option<u32>,
+        api_key: RawSecret,
+        page_id: String,
+        component_id: Option<String>,
+        api_url: Option<String>,
+    },
+    Email {
+        name: String,
+        timeout: Option<String>,
+        per_minute: Option<u32>,
+        host: String,
+        port: Option<u16>,
+        tls: Option<String>,
+        username: Option<String>,
+        password: Option<RawSecret>,
+        from: String,
+        to: Vec<String>,
+    },
+    Webhook {
+        name: String,
+        timeout: Option<String>,
+        per_minute: Option<u32>,
+        url: String,
+        secret: RawSecret,
+    },
+}
+
+impl RawNotifier {
+    pub fn name(&self) -> &str {
+        match self {
+            RawNotifier::Log { name }
+            | RawNotifier::Slack { name, .. }
+            | RawNotifier::PagerDuty { name, .. }
+            | RawNotifier::Teams { name, .. }
+            | RawNotifier::Statuspage { name, .. }
+            | RawNotifier::Email { name, .. }
+            | RawNotifier::Webhook { name, .. } => name,
+        }
+    }
+
+    /// `timeout` and `per_minute`, which every type but `log` has.
+    pub fn limits(&self) -> (&Option<String>, Option<u32>) {
+        match self {
+            RawNotifier::Log { .. } => (&None, None),
+            RawNotifier::Slack {
+                timeout,
+                per_minute,
+                ..
+            }
+            | RawNotifier::PagerDuty {
+                timeout,
+                per_minute,
+                ..
+            }
+            | RawNotifier::Teams {
+                timeout,
+                per_minute,
+                ..
+            }
+            | RawNotifier::Statuspage {
+                timeout,
+                per_minute,
+                ..
+            }
+            | RawNotifier::Email {
+                timeout,
+                per_minute,
+                ..
+            }
+            | RawNotifier::Webhook {
+                timeout,
+                per_minute,
+                ..
+            } => (timeout, *per_minute),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -414,4 +516,6 @@ pub struct RawEscalation {
     pub after: Option<String>,
     pub repeat: Option<String>,
     pub notify: Vec<String>,
+    pub slow_after: Option<String>,
+    pub attempts: Option<u32>,
 }

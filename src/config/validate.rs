@@ -444,7 +444,7 @@ pub fn validate(
         .collect();
     let notifier_names: Vec<&str> = raw_notifiers
         .iter()
-        .map(|n| n.as_ref().map_or("", |n| n.name.as_str()))
+        .map(|n| n.as_ref().map_or("", |n| n.name()))
         .collect();
     for (section, names, raws_ok) in [
         (
@@ -596,20 +596,9 @@ pub fn validate(
     let mut notifiers = Vec::new();
     for (i, raw) in raw_notifiers.iter().enumerate() {
         let Some(raw) = raw else { continue };
-        let kind = match raw.kind.as_str() {
-            "log" => NotifierKind::Log,
-            other => {
-                ctx.err(
-                    format!("notifier[{i}].type"),
-                    format!("unknown notifier type {other:?}; known: \"log\""),
-                );
-                continue;
-            }
-        };
-        notifiers.push(Notifier {
-            name: raw.name.clone(),
-            kind,
-        });
+        if let Some(n) = notifier(&mut ctx, &format!("notifier[{i}]"), raw) {
+            notifiers.push(n);
+        }
     }
 
     let mut escalation = Vec::new();
@@ -646,6 +635,46 @@ pub fn validate(
         let repeat = raw.repeat.as_ref().map(|_| {
             ctx.positive_duration(format!("{p}.repeat"), &raw.repeat, Duration::from_secs(900))
         });
+        let slow = on.contains(&Occasion::RollbackSlow);
+        let slow_after = match (&raw.slow_after, slow) {
+            (Some(_), true) => ctx.positive_duration(
+                format!("{p}.slow_after"),
+                &raw.slow_after,
+                Duration::from_secs(600),
+            ),
+            (None, true) => {
+                ctx.err(
+                    format!("{p}.slow_after"),
+                    "required when `on` lists rollback_slow",
+                );
+                Duration::ZERO
+            }
+            (Some(_), false) => {
+                ctx.err(
+                    format!("{p}.slow_after"),
+                    "only means something when `on` lists rollback_slow",
+                );
+                Duration::ZERO
+            }
+            (None, false) => Duration::ZERO,
+        };
+        let counts = on.contains(&Occasion::AttemptsFailed);
+        let attempts = match (raw.attempts, counts) {
+            (Some(0), true) => {
+                ctx.err(format!("{p}.attempts"), "must be at least 1");
+                1
+            }
+            (Some(n), true) => n,
+            (None, true) => 3,
+            (Some(_), false) => {
+                ctx.err(
+                    format!("{p}.attempts"),
+                    "only means something when `on` lists attempts_failed",
+                );
+                0
+            }
+            (None, false) => 0,
+        };
         escalation.push(EscalationLevel {
             name: raw
                 .name
@@ -655,6 +684,8 @@ pub fn validate(
             after: ctx.duration(format!("{p}.after"), &raw.after, Duration::ZERO),
             repeat,
             notify,
+            slow_after,
+            attempts,
         });
     }
 
@@ -733,6 +764,219 @@ pub fn validate(
         })
     } else {
         Err(ConfigErrors(ctx.errors))
+    }
+}
+
+/// Reads a secret that is a URL (a Slack or Teams webhook). The URL is never shown in
+/// an error: it is the secret.
+fn secret_url(ctx: &mut Ctx, path: String, raw: &RawSecret) -> Option<SecretString> {
+    use secrecy::ExposeSecret;
+    let secret = ctx.secret(path.clone(), raw)?;
+    match reqwest::Url::parse(secret.expose_secret()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Some(secret),
+        _ => {
+            ctx.err(
+                path,
+                "the secret is not an http or https URL (its value is not shown)",
+            );
+            None
+        }
+    }
+}
+
+fn notifier(ctx: &mut Ctx, p: &str, raw: &RawNotifier) -> Option<Notifier> {
+    let (timeout, per_minute) = raw.limits();
+    let default_per_minute = match raw {
+        RawNotifier::Log { .. } => 0,
+        RawNotifier::Slack { .. } => 60,
+        RawNotifier::PagerDuty { .. } => 120,
+        RawNotifier::Teams { .. } => 60,
+        RawNotifier::Statuspage { .. } => 60,
+        RawNotifier::Email { .. } => 30,
+        RawNotifier::Webhook { .. } => 600,
+    };
+    let per_minute = match per_minute {
+        Some(0) => {
+            ctx.err(format!("{p}.per_minute"), "must be at least 1");
+            default_per_minute
+        }
+        Some(n) => n,
+        None => default_per_minute,
+    };
+    let min_interval = if per_minute == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(60) / per_minute
+    };
+    let timeout = ctx.positive_duration(format!("{p}.timeout"), timeout, Duration::from_secs(10));
+    let base_url = |ctx: &mut Ctx, key: &str, v: &Option<String>, default: &str| {
+        ctx.url(format!("{p}.{key}"), v.as_deref().unwrap_or(default))
+    };
+    let kind = match raw {
+        RawNotifier::Log { .. } => NotifierKind::Log,
+        RawNotifier::Slack {
+            webhook_url,
+            token,
+            channel,
+            api_url,
+            ..
+        } => match (webhook_url, token) {
+            (Some(url), None) => {
+                if channel.is_some() || api_url.is_some() {
+                    ctx.err(
+                        p,
+                        "`channel` and `api_url` belong to bot-token mode (`token`); a webhook posts to its own channel",
+                    );
+                }
+                NotifierKind::Slack(SlackSpec::Webhook {
+                    url: secret_url(ctx, format!("{p}.webhook_url"), url)?,
+                })
+            }
+            (None, Some(token)) => {
+                let Some(channel) = channel.clone().filter(|c| !c.trim().is_empty()) else {
+                    ctx.err(
+                        format!("{p}.channel"),
+                        "required with `token`: the channel id to post to",
+                    );
+                    return None;
+                };
+                let api_url = base_url(ctx, "api_url", api_url, "https://slack.com/api");
+                let token = ctx.secret(format!("{p}.token"), token);
+                NotifierKind::Slack(SlackSpec::Bot {
+                    token: token?,
+                    channel,
+                    api_url: api_url?,
+                })
+            }
+            _ => {
+                ctx.err(
+                    p,
+                    "a slack notifier takes exactly one of `webhook_url` (incoming webhook) or `token` (bot)",
+                );
+                return None;
+            }
+        },
+        RawNotifier::PagerDuty {
+            routing_key, url, ..
+        } => {
+            let url = base_url(ctx, "url", url, "https://events.pagerduty.com");
+            let key = ctx.secret(format!("{p}.routing_key"), routing_key);
+            NotifierKind::PagerDuty(PagerDutySpec {
+                routing_key: key?,
+                url: url?,
+            })
+        }
+        RawNotifier::Teams { webhook_url, .. } => NotifierKind::Teams(TeamsSpec {
+            url: secret_url(ctx, format!("{p}.webhook_url"), webhook_url)?,
+        }),
+        RawNotifier::Statuspage {
+            api_key,
+            page_id,
+            component_id,
+            api_url,
+            ..
+        } => {
+            let api_url = base_url(ctx, "api_url", api_url, "https://api.statuspage.io/v1");
+            if page_id.trim().is_empty() {
+                ctx.err(format!("{p}.page_id"), "must not be empty");
+            }
+            let key = ctx.secret(format!("{p}.api_key"), api_key);
+            NotifierKind::Statuspage(StatuspageSpec {
+                api_key: key?,
+                page_id: page_id.clone(),
+                component_id: component_id.clone(),
+                api_url: api_url?,
+            })
+        }
+        RawNotifier::Email {
+            host,
+            port,
+            tls,
+            username,
+            password,
+            from,
+            to,
+            ..
+        } => {
+            let tls = match tls.as_deref().unwrap_or("starttls") {
+                "none" => SmtpTls::None,
+                "starttls" => SmtpTls::StartTls,
+                "tls" => SmtpTls::Tls,
+                other => {
+                    ctx.err(
+                        format!("{p}.tls"),
+                        format!("expected \"starttls\", \"tls\" or \"none\", got {other:?}"),
+                    );
+                    SmtpTls::StartTls
+                }
+            };
+            let port = port.unwrap_or(match tls {
+                SmtpTls::None => 25,
+                SmtpTls::StartTls => 587,
+                SmtpTls::Tls => 465,
+            });
+            if host.trim().is_empty() {
+                ctx.err(format!("{p}.host"), "must not be empty");
+            }
+            for (key, addr) in std::iter::once(("from".to_owned(), from))
+                .chain(to.iter().enumerate().map(|(j, a)| (format!("to[{j}]"), a)))
+            {
+                if !looks_like_address(addr) {
+                    ctx.err(
+                        format!("{p}.{key}"),
+                        format!("expected an email address like ops@example.com, got {addr:?}"),
+                    );
+                }
+            }
+            if to.is_empty() {
+                ctx.err(format!("{p}.to"), "must list at least one address");
+            }
+            let password = match (username, password) {
+                (Some(_), Some(pw)) => Some(ctx.secret(format!("{p}.password"), pw)?),
+                (None, None) => None,
+                _ => {
+                    ctx.err(p, "`username` and `password` go together");
+                    None
+                }
+            };
+            NotifierKind::Email(EmailSpec {
+                host: host.clone(),
+                port,
+                tls,
+                username: username.clone(),
+                password,
+                from: from.clone(),
+                to: to.clone(),
+            })
+        }
+        RawNotifier::Webhook { url, secret, .. } => {
+            let url = ctx.url(format!("{p}.url"), url);
+            let secret = ctx.secret(format!("{p}.secret"), secret);
+            NotifierKind::Webhook(WebhookSpec {
+                url: url?,
+                secret: secret?,
+            })
+        }
+    };
+    Some(Notifier {
+        name: raw.name().to_owned(),
+        timeout,
+        min_interval,
+        kind,
+    })
+}
+
+/// A plain `local@domain` check; the mail server has the last word.
+fn looks_like_address(text: &str) -> bool {
+    match text.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !text.contains(char::is_whitespace)
+                && !text.contains(['<', '>'])
+        }
+        None => false,
     }
 }
 

@@ -112,6 +112,12 @@ pub struct Incident {
     pub escalation_reason: Option<String>,
     pub outcome: Option<Outcome>,
     pub timeline: Vec<Entry>,
+    /// Every finished step attempt, in order.
+    pub steps: Vec<StepFact>,
+    /// Failed step attempts so far (for `attempts_failed`).
+    pub failed_attempts: u32,
+    /// Notifiers told of this incident; acknowledgement and resolution reach all of them.
+    pub notified: std::collections::BTreeSet<usize>,
 }
 
 impl Incident {
@@ -126,4 +132,51 @@ impl Incident {
             text: text.into(),
         });
     }
+}
+
+/// The facts a notification carries, the same for every channel.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Facts {
+    pub target: String,
+    /// The incident's state when the notification was made ("acting").
+    pub state: String,
+    /// Milliseconds since the Unix epoch.
+    pub opened_at_ms: u64,
+    pub at_ms: u64,
+    pub rules: Vec<RuleFact>,
+    /// For blind incidents: the signals that cannot be read.
+    pub blind_signals: Vec<String>,
+    pub plan: Option<String>,
+    pub from_revision: Option<String>,
+    pub to_revision: Option<String>,
+    pub steps: Vec<StepFact>,
+    /// Why rearguard escalated or did not act, when it did.
+    pub reason: Option<String>,
+    /// What happens next, in one sentence.
+    pub next: String,
+}
+
+/// A rule of the incident: its condition and what was measured.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RuleFact {
+    pub name: String,
+    pub signal: String,
+    /// `> 5% for 2m`.
+    pub condition: String,
+    /// The phase it is in now ("firing").
+    pub phase: String,
+    /// The measured value against threshold and window.
+    pub evidence: String,
+}
+
+/// One finished attempt of one plan step.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepFact {
+    pub name: String,
+    pub action: String,
+    pub attempt: u32,
+    pub ok: bool,
+    pub duration_ms: u64,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
 }

@@ -19,7 +19,9 @@ use std::collections::{BTreeSet, VecDeque};
 use crate::config::units::format_duration;
 use crate::config::{Config, Mode, Occasion, OnFailure, RuleMode, Threshold};
 
-pub use incident::{Cause, Entry, EntryKind, Incident, IncidentState, Outcome};
+pub use incident::{
+    Cause, Entry, EntryKind, Facts, Incident, IncidentState, Outcome, RuleFact, StepFact,
+};
 pub use reading::{Measure, Reading, ReadingState, Ts};
 pub use rule::{Phase, Transition};
 
@@ -134,10 +136,13 @@ pub struct Notification {
     pub incident: String,
     pub target: usize,
     pub occasion: Occasion,
-    /// The escalation level that sends it; `None` when no levels are configured.
+    /// The escalation level that sends it; `None` when no levels are configured, and for
+    /// acknowledgement and resolution, which go to every notifier already told.
     pub level: Option<usize>,
     pub notifiers: Vec<usize>,
+    /// One line: target, what happened, rules, the latest decision, the incident id.
     pub summary: String,
+    pub facts: Facts,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -543,6 +548,7 @@ impl Engine {
         );
         self.log(idx, now, EntryKind::Decision, text);
         self.notify(idx, Occasion::RollbackStarted, now);
+        self.notify(idx, Occasion::RollbackSlow, now);
         self.run_step(idx, 0, 1, now);
     }
 
@@ -595,11 +601,12 @@ impl Engine {
         let plan_i = self.incidents[idx].plan.expect("a plan is running");
         let plan = &self.cfg.plans[plan_i];
         let step = &plan.steps[r.step];
-        let (retries, on_failure, name, last) = (
+        let (retries, on_failure, name, last, action) = (
             step.retries,
             step.on_failure,
             step.name.clone(),
             r.step + 1 == plan.steps.len(),
+            step.action.type_name().to_owned(),
         );
         let verdict = match (&r.error, r.ok) {
             (_, true) => "succeeded".to_owned(),
@@ -621,9 +628,20 @@ impl Engine {
                 r.duration_ms
             ),
         );
+        let inc = &mut self.incidents[idx];
+        inc.steps.push(StepFact {
+            name: name.clone(),
+            action,
+            attempt: r.attempt,
+            ok: r.ok,
+            duration_ms: r.duration_ms,
+            error: (!r.ok).then(|| r.error.clone().unwrap_or_else(|| "failed".to_owned())),
+        });
         if r.ok {
             return self.after_step(idx, r.step, last, now);
         }
+        inc.failed_attempts += 1;
+        self.notify(idx, Occasion::AttemptsFailed, now);
         if r.attempt <= retries {
             return self.run_step(idx, r.step, r.attempt + 1, now);
         }
@@ -773,7 +791,10 @@ impl Engine {
             Outcome::Interrupted => "interrupted: rearguard stopped".to_owned(),
         };
         self.log(idx, now, EntryKind::Decision, text);
-        self.notify(idx, Occasion::Resolved, now);
+        // A stop of rearguard does not end the problem: nobody is told it is resolved.
+        if outcome != Outcome::Interrupted {
+            self.notify(idx, Occasion::Resolved, now);
+        }
         let mut inc = self.incidents.remove(idx);
         inc.state = IncidentState::Resolved;
         inc.closed_at = Some(now);
@@ -876,6 +897,7 @@ impl Engine {
                         EntryKind::Operator,
                         format!("acknowledged by {by}"),
                     );
+                    self.notify(idx, Occasion::Acknowledged, now);
                 }
                 None => self.reject(format!("no open incident has the id {incident:?}")),
             },
@@ -1008,6 +1030,9 @@ impl Engine {
             escalation_reason: None,
             outcome: None,
             timeline: Vec::new(),
+            steps: Vec::new(),
+            failed_attempts: 0,
+            notified: BTreeSet::new(),
         });
         self.incidents.len() - 1
     }
@@ -1044,18 +1069,43 @@ impl Engine {
     /// Sends or schedules the notifications the escalation policy asks for.
     fn notify(&mut self, idx: usize, occasion: Occasion, now: Ts) {
         if self.cfg.escalation.is_empty() {
-            return self.emit_notice(idx, occasion, None, now);
+            // Without a ladder, every occasion goes to every notifier at once, except the
+            // ones that wait for a limit no level sets.
+            if matches!(occasion, Occasion::RollbackSlow | Occasion::AttemptsFailed) {
+                return;
+            }
+            let all = (0..self.cfg.notifiers.len()).collect();
+            return self.emit_notice(idx, occasion, None, all, now);
         }
+        if occasion.closes_loop() {
+            // Everyone already told hears that it is acknowledged or over, at once.
+            let mut to: BTreeSet<usize> = self.incidents[idx].notified.clone();
+            for level in &self.cfg.escalation {
+                if level.on.contains(&occasion) {
+                    to.extend(level.notify.iter().copied());
+                }
+            }
+            if !to.is_empty() {
+                self.emit_notice(idx, occasion, None, to.into_iter().collect(), now);
+            }
+            return;
+        }
+        let failed = self.incidents[idx].failed_attempts;
         for li in 0..self.cfg.escalation.len() {
             let level = &self.cfg.escalation[li];
-            if !level.on.contains(&occasion) {
+            if !level.on.contains(&occasion)
+                || (occasion == Occasion::AttemptsFailed && level.attempts != failed)
+            {
                 continue;
             }
-            let (after, repeat) = (level.after, level.repeat);
-            // Resolution is told at once: a delayed "resolved" would never be sent.
-            if after.is_zero() || occasion == Occasion::Resolved {
-                self.emit_notice(idx, occasion, Some(li), now);
-                if let Some(every) = repeat.filter(|_| occasion != Occasion::Resolved) {
+            let after = match occasion {
+                Occasion::RollbackSlow => level.slow_after + level.after,
+                _ => level.after,
+            };
+            let (repeat, notify) = (level.repeat, level.notify.clone());
+            if after.is_zero() {
+                self.emit_notice(idx, occasion, Some(li), notify, now);
+                if let Some(every) = repeat {
                     self.schedule(idx, li, occasion, now.plus(every));
                 }
             } else {
@@ -1085,10 +1135,21 @@ impl Engine {
             let Some(idx) = self.find(&p.incident) else {
                 continue;
             };
-            if self.incidents[idx].acknowledged {
+            let inc = &self.incidents[idx];
+            if inc.acknowledged {
                 continue;
             }
-            self.emit_notice(idx, p.occasion, Some(p.level), now);
+            // A rollback that finished meanwhile is not slow.
+            if p.occasion == Occasion::RollbackSlow
+                && !matches!(
+                    inc.state,
+                    IncidentState::Acting { .. } | IncidentState::Verifying { .. }
+                )
+            {
+                continue;
+            }
+            let notify = self.cfg.escalation[p.level].notify.clone();
+            self.emit_notice(idx, p.occasion, Some(p.level), notify, now);
             if let Some(every) = self.cfg.escalation[p.level].repeat {
                 // From when it was due, so repeats do not drift by a tick each time.
                 self.schedule(idx, p.level, p.occasion, p.due.plus(every).max(now));
@@ -1096,13 +1157,17 @@ impl Engine {
         }
     }
 
-    fn emit_notice(&mut self, idx: usize, occasion: Occasion, level: Option<usize>, now: Ts) {
+    fn emit_notice(
+        &mut self,
+        idx: usize,
+        occasion: Occasion,
+        level: Option<usize>,
+        notifiers: Vec<usize>,
+        now: Ts,
+    ) {
+        let facts = self.facts(idx, occasion, now);
         let inc = &self.incidents[idx];
-        let rules: Vec<&str> = inc
-            .rules
-            .iter()
-            .map(|&r| self.cfg.rules[r].name.as_str())
-            .collect();
+        let rules: Vec<&str> = facts.rules.iter().map(|r| r.name.as_str()).collect();
         let last_decision = inc
             .timeline
             .iter()
@@ -1114,29 +1179,17 @@ impl Engine {
                 )
             })
             .map_or("", |e| e.text.as_str());
-        let headline = match occasion {
-            Occasion::Opened => "incident opened",
-            Occasion::RollbackStarted => "rollback started",
-            Occasion::RollbackSucceeded => "rollback succeeded and verified",
-            Occasion::RollbackFailed => "rollback failed",
-            Occasion::VerificationFailed => "still unhealthy after rollback",
-            Occasion::NotRolledBack => "not rolled back automatically",
-            Occasion::Blind => "watchdog is blind",
-            Occasion::Resolved => "incident resolved",
-        };
         let rules_text = if rules.is_empty() {
             String::new()
         } else {
             format!(" [{}]", rules.join(", "))
         };
         let summary = format!(
-            "{}: {headline}{rules_text}: {last_decision} (incident {})",
-            inc.target_name, inc.id
+            "{}: {}{rules_text}: {last_decision} (incident {})",
+            inc.target_name,
+            occasion.headline(),
+            inc.id
         );
-        let notifiers = match level {
-            Some(l) => self.cfg.escalation[l].notify.clone(),
-            None => Vec::new(),
-        };
         let level_name = level.map_or("default".to_owned(), |l| {
             self.cfg.escalation[l].name.clone()
         });
@@ -1147,7 +1200,11 @@ impl Engine {
             level,
             notifiers,
             summary,
+            facts,
         };
+        self.incidents[idx]
+            .notified
+            .extend(notice.notifiers.iter().copied());
         self.log(
             idx,
             now,
@@ -1159,6 +1216,76 @@ impl Engine {
             ),
         );
         self.out.push(Effect::Notify(notice));
+    }
+
+    /// What every channel is told about an incident at an occasion.
+    fn facts(&self, idx: usize, occasion: Occasion, now: Ts) -> Facts {
+        let inc = &self.incidents[idx];
+        let rules = inc
+            .rules
+            .iter()
+            .map(|&r| {
+                let rule = &self.cfg.rules[r];
+                let state = &self.rules[r];
+                RuleFact {
+                    name: rule.name.clone(),
+                    signal: self.cfg.signals[rule.signal].name.clone(),
+                    condition: format!("{} {}", rule.when.describe(), rule.mode.describe()),
+                    phase: state.phase.name().to_owned(),
+                    evidence: state.evidence(rule, state.phase == Phase::Firing),
+                }
+            })
+            .collect();
+        let plan = inc.plan.map(|p| &self.cfg.plans[p]);
+        let next = match occasion {
+            Occasion::Opened => "rearguard is deciding whether to roll back".to_owned(),
+            Occasion::RollbackStarted | Occasion::RollbackSlow | Occasion::AttemptsFailed => {
+                match (plan, inc.state) {
+                    (Some(p), IncidentState::Acting { step, attempt }) => format!(
+                        "running step {}/{} {:?} (attempt {attempt}), then verifying for {}",
+                        step + 1,
+                        p.steps.len(),
+                        p.steps[step].name,
+                        format_duration(p.verify.window)
+                    ),
+                    (Some(p), IncidentState::Verifying { .. }) => format!(
+                        "verifying for {} that the rules clear",
+                        format_duration(p.verify.window)
+                    ),
+                    _ => "people decide what to do next".to_owned(),
+                }
+            }
+            Occasion::RollbackSucceeded => "nothing: the incident is resolved".to_owned(),
+            Occasion::RollbackFailed | Occasion::VerificationFailed => {
+                "people must act: automatic action on this target is stopped until an operator clears the breaker".to_owned()
+            }
+            Occasion::NotRolledBack => {
+                "people must decide: rearguard will not act on this incident by itself".to_owned()
+            }
+            Occasion::Blind => {
+                "people must check the monitoring: rearguard cannot judge this target until its readings return".to_owned()
+            }
+            Occasion::Acknowledged => "reminders stop; people are in charge".to_owned(),
+            Occasion::Resolved => "nothing: the incident is closed".to_owned(),
+        };
+        Facts {
+            target: inc.target_name.clone(),
+            state: inc.state.name().to_owned(),
+            opened_at_ms: inc.opened_at.0,
+            at_ms: now.0,
+            rules,
+            blind_signals: inc
+                .blind_signals
+                .iter()
+                .map(|&s| self.cfg.signals[s].name.clone())
+                .collect(),
+            plan: plan.map(|p| p.name.clone()),
+            from_revision: inc.from_revision.clone(),
+            to_revision: inc.to_revision.clone(),
+            steps: inc.steps.clone(),
+            reason: inc.escalation_reason.clone(),
+            next,
+        }
     }
 }
 

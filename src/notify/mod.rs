@@ -1,0 +1,350 @@
+//! Notifiers: where messages for people go. A closed enum, one file per variant.
+//!
+//! The engine decides who is told what ([`crate::engine::Notification`]); the daemon
+//! turns each notification into one [`Message`] per notifier, writes it to the outbox,
+//! and the outbox calls [`Sink::send`] until the provider accepts it. A sink renders the
+//! message for its provider at send time, within the provider's documented limits, and
+//! classifies the answer as a [`Delivery`]: accepted, worth retrying, or refused for
+//! good (a configuration problem no retry fixes).
+//!
+//! Sinks never log or return a secret: errors from the HTTP client are stripped of their
+//! URL (Slack and Teams webhook URLs are secrets) and answers are bounded in size.
+
+pub mod email;
+pub mod pagerduty;
+pub mod slack;
+pub mod statuspage;
+pub mod teams;
+pub mod text;
+pub mod webhook;
+
+use std::time::Duration;
+
+use crate::config::{Notifier, NotifierKind, Occasion};
+use crate::engine::Facts;
+
+/// One message for one notifier: what the outbox stores and a sink renders.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    /// Unique per notification and notifier, stable across retries and restarts: the
+    /// idempotency key where a provider takes one (the generic webhook's `id`).
+    pub id: String,
+    /// A `rearguard notify-test` message, marked as such in every rendering.
+    pub test: bool,
+    pub incident: String,
+    pub occasion: Occasion,
+    /// The escalation level's name; `None` for acknowledgement, resolution and tests.
+    pub level: Option<String>,
+    /// One line: target, what happened, rules, latest decision, incident id.
+    pub summary: String,
+    pub facts: Facts,
+}
+
+impl Message {
+    /// The clearly marked message `rearguard notify-test` sends: realistic facts, every
+    /// field filled, so that a channel shows how a real incident will look.
+    pub fn test(notifier: &str, now_ms: u64) -> Message {
+        use crate::engine::{RuleFact, StepFact};
+        let incident = format!("rearguard-test-{notifier}-{now_ms}");
+        Message {
+            id: format!("{incident}-1"),
+            test: true,
+            incident: incident.clone(),
+            occasion: Occasion::RollbackStarted,
+            level: None,
+            summary: format!(
+                "[TEST] example-service: rollback started [error-rate]: a test of notifier {notifier} (incident {incident})"
+            ),
+            facts: Facts {
+                target: "example-service".to_owned(),
+                state: "acting".to_owned(),
+                opened_at_ms: now_ms.saturating_sub(12_000),
+                at_ms: now_ms,
+                rules: vec![RuleFact {
+                    name: "error-rate".to_owned(),
+                    signal: "example-errors".to_owned(),
+                    condition: "> 5% for 10s".to_owned(),
+                    phase: "firing".to_owned(),
+                    evidence:
+                        "8.00% (400 of 5000 requests) over 1m, breaching for 12s; threshold > 5%"
+                            .to_owned(),
+                }],
+                blind_signals: Vec::new(),
+                plan: Some("example-plan".to_owned()),
+                from_revision: Some("r42".to_owned()),
+                to_revision: Some("r41".to_owned()),
+                steps: vec![StepFact {
+                    name: "switch release".to_owned(),
+                    action: "release_switch".to_owned(),
+                    attempt: 1,
+                    ok: true,
+                    duration_ms: 40,
+                    error: None,
+                }],
+                reason: None,
+                next: "nothing: this is a test, no incident exists".to_owned(),
+            },
+        }
+    }
+}
+
+/// What a provider made of one delivery attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// Accepted. `reference` is what later messages of the same incident on the same
+    /// notifier need (a Slack thread's `ts`, a Statuspage incident id); `answer` is a
+    /// short description of the provider's answer, for logs and `notify-test`.
+    Accepted {
+        reference: Option<String>,
+        answer: String,
+    },
+    /// Not accepted now (timeout, refused connection, 429, 5xx); try again after
+    /// `after` (from `Retry-After`) or the outbox's backoff.
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
+    /// Refused in a way no retry fixes (bad token, unknown channel, invalid body): a
+    /// configuration error, raised once.
+    Rejected { reason: String },
+}
+
+/// A notifier ready to send.
+#[derive(Debug)]
+pub enum Sink {
+    /// Written to the daemon's log; always accepted.
+    Log,
+    Slack(slack::Slack),
+    PagerDuty(pagerduty::PagerDuty),
+    Teams(teams::Teams),
+    Statuspage(statuspage::Statuspage),
+    Email(email::Email),
+    Webhook(webhook::Webhook),
+}
+
+impl Sink {
+    /// Builds the sink of a configured notifier. Fails only when the settings cannot be
+    /// used at all (an email relay that is not a valid host name).
+    pub fn new(notifier: &Notifier, client: &reqwest::Client) -> Result<Sink, String> {
+        let timeout = notifier.timeout;
+        Ok(match &notifier.kind {
+            NotifierKind::Log => Sink::Log,
+            NotifierKind::Slack(spec) => Sink::Slack(slack::Slack::new(spec, client, timeout)),
+            NotifierKind::PagerDuty(spec) => {
+                Sink::PagerDuty(pagerduty::PagerDuty::new(spec, client, timeout))
+            }
+            NotifierKind::Teams(spec) => Sink::Teams(teams::Teams::new(spec, client, timeout)),
+            NotifierKind::Statuspage(spec) => {
+                Sink::Statuspage(statuspage::Statuspage::new(spec, client, timeout))
+            }
+            NotifierKind::Email(spec) => Sink::Email(email::Email::new(spec, timeout)?),
+            NotifierKind::Webhook(spec) => {
+                Sink::Webhook(webhook::Webhook::new(spec, client, timeout))
+            }
+        })
+    }
+
+    /// Delivers one message. `thread` is the reference an earlier accepted message of the
+    /// same incident returned on this sink, if any.
+    pub async fn send(&self, msg: &Message, thread: Option<&str>) -> Delivery {
+        match self {
+            Sink::Log => {
+                log_message(msg);
+                Delivery::Accepted {
+                    reference: None,
+                    answer: "written to the log".to_owned(),
+                }
+            }
+            Sink::Slack(s) => s.send(msg, thread).await,
+            Sink::PagerDuty(s) => s.send(msg, thread).await,
+            Sink::Teams(s) => s.send(msg, thread).await,
+            Sink::Statuspage(s) => s.send(msg, thread).await,
+            Sink::Email(s) => s.send(msg, thread).await,
+            Sink::Webhook(s) => s.send(msg, thread).await,
+        }
+    }
+}
+
+fn log_message(msg: &Message) {
+    match msg.occasion {
+        Occasion::Resolved | Occasion::RollbackSucceeded | Occasion::Acknowledged => {
+            tracing::info!(incident = %msg.incident, occasion = msg.occasion.name(), "{}", msg.summary)
+        }
+        _ => {
+            tracing::warn!(incident = %msg.incident, occasion = msg.occasion.name(), "{}", msg.summary)
+        }
+    }
+}
+
+/// The longest answer body kept in a [`Delivery`] description.
+const ANSWER_LIMIT: usize = 300;
+
+/// Classifies an HTTP answer the common way: 2xx accepted; 408, 425, 429 and 5xx worth
+/// retrying (429 and 503 with their `Retry-After`); any other status refused for good.
+/// `body` is the answer's body, kept short in the description.
+pub fn classify(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &str,
+) -> Delivery {
+    let said = text::truncate(body.trim(), ANSWER_LIMIT);
+    let answer = if said.is_empty() {
+        format!("HTTP {}", status.as_u16())
+    } else {
+        format!("HTTP {}: {said}", status.as_u16())
+    };
+    if status.is_success() {
+        return Delivery::Accepted {
+            reference: None,
+            answer,
+        };
+    }
+    let retryable = status.is_server_error() || matches!(status.as_u16(), 408 | 425 | 429);
+    if retryable {
+        Delivery::Retry {
+            after: retry_after(headers),
+            reason: answer,
+        }
+    } else {
+        Delivery::Rejected { reason: answer }
+    }
+}
+
+/// The `Retry-After` header as a delay: seconds, or an HTTP date (delay from now).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = humantime::parse_rfc3339_weak(value)
+        .ok()
+        .or_else(|| httpdate(value))?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Parses an IMF-fixdate (`Wed, 21 Oct 2015 07:28:00 GMT`), the HTTP date format.
+fn httpdate(value: &str) -> Option<std::time::SystemTime> {
+    let rest = value.split_once(", ")?.1;
+    let parts: Vec<&str> = rest.split_whitespace().collect();
+    let [day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| m == month)? + 1;
+    let iso = format!("{year}-{month:02}-{day:0>2}T{time}Z");
+    humantime::parse_rfc3339(&iso).ok()
+}
+
+/// A transport failure (timeout, refused connection, TLS) as a retry, described without
+/// the request's URL, which may be a secret.
+pub fn transport_error(error: reqwest::Error) -> Delivery {
+    Delivery::Retry {
+        after: None,
+        reason: crate::http::describe_error(&error.without_url()),
+    }
+}
+
+/// Sends one prepared request within `timeout` and classifies the answer with
+/// [`classify`]. The body of the answer is read (bounded by the same timeout) so that
+/// callers that need it (Slack's `ok`, Statuspage's incident id) get it back.
+pub async fn send_request(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> (Delivery, Option<String>) {
+    let attempt = async {
+        let response = request.send().await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.text().await?;
+        Ok::<_, reqwest::Error>((status, headers, body))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Err(_) => (
+            Delivery::Retry {
+                after: None,
+                reason: format!(
+                    "no answer within {}",
+                    crate::config::units::format_duration(timeout)
+                ),
+            },
+            None,
+        ),
+        Ok(Err(e)) => (transport_error(e), None),
+        Ok(Ok((status, headers, body))) => (classify(status, &headers, &body), Some(body)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode;
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    fn headers(retry_after: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(retry_after).unwrap());
+        h
+    }
+
+    #[test]
+    fn answers_are_classified_by_status() {
+        let none = HeaderMap::new();
+        assert!(matches!(
+            classify(StatusCode::ACCEPTED, &none, "{}"),
+            Delivery::Accepted { .. }
+        ));
+        for code in [429, 500, 502, 503, 408] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(
+                matches!(classify(status, &none, ""), Delivery::Retry { .. }),
+                "{code}"
+            );
+        }
+        for code in [400, 401, 403, 404, 410, 413] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(
+                matches!(classify(status, &none, "bad"), Delivery::Rejected { .. }),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_in_seconds_and_as_a_date() {
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS, &headers("7"), ""),
+            Delivery::Retry {
+                after: Some(Duration::from_secs(7)),
+                reason: "HTTP 429".to_owned()
+            }
+        );
+        // A date in the past means "now".
+        assert_eq!(
+            retry_after(&headers("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(Duration::ZERO)
+        );
+        let later = httpdate("Fri, 01 Jan 2100 00:00:00 GMT").unwrap();
+        assert!(later > std::time::SystemTime::now());
+        assert_eq!(retry_after(&headers("soon")), None);
+    }
+
+    #[test]
+    fn long_answers_are_cut_in_descriptions() {
+        let body = "é".repeat(5000);
+        let Delivery::Rejected { reason } =
+            classify(StatusCode::BAD_REQUEST, &HeaderMap::new(), &body)
+        else {
+            panic!("a 400 is refused")
+        };
+        assert!(reason.chars().count() < ANSWER_LIMIT + 20, "{reason}");
+    }
+}

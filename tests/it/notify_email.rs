@@ -1,0 +1,1 @@
+//! The email notifier against a local stand-in for its provider.

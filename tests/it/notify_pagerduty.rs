@@ -1,0 +1,1 @@
+//! The pagerduty notifier against a local stand-in for its provider.

@@ -1,0 +1,1 @@
+//! The slack notifier against a local stand-in for its provider.

@@ -1,0 +1,1 @@
+//! The statuspage notifier against a local stand-in for its provider.

@@ -1,0 +1,1 @@
+//! The teams notifier against a local stand-in for its provider.

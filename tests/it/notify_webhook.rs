@@ -1,0 +1,1 @@
+//! The webhook notifier against a local stand-in for its provider.
