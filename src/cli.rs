@@ -102,6 +102,14 @@ pub enum Command {
         #[arg(long)]
         duration: Option<String>,
     },
+    /// Send a clearly marked test message through a configured notifier and print what
+    /// the provider answered.
+    NotifyTest {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The notifier's name, as in `[[notifier]] name`.
+        notifier: String,
+    },
     /// Watch a simulated service roll out a bad release and roll it back, end to end.
     Demo {
         /// Where to keep the demo's files (default: a new temporary directory).
@@ -146,6 +154,10 @@ pub fn main() -> ExitCode {
         } => {
             init_logging(cli.log_format, "info");
             record(&config, &out, duration.as_deref())
+        }
+        Command::NotifyTest { config, notifier } => {
+            init_logging(cli.log_format, "info");
+            notify_test(&config, &notifier, &mut std::io::stdout())
         }
         Command::Demo { dir } => {
             init_logging(cli.log_format, "error");
@@ -253,6 +265,72 @@ pub fn describe(file: &Path, cfg: &Config) -> String {
         }
     }
     s
+}
+
+/// `rearguard notify-test`: sends [`crate::notify::Message::test`] straight to one
+/// notifier (not through the outbox) and reports the provider's answer. Exit 0 when it
+/// was accepted, 1 when it was not, 64 for an unknown notifier or bad configuration.
+pub fn notify_test(path: &Path, name: &str, out: &mut impl std::io::Write) -> ExitCode {
+    use crate::notify::{Delivery, Message, Sink};
+    let cfg = match load_or_exit(path) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    let Some(notifier) = cfg.notifiers.iter().find(|n| n.name == name) else {
+        let known: Vec<&str> = cfg.notifiers.iter().map(|n| n.name.as_str()).collect();
+        eprintln!(
+            "{}: no notifier is named {name:?}; configured: {}",
+            path.display(),
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let sink = match Sink::new(notifier, &crate::http::client()) {
+        Ok(sink) => sink,
+        Err(e) => {
+            eprintln!("notifier {name}: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let msg = Message::test(name, now_ms);
+    let kind = notifier.kind.name();
+    let bound = notifier.timeout * 3;
+    let delivery = runtime().block_on(async {
+        tokio::time::timeout(bound, sink.send(&msg, None))
+            .await
+            .unwrap_or_else(|_| Delivery::Retry {
+                after: None,
+                reason: format!("no answer within {}", format_duration(bound)),
+            })
+    });
+    let (line, code) = match &delivery {
+        Delivery::Accepted { answer, .. } => (
+            format!("notifier {name} ({kind}): accepted the test message: {answer}"),
+            ExitCode::SUCCESS,
+        ),
+        Delivery::Retry { after, reason } => (
+            format!(
+                "notifier {name} ({kind}): not accepted, a temporary failure that rearguard would retry{}: {reason}",
+                after.map_or(String::new(), |a| format!(" after {}", format_duration(a)))
+            ),
+            ExitCode::FAILURE,
+        ),
+        Delivery::Rejected { reason } => (
+            format!(
+                "notifier {name} ({kind}): refused the test message; retrying cannot fix this, check the notifier's settings: {reason}"
+            ),
+            ExitCode::FAILURE,
+        ),
+    };
+    let _ = writeln!(out, "{line}");
+    code
 }
 
 /// Loads a configuration, or prints every error and gives the exit code.

@@ -22,7 +22,10 @@ use tokio_util::task::TaskTracker;
 use crate::action::{Action, ActionContext};
 use crate::config::SourceSpec;
 use crate::config::{Config, Occasion};
-use crate::engine::{Effect, Engine, Input, StepOrder, StepResult, Ts};
+use crate::engine::{Effect, Engine, Input, Notification, StepOrder, StepResult, Ts};
+use crate::notify::Sink;
+use crate::notify::outbox::Outbox;
+use crate::store::Store;
 use crate::source::{self, Source, alertmanager};
 
 /// Where Alertmanager's webhook is received on `daemon.listen`.
@@ -101,6 +104,8 @@ pub enum Event {
     Started,
     /// An effect the engine produced, at the engine time it was produced.
     Effect(Ts, Effect),
+    /// The outbox tried to deliver a message to a notifier.
+    Delivery(Box<crate::notify::outbox::Attempt>),
     /// An incident report was written.
     Report {
         incident: String,
@@ -148,6 +153,15 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A notifier's settings cannot be used; a configuration problem.
+    #[error("notifier[{index}] ({name}): {reason}")]
+    Notifier {
+        index: usize,
+        name: String,
+        reason: String,
+    },
 }
 
 impl StartError {
@@ -155,7 +169,9 @@ impl StartError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            StartError::Unsupported { .. } | StartError::UnsupportedChange { .. }
+            StartError::Unsupported { .. }
+                | StartError::UnsupportedChange { .. }
+                | StartError::Notifier { .. }
         )
     }
 }
@@ -254,6 +270,28 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
         path: reports_dir.clone(),
         source,
     })?;
+    let sinks = cfg
+        .notifiers
+        .iter()
+        .enumerate()
+        .map(|(index, n)| {
+            Sink::new(n, &client)
+                .map(|sink| {
+                    let limits = crate::notify::outbox::Limits {
+                        min_interval: n.min_interval,
+                        timeout: n.timeout,
+                    };
+                    (sink, limits)
+                })
+                .map_err(|reason| StartError::Notifier {
+                    index,
+                    name: n.name.clone(),
+                    reason,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let store = Arc::new(Store::open(&cfg.daemon.state_dir)?);
+    let outbox = Arc::new(Outbox::new(Arc::clone(&store), &cfg));
 
     let clock = Clock::new();
     let token = opts.shutdown.clone();
@@ -266,6 +304,19 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
             let _ = o.send(event);
         }
     };
+
+    let (flush_tx, flush_rx) = tokio::sync::watch::channel(None);
+    let attempts = observer.as_ref().map(|o| {
+        let (atx, mut arx) = mpsc::unbounded_channel();
+        let o = o.clone();
+        tracker.spawn(async move {
+            while let Some(a) = arx.recv().await {
+                let _ = o.send(Event::Delivery(Box::new(a)));
+            }
+        });
+        atx
+    });
+    outbox.spawn(sinks, &tracker, flush_rx, attempts);
 
     if let (Some(receiver), Some(listener)) = (receiver, listener) {
         let resend_every = cfg
@@ -382,6 +433,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                             }
                         }
                     }
+                    Effect::Notify(n) => notify(&cfg, &outbox, n),
                     _ => log_effect(&cfg, &effect),
                 }
             }
@@ -452,12 +504,28 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     let effects = engine.interrupt_all(now);
     dispatch(effects, now, true, &mut in_flight);
     drop(tx);
+    // The outbox delivers what it can within the drain timeout; the rest stays in the
+    // store for the next run.
+    let flush_until = tokio::time::Instant::now() + cfg.daemon.drain_timeout;
+    let _ = flush_tx.send(Some(flush_until));
     tracker.close();
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some tasks did not stop within 5s");
+    let longest_send = cfg
+        .notifiers
+        .iter()
+        .map(|n| n.timeout * 3)
+        .max()
+        .unwrap_or_default();
+    let bound = cfg.daemon.drain_timeout + longest_send + Duration::from_secs(5);
+    if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
+        tracing::warn!("some tasks did not stop in time");
+    }
+    match store.pending_notifiers() {
+        Ok(waiting) => {
+            for (notifier, messages) in waiting {
+                tracing::warn!(notifier = %notifier, messages, "notifications not yet delivered stay in the outbox for the next start");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
     }
     tracing::info!("rearguard stopped");
     if let Some(o) = &observer {
@@ -586,7 +654,42 @@ async fn run_step(
     let _ = tx.send((Input::StepDone(result), clock.now())).await;
 }
 
-/// Logs what the engine decided. Notifications go to the log until notifiers exist.
+/// Writes a notification's messages to the outbox. A notification with no notifier (none
+/// is configured) and one the store cannot take are logged in full, so that it is never
+/// lost without a trace.
+fn notify(cfg: &Config, outbox: &Outbox, n: &Notification) {
+    let level = n.level.map(|l| cfg.escalation[l].name.as_str());
+    if n.notifiers.is_empty() {
+        return log_notification(n);
+    }
+    match outbox.enqueue(n, level) {
+        Ok(messages) => {
+            let to: Vec<&str> = n
+                .notifiers
+                .iter()
+                .map(|&i| cfg.notifiers[i].name.as_str())
+                .collect();
+            tracing::debug!(incident = %n.incident, occasion = n.occasion.name(), messages = messages.len(), notifiers = ?to, "notification queued");
+        }
+        Err(e) => {
+            tracing::error!(incident = %n.incident, error = %e, "cannot write a notification to the outbox; it is not sent");
+            log_notification(n);
+        }
+    }
+}
+
+fn log_notification(n: &Notification) {
+    match n.occasion {
+        Occasion::Resolved | Occasion::RollbackSucceeded | Occasion::Acknowledged => {
+            tracing::info!(incident = %n.incident, occasion = n.occasion.name(), "{}", n.summary)
+        }
+        _ => {
+            tracing::warn!(incident = %n.incident, occasion = n.occasion.name(), "{}", n.summary)
+        }
+    }
+}
+
+/// Logs what the engine decided.
 fn log_effect(cfg: &Config, effect: &Effect) {
     match effect {
         Effect::RuleChanged { rule, transition } => tracing::info!(
@@ -613,15 +716,7 @@ fn log_effect(cfg: &Config, effect: &Effect) {
         } => {
             tracing::info!(incident = %incident, "{}", entry.text)
         }
-        Effect::Notify(n) => match n.occasion {
-            Occasion::Resolved | Occasion::RollbackSucceeded => {
-                tracing::info!(incident = %n.incident, occasion = n.occasion.name(), "{}", n.summary)
-            }
-            _ => {
-                tracing::warn!(incident = %n.incident, occasion = n.occasion.name(), "{}", n.summary)
-            }
-        },
         Effect::CommandRejected { reason } => tracing::warn!(reason = %reason, "command rejected"),
-        Effect::RunStep(_) | Effect::IncidentClosed(_) => {}
+        Effect::Notify(_) | Effect::RunStep(_) | Effect::IncidentClosed(_) => {}
     }
 }

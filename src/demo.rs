@@ -318,7 +318,7 @@ async fn run_inner(dir: Option<PathBuf>) -> Result<(), String> {
                 outcome = inc.outcome.clone();
                 shutdown.cancel();
             }
-            Event::Effect(..) => {}
+            Event::Effect(..) | Event::Delivery(_) => {}
             Event::Report { path, .. } => report = Some(path),
             Event::Stopped => break,
         }

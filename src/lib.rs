@@ -18,3 +18,4 @@ pub mod recording;
 pub mod replay;
 pub mod report;
 pub mod source;
+pub mod store;

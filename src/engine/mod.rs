@@ -108,7 +108,7 @@ pub enum Effect {
     },
     /// Run one attempt of one plan step and report back with [`Input::StepDone`].
     RunStep(StepOrder),
-    Notify(Notification),
+    Notify(Box<Notification>),
     /// The incident has ended; write its report.
     IncidentClosed(Box<Incident>),
     /// An operator command could not be applied.
@@ -1215,7 +1215,7 @@ impl Engine {
                 notice.summary
             ),
         );
-        self.out.push(Effect::Notify(notice));
+        self.out.push(Effect::Notify(Box::new(notice)));
     }
 
     /// What every channel is told about an incident at an occasion.
@@ -1250,6 +1250,13 @@ impl Engine {
                     ),
                     (Some(p), IncidentState::Verifying { .. }) => format!(
                         "verifying for {} that the rules clear",
+                        format_duration(p.verify.window)
+                    ),
+                    (Some(p), _) => format!(
+                        "running plan {} ({} step{}), then verifying for {}",
+                        p.name,
+                        p.steps.len(),
+                        if p.steps.len() == 1 { "" } else { "s" },
                         format_duration(p.verify.window)
                     ),
                     _ => "people decide what to do next".to_owned(),

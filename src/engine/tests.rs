@@ -357,7 +357,16 @@ fn render(cfg: &Config, e: &Effect) -> Option<String> {
         ),
         Effect::Notify(n) => match n.level {
             Some(l) => format!("notify {} ({})", n.occasion.name(), cfg.escalation[l].name),
-            None => format!("notify {}", n.occasion.name()),
+            None if n.notifiers.is_empty() => format!("notify {}", n.occasion.name()),
+            None => format!(
+                "notify {} -> {}",
+                n.occasion.name(),
+                n.notifiers
+                    .iter()
+                    .map(|&i| cfg.notifiers[i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         },
         Effect::IncidentClosed(i) => {
             let outcome = match i.outcome.as_ref()? {
@@ -1681,8 +1690,9 @@ fn acknowledging_stops_repeated_and_delayed_escalation() {
         3m escalated: no change...
         3m notify not_rolled_back (team)
         13m notify not_rolled_back (team)
+        14m notify acknowledged -> chat
         2h rule errors-high firing -> ok
-        2h notify resolved (team)
+        2h notify resolved -> chat
         2h closed Breach incident: recovered
         ",
     );
@@ -1704,10 +1714,269 @@ fn resolution_cancels_pending_escalation() {
         3m escalated: no change...
         3m notify not_rolled_back (team)
         5m rule errors-high firing -> ok
-        5m notify resolved (team)
+        5m notify resolved -> chat
         5m closed Breach incident: recovered
         ",
     );
+}
+
+/// The runbooks' ladder, exactly: on call at once, the team lead after 15 minutes, the
+/// head of engineering after 30, the CTO after an hour; on call is reminded every 30m.
+const RUNBOOK_LADDER: &str = r#"
+[[notifier]]
+name = "oncall"
+type = "log"
+
+[[notifier]]
+name = "lead"
+type = "log"
+
+[[notifier]]
+name = "head"
+type = "log"
+
+[[notifier]]
+name = "cto"
+type = "log"
+
+[[escalation]]
+name = "on call"
+on = ["not_rolled_back", "rollback_failed", "verification_failed", "blind"]
+repeat = "30m"
+notify = ["oncall"]
+
+[[escalation]]
+name = "team lead"
+on = ["not_rolled_back", "rollback_failed", "verification_failed", "blind"]
+after = "15m"
+notify = ["lead"]
+
+[[escalation]]
+name = "head of engineering"
+on = ["not_rolled_back", "rollback_failed", "verification_failed", "blind"]
+after = "30m"
+notify = ["head"]
+
+[[escalation]]
+name = "cto"
+on = ["not_rolled_back", "rollback_failed", "verification_failed", "blind"]
+after = "1h"
+notify = ["cto"]
+"#;
+
+#[test]
+fn the_runbook_ladder_climbs_until_acknowledged_and_everyone_told_hears_the_end() {
+    check_incident(
+        standard(RUNBOOK_LADDER),
+        "
+        0 change v1
+        1m..3m/1m errors 10/100   # fires at 3m; no change: escalated
+        4m..1h10m/1m tick
+        1h10m ack
+        1h11m..3h/1m tick
+        3h errors 0/100
+        ",
+        "
+        1m rule errors-high ok -> pending
+        3m rule errors-high pending -> firing
+        3m escalated: no change...
+        3m notify not_rolled_back (on call)
+        18m notify not_rolled_back (team lead)
+        33m notify not_rolled_back (on call)
+        33m notify not_rolled_back (head of engineering)
+        1h3m notify not_rolled_back (cto)
+        1h3m notify not_rolled_back (on call)
+        1h10m notify acknowledged -> oncall, lead, head, cto
+        3h rule errors-high firing -> ok
+        3h notify resolved -> oncall, lead, head, cto
+        3h closed Breach incident: recovered
+        ",
+    );
+}
+
+#[test]
+fn resolution_reaches_only_the_notifiers_already_told() {
+    check_incident(
+        standard(RUNBOOK_LADDER),
+        "
+        0 change v1
+        1m..3m/1m errors 10/100
+        4m..20m/1m tick
+        20m errors 0/100
+        ",
+        "
+        1m rule errors-high ok -> pending
+        3m rule errors-high pending -> firing
+        3m escalated: no change...
+        3m notify not_rolled_back (on call)
+        18m notify not_rolled_back (team lead)
+        20m rule errors-high firing -> ok
+        20m notify resolved -> oncall, lead
+        20m closed Breach incident: recovered
+        ",
+    );
+}
+
+const SLOW: &str = r#"
+[[notifier]]
+name = "chat"
+type = "log"
+
+[[escalation]]
+name = "slow"
+on = ["rollback_slow"]
+slow_after = "8m"
+notify = ["chat"]
+"#;
+
+#[test]
+fn a_rollback_still_running_after_its_limit_is_reported_slow() {
+    check_incident(
+        standard(SLOW),
+        &format!("{DEPLOY_AND_BREACH}
+15m..23m/1m tick
+23m done ok"),
+        "
+        10m change v1 -> v2 (v1 healthy)
+        12m rule errors-high ok -> pending
+        14m rule errors-high pending -> firing
+        14m run step 0 attempt 1 (v2 -> v1)
+        22m notify rollback_slow (slow)
+        23m run step 1 attempt 1 (v2 -> v1)
+        ",
+    );
+}
+
+#[test]
+fn a_rollback_that_verifies_within_its_limit_is_not_reported_slow() {
+    check_incident(
+        standard(SLOW),
+        &format!(
+            "{DEPLOY_AND_BREACH}
+            15m done ok
+            15m done ok
+            16m errors 0/100
+            17m..40m/1m tick
+            "
+        ),
+        "
+        10m change v1 -> v2 (v1 healthy)
+        12m rule errors-high ok -> pending
+        14m rule errors-high pending -> firing
+        14m run step 0 attempt 1 (v2 -> v1)
+        15m run step 1 attempt 1 (v2 -> v1)
+        15m plan finished; verifying for 5m that these rules are clear: errors-high
+        16m rule errors-high firing -> ok
+        20m verification passed: every rule is clear
+        20m closed Breach incident: rolled back
+        ",
+    );
+}
+
+#[test]
+fn failed_attempts_are_reported_when_they_reach_the_levels_count() {
+    check_incident(
+        standard(
+            r#"
+[[notifier]]
+name = "chat"
+type = "log"
+
+[[escalation]]
+name = "two failures"
+on = ["attempts_failed"]
+attempts = 2
+notify = ["chat"]
+"#,
+        ),
+        &format!("{DEPLOY_AND_BREACH}
+15m done fail
+16m done fail"),
+        "
+        10m change v1 -> v2 (v1 healthy)
+        12m rule errors-high ok -> pending
+        14m rule errors-high pending -> firing
+        14m run step 0 attempt 1 (v2 -> v1)
+        15m run step 0 attempt 2 (v2 -> v1)
+        16m notify attempts_failed (two failures)
+        16m escalated: step \"switch\" failed after 2 attempts...
+        ",
+    );
+}
+
+#[test]
+fn stopping_rearguard_tells_nobody_the_incident_is_resolved() {
+    let mut run = Run::new(standard(RUNBOOK_LADDER));
+    run.script("0 change v1\n1m..3m/1m errors 10/100");
+    let effects = run.engine.interrupt_all(at_ms(ms("4m")));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::IncidentClosed(i) if i.outcome == Some(Outcome::Interrupted))),
+        "{effects:#?}"
+    );
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Notify(_))),
+        "{effects:#?}"
+    );
+}
+
+#[test]
+fn notifications_carry_the_facts_of_the_incident() {
+    let run = check_incident(
+        standard(""),
+        &format!(
+            "{DEPLOY_AND_BREACH}
+            15m done ok
+            15m done ok
+            16m errors 0/100
+            17m..20m/1m tick
+            "
+        ),
+        &format!(
+            "{DEPLOY_AND_BREACH_EFFECTS}
+            15m run step 1 attempt 1 (v2 -> v1)
+            15m plan finished; verifying for 5m that these rules are clear: errors-high
+            16m rule errors-high firing -> ok
+            20m verification passed: every rule is clear
+            20m notify rollback_succeeded
+            20m notify resolved
+            20m closed Breach incident: rolled back
+            "
+        ),
+    );
+    let facts = |occasion| {
+        run.effects
+            .iter()
+            .find_map(|(_, e)| match e {
+                Effect::Notify(n) if n.occasion == occasion => Some(n.facts.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let started = facts(Occasion::RollbackStarted);
+    assert_eq!(started.target, "web");
+    assert_eq!(started.state, "open");
+    assert_eq!(started.plan.as_deref(), Some("undo"));
+    assert_eq!(
+        (started.from_revision.as_deref(), started.to_revision.as_deref()),
+        (Some("v2"), Some("v1"))
+    );
+    assert_eq!(started.rules.len(), 1);
+    assert_eq!(started.rules[0].name, "errors-high");
+    assert_eq!(started.rules[0].condition, "> 5% for 2m");
+    assert_eq!(started.rules[0].phase, "firing");
+    assert!(
+        started.rules[0].evidence.contains("10% (10/100 requests)"),
+        "{}",
+        started.rules[0].evidence
+    );
+    assert!(started.next.contains("running plan undo (2 steps)"), "{}", started.next);
+    let done = facts(Occasion::RollbackSucceeded);
+    let steps: Vec<(&str, bool)> = done.steps.iter().map(|s| (s.name.as_str(), s.ok)).collect();
+    assert_eq!(steps, [("switch", true), ("restart", true)]);
+    assert_eq!(done.at_ms, at_ms(ms("20m")).0);
+    assert_eq!(done.opened_at_ms, at_ms(ms("14m")).0);
 }
 
 // ---------------------------------------------------------------------------------------

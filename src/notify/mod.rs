@@ -11,6 +11,7 @@
 //! URL (Slack and Teams webhook URLs are secrets) and answers are bounded in size.
 
 pub mod email;
+pub mod outbox;
 pub mod pagerduty;
 pub mod slack;
 pub mod statuspage;

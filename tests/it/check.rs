@@ -483,7 +483,13 @@ fn the_reference_shows_every_key_of_the_schema() {
         "[[plan]]\nname = \"p\"\n[[plan.step]]\ntype = \"exec\"\nzzz = 1",
         "[[plan]]\nname = \"p\"\n[[plan.step]]\ntype = \"release_switch\"\nzzz = 1",
         "[[plan]]\nname = \"p\"\n[[plan.step]]\ntype = \"http\"\nzzz = 1",
-        "[[notifier]]\nzzz = 1",
+        "[[notifier]]\ntype = \"log\"\nzzz = 1",
+        "[[notifier]]\ntype = \"slack\"\nzzz = 1",
+        "[[notifier]]\ntype = \"pagerduty\"\nzzz = 1",
+        "[[notifier]]\ntype = \"teams\"\nzzz = 1",
+        "[[notifier]]\ntype = \"statuspage\"\nzzz = 1",
+        "[[notifier]]\ntype = \"email\"\nzzz = 1",
+        "[[notifier]]\ntype = \"webhook\"\nzzz = 1",
         "[[escalation]]\nzzz = 1",
     ];
     let mut keys = BTreeSet::new();
@@ -554,6 +560,13 @@ fn the_reference_shows_every_key_of_the_schema() {
         "{from_revision}",
         "{to_revision}",
         "REARGUARD_DAEMON__MODE=shadow",
+        "\"slack\"",
+        "\"pagerduty\"",
+        "\"teams\"",
+        "\"statuspage\"",
+        "\"email\"",
+        "\"webhook\"",
+        "notify-test",
         "REARGUARD_RULE__0__FOR=2m",
     ] {
         assert!(

@@ -21,9 +21,9 @@ use crate::support;
 
 /// A service whose health is the behaviour file of the release `current` names, read on
 /// every request, plus a switch that forces it unhealthy whatever the release.
-struct Svc {
+pub(crate) struct Svc {
     dir: PathBuf,
-    broken: AtomicBool,
+    pub(crate) broken: AtomicBool,
 }
 
 async fn health(State(svc): State<Arc<Svc>>) -> (StatusCode, &'static str) {
@@ -37,14 +37,14 @@ async fn health(State(svc): State<Arc<Svc>>) -> (StatusCode, &'static str) {
     }
 }
 
-struct Fixture {
-    releases: Releases,
-    svc: Arc<Svc>,
-    server: support::TestServer,
+pub(crate) struct Fixture {
+    pub(crate) releases: Releases,
+    pub(crate) svc: Arc<Svc>,
+    pub(crate) server: support::TestServer,
 }
 
 impl Fixture {
-    async fn new() -> Fixture {
+    pub(crate) async fn new() -> Fixture {
         let releases = Releases::new();
         for (name, behaviour) in [("v1", "healthy"), ("v2", "broken")] {
             std::fs::write(releases.release(name).join("behaviour"), behaviour).unwrap();
@@ -64,13 +64,13 @@ impl Fixture {
         }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.releases.path()
     }
 
     /// Waits until the daemon has probed the service `n` times. Its first look at the
     /// `current` symlink happens at start, before any probe, so v1 is known by then.
-    async fn probed(&self, n: usize) {
+    pub(crate) async fn probed(&self, n: usize) {
         let requests = self.server.requests.clone();
         support::poll_until(Duration::from_secs(10), || {
             requests.load(Ordering::SeqCst) >= n
@@ -80,7 +80,7 @@ impl Fixture {
     }
 
     /// A configuration for this fixture; `plan_steps` is TOML for the plan's steps.
-    fn config(&self, plan_steps: &str, extra: &str) -> String {
+    pub(crate) fn config(&self, plan_steps: &str, extra: &str) -> String {
         format!(
             r#"
 [daemon]
@@ -121,7 +121,7 @@ window = "500ms"
     }
 }
 
-fn load(text: &str) -> Config {
+pub(crate) fn load(text: &str) -> Config {
     rearguard::config::load_str(text, Format::Toml, std::iter::empty(), Path::new("."))
         .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}"))
 }
@@ -135,7 +135,7 @@ releases = "{dir}/releases"
 timeout = "5s"
 "#;
 
-fn switch_back(f: &Fixture) -> String {
+pub(crate) fn switch_back(f: &Fixture) -> String {
     SWITCH_BACK.replace("{dir}", &f.path().display().to_string())
 }
 
@@ -291,7 +291,7 @@ timeout = "10s"
     assert!(seen.iter().any(|e| matches!(e, Event::Report { .. })));
 }
 
-fn binary() -> &'static str {
+pub(crate) fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_rearguard")
 }
 
