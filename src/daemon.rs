@@ -25,8 +25,8 @@ use crate::config::{Config, Occasion};
 use crate::engine::{Effect, Engine, Input, Notification, StepOrder, StepResult, Ts};
 use crate::notify::Sink;
 use crate::notify::outbox::Outbox;
-use crate::store::Store;
 use crate::source::{self, Source, alertmanager};
+use crate::store::Store;
 
 /// Where Alertmanager's webhook is received on `daemon.listen`.
 pub const WEBHOOK_PATH: &str = "/webhook/alertmanager";

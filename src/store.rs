@@ -124,8 +124,7 @@ CREATE TABLE IF NOT EXISTS threads (
 );
 ";
 
-const COLUMNS: &str =
-    "seq, id, notifier, incident, body, state, attempts, next_at_ms, created_at_ms, last_error, answer";
+const COLUMNS: &str = "seq, id, notifier, incident, body, state, attempts, next_at_ms, created_at_ms, last_error, answer";
 
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
@@ -251,7 +250,8 @@ impl Store {
     /// Every message of the outbox, oldest first (for `status`, reports and tests).
     pub fn messages(&self) -> Result<Vec<Row>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM outbox ORDER BY seq"))?;
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM outbox ORDER BY seq"))?;
         let rows = stmt.query_map([], row)?;
         let mut out = Vec::new();
         for r in rows {
@@ -266,7 +266,9 @@ impl Store {
         let mut stmt = conn.prepare_cached(
             "SELECT notifier, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY notifier ORDER BY notifier",
         )?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -349,7 +351,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.next_pending("slack").unwrap().unwrap().id, "a2");
         assert_eq!(store.next_pending("pager").unwrap().unwrap().id, "b1");
-        assert_eq!(store.thread("slack", "i1").unwrap().as_deref(), Some("171.1"));
+        assert_eq!(
+            store.thread("slack", "i1").unwrap().as_deref(),
+            Some("171.1")
+        );
         assert_eq!(store.thread("pager", "i1").unwrap(), None);
         assert_eq!(
             store.pending_notifiers().unwrap(),
@@ -379,7 +384,10 @@ mod tests {
         let row = store.next_pending("s").unwrap().unwrap();
         store.retry_later(row.seq, "HTTP 500", 5000).unwrap();
         let again = store.next_pending("s").unwrap().unwrap();
-        assert_eq!((again.id.as_str(), again.attempts, again.next_at_ms), ("a1", 1, 5000));
+        assert_eq!(
+            (again.id.as_str(), again.attempts, again.next_at_ms),
+            ("a1", 1, 5000)
+        );
         assert_eq!(again.last_error.as_deref(), Some("HTTP 500"));
         store.rejected(again.seq, "HTTP 400: bad", 20).unwrap();
         assert_eq!(store.next_pending("s").unwrap().unwrap().id, "a2");
@@ -396,7 +404,9 @@ mod tests {
             .enqueue(&[message("old", "s", "i1"), message("new", "s", "i2")], 10)
             .unwrap();
         let old = store.next_pending("s").unwrap().unwrap();
-        store.delivered(old.seq, "ok", Some(("s", "i1", "t1")), 100).unwrap();
+        store
+            .delivered(old.seq, "ok", Some(("s", "i1", "t1")), 100)
+            .unwrap();
         assert_eq!(store.prune(50).unwrap(), 0);
         assert_eq!(store.prune(200).unwrap(), 1);
         assert_eq!(store.thread("s", "i1").unwrap(), None);

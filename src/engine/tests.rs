@@ -1833,9 +1833,11 @@ notify = ["chat"]
 fn a_rollback_still_running_after_its_limit_is_reported_slow() {
     check_incident(
         standard(SLOW),
-        &format!("{DEPLOY_AND_BREACH}
+        &format!(
+            "{DEPLOY_AND_BREACH}
 15m..23m/1m tick
-23m done ok"),
+23m done ok"
+        ),
         "
         10m change v1 -> v2 (v1 healthy)
         12m rule errors-high ok -> pending
@@ -1889,9 +1891,11 @@ attempts = 2
 notify = ["chat"]
 "#,
         ),
-        &format!("{DEPLOY_AND_BREACH}
+        &format!(
+            "{DEPLOY_AND_BREACH}
 15m done fail
-16m done fail"),
+16m done fail"
+        ),
         "
         10m change v1 -> v2 (v1 healthy)
         12m rule errors-high ok -> pending
@@ -1910,9 +1914,9 @@ fn stopping_rearguard_tells_nobody_the_incident_is_resolved() {
     run.script("0 change v1\n1m..3m/1m errors 10/100");
     let effects = run.engine.interrupt_all(at_ms(ms("4m")));
     assert!(
-        effects
-            .iter()
-            .any(|e| matches!(e, Effect::IncidentClosed(i) if i.outcome == Some(Outcome::Interrupted))),
+        effects.iter().any(
+            |e| matches!(e, Effect::IncidentClosed(i) if i.outcome == Some(Outcome::Interrupted))
+        ),
         "{effects:#?}"
     );
     assert!(
@@ -1959,7 +1963,10 @@ fn notifications_carry_the_facts_of_the_incident() {
     assert_eq!(started.state, "open");
     assert_eq!(started.plan.as_deref(), Some("undo"));
     assert_eq!(
-        (started.from_revision.as_deref(), started.to_revision.as_deref()),
+        (
+            started.from_revision.as_deref(),
+            started.to_revision.as_deref()
+        ),
         (Some("v2"), Some("v1"))
     );
     assert_eq!(started.rules.len(), 1);
@@ -1971,7 +1978,11 @@ fn notifications_carry_the_facts_of_the_incident() {
         "{}",
         started.rules[0].evidence
     );
-    assert!(started.next.contains("running plan undo (2 steps)"), "{}", started.next);
+    assert!(
+        started.next.contains("running plan undo (2 steps)"),
+        "{}",
+        started.next
+    );
     let done = facts(Occasion::RollbackSucceeded);
     let steps: Vec<(&str, bool)> = done.steps.iter().map(|s| (s.name.as_str(), s.ok)).collect();
     assert_eq!(steps, [("switch", true), ("restart", true)]);

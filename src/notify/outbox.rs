@@ -69,7 +69,11 @@ impl Outbox {
         Outbox {
             store,
             names: cfg.notifiers.iter().map(|n| n.name.clone()).collect(),
-            wake: cfg.notifiers.iter().map(|_| Arc::new(Notify::new())).collect(),
+            wake: cfg
+                .notifiers
+                .iter()
+                .map(|_| Arc::new(Notify::new()))
+                .collect(),
             counter: AtomicU64::new(0),
         }
     }
@@ -85,7 +89,9 @@ impl Outbox {
         let mut messages = Vec::with_capacity(n.notifiers.len());
         let mut rows = Vec::with_capacity(n.notifiers.len());
         for &i in &n.notifiers {
-            let Some(name) = self.names.get(i) else { continue };
+            let Some(name) = self.names.get(i) else {
+                continue;
+            };
             let k = self.counter.fetch_add(1, Ordering::Relaxed);
             let msg = Message {
                 id: format!("{}.{}.{k}.{name}", n.incident, n.facts.at_ms),
@@ -125,7 +131,10 @@ impl Outbox {
         flush: Flush,
         attempts: Option<tokio::sync::mpsc::UnboundedSender<Attempt>>,
     ) {
-        match self.store.prune(now_ms().saturating_sub(KEEP.as_millis() as u64)) {
+        match self
+            .store
+            .prune(now_ms().saturating_sub(KEEP.as_millis() as u64))
+        {
             Ok(0) => {}
             Ok(n) => tracing::debug!(messages = n, "old outbox messages pruned"),
             Err(e) => tracing::warn!(error = %e, "cannot prune the outbox"),
@@ -249,7 +258,10 @@ impl Worker {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(notifier = %name, error = %e, "cannot read the incident's thread; trying again");
-                let _ = self.outbox.store.retry_later(row.seq, &e.to_string(), now_ms() + 5000);
+                let _ = self
+                    .outbox
+                    .store
+                    .retry_later(row.seq, &e.to_string(), now_ms() + 5000);
                 return;
             }
         };
@@ -272,7 +284,9 @@ impl Worker {
                 let thread = reference
                     .as_deref()
                     .map(|r| (name.as_str(), row.incident.as_str(), r));
-                self.outbox.store.delivered(row.seq, answer, thread, now_ms())
+                self.outbox
+                    .store
+                    .delivered(row.seq, answer, thread, now_ms())
             }
             Delivery::Retry { after, reason } => {
                 let delay = match after {

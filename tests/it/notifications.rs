@@ -87,7 +87,12 @@ notify = ["chat"]
     f.probed(3).await;
     f.releases.deploy("v2");
     let inc = d.closed_incident(20).await;
-    assert_eq!(inc.outcome, Some(Outcome::RolledBack), "{:#?}", inc.timeline);
+    assert_eq!(
+        inc.outcome,
+        Some(Outcome::RolledBack),
+        "{:#?}",
+        inc.timeline
+    );
 
     // opened, rollback_started, rollback_succeeded and resolved in Slack: a parent, then
     // three replies each followed by an update of the parent. PagerDuty: trigger, resolve.
