@@ -266,7 +266,8 @@ fn describe_reply(response: &Response) -> String {
     }
 }
 
-/// A failure in a few words: the reply code and the relay's text, or what broke.
+/// A failure in a few words: the reply code and the relay's text, or what broke and its
+/// root cause (`tls failed: received corrupt message of type InvalidContentType`).
 fn describe_error(error: &lettre::transport::smtp::Error) -> String {
     if let Some(code) = error.status() {
         let said = std::error::Error::source(error)
@@ -282,11 +283,44 @@ fn describe_error(error: &lettre::transport::smtp::Error) -> String {
     if error.is_timeout() {
         return "timed out".to_owned();
     }
-    let mut chars = error.to_string().chars().collect::<Vec<_>>();
-    if let Some(first) = chars.first_mut() {
-        *first = first.to_ascii_lowercase();
+    let (cause, tls) = root_cause(error);
+    let what = if error.is_tls() || tls {
+        "tls failed"
+    } else if error.is_client() {
+        "cannot send"
+    } else if error.is_response() {
+        "unreadable reply"
+    } else {
+        "connection failed"
+    };
+    let cause = text::truncate(cause.trim(), REPLY_LIMIT);
+    let mut chars = cause.chars();
+    let first = chars.next();
+    // `Connection refused` reads better lowercased; `STARTTLS is not ...` does not.
+    match (first, chars.clone().next()) {
+        (Some(first), Some(second)) if second.is_lowercase() => {
+            format!("{what}: {}{}", first.to_lowercase(), chars.as_str())
+        }
+        _ => format!("{what}: {cause}"),
     }
-    text::truncate(&chars.into_iter().collect::<String>(), REPLY_LIMIT)
+}
+
+/// The innermost error's text, and whether rustls failed on the way. Looks inside
+/// `io::Error`s, whose `source` skips the error they wrap.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> (String, bool) {
+    let mut current = error;
+    let mut tls = false;
+    loop {
+        tls |= current.is::<rustls::Error>();
+        let wrapped = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        match wrapped.or_else(|| current.source()) {
+            Some(next) => current = next,
+            None => return (current.to_string(), tls),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -506,7 +540,7 @@ mod tests {
         let email = Email::new(&spec, Duration::from_secs(5)).unwrap();
         let delivery = email.send(&message(), None).await;
         assert!(
-            matches!(&delivery, Delivery::Retry { after: None, reason } if reason.contains("refused")),
+            matches!(&delivery, Delivery::Retry { after: None, reason } if reason.starts_with("connection failed: connection refused")),
             "{delivery:?}"
         );
     }

@@ -8,7 +8,12 @@
 //! good (a configuration problem no retry fixes).
 //!
 //! Sinks never log or return a secret: errors from the HTTP client are stripped of their
-//! URL (Slack and Teams webhook URLs are secrets) and answers are bounded in size.
+//! URL (Slack and Teams webhook URLs are secrets), answers are bounded in size, and a
+//! sink whose secret travels in the request scrubs it from its answers with [`redact`].
+//!
+//! Besides the enum, this module holds what several sinks share: the request and answer
+//! path ([`send_request`], [`classify`]), URL joining ([`endpoint`]), secret scrubbing
+//! ([`redact`]) and JSON shrinking to a size limit ([`shrink`]).
 
 pub mod email;
 pub mod outbox;
@@ -20,6 +25,8 @@ pub mod text;
 pub mod webhook;
 
 use std::time::Duration;
+
+use serde_json::Value;
 
 use crate::config::{Notifier, NotifierKind, Occasion};
 use crate::engine::Facts;
@@ -180,8 +187,9 @@ fn log_message(msg: &Message) {
 /// The longest answer body kept in a [`Delivery`] description.
 const ANSWER_LIMIT: usize = 300;
 
-/// Classifies an HTTP answer the common way: 2xx accepted; 408, 425, 429 and 5xx worth
-/// retrying (429 and 503 with their `Retry-After`); any other status refused for good.
+/// Classifies an HTTP answer the common way: 2xx accepted; 408, 420, 425, 429 and 5xx
+/// worth retrying, after their `Retry-After` when they give one; any other status refused
+/// for good. 420 is Statuspage's rate limit ("enhance your calm"), answered like a 429.
 /// `body` is the answer's body, kept short in the description.
 pub fn classify(
     status: reqwest::StatusCode,
@@ -200,7 +208,7 @@ pub fn classify(
             answer,
         };
     }
-    let retryable = status.is_server_error() || matches!(status.as_u16(), 408 | 425 | 429);
+    let retryable = status.is_server_error() || matches!(status.as_u16(), 408 | 420 | 425 | 429);
     if retryable {
         Delivery::Retry {
             after: retry_after(headers),
@@ -256,11 +264,25 @@ pub fn transport_error(error: reqwest::Error) -> Delivery {
 
 /// Sends one prepared request within `timeout` and classifies the answer with
 /// [`classify`]. The body of the answer is read (bounded by the same timeout) so that
-/// callers that need it (Slack's `ok`, Statuspage's incident id) get it back.
+/// callers that need it (Slack's `ok`, PagerDuty's errors) get it back.
 pub async fn send_request(
     request: reqwest::RequestBuilder,
     timeout: Duration,
 ) -> (Delivery, Option<String>) {
+    match exchange(request, timeout).await {
+        Ok((status, headers, body)) => (classify(status, &headers, &body), Some(body)),
+        Err(delivery) => (delivery, None),
+    }
+}
+
+/// Sends one prepared request within `timeout` and returns the answer's status, headers
+/// and body, for a sink that reads more of a 2xx answer than [`send_request`] gives back
+/// (Statuspage quotes the status next to the incident id). A timeout or a transport
+/// failure is already the retry it amounts to.
+pub(crate) async fn exchange(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, String), Delivery> {
     let attempt = async {
         let response = request.send().await?;
         let status = response.status();
@@ -269,18 +291,115 @@ pub async fn send_request(
         Ok::<_, reqwest::Error>((status, headers, body))
     };
     match tokio::time::timeout(timeout, attempt).await {
-        Err(_) => (
-            Delivery::Retry {
-                after: None,
-                reason: format!(
-                    "no answer within {}",
-                    crate::config::units::format_duration(timeout)
-                ),
-            },
-            None,
-        ),
-        Ok(Err(e)) => (transport_error(e), None),
-        Ok(Ok((status, headers, body))) => (classify(status, &headers, &body), Some(body)),
+        Err(_) => Err(Delivery::Retry {
+            after: None,
+            reason: format!(
+                "no answer within {}",
+                crate::config::units::format_duration(timeout)
+            ),
+        }),
+        Ok(Err(e)) => Err(transport_error(e)),
+        Ok(Ok(answered)) => Ok(answered),
+    }
+}
+
+/// `base` with `segments` appended as path segments (percent-encoded), whether or not
+/// its path ends in `/`: `https://api.statuspage.io/v1` and `["pages", "p"]` give
+/// `https://api.statuspage.io/v1/pages/p`. `None` for a URL that cannot have a path.
+pub(crate) fn endpoint(base: &reqwest::Url, segments: &[&str]) -> Option<reqwest::Url> {
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .ok()?
+        .pop_if_empty()
+        .extend(segments);
+    Some(url)
+}
+
+/// What replaces a secret in a description.
+const REDACTED: &str = "[redacted]";
+
+/// The shortest cut-off beginning of a secret that is still scrubbed.
+const SHORTEST_PART: usize = 4;
+
+/// `delivery` with every occurrence of `secret` in its description replaced, including
+/// the beginning of one that a length limit cut before its `…`. Providers may echo what
+/// they were sent, and a description ends up in logs.
+pub(crate) fn redact(delivery: Delivery, secret: &str) -> Delivery {
+    match delivery {
+        Delivery::Accepted { reference, answer } => Delivery::Accepted {
+            reference,
+            answer: scrub(&answer, secret),
+        },
+        Delivery::Retry { after, reason } => Delivery::Retry {
+            after,
+            reason: scrub(&reason, secret),
+        },
+        Delivery::Rejected { reason } => Delivery::Rejected {
+            reason: scrub(&reason, secret),
+        },
+    }
+}
+
+/// `description` with `secret` replaced by [`REDACTED`], and a cut-off beginning of it
+/// (at least [`SHORTEST_PART`] bytes) before a final `…` as well.
+fn scrub(description: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        return description.to_owned();
+    }
+    let out = description.replace(secret, REDACTED);
+    let Some(head) = out.strip_suffix(text::ELLIPSIS) else {
+        return out;
+    };
+    let part = (SHORTEST_PART.min(secret.len())..secret.len())
+        .rev()
+        .find(|&n| secret.is_char_boundary(n) && head.ends_with(&secret[..n]));
+    match part {
+        Some(n) => format!("{}{REDACTED}{}", &head[..head.len() - n], text::ELLIPSIS),
+        None => out,
+    }
+}
+
+/// Shrinks `value` until `fits` holds: cuts every string to fewer and fewer bytes, then
+/// shortens every list. Keys and types are kept, so a receiver can still parse it.
+/// Returns whether it fits.
+pub(crate) fn shrink(value: &mut Value, fits: impl Fn(&Value) -> bool) -> bool {
+    if fits(value) {
+        return true;
+    }
+    for max in [16_384, 4096, 1024, 256, 64] {
+        cut_strings(value, max);
+        if fits(value) {
+            return true;
+        }
+    }
+    for max in [100, 20, 5, 1] {
+        cut_lists(value, max);
+        if fits(value) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Cuts every string in `value` to at most `max` bytes, on a character boundary.
+fn cut_strings(value: &mut Value, max: usize) {
+    match value {
+        Value::String(s) if s.len() > max => *s = text::truncate_bytes(s, max),
+        Value::Array(items) => items.iter_mut().for_each(|v| cut_strings(v, max)),
+        Value::Object(map) => map.values_mut().for_each(|v| cut_strings(v, max)),
+        _ => {}
+    }
+}
+
+/// Shortens every list in `value` to at most `max` items.
+fn cut_lists(value: &mut Value, max: usize) {
+    match value {
+        Value::Array(items) => {
+            items.truncate(max);
+            items.iter_mut().for_each(|v| cut_lists(v, max));
+        }
+        Value::Object(map) => map.values_mut().for_each(|v| cut_lists(v, max)),
+        _ => {}
     }
 }
 

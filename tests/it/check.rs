@@ -685,3 +685,79 @@ window = "{verify}"
     );
     assert!(load_str(&config("5m"), Format::Toml, Vec::new(), Path::new(".")).is_ok());
 }
+
+#[test]
+fn notifier_settings_are_checked_with_their_paths_and_secrets_stay_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("not-a-url");
+    std::fs::write(&secret, "hooks-secret-value-1234\n").unwrap();
+    let errors = errors_of(&format!(
+        r#"
+[[notifier]]
+name = "both"
+type = "slack"
+webhook_url = {{ file = "{secret}" }}
+token = {{ env = "SLACK_TOKEN" }}
+
+[[notifier]]
+name = "bot"
+type = "slack"
+token = {{ env = "SLACK_TOKEN" }}
+
+[[notifier]]
+name = "hook"
+type = "slack"
+webhook_url = {{ file = "{secret}" }}
+per_minute = 0
+
+[[notifier]]
+name = "mail"
+type = "email"
+host = "smtp.example.com"
+tls = "ssl"
+from = "rearguard"
+to = []
+username = "ops"
+
+[[notifier]]
+name = "pager"
+type = "pagerduty"
+routing_key = {{ env = "PD_KEY" }}
+timeout = "0s"
+
+[[escalation]]
+on = ["rollback_slow", "opened"]
+notify = ["pager"]
+
+[[escalation]]
+on = ["opened"]
+slow_after = "5m"
+attempts = 2
+notify = ["pager", "nobody"]
+"#,
+        secret = secret.display()
+    ));
+    let expected = [
+        "notifier[0]: a slack notifier takes exactly one of `webhook_url` (incoming webhook) or `token` (bot)",
+        "notifier[1].channel: required with `token`: the channel id to post to",
+        "notifier[2].per_minute: must be at least 1",
+        "notifier[2].webhook_url: the secret is not an http or https URL (its value is not shown)",
+        "notifier[3].tls: expected \"starttls\", \"tls\" or \"none\", got \"ssl\"",
+        "notifier[3].from: expected an email address like ops@example.com, got \"rearguard\"",
+        "notifier[3].to: must list at least one address",
+        "notifier[3]: `username` and `password` go together",
+        "notifier[4].timeout: must be greater than zero",
+        "notifier[4].routing_key: environment variable PD_KEY is not set",
+        "escalation[0].slow_after: required when `on` lists rollback_slow",
+        "escalation[1].slow_after: only means something when `on` lists rollback_slow",
+        "escalation[1].attempts: only means something when `on` lists attempts_failed",
+        "escalation[1].notify[1]: no notifier is named \"nobody\"",
+    ];
+    for e in expected {
+        assert!(errors.iter().any(|x| x == e), "missing {e:?} in {errors:#?}");
+    }
+    assert!(
+        !errors.iter().any(|e| e.contains("hooks-secret-value")),
+        "{errors:#?}"
+    );
+}

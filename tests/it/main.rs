@@ -14,6 +14,7 @@ mod notify_slack;
 mod notify_statuspage;
 mod notify_teams;
 mod notify_webhook;
+mod outbox;
 mod prometheus;
 mod promstack;
 mod provider;

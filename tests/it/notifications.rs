@@ -348,3 +348,77 @@ timeout = "1s"
         }
     }
 }
+
+#[tokio::test]
+async fn notify_test_sends_a_marked_message_and_reports_the_answer() {
+    let receiver = Provider::start(any, accepted).await;
+    receiver.script([Answer::Status(
+        401,
+        "signature does not verify".to_owned(),
+    )]);
+    let dir = support::temp_dir();
+    std::fs::write(dir.path().join("hook.secret"), WEBHOOK_SECRET).unwrap();
+    let cfg = dir.path().join("rearguard.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[[notifier]]
+name = "hook"
+type = "webhook"
+url = "{}"
+secret = {{ file = "hook.secret" }}
+"#,
+            receiver.url("/rearguard")
+        ),
+    )
+    .unwrap();
+    let notify_test = |name: &str| {
+        let cfg = cfg.clone();
+        let name = name.to_owned();
+        async move {
+            tokio::process::Command::new(binary())
+                .args(["notify-test", "--config"])
+                .arg(&cfg)
+                .arg(&name)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+
+    let refused = notify_test("hook").await;
+    let out = String::from_utf8_lossy(&refused.stdout);
+    assert_eq!(refused.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("refused the test message") && out.contains("HTTP 401"),
+        "{out}"
+    );
+
+    let ok = notify_test("hook").await;
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(ok.status.code(), Some(0), "{out}");
+    assert!(out.contains("accepted the test message"), "{out}");
+    let body = receiver.requests()[1].json();
+    assert_eq!(body["test"], serde_json::json!(true), "{body}");
+    assert!(
+        body["summary"].as_str().unwrap().starts_with("[TEST]"),
+        "{body}"
+    );
+
+    let unknown = notify_test("pager").await;
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert_eq!(unknown.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("no notifier is named \"pager\"; configured: hook"),
+        "{err}"
+    );
+    for output in [&refused, &ok, &unknown] {
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!all.contains(WEBHOOK_SECRET), "{all}");
+    }
+}

@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use rearguard::config::{EmailSpec, Occasion, SmtpTls};
 use rearguard::notify::email::Email;
 use rearguard::notify::{Delivery, Message};
@@ -352,18 +354,32 @@ async fn a_relay_without_starttls_gets_no_credentials_and_is_refused() {
 
 #[tokio::test]
 async fn a_failed_tls_handshake_is_retried() {
-    // The relay speaks plain SMTP where TLS from the first byte is expected.
-    let server = SmtpServer::start(Setup::default()).await;
+    // A relay that greets in plain text where TLS from the first byte is expected. (The
+    // SMTP server would rightly count the ClientHello as a protocol violation.)
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let relay = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        stream.write_all(b"220 plain ESMTP\r\n").await.unwrap();
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink).await;
+    });
     let spec = EmailSpec {
+        host: "127.0.0.1".to_owned(),
+        port,
         tls: SmtpTls::Tls,
-        ..with_credentials(spec(&server), "rearguard", "correct horse")
+        username: None,
+        password: None,
+        from: "rearguard@example.com".to_owned(),
+        to: vec!["ops@example.com".to_owned()],
     };
 
     let delivery = send(&spec, TIMEOUT, &message()).await;
 
-    assert!(
-        matches!(&delivery, Delivery::Retry { after: None, .. }),
-        "{delivery:?}"
-    );
-    assert!(server.commands().is_empty(), "{:?}", server.commands());
+    let Delivery::Retry { after, reason } = delivery else {
+        panic!("a failed TLS handshake is worth retrying, got {delivery:?}");
+    };
+    assert_eq!(after, None);
+    assert!(reason.starts_with("tls failed: "), "{reason}");
+    relay.await.unwrap();
 }
