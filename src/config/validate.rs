@@ -966,18 +966,10 @@ fn notifier(ctx: &mut Ctx, p: &str, raw: &RawNotifier) -> Option<Notifier> {
     })
 }
 
-/// A plain `local@domain` check; the mail server has the last word.
+/// An address the SMTP notifier can use (`ops@example.com` or `Ops <ops@example.com>`),
+/// judged by the same parser the notifier uses; the mail server has the last word.
 fn looks_like_address(text: &str) -> bool {
-    match text.split_once('@') {
-        Some((local, domain)) => {
-            !local.is_empty()
-                && !domain.is_empty()
-                && !domain.contains('@')
-                && !text.contains(char::is_whitespace)
-                && !text.contains(['<', '>'])
-        }
-        None => false,
-    }
+    text.parse::<lettre::message::Mailbox>().is_ok()
 }
 
 fn items<T: DeserializeOwned>(ctx: &mut Ctx, section: &str, values: &[Value]) -> Vec<Option<T>> {

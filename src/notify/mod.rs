@@ -9,11 +9,11 @@
 //!
 //! Sinks never log or return a secret: errors from the HTTP client are stripped of their
 //! URL (Slack and Teams webhook URLs are secrets), answers are bounded in size, and a
-//! sink whose secret travels in the request scrubs it from its answers with [`redact`].
+//! sink whose secret travels in the request scrubs it from its answers with `redact`.
 //!
 //! Besides the enum, this module holds what several sinks share: the request and answer
-//! path ([`send_request`], [`classify`]), URL joining ([`endpoint`]), secret scrubbing
-//! ([`redact`]) and JSON shrinking to a size limit ([`shrink`]).
+//! path ([`send_request`], [`classify`]), URL joining (`endpoint`), secret scrubbing
+//! (`redact`) and JSON shrinking to a size limit (`shrink`).
 
 pub mod email;
 pub mod outbox;
@@ -422,14 +422,22 @@ mod tests {
             classify(StatusCode::ACCEPTED, &none, "{}"),
             Delivery::Accepted { .. }
         ));
-        for code in [429, 500, 502, 503, 408] {
+        for code in [408, 420, 425, 429, 500, 502, 503] {
             let status = StatusCode::from_u16(code).unwrap();
             assert!(
                 matches!(classify(status, &none, ""), Delivery::Retry { .. }),
                 "{code}"
             );
         }
-        for code in [400, 401, 403, 404, 410, 413] {
+        // Statuspage's own rate limit waits as long as it asks, like a 429.
+        assert_eq!(
+            classify(StatusCode::from_u16(420).unwrap(), &headers("2"), ""),
+            Delivery::Retry {
+                after: Some(Duration::from_secs(2)),
+                reason: "HTTP 420".to_owned()
+            }
+        );
+        for code in [400, 401, 403, 404, 410, 413, 422] {
             let status = StatusCode::from_u16(code).unwrap();
             assert!(
                 matches!(classify(status, &none, "bad"), Delivery::Rejected { .. }),
@@ -466,5 +474,82 @@ mod tests {
             panic!("a 400 is refused")
         };
         assert!(reason.chars().count() < ANSWER_LIMIT + 20, "{reason}");
+    }
+
+    #[test]
+    fn endpoints_keep_the_base_path() {
+        fn check(base: &str, segments: &[&str], expected: &str) {
+            let base = reqwest::Url::parse(base).unwrap();
+            assert_eq!(endpoint(&base, segments).unwrap().as_str(), expected);
+        }
+        check(
+            "https://api.statuspage.io/v1",
+            &["pages", "p1", "incidents"],
+            "https://api.statuspage.io/v1/pages/p1/incidents",
+        );
+        check(
+            "https://api.statuspage.io/v1/",
+            &["pages", "p1", "incidents", "i9"],
+            "https://api.statuspage.io/v1/pages/p1/incidents/i9",
+        );
+        check(
+            "https://events.pagerduty.com",
+            &["v2", "enqueue"],
+            "https://events.pagerduty.com/v2/enqueue",
+        );
+        // Ids are path segments, never path syntax.
+        check(
+            "http://h/v1",
+            &["pages", "a/../b", "incidents"],
+            "http://h/v1/pages/a%2F..%2Fb/incidents",
+        );
+        assert_eq!(
+            endpoint(
+                &reqwest::Url::parse("mailto:x@example.com").unwrap(),
+                &["v2"]
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_whole_and_cut() {
+        fn check(description: &str, expected: &str) {
+            let d = redact(
+                Delivery::Rejected {
+                    reason: description.to_owned(),
+                },
+                "s3cr3t-key",
+            );
+            assert_eq!(
+                d,
+                Delivery::Rejected {
+                    reason: expected.to_owned()
+                }
+            );
+        }
+        check(
+            "HTTP 400: bad key s3cr3t-key",
+            "HTTP 400: bad key [redacted]",
+        );
+        check("HTTP 400: key s3cr3t…", "HTTP 400: key [redacted]…");
+        check("HTTP 400: key s3…", "HTTP 400: key s3…");
+        check("HTTP 400: nothing", "HTTP 400: nothing");
+    }
+
+    #[test]
+    fn shrinking_cuts_strings_before_lists_and_keeps_the_shape() {
+        let size = |v: &Value| serde_json::to_vec(v).unwrap().len();
+        let long = serde_json::json!({"a": "é".repeat(10_000), "b": vec!["x"; 500]});
+        let mut value = long.clone();
+        assert!(shrink(&mut value, |v| size(v) <= 8_000));
+        assert_eq!(value["b"].as_array().unwrap().len(), 500);
+        assert!(value["a"].as_str().unwrap().ends_with(text::ELLIPSIS));
+        let mut value = long.clone();
+        assert!(shrink(&mut value, |v| size(v) <= 200));
+        assert!(size(&value) <= 200);
+        assert!(value["a"].is_string() && value["b"].is_array());
+        let mut value = long;
+        assert!(!shrink(&mut value, |_| false));
     }
 }

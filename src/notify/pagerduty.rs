@@ -96,7 +96,7 @@ impl PagerDuty {
                 alert(msg, key, action, severity),
             ),
         };
-        let Some(url) = super::statuspage::endpoint(&self.url, path) else {
+        let Some(url) = super::endpoint(&self.url, path) else {
             return Delivery::Rejected {
                 reason: "url cannot take a path; it must be an http(s) base url".to_owned(),
             };
@@ -113,7 +113,7 @@ impl PagerDuty {
             },
             other => other,
         };
-        super::webhook::redact(delivery, key)
+        super::redact(delivery, key)
     }
 }
 
@@ -206,7 +206,7 @@ fn with_details(mut event: Value, msg: &Message) -> Vec<u8> {
     let overhead = serde_json::to_vec(&event).map_or(0, |b| b.len().saturating_sub("{}".len()));
     let size = |d: &Value| serde_json::to_vec(d).map_or(usize::MAX, |b| b.len());
     let fits = |d: &Value| overhead.saturating_add(size(d)) <= EVENT_LIMIT;
-    if !super::webhook::shrink(&mut details, fits) {
+    if !super::shrink(&mut details, fits) {
         details = json!({ "note": "the details were too large for PagerDuty and were left out" });
     }
     event["payload"]["custom_details"] = details;

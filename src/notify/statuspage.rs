@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
-use reqwest::{StatusCode, Url};
+use reqwest::Url;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
@@ -61,18 +61,6 @@ pub fn component_status(occasion: Occasion) -> Option<&'static str> {
     }
 }
 
-/// `base` with `segments` appended as path segments (percent-encoded), whether or not
-/// its path ends in `/`: `https://api.statuspage.io/v1` and `["pages", "p"]` give
-/// `https://api.statuspage.io/v1/pages/p`. `None` for a URL that cannot have a path.
-pub(super) fn endpoint(base: &Url, segments: &[&str]) -> Option<Url> {
-    let mut url = base.clone();
-    url.path_segments_mut()
-        .ok()?
-        .pop_if_empty()
-        .extend(segments);
-    Some(url)
-}
-
 /// One Statuspage page, through its REST API.
 #[derive(Debug)]
 pub struct Statuspage {
@@ -100,13 +88,13 @@ impl Statuspage {
     pub async fn send(&self, msg: &Message, thread: Option<&str>) -> Delivery {
         let key = self.api_key.expose_secret();
         let delivery = self.deliver(msg, thread, key).await;
-        super::webhook::redact(delivery, key)
+        super::redact(delivery, key)
     }
 
     async fn deliver(&self, msg: &Message, thread: Option<&str>, key: &str) -> Delivery {
         let mut segments = vec!["pages", self.page_id.as_str(), "incidents"];
         segments.extend(thread);
-        let Some(url) = endpoint(&self.api_url, &segments) else {
+        let Some(url) = super::endpoint(&self.api_url, &segments) else {
             return Delivery::Rejected {
                 reason: "api_url cannot take a path; it must be an http(s) base url".to_owned(),
             };
@@ -126,12 +114,14 @@ impl Statuspage {
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, "application/json")
             .body(body.to_string());
-        let (status, headers, answer) = match exchange(request, self.timeout).await {
+        let (status, headers, answer) = match super::exchange(request, self.timeout).await {
             Ok(answered) => answered,
             Err(delivery) => return delivery,
         };
+        // Statuspage's rate limit (420) is among the statuses the common classification
+        // retries.
         if !status.is_success() {
-            return refusal(status, &headers, &answer);
+            return super::classify(status, &headers, &answer);
         }
         let id = match thread {
             Some(id) => id.to_owned(),
@@ -189,45 +179,6 @@ fn created_id(answer: &str) -> Option<String> {
     (!id.trim().is_empty()).then(|| id.to_owned())
 }
 
-/// A non-2xx answer: the common classification, except that Statuspage's own rate limit
-/// answer (420) is worth retrying like a 429.
-fn refusal(status: StatusCode, headers: &HeaderMap, answer: &str) -> Delivery {
-    match super::classify(status, headers, answer) {
-        Delivery::Rejected { reason } if status.as_u16() == 420 => Delivery::Retry {
-            after: super::retry_after(headers),
-            reason,
-        },
-        other => other,
-    }
-}
-
-/// Sends one request within `timeout` and returns the status, headers and body: the
-/// same bound and error descriptions as [`super::send_request`], which does not give
-/// the status back.
-async fn exchange(
-    request: reqwest::RequestBuilder,
-    timeout: Duration,
-) -> Result<(StatusCode, HeaderMap, String), Delivery> {
-    let attempt = async {
-        let response = request.send().await?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.text().await?;
-        Ok::<_, reqwest::Error>((status, headers, body))
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Err(_) => Err(Delivery::Retry {
-            after: None,
-            reason: format!(
-                "no answer within {}",
-                crate::config::units::format_duration(timeout)
-            ),
-        }),
-        Ok(Err(e)) => Err(super::transport_error(e)),
-        Ok(Ok(answered)) => Ok(answered),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,39 +227,6 @@ mod tests {
         );
         check(Occasion::Acknowledged, "identified", None);
         check(Occasion::Resolved, "resolved", Some("operational"));
-    }
-
-    #[test]
-    fn endpoints_keep_the_base_path() {
-        fn check(base: &str, segments: &[&str], expected: &str) {
-            let base = Url::parse(base).unwrap();
-            assert_eq!(endpoint(&base, segments).unwrap().as_str(), expected);
-        }
-        check(
-            "https://api.statuspage.io/v1",
-            &["pages", "p1", "incidents"],
-            "https://api.statuspage.io/v1/pages/p1/incidents",
-        );
-        check(
-            "https://api.statuspage.io/v1/",
-            &["pages", "p1", "incidents", "i9"],
-            "https://api.statuspage.io/v1/pages/p1/incidents/i9",
-        );
-        check(
-            "https://events.pagerduty.com",
-            &["v2", "enqueue"],
-            "https://events.pagerduty.com/v2/enqueue",
-        );
-        // Ids are path segments, never path syntax.
-        check(
-            "http://h/v1",
-            &["pages", "a/../b", "incidents"],
-            "http://h/v1/pages/a%2F..%2Fb/incidents",
-        );
-        assert_eq!(
-            endpoint(&Url::parse("mailto:x@example.com").unwrap(), &["v2"]),
-            None
-        );
     }
 
     #[test]
@@ -363,25 +281,6 @@ mod tests {
         assert_eq!(name.chars().count(), NAME_LIMIT);
         let text = body["incident"]["body"].as_str().unwrap();
         assert_eq!(text.chars().count(), BODY_LIMIT);
-    }
-
-    #[test]
-    fn rate_limits_are_retried_and_client_errors_rejected() {
-        let none = HeaderMap::new();
-        for code in [420, 429, 500, 503] {
-            let status = StatusCode::from_u16(code).unwrap();
-            assert!(
-                matches!(refusal(status, &none, ""), Delivery::Retry { .. }),
-                "{code}"
-            );
-        }
-        for code in [401, 403, 404, 422] {
-            let status = StatusCode::from_u16(code).unwrap();
-            assert!(
-                matches!(refusal(status, &none, "{}"), Delivery::Rejected { .. }),
-                "{code}"
-            );
-        }
     }
 
     #[test]

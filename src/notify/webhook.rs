@@ -78,9 +78,9 @@
 //!             and abs(time.time() - int(ts)) < 300)
 //! ```
 //!
-//! Any 2xx answer accepts the message. 408, 425, 429 (with `Retry-After`) and 5xx are
-//! retried with the same `id`; any other status is a configuration error and is not
-//! retried.
+//! Any 2xx answer accepts the message. 408, 420, 425, 429 and 5xx are retried with the
+//! same `id`, after their `Retry-After` when they give one; any other status is a
+//! configuration error and is not retried.
 //!
 //! The secret is never sent: it only keys the HMAC, and it is scrubbed from every answer
 //! kept in a [`Delivery`].
@@ -166,7 +166,7 @@ impl Webhook {
             )
             .body(body);
         let (delivery, _) = super::send_request(request, self.timeout).await;
-        redact(delivery, secret)
+        super::redact(delivery, secret)
     }
 }
 
@@ -214,7 +214,7 @@ pub fn body(msg: &Message) -> Vec<u8> {
     let mut facts = std::mem::take(&mut body.facts);
     let overhead = serde_json::to_vec(&body).map_or(0, |b| b.len().saturating_sub("null".len()));
     let size = |v: &Value| serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
-    let fits = shrink(&mut facts, |f| {
+    let fits = super::shrink(&mut facts, |f| {
         overhead.saturating_add(size(f)) <= BODY_LIMIT
     });
     body.facts = facts;
@@ -226,90 +226,6 @@ pub fn body(msg: &Message) -> Vec<u8> {
         body.summary = text::truncate_bytes(&summary, BODY_LIMIT.saturating_sub(rest) / 6);
     }
     serde_json::to_vec(&body).unwrap_or_default()
-}
-
-/// Shrinks `value` until `fits` holds: cuts every string to fewer and fewer bytes, then
-/// shortens every list. Keys and types are kept, so a receiver can still parse it.
-/// Returns whether it fits.
-pub(super) fn shrink(value: &mut Value, fits: impl Fn(&Value) -> bool) -> bool {
-    if fits(value) {
-        return true;
-    }
-    for max in [16_384, 4096, 1024, 256, 64] {
-        cut_strings(value, max);
-        if fits(value) {
-            return true;
-        }
-    }
-    for max in [100, 20, 5, 1] {
-        cut_lists(value, max);
-        if fits(value) {
-            return true;
-        }
-    }
-    false
-}
-
-fn cut_strings(value: &mut Value, max: usize) {
-    match value {
-        Value::String(s) if s.len() > max => *s = text::truncate_bytes(s, max),
-        Value::Array(items) => items.iter_mut().for_each(|v| cut_strings(v, max)),
-        Value::Object(map) => map.values_mut().for_each(|v| cut_strings(v, max)),
-        _ => {}
-    }
-}
-
-fn cut_lists(value: &mut Value, max: usize) {
-    match value {
-        Value::Array(items) => {
-            items.truncate(max);
-            items.iter_mut().for_each(|v| cut_lists(v, max));
-        }
-        Value::Object(map) => map.values_mut().for_each(|v| cut_lists(v, max)),
-        _ => {}
-    }
-}
-
-/// What replaces a secret in a description.
-const REDACTED: &str = "[redacted]";
-
-/// `delivery` with every occurrence of `secret` in its description replaced, including
-/// the beginning of one that a length limit cut before its `…`. Providers may echo what
-/// they were sent, and a description ends up in logs.
-pub(super) fn redact(delivery: Delivery, secret: &str) -> Delivery {
-    match delivery {
-        Delivery::Accepted { reference, answer } => Delivery::Accepted {
-            reference,
-            answer: scrub(&answer, secret),
-        },
-        Delivery::Retry { after, reason } => Delivery::Retry {
-            after,
-            reason: scrub(&reason, secret),
-        },
-        Delivery::Rejected { reason } => Delivery::Rejected {
-            reason: scrub(&reason, secret),
-        },
-    }
-}
-
-/// The shortest cut-off beginning of a secret that is still scrubbed.
-const SHORTEST_PART: usize = 4;
-
-fn scrub(description: &str, secret: &str) -> String {
-    if secret.is_empty() {
-        return description.to_owned();
-    }
-    let out = description.replace(secret, REDACTED);
-    let Some(head) = out.strip_suffix(text::ELLIPSIS) else {
-        return out;
-    };
-    let part = (SHORTEST_PART.min(secret.len())..secret.len())
-        .rev()
-        .find(|&n| secret.is_char_boundary(n) && head.ends_with(&secret[..n]));
-    match part {
-        Some(n) => format!("{}{REDACTED}{}", &head[..head.len() - n], text::ELLIPSIS),
-        None => out,
-    }
 }
 
 #[cfg(test)]
@@ -400,30 +316,5 @@ mod tests {
         assert!(bytes.len() <= BODY_LIMIT, "{}", bytes.len());
         let body: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(body["truncated"], true);
-    }
-
-    #[test]
-    fn secrets_are_scrubbed_whole_and_cut() {
-        fn check(description: &str, expected: &str) {
-            let d = redact(
-                Delivery::Rejected {
-                    reason: description.to_owned(),
-                },
-                "s3cr3t-key",
-            );
-            assert_eq!(
-                d,
-                Delivery::Rejected {
-                    reason: expected.to_owned()
-                }
-            );
-        }
-        check(
-            "HTTP 400: bad key s3cr3t-key",
-            "HTTP 400: bad key [redacted]",
-        );
-        check("HTTP 400: key s3cr3t…", "HTTP 400: key [redacted]…");
-        check("HTTP 400: key s3…", "HTTP 400: key s3…");
-        check("HTTP 400: nothing", "HTTP 400: nothing");
     }
 }

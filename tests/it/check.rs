@@ -754,7 +754,10 @@ notify = ["pager", "nobody"]
         "escalation[1].notify[1]: no notifier is named \"nobody\"",
     ];
     for e in expected {
-        assert!(errors.iter().any(|x| x == e), "missing {e:?} in {errors:#?}");
+        assert!(
+            errors.iter().any(|x| x == e),
+            "missing {e:?} in {errors:#?}"
+        );
     }
     assert!(
         !errors.iter().any(|e| e.contains("hooks-secret-value")),

@@ -352,10 +352,7 @@ timeout = "1s"
 #[tokio::test]
 async fn notify_test_sends_a_marked_message_and_reports_the_answer() {
     let receiver = Provider::start(any, accepted).await;
-    receiver.script([Answer::Status(
-        401,
-        "signature does not verify".to_owned(),
-    )]);
+    receiver.script([Answer::Status(401, "signature does not verify".to_owned())]);
     let dir = support::temp_dir();
     std::fs::write(dir.path().join("hook.secret"), WEBHOOK_SECRET).unwrap();
     let cfg = dir.path().join("rearguard.toml");

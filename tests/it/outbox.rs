@@ -61,7 +61,12 @@ timeout = "2s"
     };
     let (flush, flush_rx) = tokio::sync::watch::channel(None);
     let (tx, attempts) = mpsc::unbounded_channel();
-    outbox.spawn(vec![(sink, limits)], &TaskTracker::new(), flush_rx, Some(tx));
+    outbox.spawn(
+        vec![(sink, limits)],
+        &TaskTracker::new(),
+        flush_rx,
+        Some(tx),
+    );
     Running {
         outbox,
         store,
