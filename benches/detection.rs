@@ -147,6 +147,7 @@ command = ["true"]
         daemon::Options {
             shutdown: shutdown.clone(),
             observer: Some(tx),
+            systemd: None,
         },
     ));
     // Warm up: full rate windows of healthy traffic in Prometheus.

@@ -484,6 +484,7 @@ fn run(path: &Path) -> ExitCode {
             crate::daemon::Options {
                 shutdown,
                 observer: None,
+                systemd: crate::systemd::Systemd::from_env(),
             },
         )
         .await;

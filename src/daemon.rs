@@ -122,6 +122,8 @@ pub struct Options {
     pub shutdown: CancellationToken,
     /// Receives every [`Event`]; the daemon never blocks on it.
     pub observer: Option<mpsc::UnboundedSender<Event>>,
+    /// systemd's notify socket, when run as a `Type=notify` service.
+    pub systemd: Option<crate::systemd::Systemd>,
 }
 
 /// A failure that stops the daemon from starting.
@@ -387,6 +389,20 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
         mode = ?cfg.daemon.mode,
         "rearguard started"
     );
+    let systemd = opts.systemd;
+    let mut status = idle_status(&cfg);
+    if let Some(sd) = &systemd {
+        sd.ready(&status);
+    }
+    // Pinged from this loop, so that systemd restarts an engine that stopped turning.
+    let mut watchdog = systemd
+        .as_ref()
+        .and_then(|sd| sd.watchdog_interval())
+        .map(|every| {
+            let mut t = tokio::time::interval(every);
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t
+        });
     tell(Event::Started);
 
     let dispatch =
@@ -466,11 +482,37 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                 let effects = engine.step(Input::Tick, now);
                 dispatch(effects, now, false, &mut in_flight);
             }
+            _ = async {
+                match watchdog.as_mut() {
+                    Some(t) => t.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(sd) = &systemd {
+                    sd.ping();
+                }
+            }
+        }
+        if let Some(sd) = &systemd {
+            let now_status = match engine.incidents() {
+                [] => idle_status(&cfg),
+                open => incidents_status(open),
+            };
+            if now_status != status {
+                sd.status(&now_status);
+                status = now_status;
+            }
         }
     }
 
     // Drain: sources stop now; in-flight steps get the drain timeout to finish.
     tracing::info!(in_flight = in_flight.len(), "rearguard stopping");
+    if let Some(sd) = &systemd {
+        sd.stopping(&format!(
+            "stopping: {} step(s) in flight, then the outbox is flushed",
+            in_flight.len()
+        ));
+    }
     sources_token.cancel();
     let deadline = tokio::time::Instant::now() + cfg.daemon.drain_timeout;
     while !in_flight.is_empty() {
@@ -532,6 +574,35 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
         let _ = o.send(Event::Stopped);
     }
     Ok(())
+}
+
+/// The `STATUS=` line while no incident is open.
+fn idle_status(cfg: &Config) -> String {
+    format!(
+        "watching {} target(s) with {} rule(s); no open incident",
+        cfg.targets.len(),
+        cfg.rules.len()
+    )
+}
+
+/// The `STATUS=` line with open incidents: the first few and their states.
+fn incidents_status(open: &[crate::engine::Incident]) -> String {
+    let shown: Vec<String> = open
+        .iter()
+        .take(3)
+        .map(|i| format!("{} ({})", i.id, i.state.name()))
+        .collect();
+    let more = open.len().saturating_sub(shown.len());
+    format!(
+        "{} open incident(s): {}{}",
+        open.len(),
+        shown.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )
 }
 
 async fn sample_loop(

@@ -260,6 +260,7 @@ async fn run_inner(dir: Option<PathBuf>) -> Result<(), String> {
         daemon::Options {
             shutdown: shutdown.clone(),
             observer: Some(tx),
+            systemd: None,
         },
     ));
 

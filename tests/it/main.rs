@@ -26,4 +26,5 @@ mod scrape;
 mod smtp;
 mod sources;
 mod support;
+mod systemd;
 mod workload;

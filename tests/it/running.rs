@@ -26,6 +26,7 @@ pub fn start(cfg: Config) -> Running {
         daemon::Options {
             shutdown: shutdown.clone(),
             observer: Some(tx),
+            systemd: None,
         },
     ));
     Running {

@@ -1,0 +1,132 @@
+//! systemd's notify protocol against a real unix datagram socket: the real binary is
+//! started the way systemd starts a `Type=notify` service with `WatchdogSec` (the
+//! `NOTIFY_SOCKET` and `WATCHDOG_USEC` variables) and the test reads what it sends.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::daemon::{Fixture, binary, switch_back};
+
+/// Reads datagrams until one satisfies `pred` or `secs` pass; returns all read.
+fn read_until(socket: &UnixDatagram, secs: u64, pred: impl Fn(&str) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        socket
+            .set_read_timeout(Some(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            ))
+            .unwrap();
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let done = pred(&text);
+                seen.push(text);
+                if done {
+                    return seen;
+                }
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                break;
+            }
+            Err(e) => panic!("reading the notify socket: {e}"),
+        }
+    }
+    panic!("no matching datagram within {secs}s; got {seen:#?}");
+}
+
+#[tokio::test]
+async fn run_tells_systemd_ready_status_watchdog_and_stopping() {
+    let f = Fixture::new().await;
+    let socket_path = f.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    // An Alertmanager signal makes rearguard listen: READY=1 must come after that.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(f.path().join("am.token"), "t0ken").unwrap();
+    let alerts = format!(
+        r#"
+[[signal]]
+name = "alerts"
+target = "shop"
+type = "alertmanager"
+matchers = {{ alertname = "ShopDown" }}
+token = {{ file = "{}/am.token" }}
+"#,
+        f.path().display()
+    );
+    let cfg = f.path().join("rearguard.toml");
+    let listen = format!("listen = \"127.0.0.1:{port}\"");
+    std::fs::write(
+        &cfg,
+        format!("{}\n{alerts}", f.config(&switch_back(&f), &listen)),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap() as i32;
+
+    let socket = tokio::task::spawn_blocking(move || {
+        let ready = read_until(&socket, 10, |d| d.contains("READY=1"));
+        let ready = ready.last().unwrap();
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .expect("the listener is up when READY=1 is sent");
+        assert!(
+            ready.contains("STATUS=watching 1 target(s) with 1 rule(s); no open incident"),
+            "{ready}"
+        );
+        // WatchdogSec 400ms: pings every 200ms from the engine's loop.
+        let started = Instant::now();
+        for _ in 0..3 {
+            read_until(&socket, 2, |d| d == "WATCHDOG=1\n");
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        socket
+    })
+    .await
+    .unwrap();
+
+    // An incident shows in the status line.
+    f.probed(3).await;
+    f.svc
+        .broken
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let socket = tokio::task::spawn_blocking(move || {
+        read_until(&socket, 10, |d| {
+            d.contains("STATUS=1 open incident(s): shop-")
+        });
+        socket
+    })
+    .await
+    .unwrap();
+
+    // SAFETY: sending a signal to a child we spawned.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    tokio::task::spawn_blocking(move || {
+        read_until(&socket, 10, |d| d.contains("STOPPING=1"));
+    })
+    .await
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("stops within the drain")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
