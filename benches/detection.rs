@@ -109,6 +109,7 @@ async fn one_run() -> RunResult {
         r#"
 [daemon]
 state_dir = "{dir}/state"
+listen = "127.0.0.1:0"
 tick = "100ms"
 drain_timeout = "2s"
 [[target]]

@@ -286,7 +286,7 @@ fn describe(m: &Measured) -> String {
 fn rearguard_config(n: usize, dir: &Path, base: &str) -> String {
     let d = dir.display();
     let mut text = format!(
-        "[daemon]\nstate_dir = \"{d}/state\"\ndrain_timeout = \"2s\"\n\n[[plan]]\nname = \"back\"\n[[plan.step]]\ntype = \"exec\"\ncommand = [\"true\"]\n\n"
+        "[daemon]\nstate_dir = \"{d}/state\"\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"2s\"\n\n[[plan]]\nname = \"back\"\n[[plan.step]]\ntype = \"exec\"\ncommand = [\"true\"]\n\n"
     );
     for i in 0..n {
         let _ = write!(

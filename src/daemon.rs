@@ -20,13 +20,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::action::{Action, ActionContext};
+use crate::api::{Health, Metrics};
 use crate::config::SourceSpec;
 use crate::config::{Config, Occasion};
+use crate::engine::Memory;
 use crate::engine::{Effect, Engine, Input, Notification, StepOrder, StepResult, Ts};
 use crate::notify::Sink;
 use crate::notify::outbox::Outbox;
 use crate::source::{self, Source, alertmanager};
-use crate::store::Store;
+use crate::store::{Decision, StepRecord, Store};
 
 /// Where Alertmanager's webhook is received on `daemon.listen`.
 pub const WEBHOOK_PATH: &str = "/webhook/alertmanager";
@@ -39,6 +41,8 @@ struct Hook {
     /// Held across judging a delivery and queueing its readings, so that two deliveries
     /// reach the engine in the order the receiver judged them.
     order: tokio::sync::Mutex<()>,
+    /// Cancelled when rearguard stops taking readings; deliveries are refused after it.
+    stop: CancellationToken,
 }
 
 /// Receives one Alertmanager delivery. Answers 200 once its readings are queued for the
@@ -53,6 +57,12 @@ async fn webhook(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let _order = hook.order.lock().await;
+    if hook.stop.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rearguard is stopping\n".to_owned(),
+        );
+    }
     let now = hook.clock.now();
     match hook.receiver.receive(auth, &body, now) {
         Ok(delivery) => {
@@ -100,6 +110,8 @@ async fn resend_loop(hook: Arc<Hook>, interval: Duration, token: CancellationTok
 /// What the daemon tells an observer (the demo, tests) as it runs.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// The HTTP listener (metrics, health, webhooks) is bound to this address.
+    Listening(std::net::SocketAddr),
     /// Sources and the engine are running.
     Started,
     /// An effect the engine produced, at the engine time it was produced.
@@ -246,17 +258,13 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     let client = crate::http::client();
     let sources = sampled_sources(&cfg, &client)?;
     let receiver = alertmanager::Receiver::new(&cfg).map(Arc::new);
-    let listener = match &receiver {
-        Some(_) => Some(
-            tokio::net::TcpListener::bind(cfg.daemon.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: cfg.daemon.listen,
-                    source,
-                })?,
-        ),
-        None => None,
-    };
+    let listener = tokio::net::TcpListener::bind(cfg.daemon.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: cfg.daemon.listen,
+            source,
+        })?;
+    let listening = listener.local_addr().unwrap_or(cfg.daemon.listen);
     let actions: Vec<Vec<Arc<Action>>> = cfg
         .plans
         .iter()
@@ -294,6 +302,15 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
         .collect::<Result<Vec<_>, _>>()?;
     let store = Arc::new(Store::open(&cfg.daemon.state_dir)?);
     let outbox = Arc::new(Outbox::new(Arc::clone(&store), &cfg));
+    let metrics = Arc::new(Metrics::new(&cfg));
+    let health = Arc::new(Health::new());
+    let rules_of_signal: Vec<Vec<usize>> = (0..cfg.signals.len())
+        .map(|s| {
+            (0..cfg.rules.len())
+                .filter(|&r| cfg.rules[r].signal == s)
+                .collect()
+        })
+        .collect();
 
     let clock = Clock::new();
     let token = opts.shutdown.clone();
@@ -308,19 +325,30 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     };
 
     let (flush_tx, flush_rx) = tokio::sync::watch::channel(None);
-    let attempts = observer.as_ref().map(|o| {
-        let (atx, mut arx) = mpsc::unbounded_channel();
-        let o = o.clone();
+    let (attempts_tx, mut attempts_rx) =
+        mpsc::unbounded_channel::<crate::notify::outbox::Attempt>();
+    {
+        let (o, metrics, store) = (observer.clone(), Arc::clone(&metrics), Arc::clone(&store));
+        let names: Vec<String> = cfg.notifiers.iter().map(|n| n.name.clone()).collect();
         tracker.spawn(async move {
-            while let Some(a) = arx.recv().await {
-                let _ = o.send(Event::Delivery(Box::new(a)));
+            while let Some(a) = attempts_rx.recv().await {
+                metrics.notification(&a.notifier, &a.delivery);
+                count_pending(&store, &metrics, &names);
+                if let Some(o) = &o {
+                    let _ = o.send(Event::Delivery(Box::new(a)));
+                }
             }
         });
-        atx
-    });
-    outbox.spawn(sinks, &tracker, flush_rx, attempts);
+    }
+    outbox.spawn(sinks, &tracker, flush_rx, Some(attempts_tx));
 
-    if let (Some(receiver), Some(listener)) = (receiver, listener) {
+    // The HTTP listener: metrics and health always, Alertmanager's webhook when a signal
+    // uses it. It serves until the very end, so that /readyz says "stopping" while the
+    // daemon drains.
+    let api_stop = CancellationToken::new();
+    let stall_after = (cfg.daemon.tick * 5).max(Duration::from_secs(5));
+    let mut app = crate::api::router(Arc::clone(&metrics), Arc::clone(&health), stall_after);
+    if let Some(receiver) = receiver {
         let resend_every = cfg
             .signals
             .iter()
@@ -333,25 +361,32 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
             tx: tx.clone(),
             clock,
             order: tokio::sync::Mutex::new(()),
+            stop: sources_token.clone(),
         });
-        let app = axum::Router::new()
-            .route(WEBHOOK_PATH, axum::routing::post(webhook))
-            .layer(axum::extract::DefaultBodyLimit::max(
-                alertmanager::BODY_LIMIT,
-            ))
-            .with_state(Arc::clone(&hook));
-        let stop = sources_token.clone();
-        tracing::info!(addr = %cfg.daemon.listen, path = WEBHOOK_PATH, "receiving alertmanager webhooks");
+        app = app.merge(
+            axum::Router::new()
+                .route(WEBHOOK_PATH, axum::routing::post(webhook))
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    alertmanager::BODY_LIMIT,
+                ))
+                .with_state(Arc::clone(&hook)),
+        );
+        tracing::info!(addr = %listening, path = WEBHOOK_PATH, "receiving alertmanager webhooks");
+        tracker.spawn(resend_loop(hook, resend_every, sources_token.clone()));
+    }
+    {
+        let stop = api_stop.clone();
         tracker.spawn(async move {
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
             if let Err(e) = served {
-                tracing::error!(error = %e, "the webhook listener failed");
+                tracing::error!(error = %e, "the http listener failed");
             }
         });
-        tracker.spawn(resend_loop(hook, resend_every, sources_token.clone()));
     }
+    tracing::info!(addr = %listening, "serving /metrics, /healthz and /readyz");
+    tell(Event::Listening(listening));
     for (i, source) in sources.iter().enumerate() {
         let Some(source) = source else { continue };
         tracker.spawn(sample_loop(
@@ -403,6 +438,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
             t.set_missed_tick_behavior(MissedTickBehavior::Delay);
             t
         });
+    health.set_ready();
     tell(Event::Started);
 
     let dispatch =
@@ -426,6 +462,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                         in_flight.insert(order.incident.clone(), guard_token.clone().drop_guard());
                         tracker.spawn(run_step(
                             action,
+                            Arc::clone(&metrics),
                             order.clone(),
                             cfg.targets[order.target].name.clone(),
                             step_cfg.timeout,
@@ -460,26 +497,66 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     // apart for `for` and counts (a signal's readings come in that order). Other inputs
     // are kept from running behind the latest time.
     let mut last = clock.now();
+    // Incidents already counted as opened, for the metrics.
+    let mut counted: std::collections::HashSet<String> = std::collections::HashSet::new();
+    match store.memory() {
+        Ok(None) => {}
+        Ok(Some((_, body))) => match serde_json::from_str::<Memory>(&body) {
+            Ok(memory) => {
+                let effects = engine.restore(memory, last);
+                account(&metrics, &engine, &effects, &mut counted);
+                tracing::info!(
+                    incidents = engine.incidents().len(),
+                    "state of the previous run restored"
+                );
+                persist(&store, &cfg, &engine, &effects, last);
+                dispatch(effects, last, false, &mut in_flight);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the stored state of the previous run cannot be read; starting without it")
+            }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the state of the previous run; starting without it")
+        }
+    }
     loop {
         tokio::select! {
             biased;
             _ = token.cancelled() => break,
             Some((input, at)) = rx.recv() => {
-                if let Input::StepDone(r) = &input {
-                    in_flight.remove(&r.incident);
+                match &input {
+                    Input::StepDone(r) => {
+                        in_flight.remove(&r.incident);
+                    }
+                    Input::Reading(r) => {
+                        metrics.reading(r.signal, &r.state);
+                        for &rule in rules_of_signal.get(r.signal).map_or(&[][..], Vec::as_slice) {
+                            metrics.evaluation(rule);
+                        }
+                    }
+                    _ => {}
                 }
                 let now = match input {
                     Input::Reading(_) => at,
                     _ => at.max(last),
                 };
                 last = last.max(now);
+                let took = Instant::now();
                 let effects = engine.step(input, now);
+                metrics.engine_step(took.elapsed());
+                persist(&store, &cfg, &engine, &effects, now);
+                account(&metrics, &engine, &effects, &mut counted);
                 dispatch(effects, now, false, &mut in_flight);
             }
             _ = ticker.tick() => {
                 let now = clock.now().max(last);
                 last = now;
+                let took = Instant::now();
                 let effects = engine.step(Input::Tick, now);
+                metrics.engine_step(took.elapsed());
+                persist(&store, &cfg, &engine, &effects, now);
+                account(&metrics, &engine, &effects, &mut counted);
                 dispatch(effects, now, false, &mut in_flight);
             }
             _ = async {
@@ -493,6 +570,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                 }
             }
         }
+        health.engine_turned(clock.now().0);
         if let Some(sd) = &systemd {
             let now_status = match engine.incidents() {
                 [] => idle_status(&cfg),
@@ -507,6 +585,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
 
     // Drain: sources stop now; in-flight steps get the drain timeout to finish.
     tracing::info!(in_flight = in_flight.len(), "rearguard stopping");
+    health.set_stopping();
     if let Some(sd) = &systemd {
         sd.stopping(&format!(
             "stopping: {} step(s) in flight, then the outbox is flushed",
@@ -525,7 +604,11 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                 if is_step {
                     let now = at.max(last);
                     last = now;
+                    let took = Instant::now();
                     let effects = engine.step(input, now);
+                    metrics.engine_step(took.elapsed());
+                    persist(&store, &cfg, &engine, &effects, now);
+                    account(&metrics, &engine, &effects, &mut counted);
                     dispatch(effects, now, true, &mut in_flight);
                 }
             }
@@ -542,15 +625,26 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     // Dropping the guards cancels what is left; actions kill their processes.
     in_flight.clear();
     steps_token.cancel();
-    let now = clock.now().max(last);
-    let effects = engine.interrupt_all(now);
-    dispatch(effects, now, true, &mut in_flight);
+    // Open incidents stay open: the state store has them, and the next start resumes
+    // them (a step abandoned here is reported then as interrupted, not run again).
+    for inc in engine.incidents() {
+        tracing::warn!(incident = %inc.id, state = inc.state.name(), "incident left open; the next start resumes it");
+    }
     drop(tx);
     // The outbox delivers what it can within the drain timeout; the rest stays in the
     // store for the next run.
     let flush_until = tokio::time::Instant::now() + cfg.daemon.drain_timeout;
     let _ = flush_tx.send(Some(flush_until));
     tracker.close();
+    // The listener goes once the outbox has had its chance; the tracker waits for both.
+    {
+        let api_stop = api_stop.clone();
+        let outbox_done = flush_until;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(outbox_done).await;
+            api_stop.cancel();
+        });
+    }
     let longest_send = cfg
         .notifiers
         .iter()
@@ -685,8 +779,10 @@ async fn change_loop(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_step(
     action: Arc<Action>,
+    metrics: Arc<Metrics>,
     order: StepOrder,
     target: String,
     timeout: Duration,
@@ -722,7 +818,114 @@ async fn run_step(
             error: Some("abandoned: rearguard stopped before the step finished".to_owned()),
         },
     };
+    metrics.action(order.plan, order.step, result.ok);
     let _ = tx.send((Input::StepDone(result), clock.now())).await;
+}
+
+/// Writes what an engine step leaves behind (its memory, the rule transitions, closed
+/// incidents) to the state store, before the step's effects are carried out. A failure
+/// is logged and the daemon goes on: acting is not held back by a broken disk.
+fn persist(store: &Store, cfg: &Config, engine: &Engine, effects: &[Effect], now: Ts) {
+    if effects.is_empty() {
+        return;
+    }
+    let mut record = StepRecord::default();
+    match serde_json::to_string(&engine.memory(now)) {
+        Ok(body) => record.memory = Some((now.0, body)),
+        Err(e) => tracing::error!(error = %e, "cannot encode the engine's state"),
+    }
+    let incident_of = |target: usize| {
+        engine
+            .incidents()
+            .iter()
+            .find(|i| i.target == target)
+            .map(|i| i.id.clone())
+            .or_else(|| {
+                effects.iter().find_map(|e| match e {
+                    Effect::IncidentClosed(i) if i.target == target => Some(i.id.clone()),
+                    _ => None,
+                })
+            })
+    };
+    for effect in effects {
+        match effect {
+            Effect::RuleChanged { rule, transition } => {
+                let r = &cfg.rules[*rule];
+                record.decisions.push(Decision {
+                    at_ms: now.0,
+                    rule: r.name.clone(),
+                    target: cfg.targets[r.target].name.clone(),
+                    incident: incident_of(r.target),
+                    from: transition.from.name().to_owned(),
+                    to: transition.to.name().to_owned(),
+                    evidence: transition.evidence.clone(),
+                });
+            }
+            Effect::IncidentClosed(inc) => match serde_json::to_string(inc) {
+                Ok(body) => record.closed.push((
+                    inc.id.clone(),
+                    inc.target_name.clone(),
+                    inc.opened_at.0,
+                    inc.closed_at.unwrap_or(now).0,
+                    crate::report::outcome_name(inc.outcome.as_ref()).to_owned(),
+                    body,
+                )),
+                Err(e) => {
+                    tracing::error!(incident = %inc.id, error = %e, "cannot encode a closed incident")
+                }
+            },
+            _ => {}
+        }
+    }
+    if let Err(e) = store.record_step(&record) {
+        tracing::error!(error = %e, "cannot write the engine's state to the state store");
+    }
+}
+
+/// Counts what a step did in the metrics: rule phases, incidents opened and closed, and
+/// the outbox's backlog after notifications were queued.
+fn account(
+    metrics: &Metrics,
+    engine: &Engine,
+    effects: &[Effect],
+    counted: &mut std::collections::HashSet<String>,
+) {
+    for inc in engine.incidents() {
+        if counted.insert(inc.id.clone()) {
+            metrics.incident_opened(inc.target, inc.cause);
+        }
+    }
+    for effect in effects {
+        match effect {
+            Effect::RuleChanged { rule, transition } => metrics.rule_phase(*rule, transition.to),
+            Effect::IncidentClosed(inc) => {
+                // Opened and closed within one step, or opened in an earlier run.
+                if !counted.remove(&inc.id) {
+                    metrics.incident_opened(inc.target, inc.cause);
+                }
+                if let Some(outcome) = &inc.outcome {
+                    metrics.incident_closed(inc.target, outcome);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Sets the outbox backlog gauge of every notifier (zero for those with nothing queued).
+fn count_pending(store: &Store, metrics: &Metrics, names: &[String]) {
+    match store.pending_notifiers() {
+        Ok(waiting) => {
+            for name in names {
+                let n = waiting
+                    .iter()
+                    .find(|(w, _)| w == name)
+                    .map_or(0, |(_, n)| *n);
+                metrics.outbox_pending(name, n);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot count the outbox"),
+    }
 }
 
 /// Writes a notification's messages to the outbox. A notification with no notifier (none

@@ -30,6 +30,7 @@ use crate::engine::{Effect, EntryKind, Outcome};
 pub const DEMO_CONFIG: &str = r#"
 [daemon]
 state_dir = "{dir}/state"
+listen = "127.0.0.1:0"
 mode = "enforce"
 tick = "100ms"
 drain_timeout = "5s"
@@ -319,7 +320,7 @@ async fn run_inner(dir: Option<PathBuf>) -> Result<(), String> {
                 outcome = inc.outcome.clone();
                 shutdown.cancel();
             }
-            Event::Effect(..) | Event::Delivery(_) => {}
+            Event::Effect(..) | Event::Delivery(_) | Event::Listening(_) => {}
             Event::Report { path, .. } => report = Some(path),
             Event::Stopped => break,
         }

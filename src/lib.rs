@@ -4,6 +4,7 @@
 //! lives here so that tests can drive the same code.
 
 pub mod action;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;

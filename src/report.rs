@@ -181,3 +181,14 @@ pub fn write(state_dir: &Path, inc: &Incident, cfg: &Config) -> io::Result<PathB
 fn esc(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
 }
+
+/// A short, stable name of an incident's outcome, for the state store and metrics.
+pub fn outcome_name(outcome: Option<&Outcome>) -> &'static str {
+    match outcome {
+        Some(Outcome::RolledBack) => "rolled_back",
+        Some(Outcome::Recovered) => "recovered",
+        Some(Outcome::ResolvedByOperator(_)) => "resolved_by_operator",
+        Some(Outcome::Interrupted) => "interrupted",
+        None => "open",
+    }
+}

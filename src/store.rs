@@ -7,6 +7,11 @@
 //! reference a provider gave to an incident's first message (a Slack thread `ts`, a
 //! Statuspage incident id) so that later messages join it, across restarts.
 //!
+//! It also keeps the engine's memory (open incidents, revisions marked bad, breakers,
+//! cooldowns, escalations still due; see `engine::Memory`), written after every engine
+//! step that had effects and before they are carried out; the audit trail of decisions
+//! (every rule transition with the evidence behind it); and every closed incident.
+//!
 //! The store runs SQL and nothing else: it does not send, decide or read the clock.
 //! Calls block for the length of one small transaction; the connection sits behind a
 //! mutex that is never held across an `.await`.
@@ -93,6 +98,29 @@ pub struct Row {
     pub answer: Option<String>,
 }
 
+/// One rule transition, for the audit trail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub at_ms: u64,
+    pub rule: String,
+    pub target: String,
+    /// The incident open on the target when it happened, if any.
+    pub incident: Option<String>,
+    pub from: String,
+    pub to: String,
+    pub evidence: String,
+}
+
+/// What one engine step leaves behind, written in one transaction.
+#[derive(Debug, Default)]
+pub struct StepRecord {
+    /// The engine's memory after the step, as JSON.
+    pub memory: Option<(u64, String)>,
+    pub decisions: Vec<Decision>,
+    /// Closed incidents: (id, target, opened ms, closed ms, outcome, JSON).
+    pub closed: Vec<(String, String, u64, u64, String, String)>,
+}
+
 /// The state store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Store {
@@ -116,6 +144,30 @@ CREATE TABLE IF NOT EXISTS outbox (
     done_at_ms    INTEGER
 );
 CREATE INDEX IF NOT EXISTS outbox_queue ON outbox (notifier, state, seq);
+CREATE TABLE IF NOT EXISTS memory (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    at_ms INTEGER NOT NULL,
+    body  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms    INTEGER NOT NULL,
+    rule     TEXT NOT NULL,
+    target   TEXT NOT NULL,
+    incident TEXT,
+    from_phase TEXT NOT NULL,
+    to_phase TEXT NOT NULL,
+    evidence TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_by_incident ON decisions (incident, seq);
+CREATE TABLE IF NOT EXISTS incidents (
+    id        TEXT PRIMARY KEY,
+    target    TEXT NOT NULL,
+    opened_ms INTEGER NOT NULL,
+    closed_ms INTEGER NOT NULL,
+    outcome   TEXT NOT NULL,
+    body      TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS threads (
     notifier  TEXT NOT NULL,
     incident  TEXT NOT NULL,
@@ -176,6 +228,99 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Writes what an engine step leaves behind, in one transaction, before its effects
+    /// are carried out.
+    pub fn record_step(&self, record: &StepRecord) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if let Some((at, body)) = &record.memory {
+            tx.execute(
+                "INSERT INTO memory (id, at_ms, body) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms, body = excluded.body",
+                params![*at as i64, body],
+            )?;
+        }
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO decisions (at_ms, rule, target, incident, from_phase, to_phase, evidence)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for d in &record.decisions {
+                insert.execute(params![
+                    d.at_ms as i64,
+                    d.rule,
+                    d.target,
+                    d.incident,
+                    d.from,
+                    d.to,
+                    d.evidence
+                ])?;
+            }
+        }
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO incidents (id, target, opened_ms, closed_ms, outcome, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (id, target, opened, closed, outcome, body) in &record.closed {
+                insert.execute(params![
+                    id,
+                    target,
+                    *opened as i64,
+                    *closed as i64,
+                    outcome,
+                    body
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The engine's memory from the last run, as JSON, with when it was taken.
+    pub fn memory(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row("SELECT at_ms, body FROM memory WHERE id = 1", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })
+            .optional()?)
+    }
+
+    /// The audit trail of one incident: the rule transitions recorded with it, oldest
+    /// first.
+    pub fn decisions(&self, incident: &str) -> Result<Vec<Decision>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT at_ms, rule, target, incident, from_phase, to_phase, evidence
+             FROM decisions WHERE incident = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![incident], |r| {
+            Ok(Decision {
+                at_ms: r.get::<_, i64>(0)? as u64,
+                rule: r.get(1)?,
+                target: r.get(2)?,
+                incident: r.get(3)?,
+                from: r.get(4)?,
+                to: r.get(5)?,
+                evidence: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A closed incident, as JSON.
+    pub fn closed_incident(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT body FROM incidents WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     /// The oldest pending message of a notifier: the next to deliver, in order.

@@ -3,7 +3,7 @@
 use super::reading::Ts;
 
 /// Why an incident exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Cause {
     /// One or more of the target's rules fired.
     Breach,
@@ -12,7 +12,7 @@ pub enum Cause {
 }
 
 /// Where an incident is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum IncidentState {
     /// Detected; the decision is being made.
     Open,
@@ -43,7 +43,7 @@ impl IncidentState {
 }
 
 /// How an incident ended, or why it was escalated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     /// The plan ran and verification passed.
     RolledBack,
@@ -56,14 +56,14 @@ pub enum Outcome {
 }
 
 /// One line of an incident's timeline.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     pub at: Ts,
     pub kind: EntryKind,
     pub text: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum EntryKind {
     /// A rule changed phase; the text holds the readings and threshold behind it.
     Rule,
@@ -84,7 +84,7 @@ pub enum EntryKind {
 }
 
 /// An incident with everything needed to write its report.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Incident {
     pub id: String,
     pub target: usize,

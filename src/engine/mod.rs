@@ -7,6 +7,7 @@
 //! them are tested without sleeping.
 
 mod incident;
+mod memory;
 mod reading;
 mod rule;
 mod stats;
@@ -22,6 +23,7 @@ use crate::config::{Config, Mode, Occasion, OnFailure, RuleMode, Threshold};
 pub use incident::{
     Cause, Entry, EntryKind, Facts, Incident, IncidentState, Outcome, RuleFact, StepFact,
 };
+pub use memory::Memory;
 pub use reading::{Measure, Reading, ReadingState, Ts};
 pub use rule::{Phase, Transition};
 
@@ -939,15 +941,6 @@ impl Engine {
                 }
             }
         }
-    }
-
-    /// Closes every open incident as interrupted: the daemon is stopping.
-    pub fn interrupt_all(&mut self, now: Ts) -> Vec<Effect> {
-        while !self.incidents.is_empty() {
-            let last = self.incidents.len() - 1;
-            self.resolve(last, Outcome::Interrupted, now);
-        }
-        std::mem::take(&mut self.out)
     }
 
     fn went_blind(&mut self, s: usize, now: Ts) {

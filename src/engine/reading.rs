@@ -5,7 +5,20 @@ use std::time::{Duration, UNIX_EPOCH};
 
 /// A point in time, in milliseconds since the Unix epoch. The engine never reads a clock:
 /// every input comes with the time it happens at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Ts(pub u64);
 
 impl Ts {

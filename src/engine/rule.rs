@@ -111,6 +111,16 @@ impl RuleState {
         }
     }
 
+    /// A rule that was firing when rearguard stopped, with fresh windows: it clears the
+    /// normal way once its clear condition holds for `clear_for`.
+    pub fn restored_firing(breach_since: Ts) -> RuleState {
+        RuleState {
+            phase: Phase::Firing,
+            breach_since: Some(breach_since),
+            ..RuleState::new()
+        }
+    }
+
     /// When the current streak of breaches began, while pending or firing.
     pub fn breach_since(&self) -> Option<Ts> {
         self.breach_since

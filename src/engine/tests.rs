@@ -200,6 +200,21 @@ impl Run {
         }
     }
 
+    /// Simulates a crash and a restart at `at` with configuration `cfg`: the memory taken
+    /// after the last step goes through JSON (as the store keeps it) into a fresh engine.
+    /// Output lines after the restart start with `restart`.
+    fn restart(&mut self, cfg: Config, at: &str) {
+        let last = self.effects.last().map_or(Ts(0), |(t, _)| *t);
+        let json = serde_json::to_string(&self.engine.memory(last)).unwrap();
+        let memory: Memory = serde_json::from_str(&json).unwrap();
+        self.engine = Engine::new(cfg);
+        self.last_order = None;
+        let t = times(at)[0];
+        self.lines.push(format!("{} restart", show_time(t)));
+        let effects = self.engine.restore(memory, at_ms(t));
+        self.record(effects, t);
+    }
+
     /// One script line: `TIME VERB ARGS`, TIME being `90`, `5m` or `A..B/STEP`. Verbs:
     /// a signal name and a reading (`errors 10/100`, `latency 0.3`, `health fail`,
     /// `oom pod-1`, `errors nodata|error|few`), `tick`, `change REV`, `done ok|fail`
@@ -292,6 +307,10 @@ impl Run {
 
     fn feed(&mut self, input: Input, t: u64) -> Vec<Effect> {
         let effects = self.engine.step(input, at_ms(t));
+        self.record(effects, t)
+    }
+
+    fn record(&mut self, effects: Vec<Effect>, t: u64) -> Vec<Effect> {
         for e in &effects {
             if let Effect::RunStep(order) = e {
                 self.last_order = Some(order.clone());
@@ -306,6 +325,15 @@ impl Run {
 
     fn output(&self) -> String {
         self.lines.join("\n")
+    }
+
+    /// How many steps were ordered at or after `at`.
+    fn steps_ordered_after(&self, at: &str) -> usize {
+        let from = at_ms(times(at)[0]);
+        self.effects
+            .iter()
+            .filter(|(t, e)| *t >= from && matches!(e, Effect::RunStep(_)))
+            .count()
     }
 }
 
@@ -1374,7 +1402,7 @@ fn max_rollbacks_holds_however_large_it_is() {
 }
 
 #[test]
-fn interrupting_closes_every_open_incident() {
+fn a_blind_incident_survives_a_restart_and_ends_when_the_signal_reads_again() {
     let mut run = Run::new(standard(""));
     run.script(&format!("{DEPLOY_AND_BREACH}\n15m errors error\n17m tick"));
     assert_eq!(
@@ -1382,23 +1410,23 @@ fn interrupting_closes_every_open_incident() {
         2,
         "a breach being rolled back and a blind signal"
     );
-    let closed: Vec<(Cause, Option<Outcome>)> = run
+    run.restart(standard(""), "18m");
+    let causes: Vec<(Cause, &str)> = run
         .engine
-        .interrupt_all(at_ms(ms("18m")))
-        .into_iter()
-        .filter_map(|e| match e {
-            Effect::IncidentClosed(i) => Some((i.cause, i.outcome)),
-            _ => None,
-        })
+        .incidents()
+        .iter()
+        .map(|i| (i.cause, i.state.name()))
         .collect();
     assert_eq!(
-        closed,
-        [
-            (Cause::Blind, Some(Outcome::Interrupted)),
-            (Cause::Breach, Some(Outcome::Interrupted))
-        ]
+        causes,
+        [(Cause::Breach, "escalated"), (Cause::Blind, "escalated")],
+        "the step running at the crash is not run again; the blind signal is still blind"
     );
-    assert!(run.engine.incidents().is_empty());
+    run.script("19m errors 0/100");
+    let blind_closed = run.effects.iter().any(|(_, e)| {
+        matches!(e, Effect::IncidentClosed(i) if i.cause == Cause::Blind && i.outcome == Some(Outcome::Recovered))
+    });
+    assert!(blind_closed, "{}", run.output());
 }
 
 #[test]
@@ -1909,23 +1937,6 @@ notify = ["chat"]
 }
 
 #[test]
-fn stopping_rearguard_tells_nobody_the_incident_is_resolved() {
-    let mut run = Run::new(standard(RUNBOOK_LADDER));
-    run.script("0 change v1\n1m..3m/1m errors 10/100");
-    let effects = run.engine.interrupt_all(at_ms(ms("4m")));
-    assert!(
-        effects.iter().any(
-            |e| matches!(e, Effect::IncidentClosed(i) if i.outcome == Some(Outcome::Interrupted))
-        ),
-        "{effects:#?}"
-    );
-    assert!(
-        !effects.iter().any(|e| matches!(e, Effect::Notify(_))),
-        "{effects:#?}"
-    );
-}
-
-#[test]
 fn notifications_carry_the_facts_of_the_incident() {
     let run = check_incident(
         standard(""),
@@ -1988,6 +1999,148 @@ fn notifications_carry_the_facts_of_the_incident() {
     assert_eq!(steps, [("switch", true), ("restart", true)]);
     assert_eq!(done.at_ms, at_ms(ms("20m")).0);
     assert_eq!(done.opened_at_ms, at_ms(ms("14m")).0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Restarts: the engine's memory through JSON into a fresh engine.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn verification_resumes_after_a_restart_and_no_step_runs_again() {
+    let mut run = Run::new(standard(""));
+    run.script(&format!("{DEPLOY_AND_BREACH}\n15m done ok\n15m done ok"));
+    run.restart(standard(""), "16m");
+    run.script("16m..18m/1m errors 0/100\n18m..21m/1m tick");
+    assert_lines(
+        &run.output(),
+        &format!(
+            "{DEPLOY_AND_BREACH_EFFECTS}
+            15m run step 1 attempt 1 (v2 -> v1)
+            15m plan finished; verifying for 5m that these rules are clear: errors-high
+            16m restart
+            16m rule errors-high firing -> ok
+            21m verification passed: every rule is clear
+            21m notify rollback_succeeded
+            21m notify resolved
+            21m closed Breach incident: rolled back
+            "
+        ),
+    );
+    let closed = run
+        .effects
+        .iter()
+        .find_map(|(_, e)| match e {
+            Effect::IncidentClosed(i) => Some(i),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        closed.timeline.iter().any(|e| e.text.contains(
+            "rearguard restarted after 1m without a record; incident restored (verifying)"
+        )),
+        "{:#?}",
+        closed.timeline
+    );
+    // The revision rolled back from stays marked bad across the restart.
+    assert!(run.engine.memory(at_ms(0)).targets[0].bad.contains("v2"));
+}
+
+#[test]
+fn a_step_running_at_a_crash_is_not_run_again_and_people_are_told() {
+    let mut run = Run::new(standard(""));
+    run.script(DEPLOY_AND_BREACH);
+    run.restart(standard(""), "15m");
+    run.script("15m..20m/1m tick");
+    assert_lines(
+        &run.output(),
+        &format!(
+            "{DEPLOY_AND_BREACH_EFFECTS}
+            15m restart
+            15m escalated: rearguard restarted while step 1/2 \"switch\" (attempt 1) was running; whether it finished is unknown...
+            15m notify rollback_failed
+            "
+        ),
+    );
+    assert_eq!(
+        run.engine.breaker(0),
+        Some("rollback web-20261118T112040 was interrupted by a restart")
+    );
+    assert_eq!(run.steps_ordered_after("15m"), 0);
+}
+
+#[test]
+fn a_firing_rule_is_firing_again_after_a_restart_and_clears_the_incident() {
+    let mut run = Run::new(standard(RUNBOOK_LADDER));
+    run.script("0 change v1\n1m..3m/1m errors 10/100\n4m..20m/1m tick");
+    run.restart(standard(RUNBOOK_LADDER), "21m");
+    run.script("21m..25m/1m tick\n25m errors 0/100");
+    assert_lines(
+        &run.output(),
+        "
+        1m rule errors-high ok -> pending
+        3m rule errors-high pending -> firing
+        3m escalated: no change...
+        3m notify not_rolled_back (on call)
+        18m notify not_rolled_back (team lead)
+        21m restart
+        25m rule errors-high firing -> ok
+        25m notify resolved -> oncall, lead
+        25m closed Breach incident: recovered
+        ",
+    );
+}
+
+#[test]
+fn escalations_still_due_fire_after_a_restart() {
+    let mut run = Run::new(standard(RUNBOOK_LADDER));
+    run.script("0 change v1\n1m..3m/1m errors 10/100\n4m..10m/1m tick");
+    run.restart(standard(RUNBOOK_LADDER), "12m");
+    run.script("12m..20m/1m tick");
+    assert_lines(
+        &run.output(),
+        "
+        1m rule errors-high ok -> pending
+        3m rule errors-high pending -> firing
+        3m escalated: no change...
+        3m notify not_rolled_back (on call)
+        12m restart
+        18m notify not_rolled_back (team lead)
+        ",
+    );
+}
+
+#[test]
+fn an_incident_whose_rules_are_gone_after_a_restart_ends_as_interrupted() {
+    let mut run = Run::new(standard(""));
+    run.script("0 change v1\n1m..3m/1m errors 10/100");
+    let renamed = config(
+        TARGET,
+        &format!(
+            "{}\n{PLAN}",
+            ERRORS_RULE.replace("errors-high", "errors-too-high")
+        ),
+    );
+    run.restart(renamed, "5m");
+    assert_lines(
+        &run.output(),
+        "
+        1m rule errors-high ok -> pending
+        3m rule errors-high pending -> firing
+        3m notify opened
+        3m escalated: no change...
+        3m notify not_rolled_back
+        5m restart
+        5m closed Breach incident: interrupted
+        ",
+    );
+    assert_eq!(
+        run.effects
+            .iter()
+            .filter(|(t, e)| *t >= at_ms(ms("5m")) && matches!(e, Effect::Notify(_)))
+            .count(),
+        0,
+        "nobody is told an interrupted incident is resolved"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

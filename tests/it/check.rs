@@ -96,6 +96,7 @@ fn every_shipped_configuration_passes_check() {
         })
         .collect();
     for expected in [
+        "default.toml",
         "reference.toml",
         "examples/runbook-table.toml",
         "examples/kubernetes-service.toml",

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use rearguard::config::{Config, Format};
 use rearguard::daemon::Event;
-use rearguard::engine::{Effect, EntryKind, Incident, Outcome};
+use rearguard::engine::{Effect, EntryKind, Outcome};
 
 use crate::releases::Releases;
 use crate::running::start;
@@ -87,6 +87,7 @@ impl Fixture {
 state_dir = "{dir}/state"
 tick = "50ms"
 drain_timeout = "5s"
+{listen}
 {extra}
 
 [[target]]
@@ -117,6 +118,12 @@ window = "500ms"
 "#,
             dir = self.path().display(),
             url = self.server.url("/health"),
+            // Any free port, unless the test names one: tests run side by side.
+            listen = if extra.contains("listen") {
+                ""
+            } else {
+                "listen = \"127.0.0.1:0\""
+            },
         )
     }
 }
@@ -244,7 +251,7 @@ on_failure = "abort"
 }
 
 #[tokio::test]
-async fn stopping_during_a_step_lets_it_finish_and_reports_the_incident_as_interrupted() {
+async fn stopping_during_a_step_lets_it_finish_and_the_next_start_resumes_the_incident() {
     let f = Fixture::new().await;
     let marker = f.path().join("step-finished");
     let steps = format!(
@@ -257,38 +264,61 @@ timeout = "10s"
 "#,
         m = marker.display()
     );
-    let mut d = start(load(&f.config(&steps, "")));
+    let text = f.config(&steps, "");
+    let mut d = start(load(&text));
     d.wait_for("start", 10, |e| matches!(e, Event::Started))
         .await;
     f.probed(3).await;
     f.releases.deploy("v2");
-    d.wait_for("the step", 20, |e| {
-        matches!(e, Event::Effect(_, Effect::RunStep(_)))
-    })
-    .await;
+    let order = d
+        .wait_for("the step", 20, |e| {
+            matches!(e, Event::Effect(_, Effect::RunStep(_)))
+        })
+        .await;
+    let Event::Effect(_, Effect::RunStep(order)) = order else {
+        unreachable!()
+    };
     let seen = d.stop().await;
     assert!(
         marker.exists(),
         "the in-flight step reached its end before the daemon stopped"
     );
-    let closed: Vec<&Incident> = seen
-        .iter()
-        .filter_map(|e| match e {
-            Event::Effect(_, Effect::IncidentClosed(i)) => Some(&**i as &Incident),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(closed.len(), 1, "{seen:#?}");
-    assert_eq!(closed[0].outcome, Some(Outcome::Interrupted));
     assert!(
-        closed[0]
-            .timeline
+        !seen
+            .iter()
+            .any(|e| matches!(e, Event::Effect(_, Effect::IncidentClosed(_)))),
+        "a stop does not end the incident: {seen:#?}"
+    );
+
+    // Someone switches back by hand meanwhile. The next start takes the incident back
+    // where it was: the step's result is known, so it is not run again, and
+    // verification goes on and passes.
+    f.releases.deploy("v1");
+    let mut d = start(load(&text));
+    let inc = d.closed_incident(30).await;
+    assert_eq!(inc.id, order.incident);
+    assert_eq!(
+        inc.outcome,
+        Some(Outcome::RolledBack),
+        "{:#?}",
+        inc.timeline
+    );
+    assert!(
+        inc.timeline
             .iter()
             .any(|e| matches!(e.kind, EntryKind::StepFinished { ok: true, .. })),
-        "the step's result was recorded: {:#?}",
-        closed[0].timeline
+        "the step's result was recorded before the stop: {:#?}",
+        inc.timeline
     );
-    assert!(seen.iter().any(|e| matches!(e, Event::Report { .. })));
+    assert!(
+        inc.timeline
+            .iter()
+            .any(|e| e.text.contains("incident restored (verifying)")),
+        "{:#?}",
+        inc.timeline
+    );
+    assert_eq!(d.steps_run(), 0, "no step runs again after the restart");
+    d.stop().await;
 }
 
 pub(crate) fn binary() -> &'static str {
@@ -381,4 +411,55 @@ async fn invalid_configuration_makes_run_exit_64_listing_every_error() {
         stderr.contains("daemon.mode: expected \"enforce\" or \"shadow\""),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn the_daemon_serves_its_metrics_and_readiness_while_it_works() {
+    let f = Fixture::new().await;
+    let mut d = start(load(&f.config(&switch_back(&f), "")));
+    let addr = match d
+        .wait_for("the listener", 10, |e| matches!(e, Event::Listening(_)))
+        .await
+    {
+        Event::Listening(addr) => addr,
+        _ => unreachable!(),
+    };
+    d.wait_for("start", 10, |e| matches!(e, Event::Started))
+        .await;
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        let client = client.clone();
+        let url = format!("http://{addr}{path}");
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/readyz").await, (200, "ready\n".to_owned()));
+    assert_eq!(get("/healthz").await.0, 200);
+    f.probed(3).await;
+    f.releases.deploy("v2");
+    let inc = d.closed_incident(20).await;
+    assert_eq!(inc.outcome, Some(Outcome::RolledBack));
+    let (status, metrics) = get("/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        r#"rearguard_incidents_opened_total{target="shop",cause="breach"} 1"#,
+        r#"rearguard_incidents_closed_total{target="shop",outcome="rolled_back"} 1"#,
+        r#"rearguard_incidents_open{target="shop"} 0"#,
+        r#"rearguard_actions_total{plan="back",step="switch back",outcome="ok"} 1"#,
+        r#"rearguard_rule_phase{rule="down",target="shop",phase="ok"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
+    let readings = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"rearguard_readings_total{signal="health",state="value"} "#))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(readings >= 3, "{metrics}");
+    d.stop().await;
 }

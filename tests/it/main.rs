@@ -3,6 +3,7 @@
 
 mod actions;
 mod alertmanager;
+mod api;
 mod check;
 mod cli;
 mod daemon;
@@ -20,6 +21,7 @@ mod promstack;
 mod provider;
 mod record;
 mod releases;
+mod restarts;
 mod running;
 mod scenarios;
 mod scrape;
@@ -27,4 +29,5 @@ mod smtp;
 mod sources;
 mod support;
 mod systemd;
+mod unit;
 mod workload;

@@ -17,8 +17,12 @@ pub struct Running {
     pub seen: Vec<Event>,
 }
 
-/// Starts the daemon with `cfg` on the test's runtime.
-pub fn start(cfg: Config) -> Running {
+/// Starts the daemon with `cfg` on the test's runtime. A configuration that keeps the
+/// default listen address gets any free port instead: tests run side by side.
+pub fn start(mut cfg: Config) -> Running {
+    if cfg.daemon.listen == "127.0.0.1:9787".parse().unwrap() {
+        cfg.daemon.listen = "127.0.0.1:0".parse().unwrap();
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(daemon::run(

@@ -1,0 +1,852 @@
+//! rearguard's own metrics, in the OpenMetrics text format (prometheus-client).
+//!
+//! [`Metrics::new`] registers every family and creates every label set the configuration
+//! names, so that each rule, signal, target, plan step and notifier is exposed at 0 from
+//! the first scrape: a series that appears only when something first goes wrong makes
+//! `rate()` and `increase()` miss that first event. The handles of those label sets are
+//! kept by configuration index, so that recording is an index and an atomic operation,
+//! with no hashing of label values and no allocation.
+//!
+//! Callers pass plain values (indexes into the configuration, names, engine enums); an
+//! index out of range or a notifier name the configuration does not have is ignored, so
+//! a recording never panics and never creates a series outside the configuration. This
+//! module only counts: it decides nothing, reads no clock and does no I/O.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::config::Config;
+use crate::engine::{Cause, Outcome, Phase, ReadingState};
+use crate::notify::Delivery;
+
+/// The upper bounds of the engine step histogram, in seconds: 1, 2.5 and 5 per decade
+/// from 10µs to 1s. A step normally takes microseconds; the upper buckets show a step
+/// that is stuck on something it should not be doing.
+const STEP_BUCKETS: [f64; 16] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+const PHASES: [Phase; 3] = [Phase::Ok, Phase::Pending, Phase::Firing];
+const CAUSES: [Cause; 2] = [Cause::Breach, Cause::Blind];
+const READING_STATES: [&str; 4] = ["value", "no_data", "insufficient", "error"];
+const OUTCOMES: [&str; 4] = [
+    "rolled_back",
+    "recovered",
+    "resolved_by_operator",
+    "interrupted",
+];
+const DELIVERIES: [&str; 3] = ["accepted", "retry", "rejected"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RulePhaseLabels {
+    rule: String,
+    target: String,
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadingLabels {
+    signal: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignalLabels {
+    signal: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpenedLabels {
+    target: String,
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosedLabels {
+    target: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    plan: String,
+    step: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    notifier: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotifierLabels {
+    notifier: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// One rule's phase gauges, one per [`PHASES`] entry.
+#[derive(Debug)]
+struct RuleSeries {
+    phases: [Gauge; 3],
+    /// Held while the three gauges change, so that two callers cannot leave two phases
+    /// at 1; a scrape may still see the change half done, for one scrape.
+    changing: Mutex<()>,
+    evaluations: Counter,
+}
+
+#[derive(Debug)]
+struct SignalSeries {
+    /// One per [`READING_STATES`] entry.
+    readings: [Counter; 4],
+    source_errors: Counter,
+}
+
+#[derive(Debug)]
+struct TargetSeries {
+    /// One per [`CAUSES`] entry.
+    opened: [Counter; 2],
+    open: Gauge,
+    /// One per [`OUTCOMES`] entry.
+    closed: [Counter; 4],
+}
+
+#[derive(Debug)]
+struct NotifierSeries {
+    /// One per [`DELIVERIES`] entry.
+    deliveries: [Counter; 3],
+    pending: Gauge,
+}
+
+/// rearguard's metrics registry, with a handle on every series the configuration names.
+/// Shared between threads behind an `Arc`; every method takes `&self`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    rules: Vec<RuleSeries>,
+    signals: Vec<SignalSeries>,
+    targets: Vec<TargetSeries>,
+    /// By plan index, then step index: `[ok, failed]`.
+    steps: Vec<Vec<[Counter; 2]>>,
+    notifiers: HashMap<String, NotifierSeries>,
+    engine_step: Histogram,
+}
+
+impl Metrics {
+    /// Registers every family and creates every label set of `cfg`: every rule starts in
+    /// phase `ok`, every counter and the other gauges at 0.
+    pub fn new(cfg: &Config) -> Metrics {
+        let mut registry = Registry::with_prefix("rearguard");
+
+        let rule_phase = Family::<RulePhaseLabels, Gauge>::default();
+        registry.register(
+            "rule_phase",
+            "The phase of each rule, 1 for the current one: ok, pending or firing",
+            rule_phase.clone(),
+        );
+        let readings = Family::<ReadingLabels, Counter>::default();
+        registry.register(
+            "readings",
+            "Readings taken by state: value, no_data, insufficient or error",
+            readings.clone(),
+        );
+        let source_errors = Family::<SignalLabels, Counter>::default();
+        registry.register(
+            "source_errors",
+            "Readings whose source could not be read",
+            source_errors.clone(),
+        );
+        let evaluations = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "evaluations",
+            "Readings a rule has judged",
+            evaluations.clone(),
+        );
+        let opened = Family::<OpenedLabels, Counter>::default();
+        registry.register(
+            "incidents_opened",
+            "Incidents opened by cause: breach or blind",
+            opened.clone(),
+        );
+        let open = Family::<TargetLabels, Gauge>::default();
+        registry.register("incidents_open", "Incidents open now", open.clone());
+        let closed = Family::<ClosedLabels, Counter>::default();
+        registry.register(
+            "incidents_closed",
+            "Incidents closed by outcome: rolled_back, recovered, resolved_by_operator or interrupted",
+            closed.clone(),
+        );
+        let actions = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "actions",
+            "Plan step attempts by outcome: ok or failed",
+            actions.clone(),
+        );
+        let notifications = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Delivery attempts by the provider's answer: accepted, retry or rejected",
+            notifications.clone(),
+        );
+        let pending = Family::<NotifierLabels, Gauge>::default();
+        registry.register(
+            "outbox_pending",
+            "Messages in the outbox waiting for delivery",
+            pending.clone(),
+        );
+        let engine_step = Histogram::new(STEP_BUCKETS);
+        registry.register_with_unit(
+            "engine_step_duration",
+            "How long the engine took to decide on one input",
+            Unit::Seconds,
+            engine_step.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "The running version of rearguard, always 1",
+            build.clone(),
+        );
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+
+        let rules = cfg
+            .rules
+            .iter()
+            .map(|rule| {
+                let target = cfg
+                    .targets
+                    .get(rule.target)
+                    .map_or_else(String::new, |t| t.name.clone());
+                let phases = PHASES.map(|phase| {
+                    rule_phase.get_or_create_owned(&RulePhaseLabels {
+                        rule: rule.name.clone(),
+                        target: target.clone(),
+                        phase: phase.name(),
+                    })
+                });
+                phases[phase_index(Phase::Ok)].set(1);
+                RuleSeries {
+                    phases,
+                    changing: Mutex::new(()),
+                    evaluations: evaluations.get_or_create_owned(&RuleLabels {
+                        rule: rule.name.clone(),
+                    }),
+                }
+            })
+            .collect();
+        let signals = cfg
+            .signals
+            .iter()
+            .map(|signal| SignalSeries {
+                readings: READING_STATES.map(|state| {
+                    readings.get_or_create_owned(&ReadingLabels {
+                        signal: signal.name.clone(),
+                        state,
+                    })
+                }),
+                source_errors: source_errors.get_or_create_owned(&SignalLabels {
+                    signal: signal.name.clone(),
+                }),
+            })
+            .collect();
+        let targets = cfg
+            .targets
+            .iter()
+            .map(|target| TargetSeries {
+                opened: CAUSES.map(|cause| {
+                    opened.get_or_create_owned(&OpenedLabels {
+                        target: target.name.clone(),
+                        cause: cause_name(cause),
+                    })
+                }),
+                open: open.get_or_create_owned(&TargetLabels {
+                    target: target.name.clone(),
+                }),
+                closed: OUTCOMES.map(|outcome| {
+                    closed.get_or_create_owned(&ClosedLabels {
+                        target: target.name.clone(),
+                        outcome,
+                    })
+                }),
+            })
+            .collect();
+        let steps = cfg
+            .plans
+            .iter()
+            .map(|plan| {
+                plan.steps
+                    .iter()
+                    .map(|step| {
+                        ["ok", "failed"].map(|outcome| {
+                            actions.get_or_create_owned(&ActionLabels {
+                                plan: plan.name.clone(),
+                                step: step.name.clone(),
+                                outcome,
+                            })
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let notifiers = cfg
+            .notifiers
+            .iter()
+            .map(|n| {
+                let series = NotifierSeries {
+                    deliveries: DELIVERIES.map(|outcome| {
+                        notifications.get_or_create_owned(&NotificationLabels {
+                            notifier: n.name.clone(),
+                            outcome,
+                        })
+                    }),
+                    pending: pending.get_or_create_owned(&NotifierLabels {
+                        notifier: n.name.clone(),
+                    }),
+                };
+                (n.name.clone(), series)
+            })
+            .collect();
+
+        Metrics {
+            registry,
+            rules,
+            signals,
+            targets,
+            steps,
+            notifiers,
+            engine_step,
+        }
+    }
+
+    /// Rule `rule` is now in `phase`: its gauge for `phase` is 1, the other two 0.
+    pub fn rule_phase(&self, rule: usize, phase: Phase) {
+        let Some(series) = self.rules.get(rule) else {
+            return;
+        };
+        // A poisoned lock only means a holder panicked; the gauges are set whole below.
+        let _changing = series
+            .changing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = phase_index(phase);
+        // The new phase is set before the old one is cleared, so that a scrape in
+        // between sees two phases rather than none.
+        series.phases[now].set(1);
+        for (i, gauge) in series.phases.iter().enumerate() {
+            if i != now {
+                gauge.set(0);
+            }
+        }
+    }
+
+    /// Signal `signal` gave a reading in `state`; an error also counts as a source error.
+    pub fn reading(&self, signal: usize, state: &ReadingState) {
+        let Some(series) = self.signals.get(signal) else {
+            return;
+        };
+        let i = match state {
+            ReadingState::Value(_) => 0,
+            ReadingState::NoData => 1,
+            ReadingState::Insufficient { .. } => 2,
+            ReadingState::SourceError(_) => {
+                series.source_errors.inc();
+                3
+            }
+        };
+        series.readings[i].inc();
+    }
+
+    /// Rule `rule` judged one reading.
+    pub fn evaluation(&self, rule: usize) {
+        if let Some(series) = self.rules.get(rule) {
+            series.evaluations.inc();
+        }
+    }
+
+    /// An incident of target `target` was opened for `cause`.
+    pub fn incident_opened(&self, target: usize, cause: Cause) {
+        let Some(series) = self.targets.get(target) else {
+            return;
+        };
+        let i = match cause {
+            Cause::Breach => 0,
+            Cause::Blind => 1,
+        };
+        series.opened[i].inc();
+        series.open.inc();
+    }
+
+    /// An incident of target `target` ended with `outcome`. The open gauge never goes
+    /// below 0, even for a close whose opening was not recorded.
+    pub fn incident_closed(&self, target: usize, outcome: &Outcome) {
+        let Some(series) = self.targets.get(target) else {
+            return;
+        };
+        let i = match outcome {
+            Outcome::RolledBack => 0,
+            Outcome::Recovered => 1,
+            Outcome::ResolvedByOperator(_) => 2,
+            Outcome::Interrupted => 3,
+        };
+        series.closed[i].inc();
+        let _ = series
+            .open
+            .inner()
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+                (open > 0).then(|| open - 1)
+            });
+    }
+
+    /// One attempt of step `step` of plan `plan` finished, `ok` or failed.
+    pub fn action(&self, plan: usize, step: usize, ok: bool) {
+        if let Some(counters) = self.steps.get(plan).and_then(|p| p.get(step)) {
+            counters[usize::from(!ok)].inc();
+        }
+    }
+
+    /// Notifier `notifier` (its configured name) answered one delivery attempt.
+    pub fn notification(&self, notifier: &str, delivery: &Delivery) {
+        let Some(series) = self.notifiers.get(notifier) else {
+            return;
+        };
+        let i = match delivery {
+            Delivery::Accepted { .. } => 0,
+            Delivery::Retry { .. } => 1,
+            Delivery::Rejected { .. } => 2,
+        };
+        series.deliveries[i].inc();
+    }
+
+    /// Notifier `notifier` (its configured name) has `messages` waiting in the outbox.
+    pub fn outbox_pending(&self, notifier: &str, messages: u64) {
+        if let Some(series) = self.notifiers.get(notifier) {
+            series
+                .pending
+                .set(i64::try_from(messages).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// One engine step took `took`.
+    pub fn engine_step(&self, took: Duration) {
+        self.engine_step.observe(took.as_secs_f64());
+    }
+
+    /// The whole exposition in the OpenMetrics text format, ending with `# EOF`.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing to a String cannot fail; should the encoder ever fail, the exposition
+        // has no `# EOF` and every scraper rejects it rather than reading part of it.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode the metrics");
+        }
+        out
+    }
+}
+
+fn phase_index(phase: Phase) -> usize {
+    match phase {
+        Phase::Ok => 0,
+        Phase::Pending => 1,
+        Phase::Firing => 2,
+    }
+}
+
+fn cause_name(cause: Cause) -> &'static str {
+    match cause {
+        Cause::Breach => "breach",
+        Cause::Blind => "blind",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{Format, load_str};
+    use crate::engine::Measure;
+
+    /// Two targets, two signals, three rules, one plan of two steps, two notifiers.
+    const CONFIG: &str = r#"
+[[target]]
+name = "web"
+plan = "undo"
+
+[[target]]
+name = "api"
+
+[[signal]]
+name = "health"
+target = "web"
+type = "http_probe"
+url = "http://127.0.0.1:8080/health"
+interval = "10s"
+
+[[signal]]
+name = "api-health"
+target = "api"
+type = "http_probe"
+url = "http://127.0.0.1:8081/health"
+interval = "10s"
+
+[[rule]]
+name = "down"
+signal = "health"
+when = "failing"
+consecutive = 3
+
+[[rule]]
+name = "flapping"
+signal = "health"
+when = "failing"
+consecutive = 1
+
+[[rule]]
+name = "api-down"
+signal = "api-health"
+when = "failing"
+consecutive = 3
+
+[[plan]]
+name = "undo"
+
+[[plan.step]]
+name = "switch"
+type = "exec"
+command = ["/bin/true"]
+
+[[plan.step]]
+name = "restart"
+type = "exec"
+command = ["/bin/true"]
+
+[[notifier]]
+name = "log"
+type = "log"
+
+[[notifier]]
+name = "hook"
+type = "log"
+"#;
+
+    fn metrics() -> Metrics {
+        let cfg = load_str(CONFIG, Format::Toml, std::iter::empty(), Path::new("."))
+            .unwrap_or_else(|e| panic!("the test configuration is invalid:\n{e}"));
+        Metrics::new(&cfg)
+    }
+
+    /// Asserts that the exposition has every line of `expected`, exactly.
+    #[track_caller]
+    fn check(m: &Metrics, expected: &[&str]) {
+        let text = m.encode();
+        let lines: Vec<&str> = text.lines().collect();
+        let missing: Vec<&&str> = expected.iter().filter(|e| !lines.contains(e)).collect();
+        assert!(
+            missing.is_empty(),
+            "missing lines {missing:#?} in the exposition:\n{text}"
+        );
+    }
+
+    #[test]
+    fn every_label_set_of_the_configuration_is_exposed_from_the_start() {
+        let m = metrics();
+        check(
+            &m,
+            &[
+                r#"rearguard_rule_phase{rule="down",target="web",phase="ok"} 1"#,
+                r#"rearguard_rule_phase{rule="down",target="web",phase="pending"} 0"#,
+                r#"rearguard_rule_phase{rule="down",target="web",phase="firing"} 0"#,
+                r#"rearguard_rule_phase{rule="api-down",target="api",phase="ok"} 1"#,
+                r#"rearguard_readings_total{signal="health",state="value"} 0"#,
+                r#"rearguard_readings_total{signal="health",state="no_data"} 0"#,
+                r#"rearguard_readings_total{signal="health",state="insufficient"} 0"#,
+                r#"rearguard_readings_total{signal="api-health",state="error"} 0"#,
+                r#"rearguard_source_errors_total{signal="api-health"} 0"#,
+                r#"rearguard_evaluations_total{rule="flapping"} 0"#,
+                r#"rearguard_incidents_opened_total{target="web",cause="breach"} 0"#,
+                r#"rearguard_incidents_opened_total{target="api",cause="blind"} 0"#,
+                r#"rearguard_incidents_open{target="api"} 0"#,
+                r#"rearguard_incidents_closed_total{target="web",outcome="rolled_back"} 0"#,
+                r#"rearguard_incidents_closed_total{target="web",outcome="recovered"} 0"#,
+                r#"rearguard_incidents_closed_total{target="web",outcome="resolved_by_operator"} 0"#,
+                r#"rearguard_incidents_closed_total{target="api",outcome="interrupted"} 0"#,
+                r#"rearguard_actions_total{plan="undo",step="switch",outcome="ok"} 0"#,
+                r#"rearguard_actions_total{plan="undo",step="restart",outcome="failed"} 0"#,
+                r#"rearguard_notifications_total{notifier="log",outcome="accepted"} 0"#,
+                r#"rearguard_notifications_total{notifier="hook",outcome="retry"} 0"#,
+                r#"rearguard_notifications_total{notifier="hook",outcome="rejected"} 0"#,
+                r#"rearguard_outbox_pending{notifier="hook"} 0"#,
+                r#"rearguard_engine_step_duration_seconds_count 0"#,
+                r#"rearguard_engine_step_duration_seconds_bucket{le="0.00001"} 0"#,
+                r#"rearguard_engine_step_duration_seconds_bucket{le="1.0"} 0"#,
+                r#"rearguard_engine_step_duration_seconds_bucket{le="+Inf"} 0"#,
+                &format!(
+                    r#"rearguard_build_info{{version="{}"}} 1"#,
+                    env!("CARGO_PKG_VERSION")
+                ),
+                "# TYPE rearguard_readings counter",
+                "# TYPE rearguard_incidents_open gauge",
+                "# TYPE rearguard_engine_step_duration_seconds histogram",
+                "# UNIT rearguard_engine_step_duration_seconds seconds",
+            ],
+        );
+        let text = m.encode();
+        assert!(text.ends_with("# EOF\n"), "no # EOF at the end:\n{text}");
+        // 3 rules x 3 phases, and nothing the configuration does not name.
+        let phases = text
+            .lines()
+            .filter(|l| l.starts_with("rearguard_rule_phase{"))
+            .count();
+        assert_eq!(phases, 9, "{text}");
+        let actions = text
+            .lines()
+            .filter(|l| l.starts_with("rearguard_actions_total{"))
+            .count();
+        assert_eq!(actions, 4, "{text}");
+    }
+
+    #[test]
+    fn rule_phase_is_one_hot() {
+        let m = metrics();
+        m.rule_phase(0, Phase::Pending);
+        m.rule_phase(0, Phase::Firing);
+        check(
+            &m,
+            &[
+                r#"rearguard_rule_phase{rule="down",target="web",phase="ok"} 0"#,
+                r#"rearguard_rule_phase{rule="down",target="web",phase="pending"} 0"#,
+                r#"rearguard_rule_phase{rule="down",target="web",phase="firing"} 1"#,
+                // Another rule of the same target is untouched.
+                r#"rearguard_rule_phase{rule="flapping",target="web",phase="ok"} 1"#,
+                r#"rearguard_rule_phase{rule="flapping",target="web",phase="firing"} 0"#,
+            ],
+        );
+        m.rule_phase(0, Phase::Ok);
+        check(
+            &m,
+            &[
+                r#"rearguard_rule_phase{rule="down",target="web",phase="ok"} 1"#,
+                r#"rearguard_rule_phase{rule="down",target="web",phase="firing"} 0"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn readings_count_by_state_and_errors_count_as_source_errors() {
+        let m = metrics();
+        let states = [
+            ReadingState::Value(Measure::Check {
+                ok: true,
+                detail: None,
+            }),
+            ReadingState::Value(Measure::Number(1.0)),
+            ReadingState::NoData,
+            ReadingState::Insufficient { have: 3, need: 10 },
+            ReadingState::SourceError("connection refused".to_owned()),
+            ReadingState::SourceError("status 500".to_owned()),
+            ReadingState::SourceError("status 502".to_owned()),
+        ];
+        for state in &states {
+            m.reading(1, state);
+        }
+        m.evaluation(2);
+        m.evaluation(2);
+        check(
+            &m,
+            &[
+                r#"rearguard_readings_total{signal="api-health",state="value"} 2"#,
+                r#"rearguard_readings_total{signal="api-health",state="no_data"} 1"#,
+                r#"rearguard_readings_total{signal="api-health",state="insufficient"} 1"#,
+                r#"rearguard_readings_total{signal="api-health",state="error"} 3"#,
+                r#"rearguard_source_errors_total{signal="api-health"} 3"#,
+                r#"rearguard_readings_total{signal="health",state="value"} 0"#,
+                r#"rearguard_source_errors_total{signal="health"} 0"#,
+                r#"rearguard_evaluations_total{rule="api-down"} 2"#,
+                r#"rearguard_evaluations_total{rule="down"} 0"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn the_open_incident_gauge_goes_up_and_down_and_never_below_zero() {
+        let m = metrics();
+        m.incident_opened(0, Cause::Breach);
+        m.incident_opened(0, Cause::Blind);
+        check(
+            &m,
+            &[
+                r#"rearguard_incidents_open{target="web"} 2"#,
+                r#"rearguard_incidents_opened_total{target="web",cause="breach"} 1"#,
+                r#"rearguard_incidents_opened_total{target="web",cause="blind"} 1"#,
+                r#"rearguard_incidents_open{target="api"} 0"#,
+            ],
+        );
+        m.incident_closed(0, &Outcome::RolledBack);
+        check(&m, &[r#"rearguard_incidents_open{target="web"} 1"#]);
+        m.incident_closed(0, &Outcome::ResolvedByOperator("ops".to_owned()));
+        m.incident_closed(0, &Outcome::Interrupted);
+        check(
+            &m,
+            &[
+                r#"rearguard_incidents_open{target="web"} 0"#,
+                r#"rearguard_incidents_closed_total{target="web",outcome="rolled_back"} 1"#,
+                r#"rearguard_incidents_closed_total{target="web",outcome="resolved_by_operator"} 1"#,
+                r#"rearguard_incidents_closed_total{target="web",outcome="interrupted"} 1"#,
+                r#"rearguard_incidents_closed_total{target="web",outcome="recovered"} 0"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn actions_notifications_outbox_and_engine_steps_are_recorded() {
+        let m = metrics();
+        m.action(0, 0, true);
+        m.action(0, 1, false);
+        m.action(0, 1, false);
+        m.notification(
+            "hook",
+            &Delivery::Retry {
+                after: None,
+                reason: "status 503".to_owned(),
+            },
+        );
+        m.notification(
+            "hook",
+            &Delivery::Accepted {
+                reference: None,
+                answer: "status 200".to_owned(),
+            },
+        );
+        m.notification(
+            "log",
+            &Delivery::Rejected {
+                reason: "status 400".to_owned(),
+            },
+        );
+        m.outbox_pending("hook", 7);
+        m.engine_step(Duration::from_micros(20));
+        m.engine_step(Duration::from_secs(2));
+        check(
+            &m,
+            &[
+                r#"rearguard_actions_total{plan="undo",step="switch",outcome="ok"} 1"#,
+                r#"rearguard_actions_total{plan="undo",step="switch",outcome="failed"} 0"#,
+                r#"rearguard_actions_total{plan="undo",step="restart",outcome="failed"} 2"#,
+                r#"rearguard_notifications_total{notifier="hook",outcome="retry"} 1"#,
+                r#"rearguard_notifications_total{notifier="hook",outcome="accepted"} 1"#,
+                r#"rearguard_notifications_total{notifier="log",outcome="rejected"} 1"#,
+                r#"rearguard_outbox_pending{notifier="hook"} 7"#,
+                r#"rearguard_outbox_pending{notifier="log"} 0"#,
+                r#"rearguard_engine_step_duration_seconds_count 2"#,
+                r#"rearguard_engine_step_duration_seconds_bucket{le="0.00001"} 0"#,
+                r#"rearguard_engine_step_duration_seconds_bucket{le="0.000025"} 1"#,
+                r#"rearguard_engine_step_duration_seconds_bucket{le="1.0"} 1"#,
+                r#"rearguard_engine_step_duration_seconds_bucket{le="+Inf"} 2"#,
+            ],
+        );
+        m.outbox_pending("hook", 0);
+        check(&m, &[r#"rearguard_outbox_pending{notifier="hook"} 0"#]);
+    }
+
+    #[test]
+    fn indexes_out_of_range_and_unknown_notifiers_are_ignored() {
+        let m = metrics();
+        let before = m.encode();
+        m.rule_phase(3, Phase::Firing);
+        m.rule_phase(usize::MAX, Phase::Pending);
+        m.reading(2, &ReadingState::NoData);
+        m.reading(usize::MAX, &ReadingState::SourceError("x".to_owned()));
+        m.evaluation(3);
+        m.incident_opened(2, Cause::Breach);
+        m.incident_closed(2, &Outcome::Recovered);
+        m.action(1, 0, true);
+        m.action(0, 2, false);
+        m.action(usize::MAX, usize::MAX, true);
+        m.notification(
+            "nobody",
+            &Delivery::Rejected {
+                reason: "no".to_owned(),
+            },
+        );
+        m.outbox_pending("nobody", 3);
+        assert_eq!(m.encode(), before, "nothing may change");
+    }
+
+    #[test]
+    fn a_configuration_without_rules_plans_or_notifiers_exposes_its_target() {
+        let text = "[[target]]\nname = \"lonely\"\n";
+        let cfg = load_str(text, Format::Toml, std::iter::empty(), Path::new("."))
+            .unwrap_or_else(|e| panic!("the test configuration is invalid:\n{e}"));
+        let m = Metrics::new(&cfg);
+        check(
+            &m,
+            &[
+                r#"rearguard_incidents_open{target="lonely"} 0"#,
+                r#"rearguard_engine_step_duration_seconds_count 0"#,
+            ],
+        );
+        let text = m.encode();
+        assert!(!text.contains("rearguard_rule_phase{"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn metrics_are_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Metrics>();
+        let m = std::sync::Arc::new(metrics());
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let m = std::sync::Arc::clone(&m);
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        m.evaluation(0);
+                        m.rule_phase(1, Phase::Firing);
+                        m.rule_phase(1, Phase::Pending);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("a worker");
+        }
+        check(
+            &m,
+            &[
+                r#"rearguard_evaluations_total{rule="down"} 4000"#,
+                r#"rearguard_rule_phase{rule="flapping",target="web",phase="ok"} 0"#,
+                r#"rearguard_rule_phase{rule="flapping",target="web",phase="pending"} 1"#,
+                r#"rearguard_rule_phase{rule="flapping",target="web",phase="firing"} 0"#,
+            ],
+        );
+    }
+}
