@@ -110,12 +110,68 @@ pub enum Command {
         /// The notifier's name, as in `[[notifier]] name`.
         notifier: String,
     },
+    /// What the running rearguard is doing: targets, rules, open incidents.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The chain of readings, rules, decisions and actions behind an incident.
+    Why {
+        #[command(flatten)]
+        api: ApiArgs,
+        incident: String,
+    },
+    /// Acknowledge an incident: reminders stop; PagerDuty hears `acknowledge`.
+    Ack {
+        #[command(flatten)]
+        api: ApiArgs,
+        incident: String,
+    },
+    /// Resolve an incident by hand.
+    Resolve {
+        #[command(flatten)]
+        api: ApiArgs,
+        incident: String,
+    },
+    /// Pause automatic action on one target, or on all (a maintenance window).
+    Pause {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The target; all targets when left out.
+        target: Option<String>,
+    },
+    /// Resume automatic action on one target, or on all.
+    Resume {
+        #[command(flatten)]
+        api: ApiArgs,
+        target: Option<String>,
+    },
+    /// Clear a target's tripped circuit breaker.
+    ClearBreaker {
+        #[command(flatten)]
+        api: ApiArgs,
+        target: String,
+    },
     /// Watch a simulated service roll out a bad release and roll it back, end to end.
     Demo {
         /// Where to keep the demo's files (default: a new temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// How the control subcommands reach the running rearguard: its configuration gives the
+/// listen address and the control token.
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// The API's base URL, when not `http://<daemon.listen>`.
+    #[arg(long)]
+    pub api: Option<String>,
+    /// Who is asking, for the audit trail (default: $USER).
+    #[arg(long)]
+    pub operator: Option<String>,
 }
 
 /// Parses the process arguments and runs the chosen command.
@@ -159,6 +215,37 @@ pub fn main() -> ExitCode {
             init_logging(cli.log_format, "info");
             notify_test(&config, &notifier, &mut std::io::stdout())
         }
+        Command::Status { api } => control(&api, reqwest::Method::GET, "/v1/status".to_owned()),
+        Command::Why { api, incident } => control(
+            &api,
+            reqwest::Method::GET,
+            format!("/v1/incidents/{}/why", segment(&incident)),
+        ),
+        Command::Ack { api, incident } => control(
+            &api,
+            reqwest::Method::POST,
+            format!("/v1/incidents/{}/acknowledge", segment(&incident)),
+        ),
+        Command::Resolve { api, incident } => control(
+            &api,
+            reqwest::Method::POST,
+            format!("/v1/incidents/{}/resolve", segment(&incident)),
+        ),
+        Command::Pause { api, target } => control(
+            &api,
+            reqwest::Method::POST,
+            target_path(target.as_deref(), "pause"),
+        ),
+        Command::Resume { api, target } => control(
+            &api,
+            reqwest::Method::POST,
+            target_path(target.as_deref(), "resume"),
+        ),
+        Command::ClearBreaker { api, target } => control(
+            &api,
+            reqwest::Method::POST,
+            format!("/v1/targets/{}/clear-breaker", segment(&target)),
+        ),
         Command::Demo { dir } => {
             init_logging(cli.log_format, "error");
             runtime().block_on(crate::demo::run(dir))
@@ -331,6 +418,136 @@ pub fn notify_test(path: &Path, name: &str, out: &mut impl std::io::Write) -> Ex
     };
     let _ = writeln!(out, "{line}");
     code
+}
+
+/// One path segment, percent-encoded.
+fn segment(text: &str) -> String {
+    let mut url = reqwest::Url::parse("http://x/").expect("a valid base");
+    url.path_segments_mut()
+        .expect("an http url has segments")
+        .push(text);
+    url.path().trim_start_matches('/').to_owned()
+}
+
+fn target_path(target: Option<&str>, action: &str) -> String {
+    match target {
+        Some(t) => format!("/v1/targets/{}/{action}", segment(t)),
+        None => format!("/v1/{action}"),
+    }
+}
+
+/// Calls the running rearguard's control API and prints its answer: exit 0 when it
+/// answered 2xx, 1 otherwise (64 for a bad configuration).
+fn control(args: &ApiArgs, method: reqwest::Method, path: String) -> ExitCode {
+    use secrecy::ExposeSecret;
+    let cfg = match load_or_exit(&args.config) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    let base = match &args.api {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let mut addr = cfg.daemon.listen;
+            if addr.port() == 0 {
+                eprintln!("daemon.listen has port 0 (any free port): give the address with --api");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        }
+    };
+    let operator = args
+        .operator
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "cli".to_owned());
+    let is_status = path == "/v1/status";
+    let result = runtime().block_on(async {
+        let mut request = crate::http::client()
+            .request(method, format!("{base}{path}"))
+            .header(crate::api::control::OPERATOR_HEADER, operator)
+            .timeout(std::time::Duration::from_secs(15));
+        if let Some(token) = &cfg.daemon.control_token {
+            request = request.bearer_auth(token.expose_secret());
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        Ok::<_, reqwest::Error>((status, response.text().await?))
+    });
+    match result {
+        Err(e) => {
+            eprintln!(
+                "cannot reach rearguard at {base}: {}",
+                crate::http::describe_error(&e.without_url())
+            );
+            ExitCode::FAILURE
+        }
+        Ok((status, body)) if status.is_success() => {
+            let text = if is_status {
+                match serde_json::from_str::<crate::api::control::Status>(&body) {
+                    Ok(s) => render_status(&s),
+                    Err(_) => body,
+                }
+            } else {
+                body
+            };
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprint!("rearguard answered {}: {body}", status.as_u16());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `rearguard status` as text.
+pub fn render_status(s: &crate::api::control::Status) -> String {
+    let mut out = format!("mode {}", s.mode);
+    if s.paused_all {
+        out.push_str("; automatic action is paused for every target");
+    }
+    out.push('\n');
+    for t in &s.targets {
+        out.push_str(&format!(
+            "target {}: revision {}",
+            t.name,
+            t.revision.as_deref().unwrap_or("unknown")
+        ));
+        if t.paused {
+            out.push_str("; paused");
+        }
+        if let Some(b) = &t.breaker {
+            out.push_str(&format!("; breaker open: {b}"));
+        }
+        if !t.bad.is_empty() {
+            out.push_str(&format!("; marked bad: {}", t.bad.join(", ")));
+        }
+        out.push('\n');
+        for r in s.rules.iter().filter(|r| r.target == t.name) {
+            out.push_str(&format!("  rule {}: {}\n", r.name, r.phase));
+        }
+    }
+    if s.incidents.is_empty() {
+        out.push_str("no open incident\n");
+    }
+    for i in &s.incidents {
+        out.push_str(&format!(
+            "incident {} on {}: {} since {}{}\n",
+            i.id,
+            i.target_name,
+            i.state.name(),
+            i.opened_at.rfc3339(),
+            if i.acknowledged {
+                " (acknowledged)"
+            } else {
+                ""
+            }
+        ));
+    }
+    out
 }
 
 /// Loads a configuration, or prints every error and gives the exit code.

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::action::{Action, ActionContext};
-use crate::api::{Health, Metrics};
+use crate::api::{Health, Metrics, control};
 use crate::config::SourceSpec;
 use crate::config::{Config, Occasion};
 use crate::engine::Memory;
@@ -347,7 +347,17 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     // daemon drains.
     let api_stop = CancellationToken::new();
     let stall_after = (cfg.daemon.tick * 5).max(Duration::from_secs(5));
-    let mut app = crate::api::router(Arc::clone(&metrics), Arc::clone(&health), stall_after);
+    let (control_tx, mut control_rx) = mpsc::channel::<control::Request>(64);
+    let (status_tx, status_rx) = tokio::sync::watch::channel(Arc::new(control::Status::default()));
+    let mut app = crate::api::router(Arc::clone(&metrics), Arc::clone(&health), stall_after).merge(
+        control::router(Arc::new(control::Control {
+            commands: control_tx,
+            status: status_rx,
+            store: Arc::clone(&store),
+            token: cfg.daemon.control_token.clone(),
+            read_open: cfg.daemon.read_open,
+        })),
+    );
     if let Some(receiver) = receiver {
         let resend_every = cfg
             .signals
@@ -520,6 +530,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
             tracing::error!(error = %e, "cannot read the state of the previous run; starting without it")
         }
     }
+    publish(&status_tx, &cfg, &engine, last);
     loop {
         tokio::select! {
             biased;
@@ -547,7 +558,27 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                 metrics.engine_step(took.elapsed());
                 persist(&store, &cfg, &engine, &effects, now);
                 account(&metrics, &engine, &effects, &mut counted);
+                if !effects.is_empty() {
+                    publish(&status_tx, &cfg, &engine, now);
+                }
                 dispatch(effects, now, false, &mut in_flight);
+            }
+            Some(request) = control_rx.recv() => {
+                let now = clock.now().max(last);
+                last = now;
+                let effects = engine.step(Input::Command(request.command), now);
+                persist(&store, &cfg, &engine, &effects, now);
+                account(&metrics, &engine, &effects, &mut counted);
+                publish(&status_tx, &cfg, &engine, now);
+                let answer = match effects.iter().find_map(|e| match e {
+                    Effect::CommandRejected { reason } => Some(reason.clone()),
+                    _ => None,
+                }) {
+                    Some(reason) => Err(reason),
+                    None => Ok("done".to_owned()),
+                };
+                dispatch(effects, now, false, &mut in_flight);
+                let _ = request.reply.send(answer);
             }
             _ = ticker.tick() => {
                 let now = clock.now().max(last);
@@ -557,6 +588,9 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                 metrics.engine_step(took.elapsed());
                 persist(&store, &cfg, &engine, &effects, now);
                 account(&metrics, &engine, &effects, &mut counted);
+                if !effects.is_empty() {
+                    publish(&status_tx, &cfg, &engine, now);
+                }
                 dispatch(effects, now, false, &mut in_flight);
             }
             _ = async {
@@ -609,6 +643,9 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                     metrics.engine_step(took.elapsed());
                     persist(&store, &cfg, &engine, &effects, now);
                     account(&metrics, &engine, &effects, &mut counted);
+                    if !effects.is_empty() {
+                        publish(&status_tx, &cfg, &engine, now);
+                    }
                     dispatch(effects, now, true, &mut in_flight);
                 }
             }
@@ -910,6 +947,47 @@ fn account(
             _ => {}
         }
     }
+}
+
+/// Publishes what the control API's readers see: targets, rules and open incidents.
+fn publish(
+    status: &tokio::sync::watch::Sender<Arc<control::Status>>,
+    cfg: &Config,
+    engine: &Engine,
+    now: Ts,
+) {
+    let memory = engine.memory(now);
+    let snapshot = control::Status {
+        mode: match cfg.daemon.mode {
+            crate::config::Mode::Enforce => "enforce",
+            crate::config::Mode::Shadow => "shadow",
+        }
+        .to_owned(),
+        paused_all: memory.paused_all,
+        targets: memory
+            .targets
+            .into_iter()
+            .map(|t| control::TargetStatus {
+                name: t.name,
+                revision: t.revision,
+                paused: t.paused,
+                breaker: t.breaker,
+                bad: t.bad.into_iter().collect(),
+            })
+            .collect(),
+        rules: cfg
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| control::RuleStatus {
+                name: r.name.clone(),
+                target: cfg.targets[r.target].name.clone(),
+                phase: engine.rule_phase(i).name().to_owned(),
+            })
+            .collect(),
+        incidents: engine.incidents().to_vec(),
+    };
+    status.send_replace(Arc::new(snapshot));
 }
 
 /// Sets the outbox backlog gauge of every notifier (zero for those with nothing queued).

@@ -7,7 +7,7 @@
 //! reference a provider gave to an incident's first message (a Slack thread `ts`, a
 //! Statuspage incident id) so that later messages join it, across restarts.
 //!
-//! It also keeps the engine's memory (open incidents, revisions marked bad, breakers,
+//! It keeps the audit trail of operator calls (who, what, result), and the engine's memory (open incidents, revisions marked bad, breakers,
 //! cooldowns, escalations still due; see `engine::Memory`), written after every engine
 //! step that had effects and before they are carried out; the audit trail of decisions
 //! (every rule transition with the evidence behind it); and every closed incident.
@@ -168,6 +168,13 @@ CREATE TABLE IF NOT EXISTS incidents (
     outcome   TEXT NOT NULL,
     body      TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms    INTEGER NOT NULL,
+    operator TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    result   TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS threads (
     notifier  TEXT NOT NULL,
     incident  TEXT NOT NULL,
@@ -279,6 +286,32 @@ impl Store {
         Ok(())
     }
 
+    /// Records one operator call: who, what, and how it ended.
+    pub fn audit(
+        &self,
+        at_ms: u64,
+        operator: &str,
+        action: &str,
+        result: &str,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO audit (at_ms, operator, action, result) VALUES (?1, ?2, ?3, ?4)",
+            params![at_ms as i64, operator, action, result],
+        )?;
+        Ok(())
+    }
+
+    /// Every operator call recorded, oldest first: (ms, operator, action, result).
+    pub fn audit_trail(&self) -> Result<Vec<(u64, String, String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT at_ms, operator, action, result FROM audit ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The engine's memory from the last run, as JSON, with when it was taken.
     pub fn memory(&self) -> Result<Option<(u64, String)>, StoreError> {
         let conn = self.conn();
@@ -289,25 +322,38 @@ impl Store {
             .optional()?)
     }
 
-    /// The audit trail of one incident: the rule transitions recorded with it, oldest
-    /// first.
-    pub fn decisions(&self, incident: &str) -> Result<Vec<Decision>, StoreError> {
+    /// The audit trail of one incident, oldest first: the rule transitions recorded with
+    /// it, and those of its target between the breach's start and its opening (a rule
+    /// goes pending before there is an incident).
+    pub fn decisions(
+        &self,
+        incident: &str,
+        target: &str,
+        breach_started_ms: u64,
+        opened_ms: u64,
+    ) -> Result<Vec<Decision>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT at_ms, rule, target, incident, from_phase, to_phase, evidence
-             FROM decisions WHERE incident = ?1 ORDER BY seq",
+             FROM decisions
+             WHERE incident = ?1
+                OR (incident IS NULL AND target = ?2 AND at_ms BETWEEN ?3 AND ?4)
+             ORDER BY seq",
         )?;
-        let rows = stmt.query_map(params![incident], |r| {
-            Ok(Decision {
-                at_ms: r.get::<_, i64>(0)? as u64,
-                rule: r.get(1)?,
-                target: r.get(2)?,
-                incident: r.get(3)?,
-                from: r.get(4)?,
-                to: r.get(5)?,
-                evidence: r.get(6)?,
-            })
-        })?;
+        let rows = stmt.query_map(
+            params![incident, target, breach_started_ms as i64, opened_ms as i64],
+            |r| {
+                Ok(Decision {
+                    at_ms: r.get::<_, i64>(0)? as u64,
+                    rule: r.get(1)?,
+                    target: r.get(2)?,
+                    incident: r.get(3)?,
+                    from: r.get(4)?,
+                    to: r.get(5)?,
+                    evidence: r.get(6)?,
+                })
+            },
+        )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -5,6 +5,7 @@
 //! pushed into [`Metrics`] and [`Health`] by the daemon; this module decides nothing
 //! about incidents and never touches the engine.
 
+pub mod control;
 pub mod metrics;
 
 use std::sync::Arc;

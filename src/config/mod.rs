@@ -50,6 +50,11 @@ pub struct Daemon {
     pub drain_timeout: Duration,
     /// The default time a source may fail before the watchdog declares itself blind.
     pub blind_after: Duration,
+    /// The bearer token of the control API; without it, the control API is off.
+    pub control_token: Option<SecretString>,
+    /// Whether the read-only control endpoints (status, incidents, why) answer without
+    /// the token.
+    pub read_open: bool,
 }
 
 /// `enforce` acts; `shadow` decides and notifies but never runs a plan.

@@ -40,6 +40,8 @@ pub struct RawDaemon {
     pub tick: Option<String>,
     pub drain_timeout: Option<String>,
     pub blind_after: Option<String>,
+    pub control_token: Option<RawSecret>,
+    pub read_open: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1018,6 +1018,11 @@ fn daemon(ctx: &mut Ctx, raw: Option<&Value>) -> Daemon {
             &raw.blind_after,
             Duration::from_secs(120),
         ),
+        control_token: raw
+            .control_token
+            .as_ref()
+            .and_then(|t| ctx.secret("daemon.control_token".into(), t)),
+        read_open: raw.read_open.unwrap_or(false),
     }
 }
 

@@ -505,7 +505,7 @@ fn bare_token(token: &SecretString) -> SecretString {
 }
 
 /// Compares two byte strings in time that depends only on `expected`'s length.
-fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
     let mut diff = u8::from(given.len() != expected.len());
     for (i, e) in expected.iter().enumerate() {
         let g = given.get(i).copied().unwrap_or(!*e);

@@ -426,7 +426,7 @@ async fn the_daemon_serves_its_metrics_and_readiness_while_it_works() {
     };
     d.wait_for("start", 10, |e| matches!(e, Event::Started))
         .await;
-    let client = reqwest::Client::new();
+    let client = rearguard::http::client();
     let get = |path: &str| {
         let client = client.clone();
         let url = format!("http://{addr}{path}");

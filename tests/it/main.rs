@@ -6,6 +6,7 @@ mod alertmanager;
 mod api;
 mod check;
 mod cli;
+mod control;
 mod daemon;
 mod demo;
 mod notifications;
