@@ -340,7 +340,10 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
             }
         });
     }
-    outbox.spawn(sinks, &tracker, flush_rx, Some(attempts_tx));
+    // The outbox's workers have their own tracker: the drain waits for them (bounded)
+    // before the listener goes.
+    let outbox_tracker = TaskTracker::new();
+    outbox.spawn(sinks, &outbox_tracker, flush_rx, Some(attempts_tx));
 
     // The HTTP listener: metrics and health always, Alertmanager's webhook when a signal
     // uses it. It serves until the very end, so that /readyz says "stopping" while the
@@ -672,25 +675,28 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     // store for the next run.
     let flush_until = tokio::time::Instant::now() + cfg.daemon.drain_timeout;
     let _ = flush_tx.send(Some(flush_until));
-    tracker.close();
-    // The listener goes once the outbox has had its chance; the tracker waits for both.
-    {
-        let api_stop = api_stop.clone();
-        let outbox_done = flush_until;
-        tokio::spawn(async move {
-            tokio::time::sleep_until(outbox_done).await;
-            api_stop.cancel();
-        });
-    }
+    outbox_tracker.close();
     let longest_send = cfg
         .notifiers
         .iter()
         .map(|n| n.timeout * 3)
         .max()
         .unwrap_or_default();
-    let bound = cfg.daemon.drain_timeout + longest_send + Duration::from_secs(5);
-    if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
-        tracing::warn!("some tasks did not stop in time");
+    let bound = cfg.daemon.drain_timeout + longest_send + Duration::from_secs(1);
+    if tokio::time::timeout(bound, outbox_tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the outbox did not stop in time");
+    }
+    // The listener goes last, so that /readyz says "stopping" until the end.
+    api_stop.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 5s");
     }
     match store.pending_notifiers() {
         Ok(waiting) => {
