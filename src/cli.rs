@@ -152,6 +152,21 @@ pub enum Command {
         api: ApiArgs,
         target: String,
     },
+    /// Silence a rule for a while: its firing opens no incident until the silence ends.
+    Silence {
+        #[command(flatten)]
+        api: ApiArgs,
+        rule: String,
+        /// How long, e.g. "1h".
+        #[arg(long = "for")]
+        for_: String,
+    },
+    /// Lift a rule's silence.
+    Unsilence {
+        #[command(flatten)]
+        api: ApiArgs,
+        rule: String,
+    },
     /// Watch a simulated service roll out a bad release and roll it back, end to end.
     Demo {
         /// Where to keep the demo's files (default: a new temporary directory).
@@ -245,6 +260,24 @@ pub fn main() -> ExitCode {
             &api,
             reqwest::Method::POST,
             format!("/v1/targets/{}/clear-breaker", segment(&target)),
+        ),
+        Command::Silence { api, rule, for_ } => {
+            let mut query = reqwest::Url::parse("http://x/").expect("a valid base");
+            query.query_pairs_mut().append_pair("for", &for_);
+            control(
+                &api,
+                reqwest::Method::POST,
+                format!(
+                    "/v1/rules/{}/silence?{}",
+                    segment(&rule),
+                    query.query().unwrap_or_default()
+                ),
+            )
+        }
+        Command::Unsilence { api, rule } => control(
+            &api,
+            reqwest::Method::POST,
+            format!("/v1/rules/{}/unsilence", segment(&rule)),
         ),
         Command::Demo { dir } => {
             init_logging(cli.log_format, "error");
@@ -527,7 +560,13 @@ pub fn render_status(s: &crate::api::control::Status) -> String {
         }
         out.push('\n');
         for r in s.rules.iter().filter(|r| r.target == t.name) {
-            out.push_str(&format!("  rule {}: {}\n", r.name, r.phase));
+            match &r.silenced_until {
+                Some(until) => out.push_str(&format!(
+                    "  rule {}: {} (silenced until {until})\n",
+                    r.name, r.phase
+                )),
+                None => out.push_str(&format!("  rule {}: {}\n", r.name, r.phase)),
+            }
         }
     }
     if s.incidents.is_empty() {

@@ -989,6 +989,7 @@ fn publish(
                 name: r.name.clone(),
                 target: cfg.targets[r.target].name.clone(),
                 phase: engine.rule_phase(i).name().to_owned(),
+                silenced_until: engine.silenced_until(i).map(Ts::rfc3339),
             })
             .collect(),
         incidents: engine.incidents().to_vec(),

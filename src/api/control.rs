@@ -6,7 +6,8 @@
 //!   (the chain of readings, rules, decisions and actions as text).
 //! - Act: `POST /v1/incidents/{id}/acknowledge` and `/resolve`,
 //!   `POST /v1/targets/{name}/pause`, `/resume` and `/clear-breaker`, and
-//!   `POST /v1/pause` and `/v1/resume` for all automatic action (a maintenance window).
+//!   `POST /v1/pause` and `/v1/resume` for all automatic action (a maintenance window),
+//!   `POST /v1/rules/{name}/silence?for=1h` and `/unsilence`.
 //!
 //! Every call needs `Authorization: Bearer <daemon.control_token>`; reads are open
 //! without it when `daemon.read_open` is set. Without a configured token the control API
@@ -70,6 +71,9 @@ pub struct RuleStatus {
     pub target: String,
     /// `ok`, `pending` or `firing`.
     pub phase: String,
+    /// Until when an operator silenced it (RFC 3339), if they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silenced_until: Option<String>,
 }
 
 /// What the control endpoints need.
@@ -92,6 +96,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/incidents/{id}/why", get(why))
         .route("/v1/incidents/{id}/{action}", post(incident_action))
         .route("/v1/targets/{name}/{action}", post(target_action))
+        .route("/v1/rules/{name}/{action}", post(rule_action))
         .route("/v1/{action}", post(global_action))
         .with_state(control)
 }
@@ -409,6 +414,61 @@ async fn target_action(
         }
     };
     ask(&control, command, &format!("{action} {name}"), &by).await
+}
+
+#[derive(Deserialize)]
+struct SilenceQuery {
+    #[serde(rename = "for")]
+    for_: Option<String>,
+}
+
+async fn rule_action(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<SilenceQuery>,
+) -> Response {
+    if let Err((code, why)) = authorize(&control, &headers, false) {
+        return refuse(code, why);
+    }
+    let by = operator(&headers);
+    let index = control
+        .status
+        .borrow()
+        .rules
+        .iter()
+        .position(|r| r.name == name);
+    let Some(rule) = index else {
+        return refuse(StatusCode::NOT_FOUND, &format!("no rule is named {name:?}"));
+    };
+    let (for_, what) = match (action.as_str(), query.for_.as_deref()) {
+        ("silence", Some(text)) => match crate::config::units::parse_duration(text) {
+            Ok(d) if !d.is_zero() => (d, format!("silence {name} for {text}")),
+            Ok(_) => return refuse(StatusCode::BAD_REQUEST, "`for` must be greater than zero"),
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("`for`: {e}")),
+        },
+        ("silence", None) => {
+            return refuse(StatusCode::BAD_REQUEST, "silence needs `for`, e.g. ?for=1h");
+        }
+        ("unsilence", _) => (Duration::ZERO, format!("unsilence {name}")),
+        _ => {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                "unknown action; known: silence, unsilence",
+            );
+        }
+    };
+    ask(
+        &control,
+        Command::Silence {
+            rule,
+            for_,
+            by: by.clone(),
+        },
+        &what,
+        &by,
+    )
+    .await
 }
 
 async fn global_action(

@@ -42,6 +42,9 @@ pub struct Memory {
     pub targets: Vec<TargetMemory>,
     pub incidents: Vec<IncidentMemory>,
     pub pending: Vec<PendingMemory>,
+    /// Silenced rules: name, until, by whom.
+    #[serde(default)]
+    pub silenced: Vec<(String, Ts, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,6 +144,15 @@ impl Engine {
                 due: p.due,
             })
             .collect();
+        let silenced = self
+            .silenced
+            .iter()
+            .enumerate()
+            .filter_map(|(r, s)| {
+                s.as_ref()
+                    .map(|(until, by)| (cfg.rules[r].name.clone(), *until, by.clone()))
+            })
+            .collect();
         Memory {
             version: VERSION,
             at,
@@ -148,6 +160,7 @@ impl Engine {
             targets,
             incidents,
             pending,
+            silenced,
         }
     }
 
@@ -174,6 +187,11 @@ impl Engine {
             state.rollbacks = t.rollbacks.into_iter().collect();
             state.last_rollback_end = t.last_rollback_end;
             state.last_incident_id = t.last_incident_id;
+        }
+        for (name, until, by) in memory.silenced {
+            if let Some(r) = cfg.rules.iter().position(|x| x.name == name) {
+                self.silenced[r] = Some((until, by));
+            }
         }
         let down = now.since(memory.at);
         for m in memory.incidents {

@@ -85,6 +85,13 @@ pub enum Command {
         target: Option<usize>,
         by: String,
     },
+    /// Silence a rule for a while: its firing opens no incident and joins none until the
+    /// silence ends (then a rule still firing opens one). Zero lifts a silence.
+    Silence {
+        rule: usize,
+        for_: std::time::Duration,
+        by: String,
+    },
 }
 
 /// What the engine asks the outside world to do or to record.
@@ -198,12 +205,15 @@ pub struct Engine {
     incidents: Vec<Incident>,
     pending: Vec<PendingNotice>,
     paused_all: bool,
+    /// Rules silenced by an operator: until when, and by whom.
+    silenced: Vec<Option<(Ts, String)>>,
     out: Vec<Effect>,
 }
 
 impl Engine {
     pub fn new(cfg: Config) -> Engine {
         let rules = cfg.rules.iter().map(|_| rule::RuleState::new()).collect();
+        let rule_count = cfg.rules.len();
         let mut by_signal = vec![Vec::new(); cfg.signals.len()];
         let mut signals = vec![SignalState::default(); cfg.signals.len()];
         let mut within_rules = Vec::new();
@@ -236,6 +246,7 @@ impl Engine {
             incidents: Vec::new(),
             pending: Vec::new(),
             paused_all: false,
+            silenced: vec![None; rule_count],
             out: Vec::new(),
         }
     }
@@ -251,6 +262,11 @@ impl Engine {
 
     pub fn rule_phase(&self, rule: usize) -> Phase {
         self.rules[rule].phase
+    }
+
+    /// Until when an operator silenced the rule, if they did and it has not ended.
+    pub fn silenced_until(&self, rule: usize) -> Option<Ts> {
+        self.silenced.get(rule)?.as_ref().map(|(until, _)| *until)
     }
 
     /// Whether the target's circuit breaker is open, and why.
@@ -322,6 +338,19 @@ impl Engine {
     }
 
     fn on_tick(&mut self, now: Ts) {
+        for ri in 0..self.silenced.len() {
+            if self.silenced[ri]
+                .as_ref()
+                .is_some_and(|(until, _)| *until <= now)
+            {
+                self.silenced[ri] = None;
+                // A rule still firing when its silence ends is acted on now.
+                if self.rules[ri].phase == Phase::Firing {
+                    let since = self.rules[ri].breach_since().unwrap_or(now);
+                    self.rule_fired(ri, since, now);
+                }
+            }
+        }
         for k in 0..self.within_rules.len() {
             let ri = self.within_rules[k];
             if let Some(t) = self.rules[ri].on_tick(&self.cfg.rules[ri], now) {
@@ -377,6 +406,13 @@ impl Engine {
     }
 
     fn rule_fired(&mut self, ri: usize, breach_since: Ts, now: Ts) {
+        if self.silenced[ri]
+            .as_ref()
+            .is_some_and(|(until, _)| *until > now)
+        {
+            // Counted, evaluated, visible in the status; but no incident until it ends.
+            return;
+        }
         let target = self.cfg.rules[ri].target;
         if let Some(idx) = self.open_incident(target, Cause::Breach) {
             let inc = &mut self.incidents[idx];
@@ -930,6 +966,17 @@ impl Engine {
                 Some(_) => self.reject("the circuit breaker of this target is not open".to_owned()),
                 None => self.reject(format!("no target has the index {target}")),
             },
+            Command::Silence { rule, for_, by } => {
+                if rule >= self.silenced.len() {
+                    return self.reject(format!("no rule has the index {rule}"));
+                }
+                self.silenced[rule] = (!for_.is_zero()).then(|| (now.plus(for_), by));
+                // Lifting a silence acts on a rule still firing, as its end would.
+                if for_.is_zero() && self.rules[rule].phase == Phase::Firing {
+                    let since = self.rules[rule].breach_since().unwrap_or(now);
+                    self.rule_fired(rule, since, now);
+                }
+            }
             Command::Pause { target, by: _ } | Command::Resume { target, by: _ } => {
                 let pause = matches!(c, Command::Pause { .. });
                 match target {

@@ -281,6 +281,17 @@ impl Run {
                 by,
             }),
             "clear-breaker" => Input::Command(Command::ClearBreaker { target: 0, by }),
+            // `silence DURATION` or `unsilence`: the first rule.
+            "silence" => Input::Command(Command::Silence {
+                rule: 0,
+                for_: Duration::from_millis(ms(args[0])),
+                by,
+            }),
+            "unsilence" => Input::Command(Command::Silence {
+                rule: 0,
+                for_: Duration::ZERO,
+                by,
+            }),
             "pause" => Input::Command(Command::Pause {
                 target: (!all).then_some(0),
                 by,
@@ -1999,6 +2010,52 @@ fn notifications_carry_the_facts_of_the_incident() {
     assert_eq!(steps, [("switch", true), ("restart", true)]);
     assert_eq!(done.at_ms, at_ms(ms("20m")).0);
     assert_eq!(done.opened_at_ms, at_ms(ms("14m")).0);
+}
+
+#[test]
+fn a_silenced_rule_opens_no_incident_until_its_silence_ends() {
+    check_incident(
+        standard(""),
+        &format!("0 silence 20m\n{DEPLOY_AND_BREACH}\n15m..20m/1m errors 10/100\n20m..21m/1m tick"),
+        "
+        10m change v1 -> v2 (v1 healthy)
+        12m rule errors-high ok -> pending
+        14m rule errors-high pending -> firing
+        20m notify opened
+        20m notify rollback_started
+        20m run step 0 attempt 1 (v2 -> v1)
+        ",
+    );
+}
+
+#[test]
+fn lifting_a_silence_acts_on_a_rule_still_firing_and_a_cleared_rule_is_forgotten() {
+    check_incident(
+        standard(""),
+        &format!("0 silence 1h\n{DEPLOY_AND_BREACH}\n15m unsilence"),
+        &format!(
+            "{}
+            15m notify opened
+            15m notify rollback_started
+            15m run step 0 attempt 1 (v2 -> v1)
+            ",
+            "
+            10m change v1 -> v2 (v1 healthy)
+            12m rule errors-high ok -> pending
+            14m rule errors-high pending -> firing
+            "
+        ),
+    );
+    check_incident(
+        standard(""),
+        &format!("0 silence 20m\n{DEPLOY_AND_BREACH}\n15m errors 0/100\n16m..25m/1m tick"),
+        "
+        10m change v1 -> v2 (v1 healthy)
+        12m rule errors-high ok -> pending
+        14m rule errors-high pending -> firing
+        15m rule errors-high firing -> ok
+        ",
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -119,6 +119,20 @@ async fn operators_control_rearguard_through_the_api_with_a_token_and_are_audite
     assert!(out.contains("(acknowledged)"), "{out}");
     assert!(out.contains("target shop: revision v1; paused"), "{out}");
 
+    let silence = cli(&cfg, &["silence", "down", "--for", "1h"]).await;
+    assert!(silence.status.success(), "{}", text(&silence));
+    let out = text(&cli(&cfg, &["status"]).await);
+    assert!(out.contains("rule down: firing (silenced until "), "{out}");
+    let bad = cli(&cfg, &["silence", "down", "--for", "soon"]).await;
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(text(&bad).contains("400"), "{}", text(&bad));
+    let lift = cli(&cfg, &["unsilence", "down"]).await;
+    assert!(lift.status.success(), "{}", text(&lift));
+    assert!(
+        !text(&cli(&cfg, &["status"]).await).contains("silenced"),
+        "the silence is lifted"
+    );
+
     let unknown = cli(&cfg, &["ack", "no-such-incident"]).await;
     assert_eq!(unknown.status.code(), Some(1));
     assert!(
@@ -162,6 +176,8 @@ async fn operators_control_rearguard_through_the_api_with_a_token_and_are_audite
         [
             ("alice".to_owned(), format!("acknowledge {id}"), false),
             ("alice".to_owned(), "pause shop".to_owned(), false),
+            ("alice".to_owned(), "silence down for 1h".to_owned(), false),
+            ("alice".to_owned(), "unsilence down".to_owned(), false),
             (
                 "alice".to_owned(),
                 "acknowledge no-such-incident".to_owned(),
