@@ -133,6 +133,14 @@ pub enum Command {
         api: ApiArgs,
         incident: String,
     },
+    /// Roll an incident's target back now with its plan, as an operator decided (the
+    /// blame window, breaker, cooldown and pauses are yours to judge; a revision marked
+    /// bad is never a destination).
+    Rollback {
+        #[command(flatten)]
+        api: ApiArgs,
+        incident: String,
+    },
     /// Pause automatic action on one target, or on all (a maintenance window).
     Pause {
         #[command(flatten)]
@@ -245,6 +253,11 @@ pub fn main() -> ExitCode {
             &api,
             reqwest::Method::POST,
             format!("/v1/incidents/{}/resolve", segment(&incident)),
+        ),
+        Command::Rollback { api, incident } => control(
+            &api,
+            reqwest::Method::POST,
+            format!("/v1/incidents/{}/rollback", segment(&incident)),
         ),
         Command::Pause { api, target } => control(
             &api,

@@ -4,7 +4,8 @@
 //! - Read: `GET /v1/status` (targets, rules, open incidents), `GET /v1/incidents/{id}`
 //!   (the incident and its audit trail, open or closed), `GET /v1/incidents/{id}/why`
 //!   (the chain of readings, rules, decisions and actions as text).
-//! - Act: `POST /v1/incidents/{id}/acknowledge` and `/resolve`,
+//! - Act: `POST /v1/incidents/{id}/acknowledge`, `/resolve` and `/rollback` (run the
+//!   target's plan now, as the operator decided),
 //!   `POST /v1/targets/{name}/pause`, `/resume` and `/clear-breaker`, and
 //!   `POST /v1/pause` and `/v1/resume` for all automatic action (a maintenance window),
 //!   `POST /v1/rules/{name}/silence?for=1h` and `/unsilence`.
@@ -362,10 +363,14 @@ async fn incident_action(
             incident: id.clone(),
             by: by.clone(),
         },
+        "rollback" => Command::Rollback {
+            incident: id.clone(),
+            by: by.clone(),
+        },
         _ => {
             return refuse(
                 StatusCode::NOT_FOUND,
-                "unknown action; known: acknowledge, resolve",
+                "unknown action; known: acknowledge, resolve, rollback",
             );
         }
     };

@@ -85,6 +85,14 @@ pub enum Command {
         target: Option<usize>,
         by: String,
     },
+    /// Run the target's plan on an open incident now, as an operator decided: the guard
+    /// rails of automatic action (blame window, pause, breaker, cooldown, rate limit) are
+    /// the operator's call, but a revision marked bad is never a destination and shadow
+    /// mode never acts.
+    Rollback {
+        incident: String,
+        by: String,
+    },
     /// Silence a rule for a while: its firing opens no incident and joins none until the
     /// silence ends (then a rule still firing opens one). Zero lifts a silence.
     Silence {
@@ -551,7 +559,58 @@ impl Engine {
         None
     }
 
+    /// Why an operator's rollback of this incident cannot run, or `None` when it can.
+    fn manual_refusal(&self, idx: usize) -> Option<String> {
+        let inc = &self.incidents[idx];
+        let t = inc.target;
+        let ts = &self.targets[t];
+        if inc.cause == Cause::Blind {
+            return Some(
+                "this incident is about unreadable sources, not a release; roll back from a breach incident".to_owned(),
+            );
+        }
+        if self.cfg.targets[t].plan.is_none() {
+            return Some("no rollback plan is configured for this target".to_owned());
+        }
+        if self.cfg.daemon.mode == Mode::Shadow {
+            return Some("shadow mode: rearguard never acts".to_owned());
+        }
+        if matches!(
+            inc.state,
+            IncidentState::Acting { .. } | IncidentState::Verifying { .. }
+        ) {
+            return Some(format!("incident {} is already rolling back", inc.id));
+        }
+        let Some((previous, _)) = &ts.previous else {
+            return Some("no previous revision is known".to_owned());
+        };
+        if ts.bad.contains(previous) {
+            return Some(format!("the previous revision {previous} is marked bad"));
+        }
+        None
+    }
+
     fn start_plan(&mut self, idx: usize, now: Ts) {
+        let t = self.incidents[idx].target;
+        let ts = &self.targets[t];
+        let from = ts.revision.clone().unwrap_or_default();
+        let to = ts
+            .previous
+            .as_ref()
+            .map(|(p, _)| p.clone())
+            .unwrap_or_default();
+        let changed_at = ts.changed_at.unwrap_or(now);
+        let text = format!(
+            "rolling back from {from} to {to} with plan {}: the breach began {} after the change to {from}, inside the blame window of {}, and {to} was healthy; {from} is marked bad",
+            self.cfg.plans[self.cfg.targets[t].plan.expect("checked by decide")].name,
+            format_duration(self.incidents[idx].breach_started.since(changed_at)),
+            format_duration(self.cfg.targets[t].blame_window),
+        );
+        self.begin_rollback(idx, text, now);
+    }
+
+    /// Marks the revision bad, counts the rollback and runs the plan's first step.
+    fn begin_rollback(&mut self, idx: usize, text: String, now: Ts) {
         let t = self.incidents[idx].target;
         let plan = self.cfg.targets[t].plan.expect("checked by decide");
         let period = self.cfg.targets[t].rollback_period;
@@ -573,17 +632,12 @@ impl Engine {
             ts.rollbacks.pop_front();
         }
         ts.rollbacks.push_back(now);
-        let changed_at = ts.changed_at.unwrap_or(now);
         let inc = &mut self.incidents[idx];
         inc.plan = Some(plan);
-        inc.from_revision = Some(from.clone());
-        inc.to_revision = Some(to.clone());
-        let text = format!(
-            "rolling back from {from} to {to} with plan {}: the breach began {} after the change to {from}, inside the blame window of {}, and {to} was healthy; {from} is marked bad",
-            self.cfg.plans[plan].name,
-            format_duration(inc.breach_started.since(changed_at)),
-            format_duration(self.cfg.targets[t].blame_window),
-        );
+        inc.from_revision = Some(from);
+        inc.to_revision = Some(to);
+        inc.refused_by_gate = false;
+        inc.escalation_reason = None;
         self.log(idx, now, EntryKind::Decision, text);
         self.notify(idx, Occasion::RollbackStarted, now);
         self.notify(idx, Occasion::RollbackSlow, now);
@@ -965,6 +1019,38 @@ impl Engine {
                 }
                 Some(_) => self.reject("the circuit breaker of this target is not open".to_owned()),
                 None => self.reject(format!("no target has the index {target}")),
+            },
+            Command::Rollback { incident, by } => match self.find(&incident) {
+                Some(idx) => match self.manual_refusal(idx) {
+                    Some(why) => self.reject(why),
+                    None => {
+                        let t = self.incidents[idx].target;
+                        let ts = &self.targets[t];
+                        let from = ts.revision.clone().unwrap_or_default();
+                        let to = ts
+                            .previous
+                            .as_ref()
+                            .map(|(p, _)| p.clone())
+                            .unwrap_or_default();
+                        let plan = &self.cfg.plans[self.cfg.targets[t].plan.expect("checked")];
+                        let text = format!(
+                            "rolling back from {from} to {to} with plan {}, as {by} decided; {from} is marked bad",
+                            plan.name
+                        );
+                        self.log(
+                            idx,
+                            now,
+                            EntryKind::Operator,
+                            format!("rollback requested by {by}"),
+                        );
+                        // Reminders that nothing was rolled back stop: something is.
+                        self.pending.retain(|p| {
+                            !(p.incident == incident && p.occasion == Occasion::NotRolledBack)
+                        });
+                        self.begin_rollback(idx, text, now);
+                    }
+                },
+                None => self.reject(format!("no open incident has the id {incident:?}")),
             },
             Command::Silence { rule, for_, by } => {
                 if rule >= self.silenced.len() {

@@ -281,6 +281,10 @@ impl Run {
                 by,
             }),
             "clear-breaker" => Input::Command(Command::ClearBreaker { target: 0, by }),
+            "rollback" => Input::Command(Command::Rollback {
+                incident: newest(),
+                by,
+            }),
             // `silence DURATION` or `unsilence`: the first rule.
             "silence" => Input::Command(Command::Silence {
                 rule: 0,
@@ -2010,6 +2014,93 @@ fn notifications_carry_the_facts_of_the_incident() {
     assert_eq!(steps, [("switch", true), ("restart", true)]);
     assert_eq!(done.at_ms, at_ms(ms("20m")).0);
     assert_eq!(done.opened_at_ms, at_ms(ms("14m")).0);
+}
+
+#[test]
+fn an_operator_rolls_back_an_incident_rearguard_would_not_act_on() {
+    let run = check_incident(
+        standard(LADDER),
+        "
+        0 change v1
+        10m change v2
+        50m..52m/1m errors 10/100   # outside the 30m blame window: escalated
+        53m rollback
+        54m done ok
+        54m done ok
+        55m errors 0/100
+        56m..1h/1m tick
+        ",
+        "
+        10m change v1 -> v2 (v1 healthy)
+        50m rule errors-high ok -> pending
+        52m rule errors-high pending -> firing
+        52m escalated: the breach began 40m after the latest change (to v2), outside the blame window of 30m
+        52m notify not_rolled_back (team)
+        53m run step 0 attempt 1 (v2 -> v1)
+        54m run step 1 attempt 1 (v2 -> v1)
+        54m plan finished; verifying for 5m that these rules are clear: errors-high
+        55m rule errors-high firing -> ok
+        59m verification passed: every rule is clear
+        59m notify resolved -> chat
+        59m closed Breach incident: rolled back
+        ",
+    );
+    let closed = run
+        .effects
+        .iter()
+        .find_map(|(_, e)| match e {
+            Effect::IncidentClosed(i) => Some(i),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        closed
+            .timeline
+            .iter()
+            .any(|e| e.text == "rollback requested by alice"),
+        "{:#?}",
+        closed.timeline
+    );
+    assert_eq!(
+        run.engine.memory(at_ms(0)).targets[0].bad,
+        ["v2".to_owned()].into()
+    );
+}
+
+#[test]
+fn an_operators_rollback_is_refused_when_it_cannot_be_safe() {
+    check_incident(
+        standard(""),
+        &format!("{DEPLOY_AND_BREACH}\n14m30s rollback"),
+        &format!(
+            "{DEPLOY_AND_BREACH_EFFECTS}\n14m30s rejected: incident web-20261118T112040 is already rolling back"
+        ),
+    );
+    check_incident(
+        config(TARGET, &format!("{ERRORS_RULE}\n{PLAN}\n[daemon]\nmode = \"shadow\"")),
+        "0 change v1\n10m change v2\n50m..52m/1m errors 10/100\n53m rollback",
+        "
+        10m change v1 -> v2 (v1 healthy)
+        50m rule errors-high ok -> pending
+        52m rule errors-high pending -> firing
+        52m notify opened
+        52m escalated: the breach began 40m after the latest change (to v2), outside the blame window of 30m
+        52m notify not_rolled_back
+        53m rejected: shadow mode: rearguard never acts
+        ",
+    );
+    check_incident(
+        standard(""),
+        "0 change v1\n1m..3m/1m errors 10/100\n4m rollback",
+        "
+        1m rule errors-high ok -> pending
+        3m rule errors-high pending -> firing
+        3m notify opened
+        3m escalated: no change...
+        3m notify not_rolled_back
+        4m rejected: no previous revision is known
+        ",
+    );
 }
 
 #[test]

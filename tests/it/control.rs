@@ -119,6 +119,15 @@ async fn operators_control_rearguard_through_the_api_with_a_token_and_are_audite
     assert!(out.contains("(acknowledged)"), "{out}");
     assert!(out.contains("target shop: revision v1; paused"), "{out}");
 
+    // No change was ever seen, so there is nothing to roll back to: refused, and said why.
+    let rollback = cli(&cfg, &["rollback", &id]).await;
+    assert_eq!(rollback.status.code(), Some(1), "{}", text(&rollback));
+    assert!(
+        text(&rollback).contains("no previous revision is known"),
+        "{}",
+        text(&rollback)
+    );
+
     let silence = cli(&cfg, &["silence", "down", "--for", "1h"]).await;
     assert!(silence.status.success(), "{}", text(&silence));
     let out = text(&cli(&cfg, &["status"]).await);
@@ -176,6 +185,7 @@ async fn operators_control_rearguard_through_the_api_with_a_token_and_are_audite
         [
             ("alice".to_owned(), format!("acknowledge {id}"), false),
             ("alice".to_owned(), "pause shop".to_owned(), false),
+            ("alice".to_owned(), format!("rollback {id}"), true),
             ("alice".to_owned(), "silence down for 1h".to_owned(), false),
             ("alice".to_owned(), "unsilence down".to_owned(), false),
             (
