@@ -9,6 +9,7 @@ mod cli;
 mod control;
 mod daemon;
 mod demo;
+mod journal;
 mod notifications;
 mod notify_email;
 mod notify_pagerduty;
