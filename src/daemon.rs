@@ -21,10 +21,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::action::{Action, ActionContext};
 use crate::api::{Health, Metrics, control};
+use crate::config::Config;
 use crate::config::SourceSpec;
-use crate::config::{Config, Occasion};
-use crate::engine::Memory;
 use crate::engine::{Effect, Engine, Input, Notification, StepOrder, StepResult, Ts};
+use crate::engine::{Memory, Outcome};
 use crate::notify::Sink;
 use crate::notify::outbox::Outbox;
 use crate::source::{self, Source, alertmanager};
@@ -910,7 +910,10 @@ fn persist(store: &Store, cfg: &Config, engine: &Engine, effects: &[Effect], now
                     inc.target_name.clone(),
                     inc.opened_at.0,
                     inc.closed_at.unwrap_or(now).0,
-                    crate::report::outcome_name(inc.outcome.as_ref()).to_owned(),
+                    inc.outcome
+                        .as_ref()
+                        .map_or("open", Outcome::name)
+                        .to_owned(),
                     body,
                 )),
                 Err(e) => {
@@ -1038,14 +1041,7 @@ fn notify(cfg: &Config, outbox: &Outbox, n: &Notification) {
 }
 
 fn log_notification(n: &Notification) {
-    match n.occasion {
-        Occasion::Resolved | Occasion::RollbackSucceeded | Occasion::Acknowledged => {
-            tracing::info!(incident = %n.incident, occasion = n.occasion.name(), "{}", n.summary)
-        }
-        _ => {
-            tracing::warn!(incident = %n.incident, occasion = n.occasion.name(), "{}", n.summary)
-        }
-    }
+    crate::notify::log(&n.incident, n.occasion, &n.summary);
 }
 
 /// Logs what the engine decided.

@@ -168,7 +168,7 @@ impl IncidentSummary {
 
     /// The outcome in words: `rolled_back`, `recovered`, ... or `open at end`.
     pub fn outcome_name(&self) -> &'static str {
-        self.outcome.as_ref().map_or("open at end", outcome_name)
+        self.outcome.as_ref().map_or("open at end", Outcome::name)
     }
 }
 
@@ -525,17 +525,8 @@ fn fired_rule(cfg: &Config, text: &str) -> Option<usize> {
     })
 }
 
-fn outcome_name(o: &Outcome) -> &'static str {
-    match o {
-        Outcome::RolledBack => "rolled_back",
-        Outcome::Recovered => "recovered",
-        Outcome::ResolvedByOperator(_) => "resolved_by_operator",
-        Outcome::Interrupted => "interrupted",
-    }
-}
-
 fn outcome_name_of(inc: &Incident) -> &'static str {
-    inc.outcome.as_ref().map_or("open", outcome_name)
+    inc.outcome.as_ref().map_or("open", Outcome::name)
 }
 
 fn cause_name(c: Cause) -> &'static str {

@@ -23,7 +23,8 @@ pub fn render(inc: &Incident, cfg: &Config) -> String {
         Some(Outcome::Recovered) => "recovered".to_owned(),
         Some(Outcome::ResolvedByOperator(by)) => format!("resolved by {by}"),
         Some(Outcome::Interrupted) => {
-            "interrupted: rearguard stopped while the incident was open".to_owned()
+            "interrupted: after a restart the configuration no longer had its target, rules or plan"
+                .to_owned()
         }
         None => format!("open ({})", inc.state.name()),
     };
@@ -180,15 +181,4 @@ pub fn write(state_dir: &Path, inc: &Incident, cfg: &Config) -> io::Result<PathB
 /// Escapes text for a Markdown table cell.
 fn esc(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
-}
-
-/// A short, stable name of an incident's outcome, for the state store and metrics.
-pub fn outcome_name(outcome: Option<&Outcome>) -> &'static str {
-    match outcome {
-        Some(Outcome::RolledBack) => "rolled_back",
-        Some(Outcome::Recovered) => "recovered",
-        Some(Outcome::ResolvedByOperator(_)) => "resolved_by_operator",
-        Some(Outcome::Interrupted) => "interrupted",
-        None => "open",
-    }
 }

@@ -281,7 +281,7 @@ pub fn explain(inc: &Incident, decisions: &[crate::store::Decision]) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let state = match &inc.outcome {
-        Some(o) => format!("closed: {}", crate::report::outcome_name(Some(o))),
+        Some(o) => format!("closed: {}", o.name()),
         None => inc.state.name().to_owned(),
     };
     let _ = writeln!(out, "incident {} on {} ({state})", inc.id, inc.target_name);

@@ -411,11 +411,8 @@ impl Metrics {
         let Some(series) = self.targets.get(target) else {
             return;
         };
-        let i = match outcome {
-            Outcome::RolledBack => 0,
-            Outcome::Recovered => 1,
-            Outcome::ResolvedByOperator(_) => 2,
-            Outcome::Interrupted => 3,
+        let Some(i) = OUTCOMES.iter().position(|o| *o == outcome.name()) else {
+            return;
         };
         series.closed[i].inc();
         let _ = series

@@ -51,8 +51,21 @@ pub enum Outcome {
     Recovered,
     /// An operator resolved it.
     ResolvedByOperator(String),
-    /// The daemon stopped while the incident was open.
+    /// After a restart the configuration no longer had the incident's target, rules or
+    /// plan.
     Interrupted,
+}
+
+impl Outcome {
+    /// A short, stable name, for the state store, metrics, replay and the control API.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Recovered => "recovered",
+            Outcome::ResolvedByOperator(_) => "resolved_by_operator",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
 }
 
 /// One line of an incident's timeline.

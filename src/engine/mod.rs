@@ -880,7 +880,7 @@ impl Engine {
             Outcome::RolledBack => "resolved: rolled back and verified".to_owned(),
             Outcome::Recovered => "resolved: recovered".to_owned(),
             Outcome::ResolvedByOperator(by) => format!("resolved by {by}"),
-            Outcome::Interrupted => "interrupted: rearguard stopped".to_owned(),
+            Outcome::Interrupted => "interrupted".to_owned(),
         };
         self.log(idx, now, EntryKind::Decision, text);
         // A stop of rearguard does not end the problem: nobody is told it is resolved.

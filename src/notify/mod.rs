@@ -174,13 +174,16 @@ impl Sink {
 }
 
 fn log_message(msg: &Message) {
-    match msg.occasion {
+    log(&msg.incident, msg.occasion, &msg.summary);
+}
+
+/// Writes a notification to the log: good news at info, the rest at warn.
+pub fn log(incident: &str, occasion: Occasion, summary: &str) {
+    match occasion {
         Occasion::Resolved | Occasion::RollbackSucceeded | Occasion::Acknowledged => {
-            tracing::info!(incident = %msg.incident, occasion = msg.occasion.name(), "{}", msg.summary)
+            tracing::info!(incident = %incident, occasion = occasion.name(), "{summary}")
         }
-        _ => {
-            tracing::warn!(incident = %msg.incident, occasion = msg.occasion.name(), "{}", msg.summary)
-        }
+        _ => tracing::warn!(incident = %incident, occasion = occasion.name(), "{summary}"),
     }
 }
 

@@ -124,9 +124,12 @@ async fn kill_9_during_each_step_never_runs_a_step_twice_and_reports_it() {
                     memory(&state)
                 )
             });
-        // Let the killed step's own process finish its write, then check nothing ran
-        // after it, before or after the restart.
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // The killed step's own process outlives rearguard and finishes its write; once
+        // it has, check that nothing ran after it, before or after the restart.
+        let (dir, end) = (f.path().to_owned(), format!("{n} end"));
+        support::poll_until(Duration::from_secs(10), || log_lines(&dir).contains(&end))
+            .await
+            .unwrap_or_else(|_| panic!("step {n} never ended: {:?}", log_lines(&dir)));
         let starts: Vec<String> = log_lines(f.path())
             .into_iter()
             .filter(|l| l.ends_with("start"))
