@@ -149,6 +149,7 @@ command = ["true"]
             shutdown: shutdown.clone(),
             observer: Some(tx),
             systemd: None,
+            reload: None,
         },
     ));
     // Warm up: full rate windows of healthy traffic in Prometheus.

@@ -788,19 +788,24 @@ fn run(path: &Path) -> ExitCode {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
+    let path = path.to_owned();
     runtime().block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = tokio::spawn(stop_on_signal(shutdown.clone()));
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+        let reloads = tokio::spawn(reload_on_sighup(path, reload_tx));
         let result = crate::daemon::run(
             cfg,
             crate::daemon::Options {
                 shutdown,
                 observer: None,
                 systemd: crate::systemd::Systemd::from_env(),
+                reload: Some(reload_rx),
             },
         )
         .await;
         signals.abort();
+        reloads.abort();
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -810,6 +815,35 @@ fn run(path: &Path) -> ExitCode {
             }
         }
     })
+}
+
+/// On every SIGHUP, reads and validates the configuration file again and hands the
+/// daemon the result: the new configuration, or every error with its path.
+async fn reload_on_sighup(
+    path: std::path::PathBuf,
+    reloads: tokio::sync::mpsc::Sender<crate::daemon::Reload>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload by restarting");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!(path = %path.display(), "SIGHUP received: reading the configuration again");
+        let path = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load(&path))
+            .await
+            .map_err(|e| format!("cannot read the configuration: {e}"))
+            .and_then(|r| {
+                r.map_err(|errors| {
+                    let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                    format!("invalid configuration: {}", lines.join("; "))
+                })
+            });
+        if reloads.send(loaded).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

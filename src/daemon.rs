@@ -7,8 +7,13 @@
 //!
 //! Shutdown (the token is cancelled, e.g. on SIGTERM) is a bounded drain: sources stop at
 //! once, the engine stops ordering new steps, an in-flight step is given
-//! `daemon.drain_timeout` to finish and its result is recorded, and every open incident
-//! is closed as interrupted with its report written.
+//! `daemon.drain_timeout` to finish and its result is recorded, the outbox is flushed,
+//! and open incidents stay open in the state store for the next start.
+//!
+//! A reload (a new configuration on `Options::reload`, sent on SIGHUP) ends one
+//! configuration's run (a `generation`) and starts the next in the same process, on the
+//! same listening socket, with the engine reconfigured: see `generation` and
+//! [`crate::engine::reload`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -114,6 +119,10 @@ pub enum Event {
     Listening(std::net::SocketAddr),
     /// Sources and the engine are running.
     Started,
+    /// A new configuration is running: its sources and the engine that took over.
+    Reloaded,
+    /// A new configuration was refused, and why; the running one stays.
+    ReloadRefused(String),
     /// An effect the engine produced, at the engine time it was produced.
     Effect(Ts, Effect),
     /// The outbox tried to deliver a message to a notifier.
@@ -136,6 +145,8 @@ pub struct Options {
     pub observer: Option<mpsc::UnboundedSender<Event>>,
     /// systemd's notify socket, when run as a `Type=notify` service.
     pub systemd: Option<crate::systemd::Systemd>,
+    /// New configurations to apply while running (see [`Reload`]).
+    pub reload: Option<mpsc::Receiver<Reload>>,
 }
 
 /// A failure that stops the daemon from starting.
@@ -253,57 +264,200 @@ pub(crate) fn sampled_sources(
         .collect()
 }
 
-/// Runs the daemon until `opts.shutdown` is cancelled.
-pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
-    let client = crate::http::client();
-    let sources = sampled_sources(&cfg, &client)?;
-    let receiver = alertmanager::Receiver::new(&cfg).map(Arc::new);
-    let listener = tokio::net::TcpListener::bind(cfg.daemon.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: cfg.daemon.listen,
+/// A request to apply a new configuration (the command line sends one on SIGHUP): the
+/// configuration, already read and validated, or why it could not be.
+pub type Reload = Result<Config, String>;
+
+/// A configuration with everything running it needs already built (sources, actions,
+/// notifiers). A reload builds it before stopping anything, so that a configuration
+/// that cannot run is refused while the old one goes on.
+struct Parts {
+    cfg: Config,
+    sources: Vec<Option<Arc<Source>>>,
+    receiver: Option<Arc<alertmanager::Receiver>>,
+    actions: Vec<Vec<Arc<Action>>>,
+    sinks: Vec<(Sink, crate::notify::outbox::Limits)>,
+}
+
+impl Parts {
+    fn build(cfg: Config, client: &reqwest::Client) -> Result<Parts, StartError> {
+        let sources = sampled_sources(&cfg, client)?;
+        let receiver = alertmanager::Receiver::new(&cfg).map(Arc::new);
+        let actions = cfg
+            .plans
+            .iter()
+            .map(|p| {
+                p.steps
+                    .iter()
+                    .map(|s| Arc::new(Action::new(&s.action, client)))
+                    .collect()
+            })
+            .collect();
+        let reports_dir = cfg.daemon.state_dir.join("reports");
+        std::fs::create_dir_all(&reports_dir).map_err(|source| StartError::StateDir {
+            path: reports_dir.clone(),
             source,
         })?;
-    let listening = listener.local_addr().unwrap_or(cfg.daemon.listen);
-    let actions: Vec<Vec<Arc<Action>>> = cfg
-        .plans
-        .iter()
-        .map(|p| {
-            p.steps
-                .iter()
-                .map(|s| Arc::new(Action::new(&s.action, &client)))
-                .collect()
+        let sinks = cfg
+            .notifiers
+            .iter()
+            .enumerate()
+            .map(|(index, n)| {
+                Sink::new(n, client)
+                    .map(|sink| {
+                        let limits = crate::notify::outbox::Limits {
+                            min_interval: n.min_interval,
+                            timeout: n.timeout,
+                        };
+                        (sink, limits)
+                    })
+                    .map_err(|reason| StartError::Notifier {
+                        index,
+                        name: n.name.clone(),
+                        reason,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Parts {
+            cfg,
+            sources,
+            receiver,
+            actions,
+            sinks,
         })
-        .collect();
-    let reports_dir = cfg.daemon.state_dir.join("reports");
-    std::fs::create_dir_all(&reports_dir).map_err(|source| StartError::StateDir {
-        path: reports_dir.clone(),
-        source,
-    })?;
-    let sinks = cfg
-        .notifiers
-        .iter()
-        .enumerate()
-        .map(|(index, n)| {
-            Sink::new(n, &client)
-                .map(|sink| {
-                    let limits = crate::notify::outbox::Limits {
-                        min_interval: n.min_interval,
-                        timeout: n.timeout,
-                    };
-                    (sink, limits)
-                })
-                .map_err(|reason| StartError::Notifier {
-                    index,
-                    name: n.name.clone(),
-                    reason,
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let store = Arc::new(Store::open(&cfg.daemon.state_dir)?);
-    let outbox = Arc::new(Outbox::new(Arc::clone(&store), &cfg));
+    }
+}
+
+/// What lives as long as the process, across reloads.
+struct Shared {
+    client: reqwest::Client,
+    store: Arc<Store>,
+    health: Arc<Health>,
+    clock: Clock,
+    /// The bound listener; each configuration serves a clone of it, so that a reload
+    /// never closes the port.
+    listener: std::net::TcpListener,
+    listening: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    observer: Option<mpsc::UnboundedSender<Event>>,
+    systemd: Option<crate::systemd::Systemd>,
+}
+
+impl Shared {
+    fn tell(&self, event: Event) {
+        if let Some(o) = &self.observer {
+            let _ = o.send(event);
+        }
+    }
+}
+
+/// How one configuration's run ended.
+enum Ended {
+    /// Stopped for good (the shutdown token).
+    Stopped,
+    /// A new configuration is to be applied.
+    Reload(Box<Parts>, Box<Handover>),
+}
+
+/// What a configuration's run hands the next one on a reload: the engine as it was, and
+/// the inputs that were queued for it, already translated for the new configuration.
+struct Handover {
+    engine: Engine,
+    carried: Vec<(Input, Ts)>,
+    last: Ts,
+    /// What Alertmanager's webhook had told the configuration before.
+    receiver: Option<Arc<alertmanager::Receiver>>,
+}
+
+/// Runs the daemon until `opts.shutdown` is cancelled, applying the configurations that
+/// arrive on `opts.reload` in between.
+pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
+    let client = crate::http::client();
+    let parts = Parts::build(cfg, &client)?;
+    let listen = parts.cfg.daemon.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .and_then(|l| l.into_std())
+        .map_err(|source| StartError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let listening = listener.local_addr().unwrap_or(listen);
+    let store = Arc::new(Store::open(&parts.cfg.daemon.state_dir)?);
+    let shared = Shared {
+        client,
+        store,
+        health: Arc::new(Health::new()),
+        clock: Clock::new(),
+        listener,
+        listening,
+        shutdown: opts.shutdown.clone(),
+        observer: opts.observer.take(),
+        systemd: opts.systemd.take(),
+    };
+    shared.tell(Event::Listening(listening));
+    let mut reloads = opts.reload.take();
+    let mut next = (Box::new(parts), None);
+    loop {
+        let (parts, resumed) = next;
+        match generation(*parts, resumed, &shared, reloads.as_mut()).await {
+            Ended::Stopped => break,
+            Ended::Reload(parts, handover) => next = (parts, Some(*handover)),
+        }
+    }
+    tracing::info!("rearguard stopped");
+    shared.tell(Event::Stopped);
+    Ok(())
+}
+
+/// Checks a new configuration against the running one and builds what it needs. What
+/// lives as long as the process (the listener, the state store) cannot change.
+fn prepare_reload(
+    running: &Config,
+    reload: Reload,
+    client: &reqwest::Client,
+) -> Result<Parts, String> {
+    let cfg = reload?;
+    if cfg.daemon.listen != running.daemon.listen {
+        return Err(format!(
+            "daemon.listen: changing {} to {} needs a restart",
+            running.daemon.listen, cfg.daemon.listen
+        ));
+    }
+    if cfg.daemon.state_dir != running.daemon.state_dir {
+        return Err(format!(
+            "daemon.state_dir: changing {} to {} needs a restart",
+            running.daemon.state_dir.display(),
+            cfg.daemon.state_dir.display()
+        ));
+    }
+    Parts::build(cfg, client).map_err(|e| e.to_string())
+}
+
+/// Runs one configuration until the daemon stops or a new configuration is to be
+/// applied. `resumed` is the engine of the configuration before, when this one comes
+/// from a reload.
+async fn generation(
+    parts: Parts,
+    resumed: Option<Handover>,
+    shared: &Shared,
+    mut reloads: Option<&mut mpsc::Receiver<Reload>>,
+) -> Ended {
+    let Parts {
+        cfg,
+        sources,
+        receiver,
+        actions,
+        sinks,
+    } = parts;
+    let (store, health, clock, listening) = (
+        &shared.store,
+        &shared.health,
+        shared.clock,
+        shared.listening,
+    );
+    let outbox = Arc::new(Outbox::new(Arc::clone(store), &cfg));
     let metrics = Arc::new(Metrics::new(&cfg));
-    let health = Arc::new(Health::new());
     let rules_of_signal: Vec<Vec<usize>> = (0..cfg.signals.len())
         .map(|s| {
             (0..cfg.rules.len())
@@ -312,23 +466,21 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
         })
         .collect();
 
-    let clock = Clock::new();
-    let token = opts.shutdown.clone();
+    let token = shared.shutdown.clone();
     let sources_token = token.child_token();
+    // Samplers, change observers and the webhook's resender: stopped first, on a stop
+    // and on a reload.
+    let sources_tracker = TaskTracker::new();
     let tracker = TaskTracker::new();
     let (tx, mut rx) = mpsc::channel::<(Input, Ts)>(1024);
-    let observer = opts.observer;
-    let tell = |event: Event| {
-        if let Some(o) = &observer {
-            let _ = o.send(event);
-        }
-    };
+    let observer = shared.observer.clone();
+    let tell = |event: Event| shared.tell(event);
 
     let (flush_tx, flush_rx) = tokio::sync::watch::channel(None);
     let (attempts_tx, mut attempts_rx) =
         mpsc::unbounded_channel::<crate::notify::outbox::Attempt>();
     {
-        let (o, metrics, store) = (observer.clone(), Arc::clone(&metrics), Arc::clone(&store));
+        let (o, metrics, store) = (observer.clone(), Arc::clone(&metrics), Arc::clone(store));
         let names: Vec<String> = cfg.notifiers.iter().map(|n| n.name.clone()).collect();
         tracker.spawn(async move {
             while let Some(a) = attempts_rx.recv().await {
@@ -352,15 +504,22 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     let stall_after = (cfg.daemon.tick * 5).max(Duration::from_secs(5));
     let (control_tx, mut control_rx) = mpsc::channel::<control::Request>(64);
     let (status_tx, status_rx) = tokio::sync::watch::channel(Arc::new(control::Status::default()));
-    let mut app = crate::api::router(Arc::clone(&metrics), Arc::clone(&health), stall_after).merge(
+    let mut app = crate::api::router(Arc::clone(&metrics), Arc::clone(health), stall_after).merge(
         control::router(Arc::new(control::Control {
             commands: control_tx,
             status: status_rx,
-            store: Arc::clone(&store),
+            store: Arc::clone(store),
             token: cfg.daemon.control_token.clone(),
             read_open: cfg.daemon.read_open,
         })),
     );
+    // Alerts known before a reload stay known; the next reload takes them from here.
+    if let (Some(new), Some(h)) = (&receiver, &resumed)
+        && let Some(old) = &h.receiver
+    {
+        new.take_over(old, h.engine.config(), &cfg);
+    }
+    let kept_receiver = receiver.clone();
     if let Some(receiver) = receiver {
         let resend_every = cfg
             .signals
@@ -385,24 +544,30 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                 .with_state(Arc::clone(&hook)),
         );
         tracing::info!(addr = %listening, path = WEBHOOK_PATH, "receiving alertmanager webhooks");
-        tracker.spawn(resend_loop(hook, resend_every, sources_token.clone()));
+        sources_tracker.spawn(resend_loop(hook, resend_every, sources_token.clone()));
     }
+    match shared
+        .listener
+        .try_clone()
+        .and_then(tokio::net::TcpListener::from_std)
     {
-        let stop = api_stop.clone();
-        tracker.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "the http listener failed");
-            }
-        });
+        Ok(listener) => {
+            let stop = api_stop.clone();
+            tracker.spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the http listener failed");
+                }
+            });
+            tracing::info!(addr = %listening, "serving /metrics, /healthz and /readyz");
+        }
+        Err(e) => tracing::error!(addr = %listening, error = %e, "cannot serve on the listener"),
     }
-    tracing::info!(addr = %listening, "serving /metrics, /healthz and /readyz");
-    tell(Event::Listening(listening));
     for (i, source) in sources.iter().enumerate() {
         let Some(source) = source else { continue };
-        tracker.spawn(sample_loop(
+        sources_tracker.spawn(sample_loop(
             i,
             Arc::clone(source),
             cfg.signals[i].interval,
@@ -414,7 +579,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     }
     for (t, target) in cfg.targets.iter().enumerate() {
         if let Some(spec) = target.change.clone() {
-            tracker.spawn(change_loop(
+            sources_tracker.spawn(change_loop(
                 t,
                 target.name.clone(),
                 spec,
@@ -424,35 +589,63 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
             ));
         }
     }
+    sources_tracker.close();
 
-    let mut engine = Engine::new(cfg.clone());
+    let reloaded = resumed.is_some();
+    let (mut engine, resumed_effects, carried, mut last) = match resumed {
+        Some(Handover {
+            engine: old,
+            carried,
+            last,
+            ..
+        }) => {
+            let now = clock.now().max(last);
+            let (engine, effects) = old.reconfigure(cfg.clone(), now);
+            (engine, Some(effects), carried, now)
+        }
+        None => (Engine::new(cfg.clone()), None, Vec::new(), clock.now()),
+    };
     let mut ticker = tokio::time::interval(cfg.daemon.tick);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut in_flight: HashMap<String, tokio_util::sync::DropGuard> = HashMap::new();
     let steps_token = CancellationToken::new();
-    tracing::info!(
-        targets = cfg.targets.len(),
-        signals = cfg.signals.len(),
-        rules = cfg.rules.len(),
-        mode = ?cfg.daemon.mode,
-        "rearguard started"
-    );
-    let systemd = opts.systemd;
-    let mut status = idle_status(&cfg);
-    if let Some(sd) = &systemd {
+    if reloaded {
+        tracing::info!(
+            targets = cfg.targets.len(),
+            signals = cfg.signals.len(),
+            rules = cfg.rules.len(),
+            mode = ?cfg.daemon.mode,
+            "configuration reloaded"
+        );
+    } else {
+        tracing::info!(
+            targets = cfg.targets.len(),
+            signals = cfg.signals.len(),
+            rules = cfg.rules.len(),
+            mode = ?cfg.daemon.mode,
+            "rearguard started"
+        );
+    }
+    let systemd = shared.systemd.as_ref();
+    let mut status = match engine.incidents() {
+        [] => idle_status(&cfg),
+        open => incidents_status(open),
+    };
+    if let Some(sd) = systemd {
         sd.ready(&status);
     }
     // Pinged from this loop, so that systemd restarts an engine that stopped turning.
-    let mut watchdog = systemd
-        .as_ref()
-        .and_then(|sd| sd.watchdog_interval())
-        .map(|every| {
-            let mut t = tokio::time::interval(every);
-            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            t
-        });
+    let mut watchdog = systemd.and_then(|sd| sd.watchdog_interval()).map(|every| {
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        t
+    });
     health.set_ready();
-    tell(Event::Started);
+    tell(if reloaded {
+        Event::Reloaded
+    } else {
+        Event::Started
+    });
 
     let dispatch =
         |engine_effects: Vec<Effect>,
@@ -505,36 +698,58 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
             }
         };
 
-    // Every input carries the time it happened. A reading is judged at the time its
-    // sample was scheduled, exactly, so that samples one interval apart are one interval
-    // apart for `for` and counts (a signal's readings come in that order). Other inputs
-    // are kept from running behind the latest time.
-    let mut last = clock.now();
     // Incidents already counted as opened, for the metrics.
     let mut counted: std::collections::HashSet<String> = std::collections::HashSet::new();
-    match store.memory() {
-        Ok(None) => {}
-        Ok(Some((_, body))) => match serde_json::from_str::<Memory>(&body) {
-            Ok(memory) => {
-                let effects = engine.restore(memory, last);
-                account(&metrics, &engine, &effects, &mut counted);
-                tracing::info!(
-                    incidents = engine.incidents().len(),
-                    "state of the previous run restored"
-                );
-                persist(&store, &cfg, &engine, &effects, last);
-                dispatch(effects, last, false, &mut in_flight);
-            }
+    // What the engine of the configuration before knew, or the previous run's memory.
+    let restored = match resumed_effects {
+        Some(effects) => Some(effects),
+        None => match store.memory() {
+            Ok(None) => None,
+            Ok(Some((_, body))) => match serde_json::from_str::<Memory>(&body) {
+                Ok(memory) => {
+                    let effects = engine.restore(memory, last);
+                    tracing::info!(
+                        incidents = engine.incidents().len(),
+                        "state of the previous run restored"
+                    );
+                    Some(effects)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the stored state of the previous run cannot be read; starting without it");
+                    None
+                }
+            },
             Err(e) => {
-                tracing::error!(error = %e, "the stored state of the previous run cannot be read; starting without it")
+                tracing::error!(error = %e, "cannot read the state of the previous run; starting without it");
+                None
             }
         },
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the state of the previous run; starting without it")
-        }
+    };
+    if let Some(effects) = restored {
+        account(&metrics, &engine, &effects, &mut counted);
+        persist(store, &cfg, &engine, &effects, last);
+        dispatch(effects, last, false, &mut in_flight);
+    }
+    // Inputs queued for the configuration before, in their order.
+    for (input, at) in carried {
+        let now = match input {
+            Input::Reading(_) => at,
+            _ => at.max(last),
+        };
+        last = last.max(now);
+        let effects = engine.step(input, now);
+        persist(store, &cfg, &engine, &effects, now);
+        account(&metrics, &engine, &effects, &mut counted);
+        dispatch(effects, now, false, &mut in_flight);
     }
     publish(&status_tx, &cfg, &engine, last);
+    // A new configuration that passed its checks and waits for the step in flight.
+    let mut pending: Option<Box<Parts>> = None;
+    let mut told_waiting = false;
     loop {
+        if pending.is_some() && in_flight.is_empty() && !engine.acting() {
+            break;
+        }
         tokio::select! {
             biased;
             _ = token.cancelled() => break,
@@ -551,6 +766,11 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                     }
                     _ => {}
                 }
+                // Every input carries the time it happened. A reading is judged at the
+                // time its sample was scheduled, exactly, so that samples one interval
+                // apart are one interval apart for `for` and counts (a signal's readings
+                // come in that order). Other inputs are kept from running behind the
+                // latest time.
                 let now = match input {
                     Input::Reading(_) => at,
                     _ => at.max(last),
@@ -559,7 +779,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                 let took = Instant::now();
                 let effects = engine.step(input, now);
                 metrics.engine_step(took.elapsed());
-                persist(&store, &cfg, &engine, &effects, now);
+                persist(store, &cfg, &engine, &effects, now);
                 account(&metrics, &engine, &effects, &mut counted);
                 if !effects.is_empty() {
                     publish(&status_tx, &cfg, &engine, now);
@@ -570,7 +790,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                 let now = clock.now().max(last);
                 last = now;
                 let effects = engine.step(Input::Command(request.command), now);
-                persist(&store, &cfg, &engine, &effects, now);
+                persist(store, &cfg, &engine, &effects, now);
                 account(&metrics, &engine, &effects, &mut counted);
                 publish(&status_tx, &cfg, &engine, now);
                 let answer = match effects.iter().find_map(|e| match e {
@@ -583,13 +803,42 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                 dispatch(effects, now, false, &mut in_flight);
                 let _ = request.reply.send(answer);
             }
+            Some(reload) = async {
+                match reloads.as_deref_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(sd) = systemd {
+                    sd.reloading("reloading the configuration");
+                }
+                match prepare_reload(&cfg, reload, &shared.client) {
+                    Ok(parts) => {
+                        if pending.replace(Box::new(parts)).is_some() {
+                            tracing::info!("a newer configuration replaces the one waiting to be applied");
+                        }
+                        told_waiting = false;
+                    }
+                    Err(reason) => {
+                        tracing::error!(reason = %reason, "reload refused; the running configuration stays");
+                        tell(Event::ReloadRefused(reason));
+                        if let Some(sd) = systemd {
+                            sd.ready(&status);
+                        }
+                    }
+                }
+                if pending.is_some() && (!in_flight.is_empty() || engine.acting()) && !told_waiting {
+                    told_waiting = true;
+                    tracing::info!(steps = in_flight.len(), "the new configuration waits for the rollback step in flight");
+                }
+            }
             _ = ticker.tick() => {
                 let now = clock.now().max(last);
                 last = now;
                 let took = Instant::now();
                 let effects = engine.step(Input::Tick, now);
                 metrics.engine_step(took.elapsed());
-                persist(&store, &cfg, &engine, &effects, now);
+                persist(store, &cfg, &engine, &effects, now);
                 account(&metrics, &engine, &effects, &mut counted);
                 if !effects.is_empty() {
                     publish(&status_tx, &cfg, &engine, now);
@@ -602,13 +851,13 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                     None => std::future::pending().await,
                 }
             } => {
-                if let Some(sd) = &systemd {
+                if let Some(sd) = systemd {
                     sd.ping();
                 }
             }
         }
         health.engine_turned(clock.now().0);
-        if let Some(sd) = &systemd {
+        if let Some(sd) = systemd {
             let now_status = match engine.incidents() {
                 [] => idle_status(&cfg),
                 open => incidents_status(open),
@@ -620,10 +869,56 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
         }
     }
 
+    if !token.is_cancelled()
+        && let Some(parts) = pending
+    {
+        // A reload: no step is in flight. The sources stop; what they had queued is kept
+        // for the new configuration; the outbox's workers finish the message they are
+        // sending (what is queued stays in the store for the new workers); the listener's
+        // clone stops accepting while the new one takes over.
+        sources_token.cancel();
+        let mut queued = Vec::new();
+        loop {
+            tokio::select! {
+                _ = sources_tracker.wait() => break,
+                Some(item) = rx.recv() => queued.push(item),
+            }
+        }
+        while let Ok(item) = rx.try_recv() {
+            queued.push(item);
+        }
+        let carried = queued
+            .into_iter()
+            .filter_map(|(input, at)| {
+                crate::engine::reload::carry_over(&cfg, &parts.cfg, input).map(|i| (i, at))
+            })
+            .collect();
+        let _ = flush_tx.send(Some(tokio::time::Instant::now()));
+        outbox_tracker.close();
+        if tokio::time::timeout(longest_send(&cfg), outbox_tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the outbox did not stop in time for the reload");
+        }
+        api_stop.cancel();
+        steps_token.cancel();
+        tracker.close();
+        return Ended::Reload(
+            parts,
+            Box::new(Handover {
+                engine,
+                carried,
+                last,
+                receiver: kept_receiver,
+            }),
+        );
+    }
+
     // Drain: sources stop now; in-flight steps get the drain timeout to finish.
     tracing::info!(in_flight = in_flight.len(), "rearguard stopping");
     health.set_stopping();
-    if let Some(sd) = &systemd {
+    if let Some(sd) = systemd {
         sd.stopping(&format!(
             "stopping: {} step(s) in flight, then the outbox is flushed",
             in_flight.len()
@@ -644,7 +939,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                     let took = Instant::now();
                     let effects = engine.step(input, now);
                     metrics.engine_step(took.elapsed());
-                    persist(&store, &cfg, &engine, &effects, now);
+                    persist(store, &cfg, &engine, &effects, now);
                     account(&metrics, &engine, &effects, &mut counted);
                     if !effects.is_empty() {
                         publish(&status_tx, &cfg, &engine, now);
@@ -676,13 +971,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     let flush_until = tokio::time::Instant::now() + cfg.daemon.drain_timeout;
     let _ = flush_tx.send(Some(flush_until));
     outbox_tracker.close();
-    let longest_send = cfg
-        .notifiers
-        .iter()
-        .map(|n| n.timeout * 3)
-        .max()
-        .unwrap_or_default();
-    let bound = cfg.daemon.drain_timeout + longest_send + Duration::from_secs(1);
+    let bound = cfg.daemon.drain_timeout + longest_send(&cfg) + Duration::from_secs(1);
     if tokio::time::timeout(bound, outbox_tracker.wait())
         .await
         .is_err()
@@ -691,8 +980,13 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     }
     // The listener goes last, so that /readyz says "stopping" until the end.
     api_stop.cancel();
+    sources_tracker.close();
     tracker.close();
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+    let everything = async {
+        sources_tracker.wait().await;
+        tracker.wait().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(5), everything)
         .await
         .is_err()
     {
@@ -706,11 +1000,16 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
         }
         Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
     }
-    tracing::info!("rearguard stopped");
-    if let Some(o) = &observer {
-        let _ = o.send(Event::Stopped);
-    }
-    Ok(())
+    Ended::Stopped
+}
+
+/// How long the slowest notifier may take to send one message, with its retries.
+fn longest_send(cfg: &Config) -> Duration {
+    cfg.notifiers
+        .iter()
+        .map(|n| n.timeout * 3)
+        .max()
+        .unwrap_or_default()
 }
 
 /// The `STATUS=` line while no incident is open.

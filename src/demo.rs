@@ -262,6 +262,7 @@ async fn run_inner(dir: Option<PathBuf>) -> Result<(), String> {
             shutdown: shutdown.clone(),
             observer: Some(tx),
             systemd: None,
+            reload: None,
         },
     ));
 
@@ -320,7 +321,11 @@ async fn run_inner(dir: Option<PathBuf>) -> Result<(), String> {
                 outcome = inc.outcome.clone();
                 shutdown.cancel();
             }
-            Event::Effect(..) | Event::Delivery(_) | Event::Listening(_) => {}
+            Event::Effect(..)
+            | Event::Delivery(_)
+            | Event::Listening(_)
+            | Event::Reloaded
+            | Event::ReloadRefused(_) => {}
             Event::Report { path, .. } => report = Some(path),
             Event::Stopped => break,
         }

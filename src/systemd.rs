@@ -52,6 +52,11 @@ impl Systemd {
         self.send(&[NotifyState::Watchdog]);
     }
 
+    /// A new configuration is being applied; `ready` ends it.
+    pub fn reloading(&self, status: &str) {
+        self.send(&[NotifyState::Reloading, NotifyState::Status(status)]);
+    }
+
     pub fn stopping(&self, status: &str) {
         self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }

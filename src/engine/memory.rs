@@ -32,6 +32,15 @@ use crate::config::Occasion;
 /// The version of the memory's layout; memory of another version is not restored.
 pub const VERSION: u32 = 1;
 
+/// Why an engine takes back the memory of another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Resume {
+    /// A new process: readings since the memory was taken are unknown.
+    Restart,
+    /// The same process with a new configuration: nothing was missed.
+    Reload,
+}
+
 /// The engine's durable state. Indexes are replaced by names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Memory {
@@ -168,6 +177,11 @@ impl Engine {
     /// effects of what that means: timeline lines for restored incidents, escalations of
     /// steps whose outcome is unknown, reports of incidents that no longer fit.
     pub fn restore(&mut self, memory: Memory, now: Ts) -> Vec<Effect> {
+        self.resume(memory, now, Resume::Restart)
+    }
+
+    /// Takes back `memory` on a fresh engine, after a restart or a reload.
+    pub(super) fn resume(&mut self, memory: Memory, now: Ts, why: Resume) -> Vec<Effect> {
         if memory.version != VERSION {
             return Vec::new();
         }
@@ -195,7 +209,7 @@ impl Engine {
         }
         let down = now.since(memory.at);
         for m in memory.incidents {
-            self.restore_incident(m, down, now);
+            self.restore_incident(m, down, now, why);
         }
         for p in memory.pending {
             let level = self.cfg.escalation.iter().position(|l| l.name == p.level);
@@ -211,7 +225,13 @@ impl Engine {
         std::mem::take(&mut self.out)
     }
 
-    fn restore_incident(&mut self, m: IncidentMemory, down: std::time::Duration, now: Ts) {
+    fn restore_incident(
+        &mut self,
+        m: IncidentMemory,
+        down: std::time::Duration,
+        now: Ts,
+        why: Resume,
+    ) {
         let cfg = &self.cfg;
         let mut inc = m.incident;
         let find_all = |names: &[String], all: &mut dyn Iterator<Item = &str>| {
@@ -231,10 +251,13 @@ impl Engine {
             Some(name) => cfg.plans.iter().position(|p| &p.name == name).map(Some),
             None => Some(None),
         };
-        let restart = format!(
-            "rearguard restarted after {} without a record",
-            crate::config::units::format_duration(down)
-        );
+        let restart = match why {
+            Resume::Restart => format!(
+                "rearguard restarted after {} without a record",
+                crate::config::units::format_duration(down)
+            ),
+            Resume::Reload => "configuration reloaded".to_owned(),
+        };
         let (Some(target), Some(rules), Some(signals), Some(plan)) = (target, rules, signals, plan)
         else {
             // The configuration no longer has what the incident needs: it ends here,
@@ -276,8 +299,8 @@ impl Engine {
             }
         }
         // Readings while rearguard was down are unknown: verification starts a whole
-        // window again from now.
-        if let IncidentState::Verifying { .. } = inc.state {
+        // window again from now. A reload loses no reading: verification goes on.
+        if let (IncidentState::Verifying { .. }, Resume::Restart) = (inc.state, why) {
             let window = plan.map_or(std::time::Duration::ZERO, |p| cfg.plans[p].verify.window);
             inc.state = IncidentState::Verifying {
                 until: now.plus(window),
@@ -291,9 +314,18 @@ impl Engine {
             idx,
             now,
             EntryKind::Decision,
-            format!("{restart}; incident restored ({})", state.name()),
+            format!(
+                "{restart}; incident {} ({})",
+                match why {
+                    Resume::Restart => "restored",
+                    Resume::Reload => "kept",
+                },
+                state.name()
+            ),
         );
-        if let IncidentState::Acting { step, attempt } = state {
+        // A reload waits for the step in flight (see `Engine::reconfigure`), so only a
+        // restart finds an incident acting.
+        if let (IncidentState::Acting { step, attempt }, Resume::Restart) = (state, why) {
             let plan = &self.cfg.plans[plan.expect("an acting incident has a plan")];
             let reason = format!(
                 "rearguard restarted while step {}/{} {:?} (attempt {attempt}) was running; whether it finished is unknown, so it is not run again and people must check",

@@ -9,6 +9,7 @@
 mod incident;
 mod memory;
 mod reading;
+pub mod reload;
 mod rule;
 mod stats;
 

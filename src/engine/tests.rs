@@ -215,6 +215,22 @@ impl Run {
         self.record(effects, t);
     }
 
+    /// A reload at `at` with configuration `cfg`, as the daemon does it: the same engine's
+    /// knowledge handed to the engine of the new configuration. Output lines after it
+    /// start with `reload`.
+    fn reload(&mut self, cfg: Config, at: &str) {
+        let t = times(at)[0];
+        let engine = std::mem::replace(&mut self.engine, Engine::new(cfg.clone()));
+        assert!(
+            !engine.acting(),
+            "the daemon reloads only while no step runs"
+        );
+        let (engine, effects) = engine.reconfigure(cfg, at_ms(t));
+        self.engine = engine;
+        self.lines.push(format!("{} reload", show_time(t)));
+        self.record(effects, t);
+    }
+
     /// One script line: `TIME VERB ARGS`, TIME being `90`, `5m` or `A..B/STEP`. Verbs:
     /// a signal name and a reading (`errors 10/100`, `latency 0.3`, `health fail`,
     /// `oom pod-1`, `errors nodata|error|few`), `tick`, `change REV`, `done ok|fail`
@@ -2235,6 +2251,167 @@ fn a_firing_rule_is_firing_again_after_a_restart_and_clears_the_incident() {
         25m notify resolved -> oncall, lead
         25m closed Breach incident: recovered
         ",
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Reloads: a new configuration for the running engine.
+// ---------------------------------------------------------------------------------------
+
+/// The standard configuration with one more rule, on another signal.
+fn standard_plus_latency_rule() -> Config {
+    standard("[[rule]]\nname = \"slow\"\nsignal = \"latency\"\nwhen = \"> 2\"\nfor = \"5m\"\n")
+}
+
+#[test]
+fn a_reload_keeps_the_window_of_an_unchanged_rule() {
+    let mut run = Run::new(standard(""));
+    run.script("0 change v1\n1m..2m/1m errors 10/100");
+    run.reload(standard_plus_latency_rule(), "2m30s");
+    run.script("3m errors 10/100");
+    assert_lines(
+        &run.output(),
+        "
+        1m rule errors-high ok -> pending
+        2m30s reload
+        3m rule errors-high pending -> firing
+        3m notify opened
+        3m escalated: no change...
+        3m notify not_rolled_back
+        ",
+    );
+}
+
+#[test]
+fn a_reload_starts_a_changed_rule_afresh() {
+    let mut run = Run::new(standard(""));
+    run.script("0 change v1\n1m..2m/1m errors 10/100");
+    let longer = config(
+        TARGET,
+        &format!(
+            "{}\n{PLAN}",
+            ERRORS_RULE.replace("for = \"2m\"", "for = \"3m\"")
+        ),
+    );
+    run.reload(longer, "2m30s");
+    run.script("3m..6m/1m errors 10/100");
+    assert_lines(
+        &run.output(),
+        "
+        1m rule errors-high ok -> pending
+        2m30s reload
+        3m rule errors-high ok -> pending
+        6m rule errors-high pending -> firing
+        6m notify opened
+        6m escalated: no change...
+        6m notify not_rolled_back
+        ",
+    );
+}
+
+#[test]
+fn a_reload_keeps_an_incident_and_its_verification_deadline() {
+    let mut run = Run::new(standard(""));
+    run.script(&format!("{DEPLOY_AND_BREACH}\n15m done ok\n15m done ok"));
+    run.reload(standard_plus_latency_rule(), "16m");
+    run.script("16m..18m/1m errors 0/100\n18m..21m/1m tick");
+    assert_lines(
+        &run.output(),
+        &format!(
+            "{DEPLOY_AND_BREACH_EFFECTS}
+            15m run step 1 attempt 1 (v2 -> v1)
+            15m plan finished; verifying for 5m that these rules are clear: errors-high
+            16m reload
+            16m rule errors-high firing -> ok
+            20m verification passed: every rule is clear
+            20m notify rollback_succeeded
+            20m notify resolved
+            20m closed Breach incident: rolled back
+            "
+        ),
+    );
+    let closed = run
+        .effects
+        .iter()
+        .find_map(|(_, e)| match e {
+            Effect::IncidentClosed(i) => Some(i),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        closed
+            .timeline
+            .iter()
+            .any(|e| e.text == "configuration reloaded; incident kept (verifying)"),
+        "{:#?}",
+        closed.timeline
+    );
+    assert!(run.engine.memory(at_ms(0)).targets[0].bad.contains("v2"));
+}
+
+#[test]
+fn a_reload_that_removes_an_incident_s_rule_ends_it_as_interrupted() {
+    let mut run = Run::new(standard(""));
+    run.script("0 change v1\n1m..3m/1m errors 10/100");
+    let renamed = config(
+        TARGET,
+        &format!(
+            "{}\n{PLAN}",
+            ERRORS_RULE.replace("errors-high", "errors-too-high")
+        ),
+    );
+    run.reload(renamed, "4m");
+    assert_lines(
+        &run.output(),
+        "
+        1m rule errors-high ok -> pending
+        3m rule errors-high pending -> firing
+        3m notify opened
+        3m escalated: no change...
+        3m notify not_rolled_back
+        4m reload
+        4m closed Breach incident: interrupted
+        ",
+    );
+    assert!(run.engine.incidents().is_empty());
+}
+
+#[test]
+fn a_reading_crosses_a_reload_only_to_the_same_signal() {
+    let old = standard("");
+    let new = standard_plus_latency_rule();
+    let reading = |signal| {
+        Input::Reading(Reading {
+            signal,
+            state: ReadingState::NoData,
+        })
+    };
+    let errors = old.signal_index("errors").unwrap();
+    assert!(matches!(
+        reload::carry_over(&old, &new, reading(errors)),
+        Some(Input::Reading(Reading { signal, .. })) if signal == new.signal_index("errors").unwrap()
+    ));
+    // The same name, sampled twice as often: a different signal.
+    let text = format!("[[target]]\nname = \"web\"\n{TARGET}\n{SIGNALS}\n{ERRORS_RULE}\n{PLAN}")
+        .replacen("interval = \"1m\"", "interval = \"30s\"", 1);
+    let changed =
+        config::load_str(&text, Format::Toml, std::iter::empty(), Path::new(".")).unwrap();
+    assert!(reload::carry_over(&old, &changed, reading(errors)).is_none());
+    assert!(
+        reload::carry_over(
+            &old,
+            &new,
+            Input::StepDone(StepResult {
+                incident: "x".to_owned(),
+                step: 0,
+                attempt: 1,
+                ok: true,
+                duration_ms: 0,
+                output: String::new(),
+                error: None,
+            })
+        )
+        .is_none()
     );
 }
 

@@ -323,6 +323,24 @@ impl Receiver {
         })
     }
 
+    /// Takes over what `old`, the receiver of the configuration before a reload, knew of
+    /// the alerts of every signal that is the same in both: Alertmanager re-sends a firing
+    /// alert only every `repeat_interval`, so a reload must not forget one.
+    pub fn take_over(&self, old: &Receiver, old_cfg: &Config, new_cfg: &Config) {
+        let mut from = old.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut to = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, w) in self.watched.iter().enumerate() {
+            let name = &new_cfg.signals[w.signal].name;
+            let same = old.watched.iter().position(|o| {
+                &old_cfg.signals[o.signal].name == name
+                    && crate::engine::reload::same_signal(old_cfg, o.signal, new_cfg, w.signal)
+            });
+            if let Some(j) = same {
+                to[i] = std::mem::take(&mut from[j]);
+            }
+        }
+    }
+
     /// The indexes of the signals this receiver feeds, in configuration order.
     pub fn signals(&self) -> Vec<usize> {
         self.watched.iter().map(|w| w.signal).collect()

@@ -1156,3 +1156,39 @@ window = "18s"
         .count();
     assert_eq!(steps, 1, "one rollback, run once");
 }
+
+#[test]
+fn a_reload_keeps_the_alerts_known_for_signals_that_did_not_change() {
+    let old_cfg = load(SIGNALS);
+    let old = Receiver::new(&old_cfg).unwrap();
+    deliver(&old, vec![firing(CHECKOUT, T0)]);
+    // The new configuration drops `payments` (so the signals move) and changes the
+    // matchers of `shop-any`; `checkout` stays as it was.
+    let text = SIGNALS
+        .replace(
+            "alertname = \"PaymentErrors\"",
+            "alertname = \"PaymentErrors\", env = \"prod\"",
+        )
+        .replace(
+            "matchers = { service = \"shop\" }",
+            "matchers = { service = \"shop\", env = \"prod\" }",
+        );
+    let new_cfg = load(&text);
+    let new = Receiver::new(&new_cfg).unwrap();
+    let checkout = new_cfg.signal_index("checkout").unwrap();
+    assert!(
+        !checks(&new.current()).contains(&(checkout, false)),
+        "a new receiver knows nothing by itself"
+    );
+    new.take_over(&old, &old_cfg, &new_cfg);
+    let shop_any = new_cfg.signal_index("shop-any").unwrap();
+    let current = checks(&new.current());
+    assert!(
+        current.contains(&(checkout, false)),
+        "checkout's firing alert is still known: {current:?}"
+    );
+    assert!(
+        !current.contains(&(shop_any, false)),
+        "a changed signal starts with nothing known: {current:?}"
+    );
+}

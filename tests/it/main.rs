@@ -23,6 +23,7 @@ mod promstack;
 mod provider;
 mod record;
 mod releases;
+mod reload;
 mod restarts;
 mod running;
 mod scenarios;

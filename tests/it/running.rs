@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Running {
     pub rx: mpsc::UnboundedReceiver<Event>,
     shutdown: CancellationToken,
+    reloads: mpsc::Sender<daemon::Reload>,
     handle: tokio::task::JoinHandle<Result<(), daemon::StartError>>,
     pub seen: Vec<Event>,
 }
@@ -25,17 +26,20 @@ pub fn start(mut cfg: Config) -> Running {
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let shutdown = CancellationToken::new();
+    let (reloads, reload_rx) = mpsc::channel(4);
     let handle = tokio::spawn(daemon::run(
         cfg,
         daemon::Options {
             shutdown: shutdown.clone(),
             observer: Some(tx),
             systemd: None,
+            reload: Some(reload_rx),
         },
     ));
     Running {
         rx,
         shutdown,
+        reloads,
         handle,
         seen: Vec::new(),
     }
@@ -111,6 +115,14 @@ impl Running {
             Event::Effect(_, Effect::RuleChanged { transition, .. }) => transition.evidence,
             _ => unreachable!(),
         }
+    }
+
+    /// Hands the daemon a new configuration (or a load error), as SIGHUP does.
+    pub async fn reload(&self, reload: daemon::Reload) {
+        self.reloads
+            .send(reload)
+            .await
+            .expect("the daemon takes reloads");
     }
 
     /// Takes what the daemon has said so far without waiting.

@@ -130,3 +130,88 @@ token = {{ file = "{}/am.token" }}
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn sighup_applies_a_good_file_and_keeps_the_running_configuration_on_a_bad_one() {
+    let f = Fixture::new().await;
+    let socket_path = f.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let cfg = f.path().join("rearguard.toml");
+    let text = f.config(&switch_back(&f), "");
+    std::fs::write(&cfg, &text).unwrap();
+    let log = f.path().join("stderr.log");
+    let mut child = tokio::process::Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap() as i32;
+    let socket = tokio::task::spawn_blocking(move || {
+        read_until(&socket, 10, |d| d.contains("READY=1"));
+        socket
+    })
+    .await
+    .unwrap();
+
+    // A good file: one more rule. systemd hears RELOADING=1, then READY=1 with the new
+    // configuration's status line.
+    std::fs::write(
+        &cfg,
+        format!("{text}\n[[rule]]\nname = \"down-now\"\nsignal = \"health\"\nconsecutive = 1\n"),
+    )
+    .unwrap();
+    // SAFETY: sending a signal to a child we spawned.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let socket = tokio::task::spawn_blocking(move || {
+        let seen = read_until(&socket, 10, |d| {
+            d.contains("READY=1") && d.contains("with 2 rule(s)")
+        });
+        assert!(
+            seen.iter().any(|d| d.contains("RELOADING=1")),
+            "RELOADING=1 before READY=1: {seen:#?}"
+        );
+        socket
+    })
+    .await
+    .unwrap();
+
+    // A bad file: refused with the reason, and the two rules stay.
+    std::fs::write(
+        &cfg,
+        format!("{text}\n[[rule]]\nname = \"broken\"\nsignal = \"nowhere\"\n"),
+    )
+    .unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let socket = tokio::task::spawn_blocking(move || {
+        read_until(&socket, 10, |d| {
+            d.contains("READY=1") && d.contains("with 2 rule(s)")
+        });
+        socket
+    })
+    .await
+    .unwrap();
+    crate::support::poll_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("reload refused"))
+    })
+    .await
+    .expect("the refusal is logged");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("configuration reloaded"), "{logged}");
+    assert!(
+        logged.contains("nowhere"),
+        "the reason names the bad value: {logged}"
+    );
+
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    drop(socket);
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("stops within the drain")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
