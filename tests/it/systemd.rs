@@ -215,3 +215,85 @@ async fn sighup_applies_a_good_file_and_keeps_the_running_configuration_on_a_bad
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// The pings come from the engine's loop, not from a timer of their own: while the loop
+/// is stuck (here: writing its state to a database another process holds locked), systemd
+/// hears nothing, and would kill it at `WatchdogSec`; once the loop turns again, the
+/// pings come back.
+#[tokio::test]
+async fn no_watchdog_ping_while_the_engine_is_stuck() {
+    let f = Fixture::new().await;
+    let socket_path = f.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let cfg = f.path().join("rearguard.toml");
+    std::fs::write(&cfg, f.config(&switch_back(&f), "")).unwrap();
+    let mut child = tokio::process::Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let socket = tokio::task::spawn_blocking(move || {
+        read_until(&socket, 10, |d| d.contains("READY=1"));
+        for _ in 0..3 {
+            read_until(&socket, 2, |d| d == "WATCHDOG=1\n");
+        }
+        socket
+    })
+    .await
+    .unwrap();
+    f.probed(3).await;
+
+    // Another process takes the state store's write lock; the next engine step that has
+    // something to record (a rule changing phase) waits for it, up to the store's 5 s.
+    let db = rusqlite::Connection::open(f.path().join("state/rearguard.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    f.svc
+        .broken
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (socket, longest) = tokio::task::spawn_blocking(move || {
+        let mut pings = vec![Instant::now()];
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut buf = [0u8; 4096];
+        while Instant::now() < until {
+            socket
+                .set_read_timeout(Some(
+                    until
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1)),
+                ))
+                .unwrap();
+            match socket.recv(&mut buf) {
+                Ok(n) if &buf[..n] == b"WATCHDOG=1\n" => pings.push(Instant::now()),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        pings.push(Instant::now());
+        let longest = pings
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+        (socket, longest)
+    })
+    .await
+    .unwrap();
+    assert!(
+        longest >= Duration::from_millis(1500),
+        "pings every 200ms went on while the engine was stuck (longest gap {longest:?})"
+    );
+
+    // The lock goes; the loop turns and pings again.
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+    tokio::task::spawn_blocking(move || {
+        read_until(&socket, 3, |d| d == "WATCHDOG=1\n");
+    })
+    .await
+    .unwrap();
+    child.kill().await.unwrap();
+}
