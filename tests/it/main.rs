@@ -22,6 +22,7 @@ mod prometheus;
 mod promstack;
 mod provider;
 mod record;
+mod recipes;
 mod releases;
 mod restarts;
 mod running;
