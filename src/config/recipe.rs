@@ -341,7 +341,10 @@ fn expand(sp: &str, raw: &RawRecipeStep, errors: &mut Vec<ConfigError>) -> Vec<E
                     } else {
                         format!(
                             "{} are",
-                            set.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" and ")
+                            set.iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" and ")
                         )
                     }
                 ),
@@ -369,7 +372,11 @@ fn expand(sp: &str, raw: &RawRecipeStep, errors: &mut Vec<ConfigError>) -> Vec<E
     for (k, template) in recipe.step.iter().enumerate() {
         let path = format!("{sp}.expanded[{k}]");
         let Some(dict) = template.as_dict() else {
-            err(errors, path, "recipe step is not a table (a bug in the recipe)");
+            err(
+                errors,
+                path,
+                "recipe step is not a table (a bug in the recipe)",
+            );
             continue;
         };
         match condition(dict, &bound) {
@@ -511,9 +518,9 @@ fn condition(dict: &Dict, bound: &BTreeMap<String, Bound>) -> Result<bool, Strin
             let name = v
                 .as_str()
                 .ok_or_else(|| format!("`{key}` must name a parameter (a bug in the recipe)"))?;
-            let b = bound
-                .get(name)
-                .ok_or_else(|| format!("`{key}` names no parameter: {name:?} (a bug in the recipe)"))?;
+            let b = bound.get(name).ok_or_else(|| {
+                format!("`{key}` names no parameter: {name:?} (a bug in the recipe)")
+            })?;
             keep &= b.truthy() == want;
         }
     }
@@ -554,9 +561,10 @@ fn substitute(v: &Value, bound: &BTreeMap<String, Bound>) -> Result<Option<Value
             for item in items {
                 if let Some(d) = item.as_dict().filter(|d| d.contains_key("then")) {
                     if condition(d, bound)? {
-                        let then = d.get("then").and_then(Value::as_array).ok_or(
-                            "`then` must be a list (a bug in the recipe)".to_owned(),
-                        )?;
+                        let then = d
+                            .get("then")
+                            .and_then(Value::as_array)
+                            .ok_or("`then` must be a list (a bug in the recipe)".to_owned())?;
                         for t in then {
                             splice(&mut out, t, bound)?;
                         }
@@ -700,18 +708,21 @@ with = { databse = "/x.db", backup = "relative.db", timeout = 5 }"#,
             .map(|e| (e.path.as_str(), e.message.as_str()))
             .collect();
         assert!(
-            paths.iter().any(|(p, m)| *p == "plan[0].step[0].with.databse"
-                && m.contains("has no parameter")),
+            paths.iter().any(
+                |(p, m)| *p == "plan[0].step[0].with.databse" && m.contains("has no parameter")
+            ),
             "{paths:?}"
         );
         assert!(
-            paths.iter().any(|(p, m)| *p == "plan[0].step[0].with.database"
-                && m.contains("is required")),
+            paths
+                .iter()
+                .any(|(p, m)| *p == "plan[0].step[0].with.database" && m.contains("is required")),
             "{paths:?}"
         );
         assert!(
-            paths.iter().any(|(p, m)| *p == "plan[0].step[0].with.backup"
-                && m.contains("absolute path")),
+            paths
+                .iter()
+                .any(|(p, m)| *p == "plan[0].step[0].with.backup" && m.contains("absolute path")),
             "{paths:?}"
         );
         assert!(
@@ -772,7 +783,7 @@ with = { patterns = ["session:*", "cache:*"], socket = "/run/redis.sock", db = 2
     fn ordinary_steps_pass_through_unchanged_with_their_own_path() {
         let mut errors = Vec::new();
         let plain = recipe_step("type = \"exec\"\ncommand = [\"/bin/true\"]");
-        let steps = expand_steps("plan[3]", &[plain.clone()], &mut errors);
+        let steps = expand_steps("plan[3]", std::slice::from_ref(&plain), &mut errors);
         assert!(errors.is_empty());
         assert_eq!(steps[0].path, "plan[3].step[0]");
         assert_eq!(steps[0].default_name, "step 1");

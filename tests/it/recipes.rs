@@ -65,7 +65,11 @@ async fn run_plan(steps: &[Step], ctx: &ActionContext, path: Option<&Path>) -> V
 }
 
 fn assert_all_ok(outputs: &[ActionOutput], steps: &[Step]) {
-    assert_eq!(outputs.len(), steps.len(), "not every step ran: {outputs:#?}");
+    assert_eq!(
+        outputs.len(),
+        steps.len(),
+        "not every step ran: {outputs:#?}"
+    );
     for (o, s) in outputs.iter().zip(steps) {
         assert!(o.ok, "step {:?} failed: {o:#?}", s.name);
     }
@@ -281,10 +285,16 @@ async fn systemd_release_recipe_changes_no_config_file_when_one_backup_is_missin
 
     let steps = plan_steps(&svc.recipe(""));
     let outputs = run_plan(&steps, &ctx("v2", "v1"), None).await;
-    assert_eq!(outputs.len(), 2, "the plan stops at the restore: {outputs:#?}");
+    assert_eq!(
+        outputs.len(),
+        2,
+        "the plan stops at the restore: {outputs:#?}"
+    );
     let error = outputs[1].error.clone().unwrap_or_default();
     assert!(
-        outputs[1].output.contains("limits.conf is missing; nothing was changed"),
+        outputs[1]
+            .output
+            .contains("limits.conf is missing; nothing was changed"),
         "{outputs:#?} {error}"
     );
     assert_eq!(svc.read("etc/shop.env"), "COLOR=green\n");
@@ -436,7 +446,10 @@ async fn postgres_restore_recipe_restores_a_real_dump_and_verifies_integrity() {
         .unwrap();
     assert!(!status.success(), "the application's session was ended");
     assert_eq!(
-        pg.psql("shop", "SELECT count(*), min(state), max(state) FROM orders"),
+        pg.psql(
+            "shop",
+            "SELECT count(*), min(state), max(state) FROM orders"
+        ),
         "100|paid|paid"
     );
     assert_eq!(
@@ -480,9 +493,9 @@ async fn postgres_restore_recipe_with_a_missing_backup_changes_nothing_but_stopp
     let outputs = run_plan(&steps, &ctx("v2", "v1"), None).await;
     assert_eq!(outputs.len(), 2, "{outputs:#?}");
     assert!(
-        outputs[1]
-            .output
-            .contains("backup /nonexistent/v1.dump does not exist or cannot be read; nothing was changed"),
+        outputs[1].output.contains(
+            "backup /nonexistent/v1.dump does not exist or cannot be read; nothing was changed"
+        ),
         "{outputs:#?}"
     );
     assert_eq!(pg.psql("shop", "SELECT a FROM t"), "7");
@@ -502,7 +515,15 @@ impl Redis {
         let server = require("redis-server", "redis-server");
         let dir = support::temp_dir();
         let child = Command::new(server)
-            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+            .args([
+                "--port",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--unixsocket",
+            ])
             .arg(dir.path().join("redis.sock"))
             .arg("--dir")
             .arg(dir.path())
@@ -571,11 +592,7 @@ async fn redis_flush_recipe_unlinks_only_the_keys_matching_its_patterns() {
             .contains("unlinked 2500 key(s) matching cache:*"),
         "{outputs:#?}"
     );
-    let mut left: Vec<String> = redis
-        .cli(&["--scan"])
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let mut left: Vec<String> = redis.cli(&["--scan"]).lines().map(str::to_owned).collect();
     left.sort();
     assert_eq!(left, ["cachet", "keep:config"]);
 
@@ -610,10 +627,7 @@ fn sqlite_fixture() -> (tempfile::TempDir, PathBuf, PathBuf) {
     );
     let backups = dir.path().join("backups");
     std::fs::create_dir(&backups).unwrap();
-    sqlite(
-        &db,
-        &format!(".backup {}", backups.join("v1.db").display()),
-    );
+    sqlite(&db, &format!(".backup {}", backups.join("v1.db").display()));
     (dir, db, backups)
 }
 
@@ -669,9 +683,7 @@ async fn sqlite_restore_recipe_refuses_a_corrupted_backup_and_changes_nothing() 
     let outputs = run_plan(&steps, &ctx("v2", "v1"), None).await;
     assert!(!outputs[0].ok);
     assert!(
-        outputs[0]
-            .output
-            .contains("fails PRAGMA integrity_check"),
+        outputs[0].output.contains("fails PRAGMA integrity_check"),
         "{outputs:#?}"
     );
     assert_eq!(std::fs::read(&db).unwrap(), before);
@@ -722,8 +734,16 @@ async fn alembic_downgrade_recipe_takes_a_real_schema_down_and_checks_the_revisi
         .unwrap();
     }
     let ini = d.join("alembic.ini");
-    run(Command::new(&alembic).arg("-c").arg(&ini).args(["upgrade", "head"]));
-    let tables = || sqlite(&db, "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name)");
+    run(Command::new(&alembic)
+        .arg("-c")
+        .arg(&ini)
+        .args(["upgrade", "head"]));
+    let tables = || {
+        sqlite(
+            &db,
+            "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name)",
+        )
+    };
     assert_eq!(tables(), "alembic_version,orders,refunds");
 
     let steps = plan_steps(&format!(
@@ -821,8 +841,18 @@ async fn docker_compose_recipe_runs_up_with_the_previous_tag() {
     assert_eq!(
         calls,
         [strings(&[
-            "docker", "compose", "--project-directory", "/srv/shop", "up", "--detach",
-            "--no-build", "--wait", "--", "web", "worker", "SHOP_TAG=2.3.1",
+            "docker",
+            "compose",
+            "--project-directory",
+            "/srv/shop",
+            "up",
+            "--detach",
+            "--no-build",
+            "--wait",
+            "--",
+            "web",
+            "worker",
+            "SHOP_TAG=2.3.1",
         ])]
     );
 }
@@ -889,12 +919,29 @@ async fn aws_ecs_recipe_updates_the_service_to_the_previous_task_definition_and_
         calls,
         [
             strings(&[
-                "aws", "ecs", "update-service", "--cluster", "prod", "--service", "shop",
-                "--task-definition", "shop:7", "--region", "eu-west-1",
+                "aws",
+                "ecs",
+                "update-service",
+                "--cluster",
+                "prod",
+                "--service",
+                "shop",
+                "--task-definition",
+                "shop:7",
+                "--region",
+                "eu-west-1",
             ]),
             strings(&[
-                "aws", "ecs", "wait", "services-stable", "--cluster", "prod", "--services",
-                "shop", "--region", "eu-west-1",
+                "aws",
+                "ecs",
+                "wait",
+                "services-stable",
+                "--cluster",
+                "prod",
+                "--services",
+                "shop",
+                "--region",
+                "eu-west-1",
             ]),
         ]
     );
@@ -910,8 +957,19 @@ async fn azure_app_service_recipe_swaps_the_slots_back() {
     assert_eq!(
         calls,
         [strings(&[
-            "az", "webapp", "deployment", "slot", "swap", "--resource-group", "rg-shop",
-            "--name", "shop", "--slot", "staging", "--target-slot", "production",
+            "az",
+            "webapp",
+            "deployment",
+            "slot",
+            "swap",
+            "--resource-group",
+            "rg-shop",
+            "--name",
+            "shop",
+            "--slot",
+            "staging",
+            "--target-slot",
+            "production",
         ])]
     );
 }
@@ -972,12 +1030,20 @@ fn recipes_lists_every_shipped_recipe_and_shows_one_with_its_documentation() {
     let out = rearguard(&["recipes", "show", "postgres-restore"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for key in ["preconditions", "verifies", "cannot_undo", "tested", "[param.backup]"] {
+    for key in [
+        "preconditions",
+        "verifies",
+        "cannot_undo",
+        "tested",
+        "[param.backup]",
+    ] {
         assert!(text.contains(key), "{key} missing from:\n{text}");
     }
     let out = rearguard(&["recipes", "show", "postgress-restore"]);
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no recipe is named \"postgress-restore\""));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no recipe is named \"postgress-restore\"")
+    );
 }
 
 #[test]
@@ -1004,7 +1070,9 @@ with = { patterns = ["cache:*"], all = true, prot = 6379 }
     assert_eq!(out.status.code(), Some(64));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("plan[0].step[1].with.prot: recipe \"redis-flush\" has no parameter \"prot\""),
+        text.contains(
+            "plan[0].step[1].with.prot: recipe \"redis-flush\" has no parameter \"prot\""
+        ),
         "{text}"
     );
     assert!(
