@@ -1063,6 +1063,11 @@ command = ["/bin/true"]
 type = "recipe"
 recipe = "redis-flush"
 with = { patterns = ["cache:*"], all = true, prot = 6379 }
+
+[[plan.step]]
+type = "recipe"
+recipe = "aws-ecs"
+with = { cluster = "prod", service = "shop", task_definition = "shop:{to_revision}" }
 "#,
     )
     .unwrap();
@@ -1077,6 +1082,11 @@ with = { patterns = ["cache:*"], all = true, prot = 6379 }
     );
     assert!(
         text.contains("plan[0].step[1].with: recipe \"redis-flush\" takes exactly one of patterns, all; patterns and all are set"),
+        "{text}"
+    );
+    // A mistake that shows only in the expanded steps is reported under the step it is in.
+    assert!(
+        text.contains("plan[0].step[2].expanded[0].command[8]: placeholders are substituted only as whole arguments"),
         "{text}"
     );
 }
