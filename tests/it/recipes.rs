@@ -240,7 +240,11 @@ async fn systemd_release_recipe_switches_back_restores_config_and_restarts_the_s
     let old_pid = svc.start();
     assert_eq!(svc.read("state/status"), "v2 COLOR=green\n");
 
-    let steps = plan_steps(&svc.recipe(""));
+    let health = support::serve(
+        axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" })),
+    )
+    .await;
+    let steps = plan_steps(&svc.recipe(&format!(", health_url = {:?}", health.url("/healthz"))));
     let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
@@ -249,6 +253,7 @@ async fn systemd_release_recipe_switches_back_restores_config_and_restarts_the_s
             "systemd-release: restore config files from the release's backup",
             "systemd-release: restart the unit",
             "systemd-release: check the unit is active",
+            "systemd-release: check the health URL",
         ]
     );
     let outputs = run_plan(&steps, &ctx("v2", "v1"), None).await;
@@ -275,6 +280,7 @@ async fn systemd_release_recipe_switches_back_restores_config_and_restarts_the_s
         svc.read("state/systemctl.log"),
         "restart shop.service\nis-active --quiet shop.service\n"
     );
+    assert_eq!(health.request_count(), 1);
 }
 
 #[tokio::test]
