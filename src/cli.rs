@@ -181,6 +181,18 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The shipped rollback recipes: list them, or show one.
+    Recipes {
+        #[command(subcommand)]
+        command: Option<RecipesCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecipesCommand {
+    /// Print a recipe: its parameters, preconditions, what it verifies, what it cannot
+    /// undo, how it is tested, and the steps it expands into.
+    Show { name: String },
 }
 
 /// How the control subcommands reach the running rearguard: its configuration gives the
@@ -292,6 +304,7 @@ pub fn main() -> ExitCode {
             reqwest::Method::POST,
             format!("/v1/rules/{}/unsilence", segment(&rule)),
         ),
+        Command::Recipes { command } => recipes(command.as_ref(), &mut std::io::stdout()),
         Command::Demo { dir } => {
             init_logging(cli.log_format, "error");
             runtime().block_on(crate::demo::run(dir))
@@ -654,6 +667,37 @@ fn load_or_exit(path: &Path) -> Result<Config, ExitCode> {
         }
         ExitCode::from(EXIT_CONFIG)
     })
+}
+
+/// `rearguard recipes` and `rearguard recipes show NAME`.
+pub fn recipes(command: Option<&RecipesCommand>, out: &mut impl std::io::Write) -> ExitCode {
+    match command {
+        None => {
+            for name in config::recipe::names() {
+                let summary = match config::recipe::get(name) {
+                    Some(Ok(r)) => r.summary,
+                    Some(Err(e)) => format!("(broken: {e})"),
+                    None => continue,
+                };
+                let _ = writeln!(out, "{name:<20} {summary}");
+            }
+            let _ = writeln!(
+                out,
+                "\nUse one as a plan step: type = \"recipe\", recipe = \"NAME\", with = {{ ... }}; `rearguard recipes show NAME` for its parameters."
+            );
+            ExitCode::SUCCESS
+        }
+        Some(RecipesCommand::Show { name }) => match config::recipe::text(name) {
+            Some(text) => {
+                let _ = write!(out, "{text}");
+                ExitCode::SUCCESS
+            }
+            None => usage_error(format!(
+                "no recipe is named {name:?}; known: {}",
+                config::recipe::names().collect::<Vec<_>>().join(", ")
+            )),
+        },
+    }
 }
 
 fn usage_error(message: String) -> ExitCode {

@@ -8,6 +8,7 @@
 
 mod load;
 mod raw;
+pub mod recipe;
 pub mod selector;
 pub mod units;
 mod validate;

@@ -1523,16 +1523,14 @@ fn plan(ctx: &mut Ctx, i: usize, raw: &RawPlan, rule_names: &[&str]) -> Plan {
     if raw.step.is_empty() {
         ctx.err(format!("{p}.step"), "a plan needs at least one step");
     }
-    for (j, value) in raw.step.iter().enumerate() {
-        let sp = format!("{p}.step[{j}]");
-        let Some(raw_step) = ctx.item::<RawStep>(&sp, value) else {
+    // Recipe steps become ordinary steps here; nothing past validation sees a recipe.
+    for expanded in super::recipe::expand_steps(&p, &raw.step, &mut ctx.errors) {
+        let sp = expanded.path;
+        let Some(raw_step) = ctx.item::<RawStep>(&sp, &expanded.value) else {
             continue;
         };
         let common = raw_step.common();
-        let name = common
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("step {}", j + 1));
+        let name = common.name.clone().unwrap_or(expanded.default_name);
         let timeout = ctx.positive_duration(
             format!("{sp}.timeout"),
             common.timeout,

@@ -104,6 +104,7 @@ fn every_shipped_configuration_passes_check() {
         "examples/host-systemd.yaml",
         "examples/sidecar.toml",
         "examples/alertmanager-driven.toml",
+        "examples/recipes.toml",
     ] {
         assert!(
             names.contains(expected),
@@ -484,6 +485,7 @@ fn the_reference_shows_every_key_of_the_schema() {
         "[[plan]]\nname = \"p\"\n[[plan.step]]\ntype = \"exec\"\nzzz = 1",
         "[[plan]]\nname = \"p\"\n[[plan.step]]\ntype = \"release_switch\"\nzzz = 1",
         "[[plan]]\nname = \"p\"\n[[plan.step]]\ntype = \"http\"\nzzz = 1",
+        "[[plan]]\nname = \"p\"\n[[plan.step]]\ntype = \"recipe\"\nzzz = 1",
         "[[notifier]]\ntype = \"log\"\nzzz = 1",
         "[[notifier]]\ntype = \"slack\"\nzzz = 1",
         "[[notifier]]\ntype = \"pagerduty\"\nzzz = 1",

@@ -21,6 +21,7 @@ mod outbox;
 mod prometheus;
 mod promstack;
 mod provider;
+mod recipes;
 mod record;
 mod releases;
 mod reload;
