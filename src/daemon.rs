@@ -241,7 +241,8 @@ pub(crate) fn sampled_sources(
         .iter()
         .enumerate()
         .map(|(index, signal)| match signal.source {
-            SourceSpec::Alertmanager(_) => Ok(None),
+            // Received (alertmanager) or watched (cgroup_oom) rather than sampled.
+            SourceSpec::Alertmanager(_) | SourceSpec::CgroupOom(_) => Ok(None),
             _ => Source::new(signal, client)
                 .map(|s| Some(Arc::new(s)))
                 .map_err(|source| StartError::Unsupported {
@@ -411,6 +412,12 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
             tx.clone(),
             sources_token.clone(),
         ));
+    }
+    for (i, signal) in cfg.signals.iter().enumerate() {
+        if let SourceSpec::CgroupOom(spec) = &signal.source {
+            let watch = source::cgroup_oom::OomWatch::new(spec, signal.interval);
+            tracker.spawn(watch_loop(i, watch, clock, tx.clone(), sources_token.clone()));
+        }
     }
     for (t, target) in cfg.targets.iter().enumerate() {
         if let Some(spec) = target.change.clone() {
@@ -767,6 +774,30 @@ async fn sample_loop(
         let reading = crate::engine::Reading { signal, state };
         if tx.send((Input::Reading(reading), at)).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Hands the engine what a watched source (`cgroup_oom`) sees, each reading at the engine
+/// time it was seen.
+async fn watch_loop(
+    signal: usize,
+    mut watch: source::cgroup_oom::OomWatch,
+    clock: Clock,
+    tx: mpsc::Sender<(Input, Ts)>,
+    token: CancellationToken,
+) {
+    loop {
+        let states = tokio::select! {
+            _ = token.cancelled() => return,
+            s = watch.next() => s,
+        };
+        let at = clock.now();
+        for state in states {
+            let reading = crate::engine::Reading { signal, state };
+            if tx.send((Input::Reading(reading), at)).await.is_err() {
+                return;
+            }
         }
     }
 }

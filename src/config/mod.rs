@@ -158,9 +158,7 @@ pub enum SourceSpec {
     Prometheus(PrometheusSpec),
     Scrape(ScrapeSpec),
     Alertmanager(AlertmanagerSpec),
-    CgroupOom {
-        cgroup: PathBuf,
-    },
+    CgroupOom(CgroupOomSpec),
     KubePods {
         namespace: String,
         selector: String,
@@ -180,6 +178,21 @@ impl SourceSpec {
             SourceSpec::KubePods { .. } => "kube_pods",
         }
     }
+}
+
+/// Which cgroup a `cgroup_oom` signal watches: exactly one of `cgroup` and `unit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupOomSpec {
+    /// A cgroup directory, as configured (`cgroup = "/sys/fs/cgroup/..."`).
+    Path(PathBuf),
+    /// A systemd unit in a slice (`unit = "shop.service"`), resolved to its cgroup on the
+    /// hierarchy the host has when watching starts (see `source::cgroup_oom`).
+    Unit {
+        /// The unit's full name, e.g. `shop.service`.
+        unit: String,
+        /// The slice it runs in, e.g. `system.slice`; `-.slice` is the root.
+        slice: String,
+    },
 }
 
 #[derive(Debug, Clone)]
