@@ -29,9 +29,11 @@
 //! A cgroup that appears later (the unit was started or restarted: systemd removes the
 //! unit's cgroup and creates a new one, whose counters start at 0) is counted from 0, so
 //! a kill in it is an event even when it came before the first read. A cgroup instance
-//! is known by its directory's inode number (never reused by cgroupfs while the system
-//! runs), a removal seen through inotify, and a counter that goes down; an event's key
-//! names the instance and the counter value, so no kill is counted twice.
+//! is known by its directory's inode number (cgroupfs gives every new cgroup a new one
+//! while the system runs) or by a counter that goes down; an event's key names the
+//! instance and the counter value, so no kill is counted twice. (A removal notification
+//! is not used to say "new instance": it can be read after the new cgroup was already
+//! counted, and would count its kills again.)
 //!
 //! Every process the kernel kills is one event (`oom_kill`). A group kill
 //! (`memory.oom.group = 1`, systemd's `OOMPolicy=kill`) kills every process of the
@@ -46,7 +48,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use inotify::{Inotify, WatchDescriptor, WatchMask};
 use tokio::io::unix::AsyncFd;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
@@ -323,13 +325,6 @@ impl Tally {
             .map(|n| format!("{}#{}/{n}", self.label, look.instance))
             .collect()
     }
-
-    /// The cgroup was removed (a notification said so): what is read next is a new one.
-    pub fn removed(&mut self) {
-        if let Known::Instance { .. } = self.known {
-            self.known = Known::Gone;
-        }
-    }
 }
 
 /// How the kernel tells us to look again.
@@ -346,7 +341,7 @@ struct Notifier {
 /// What woke the watcher.
 enum Wake {
     Tick,
-    Notified { removed: bool },
+    Notified,
     Recheck,
 }
 
@@ -436,9 +431,6 @@ impl OomWatch {
                     _ => continue,
                 },
             };
-            if let Wake::Notified { removed: true } = wake {
-                self.tally.removed();
-            }
             let read = look(&dir);
             let kills = self.tally.observe(&read);
             self.arm(&dir, &read);
@@ -463,7 +455,7 @@ impl OomWatch {
                 Wake::Tick => {
                     return vec![self.state(read.map(|_| ()).map_err(|e| e.to_string()))];
                 }
-                Wake::Notified { .. } => {
+                Wake::Notified => {
                     if self.recheck.is_none() {
                         self.recheck = Some((Instant::now(), 0));
                     }
@@ -500,25 +492,14 @@ impl OomWatch {
     /// Waits for a tick, a notification or a due recheck.
     async fn wait(&mut self) -> Wake {
         let recheck_at = self.recheck.map(|(at, n)| at + RECHECKS[n]);
-        let name = self
-            .dir
-            .as_ref()
-            .and_then(|d| d.file_name())
-            .map(|n| n.to_owned());
-        let (inotify, eventfd, file, parent) = match self.notifier.as_mut() {
-            Some(n) => (
-                Some(&mut n.inotify),
-                n.eventfd.as_ref().map(|(_, fd)| fd),
-                n.file.as_ref().map(|(_, wd)| wd.clone()),
-                n.parent.clone(),
-            ),
-            None => (None, None, None, None),
+        let (inotify, eventfd) = match self.notifier.as_mut() {
+            Some(n) => (Some(&mut n.inotify), n.eventfd.as_ref().map(|(_, fd)| fd)),
+            None => (None, None),
         };
-        let watched = Watched { file, parent, name };
         tokio::select! {
             _ = self.ticker.tick() => Wake::Tick,
-            removed = inotified(inotify, &watched) => Wake::Notified { removed },
-            () = signalled(eventfd) => Wake::Notified { removed: false },
+            () = inotified(inotify) => Wake::Notified,
+            () = signalled(eventfd) => Wake::Notified,
             () = sleep_until(recheck_at) => Wake::Recheck,
         }
     }
@@ -593,17 +574,8 @@ impl OomWatch {
     }
 }
 
-/// What the inotify watches are on, to tell a removal of the cgroup.
-struct Watched {
-    file: Option<WatchDescriptor>,
-    parent: Option<WatchDescriptor>,
-    /// The cgroup directory's name in its parent.
-    name: Option<std::ffi::OsString>,
-}
-
-/// Waits for inotify events; true when they say the cgroup (or its `memory.events`)
-/// went away.
-async fn inotified(inotify: Option<&mut AsyncFd<Inotify>>, watched: &Watched) -> bool {
+/// Waits for inotify events (their content does not matter: the cgroup is read again).
+async fn inotified(inotify: Option<&mut AsyncFd<Inotify>>) {
     let Some(inotify) = inotify else {
         return std::future::pending().await;
     };
@@ -614,28 +586,15 @@ async fn inotified(inotify: Option<&mut AsyncFd<Inotify>>, watched: &Watched) ->
         };
         let read = guard.try_io(|fd| {
             let events = fd.get_mut().read_events(&mut buffer)?;
-            let mut any = false;
-            let mut removed = false;
-            for e in events {
-                any = true;
-                let gone_file = Some(&e.wd) == watched.file.as_ref()
-                    && e.mask
-                        .intersects(EventMask::IGNORED | EventMask::DELETE_SELF);
-                let gone_dir = Some(&e.wd) == watched.parent.as_ref()
-                    && e.mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM)
-                    && e.name.is_some() && e.name == watched.name.as_deref();
-                removed |= gone_file || gone_dir;
-            }
-            Ok((any, removed))
+            Ok(events.count())
         });
         match read {
-            Ok(Ok((true, removed))) => return removed,
-            Ok(Ok((false, _))) => continue,
+            Ok(Ok(0)) | Err(_) => continue,
+            Ok(Ok(_)) => return,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot read inotify events; reading the cgroup at its interval only");
                 return std::future::pending().await;
             }
-            Err(_would_block) => continue,
         }
     }
 }
@@ -775,13 +734,11 @@ mod tests {
     }
 
     #[test]
-    fn a_removal_or_a_counter_going_down_means_a_new_cgroup_even_with_the_same_inode() {
+    fn a_counter_going_down_means_a_new_cgroup_even_with_the_same_inode() {
         let mut t = Tally::new("u");
         assert!(t.observe(&look_of(10, 4)).is_empty());
-        t.removed();
         assert_eq!(t.observe(&look_of(10, 1)), ["u#10/1"]);
-        assert!(t.observe(&look_of(10, 3)).len() == 2);
-        assert_eq!(t.observe(&look_of(10, 1)), ["u#10/1"]);
+        assert_eq!(t.observe(&look_of(10, 3)).len(), 2);
     }
 
     #[test]

@@ -266,15 +266,17 @@ name = "shop"
 [[signal]]
 name = "oom"
 target = "shop"
-type = "cgroup_oom"
-cgroup = "/sys/fs/cgroup/shop"
+type = "kube_pods"
+namespace = "shop"
+selector = "app=shop"
+event = "oom_killed"
 "#,
         dir = dir.path().display()
     ));
     let out = Shared::default();
     let err = record::record(&cfg, out.clone(), CancellationToken::new(), None)
         .await
-        .expect_err("cgroup_oom cannot be recorded");
+        .expect_err("kube_pods cannot be recorded");
     assert!(matches!(
         err,
         RecordError::Start(rearguard::daemon::StartError::Unsupported { index: 0, .. })
@@ -286,7 +288,7 @@ cgroup = "/sys/fs/cgroup/shop"
     assert_eq!(err.to_string(), daemon.to_string());
     assert_eq!(
         err.to_string(),
-        "signal[0] (oom): source type \"cgroup_oom\" is not available in this version of rearguard"
+        "signal[0] (oom): source type \"kube_pods\" is not available in this version of rearguard"
     );
     assert!(out.text().is_empty(), "nothing is written");
 }
