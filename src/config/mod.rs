@@ -384,7 +384,13 @@ impl Rule {
         if let SourceSpec::Alertmanager(_) = signal.source {
             return own;
         }
-        // Events (the `within` mode) arrive by polling today, so one interval too.
+        // OOM kills wake the watcher through the kernel's notification; the last of its
+        // re-reads after a notification comes 1s after it (the interval's read is the
+        // safety net for a lost notification, not the bound).
+        if let SourceSpec::CgroupOom(_) = signal.source {
+            return own + Duration::from_secs(1);
+        }
+        // Other events (the `within` mode) arrive by polling, so one interval too.
         own + i + signal.timeout
     }
 }
