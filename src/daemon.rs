@@ -416,7 +416,13 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
     for (i, signal) in cfg.signals.iter().enumerate() {
         if let SourceSpec::CgroupOom(spec) = &signal.source {
             let watch = source::cgroup_oom::OomWatch::new(spec, signal.interval);
-            tracker.spawn(watch_loop(i, watch, clock, tx.clone(), sources_token.clone()));
+            tracker.spawn(watch_loop(
+                i,
+                watch,
+                clock,
+                tx.clone(),
+                sources_token.clone(),
+            ));
         }
     }
     for (t, target) in cfg.targets.iter().enumerate() {

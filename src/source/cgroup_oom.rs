@@ -9,7 +9,8 @@
 //! - cgroup v1: `memory.oom_control` (its `oom_kill` line); its notification API
 //!   (an eventfd registered through `cgroup.event_control`) fires when the cgroup hits
 //!   OOM, which can be just before the kill is counted, so a wake-up that finds no new
-//!   kill is read again a few times over the next second.
+//!   kill is read again a few times over the next second (a kill counted later than
+//!   that is seen at the next interval's read).
 //!
 //! The cgroup is also read at the signal's interval, as a safety net for a lost
 //! notification and to say how the source is: no new kill is `NoData` (the source
@@ -60,7 +61,8 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// After a notification that found no new kill, when to read again (from the
 /// notification): cgroup v1 notifies when the cgroup hits OOM, before the kill is counted.
-const RECHECKS: [Duration; 5] = [
+const RECHECKS: [Duration; 6] = [
+    Duration::from_millis(1),
     Duration::from_millis(5),
     Duration::from_millis(20),
     Duration::from_millis(100),
@@ -120,7 +122,10 @@ pub fn parse_v2(text: &str) -> Result<Counters, String> {
         }
         let mut parts = line.split_whitespace();
         let (Some(key), Some(value), None) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(format!("line {}: expected \"key value\", got {line:?}", n + 1));
+            return Err(format!(
+                "line {}: expected \"key value\", got {line:?}",
+                n + 1
+            ));
         };
         let value: u64 = value
             .parse()
@@ -341,7 +346,10 @@ struct Notifier {
 /// What woke the watcher.
 enum Wake {
     Tick,
-    Notified,
+    /// A notification; `early` when it can come before the kill is counted (v1).
+    Notified {
+        early: bool,
+    },
     Recheck,
 }
 
@@ -402,9 +410,7 @@ impl OomWatch {
         let dir = match &self.spec {
             CgroupOomSpec::Path(p) => p.clone(),
             CgroupOomSpec::Unit { unit, slice } => match hierarchy(&self.root) {
-                Some(Hierarchy::V2(mount) | Hierarchy::V1(mount)) => {
-                    unit_dir(&mount, slice, unit)
-                }
+                Some(Hierarchy::V2(mount) | Hierarchy::V1(mount)) => unit_dir(&mount, slice, unit),
                 None => {
                     return Err(ReadError::NoHierarchy {
                         root: self.root.clone(),
@@ -443,9 +449,7 @@ impl OomWatch {
             if !kills.is_empty() {
                 self.recheck = None;
                 tracing::warn!(cgroup = %dir.display(), kills = kills.len(), "oom kill");
-                if self.last_state.as_deref() != Some("ok") {
-                    self.last_state = Some("ok".to_owned());
-                }
+                self.last_state = Some("ok".to_owned());
                 return kills
                     .into_iter()
                     .map(|key| ReadingState::Value(Measure::Event { key }))
@@ -455,7 +459,10 @@ impl OomWatch {
                 Wake::Tick => {
                     return vec![self.state(read.map(|_| ()).map_err(|e| e.to_string()))];
                 }
-                Wake::Notified => {
+                // v2 counts before it notifies, and memory.events also changes on
+                // `high` and `max` events, which can be frequent: no rechecks for it.
+                Wake::Notified { early: false } => {}
+                Wake::Notified { early: true } => {
                     if self.recheck.is_none() {
                         self.recheck = Some((Instant::now(), 0));
                     }
@@ -498,8 +505,8 @@ impl OomWatch {
         };
         tokio::select! {
             _ = self.ticker.tick() => Wake::Tick,
-            () = inotified(inotify) => Wake::Notified,
-            () = signalled(eventfd) => Wake::Notified,
+            () = inotified(inotify) => Wake::Notified { early: false },
+            () = signalled(eventfd) => Wake::Notified { early: true },
             () = sleep_until(recheck_at) => Wake::Recheck,
         }
     }
@@ -539,9 +546,9 @@ impl OomWatch {
         }
         let current = read.as_ref().ok();
         let instance = current.map(|l| l.instance);
-        if n.file.as_ref().map(|(i, _)| *i) != instance.filter(|_| {
-            current.is_some_and(|l| l.version == Version::V2)
-        }) {
+        if n.file.as_ref().map(|(i, _)| *i)
+            != instance.filter(|_| current.is_some_and(|l| l.version == Version::V2))
+        {
             if let Some((_, wd)) = n.file.take() {
                 let _ = n.inotify.get_ref().watches().remove(wd);
             }
@@ -706,7 +713,11 @@ mod tests {
             parse_v2("oom_kill many\n").unwrap_err(),
             "line 1: oom_kill is not a count: \"many\""
         );
-        assert!(parse_v2("oom_kill 1 2\n").unwrap_err().starts_with("line 1: expected"));
+        assert!(
+            parse_v2("oom_kill 1 2\n")
+                .unwrap_err()
+                .starts_with("line 1: expected")
+        );
         assert!(parse_v1("").is_err());
     }
 
@@ -714,7 +725,10 @@ mod tests {
     fn the_counter_present_when_watching_starts_is_a_baseline() {
         let mut t = Tally::new("shop.service");
         assert!(t.observe(&look_of(10, 4)).is_empty());
-        assert_eq!(t.observe(&look_of(10, 6)), ["shop.service#10/5", "shop.service#10/6"]);
+        assert_eq!(
+            t.observe(&look_of(10, 6)),
+            ["shop.service#10/5", "shop.service#10/6"]
+        );
         assert!(t.observe(&look_of(10, 6)).is_empty());
     }
 

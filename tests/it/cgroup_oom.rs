@@ -68,7 +68,10 @@ impl MemCgroup {
             } else {
                 ""
             };
-            panic!("cannot create the cgroup {}: {e}{hint}", self.path.display());
+            panic!(
+                "cannot create the cgroup {}: {e}{hint}",
+                self.path.display()
+            );
         }
         std::fs::write(self.path.join("memory.limit_in_bytes"), "16M")
             .unwrap_or_else(|e| panic!("cannot limit the cgroup {}: {e}", self.path.display()));
@@ -252,9 +255,11 @@ window = "5m"
         .await
         .expect("the daemon looks at the revision again");
     std::fs::write(&revision, "v2\n").unwrap();
-    d.wait_for("the deploy", 10, |e| {
-        matches!(e, Event::Effect(_, Effect::ChangeObserved { to, .. }) if to == "v2")
-    })
+    d.wait_for(
+        "the deploy",
+        10,
+        |e| matches!(e, Event::Effect(_, Effect::ChangeObserved { to, .. }) if to == "v2"),
+    )
     .await;
 
     for i in 1..K {
@@ -323,7 +328,10 @@ async fn a_removed_and_recreated_cgroup_loses_no_kill_and_counts_none_twice() {
     let seen = events(&mut watch, 1, 10).await;
     let second = keys(&seen);
     assert_eq!(second.len(), 1, "{seen:?}");
-    assert_ne!(first, second, "a kill in the new cgroup has a key of its own");
+    assert_ne!(
+        first, second,
+        "a kill in the new cgroup has a key of its own"
+    );
 
     // Two more safety-net reads: nothing is counted again.
     for _ in 0..2 {
@@ -365,15 +373,18 @@ async fn a_cgroup_that_does_not_exist_yet_is_a_source_error_until_it_appears() {
 async fn memory_events_changes_are_seen_through_inotify_and_garbled_ones_are_source_errors() {
     let dir = support::temp_dir();
     let file = dir.path().join("memory.events");
-    let body = |kills: u64| {
-        format!("low 0\nhigh 0\nmax 9\noom 3\noom_kill {kills}\noom_group_kill 0\n")
-    };
+    let body =
+        |kills: u64| format!("low 0\nhigh 0\nmax 9\noom 3\noom_kill {kills}\noom_group_kill 0\n");
     std::fs::write(&file, body(2)).unwrap();
     let mut watch = OomWatch::new(
         &CgroupOomSpec::Path(dir.path().to_owned()),
         Duration::from_secs(3600),
     );
-    assert_eq!(watch.next().await, vec![ReadingState::NoData], "2 is the baseline");
+    assert_eq!(
+        watch.next().await,
+        vec![ReadingState::NoData],
+        "2 is the baseline"
+    );
 
     std::fs::write(&file, body(4)).unwrap();
     let states = tokio::time::timeout(Duration::from_secs(5), watch.next())
@@ -427,4 +438,3 @@ async fn a_unit_is_watched_in_the_memory_hierarchy_the_host_has() {
         ))]
     );
 }
-

@@ -586,7 +586,11 @@ interval = "200ms"
     std::fs::write(&events, "oom 3\noom_kill 3\n").unwrap();
     let text = out.clone();
     support::poll_until(Duration::from_secs(10), || {
-        text.text().lines().filter(|l| l.contains(",value,")).count() >= 2
+        text.text()
+            .lines()
+            .filter(|l| l.contains(",value,"))
+            .count()
+            >= 2
     })
     .await
     .unwrap_or_else(|_| panic!("the two kills were not recorded: {}", out.text()));
