@@ -60,12 +60,20 @@ use crate::engine::{Measure, ReadingState};
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// After a notification that found no new kill, when to read again (from the
-/// notification): cgroup v1 notifies when the cgroup hits OOM, before the kill is counted.
-const RECHECKS: [Duration; 6] = [
+/// notification): cgroup v1 notifies when the cgroup hits OOM, before the kill is counted,
+/// and the kill is usually counted a few milliseconds later (benches/oom.rs). Dense at
+/// first, since each read is a small in-memory file; at most 12 reads per notification.
+const RECHECKS: [Duration; 12] = [
     Duration::from_millis(1),
-    Duration::from_millis(5),
+    Duration::from_millis(2),
+    Duration::from_millis(4),
+    Duration::from_millis(6),
+    Duration::from_millis(8),
+    Duration::from_millis(10),
+    Duration::from_millis(15),
     Duration::from_millis(20),
-    Duration::from_millis(100),
+    Duration::from_millis(30),
+    Duration::from_millis(50),
     Duration::from_millis(300),
     Duration::from_millis(1000),
 ];
