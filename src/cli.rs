@@ -437,6 +437,10 @@ pub fn describe(file: &Path, cfg: &Config) -> String {
                 config::SourceSpec::Alertmanager(_) => {
                     "after the webhook arrives; Alertmanager's group_wait and group_interval come first".to_owned()
                 }
+                config::SourceSpec::CgroupOom(_) => format!(
+                    "woken by the kernel at each kill; read every {} as a safety net",
+                    format_duration(signal.interval)
+                ),
                 _ => format!(
                     "sampled every {}, timeout {}",
                     format_duration(signal.interval),

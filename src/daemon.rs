@@ -252,7 +252,8 @@ pub(crate) fn sampled_sources(
         .iter()
         .enumerate()
         .map(|(index, signal)| match signal.source {
-            SourceSpec::Alertmanager(_) => Ok(None),
+            // Received (alertmanager) or watched (cgroup_oom) rather than sampled.
+            SourceSpec::Alertmanager(_) | SourceSpec::CgroupOom(_) => Ok(None),
             _ => Source::new(signal, client)
                 .map(|s| Some(Arc::new(s)))
                 .map_err(|source| StartError::Unsupported {
@@ -367,6 +368,8 @@ struct Handover {
     last: Ts,
     /// What Alertmanager's webhook had told the configuration before.
     receiver: Option<Arc<alertmanager::Receiver>>,
+    /// The OOM watches of the configuration before, by signal index there.
+    watches: Vec<(usize, source::cgroup_oom::OomWatch)>,
 }
 
 /// Runs the daemon until `opts.shutdown` is cancelled, applying the configurations that
@@ -513,6 +516,21 @@ async fn generation(
             read_open: cfg.daemon.read_open,
         })),
     );
+    // The OOM watches of signals that did not change go on counting where they were.
+    let mut resumed = resumed;
+    let mut handed_watches: HashMap<String, source::cgroup_oom::OomWatch> = HashMap::new();
+    if let Some(h) = resumed.as_mut() {
+        let watches = std::mem::take(&mut h.watches);
+        let old = h.engine.config();
+        for (a, watch) in watches {
+            let name = &old.signals[a].name;
+            if let Some(b) = cfg.signal_index(name)
+                && crate::engine::reload::same_signal(old, a, &cfg, b)
+            {
+                handed_watches.insert(name.clone(), watch);
+            }
+        }
+    }
     // Alerts known before a reload stay known; the next reload takes them from here.
     if let (Some(new), Some(h)) = (&receiver, &resumed)
         && let Some(old) = &h.receiver
@@ -576,6 +594,21 @@ async fn generation(
             tx.clone(),
             sources_token.clone(),
         ));
+    }
+    let mut watchers = Vec::new();
+    for (i, signal) in cfg.signals.iter().enumerate() {
+        if let SourceSpec::CgroupOom(spec) = &signal.source {
+            let watch = handed_watches
+                .remove(&signal.name)
+                .unwrap_or_else(|| source::cgroup_oom::OomWatch::new(spec, signal.interval));
+            watchers.push(sources_tracker.spawn(watch_loop(
+                i,
+                watch,
+                clock,
+                tx.clone(),
+                sources_token.clone(),
+            )));
+        }
     }
     for (t, target) in cfg.targets.iter().enumerate() {
         if let Some(spec) = target.change.clone() {
@@ -887,6 +920,12 @@ async fn generation(
         while let Ok(item) = rx.try_recv() {
             queued.push(item);
         }
+        let mut watches = Vec::new();
+        for w in watchers {
+            if let Ok(Some(watch)) = w.await {
+                watches.push(watch);
+            }
+        }
         let carried = queued
             .into_iter()
             .filter_map(|(input, at)| {
@@ -911,6 +950,7 @@ async fn generation(
                 carried,
                 last,
                 receiver: kept_receiver,
+                watches,
             }),
         );
     }
@@ -1066,6 +1106,34 @@ async fn sample_loop(
         let reading = crate::engine::Reading { signal, state };
         if tx.send((Input::Reading(reading), at)).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Hands the engine what a watched source (`cgroup_oom`) sees, each reading at the engine
+/// time it was seen.
+///
+/// Returns the watch when stopped, so that a reload can hand it to the next
+/// configuration: its counters go on, and no kill between the two is lost.
+async fn watch_loop(
+    signal: usize,
+    mut watch: source::cgroup_oom::OomWatch,
+    clock: Clock,
+    tx: mpsc::Sender<(Input, Ts)>,
+    token: CancellationToken,
+) -> Option<(usize, source::cgroup_oom::OomWatch)> {
+    loop {
+        // `next` is cancel-safe: a kill it had not returned yet is read again.
+        let states = tokio::select! {
+            _ = token.cancelled() => return Some((signal, watch)),
+            s = watch.next() => s,
+        };
+        let at = clock.now();
+        for state in states {
+            let reading = crate::engine::Reading { signal, state };
+            if tx.send((Input::Reading(reading), at)).await.is_err() {
+                return None;
+            }
         }
     }
 }

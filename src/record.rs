@@ -16,7 +16,8 @@
 //! between observations, whose next change would be stamped at its latest observation's
 //! start). The writer flushes every second, and everything on shutdown.
 //!
-//! Alertmanager signals are push sources and are not recorded. Recording only reads: no
+//! `cgroup_oom` signals are watched as the daemon watches them (each reading stamped with
+//! the time it was seen). Alertmanager signals are push sources and are not recorded. Recording only reads: no
 //! engine runs, no plan is carried out, nothing is changed.
 
 use std::collections::BTreeMap;
@@ -107,14 +108,23 @@ pub async fn record(
         .enumerate()
         .filter_map(|(index, s)| s.map(|s| (index, s)))
         .collect();
-    let push = cfg.signals.len() - sources.len();
+    let watched: Vec<(usize, crate::config::CgroupOomSpec)> = cfg
+        .signals
+        .iter()
+        .enumerate()
+        .filter_map(|(index, s)| match &s.source {
+            crate::config::SourceSpec::CgroupOom(spec) => Some((index, spec.clone())),
+            _ => None,
+        })
+        .collect();
+    let push = cfg.signals.len() - sources.len() - watched.len();
     let changes: Vec<(usize, ChangeSpec)> = cfg
         .targets
         .iter()
         .enumerate()
         .filter_map(|(index, t)| t.change.clone().map(|c| (index, c)))
         .collect();
-    if sources.is_empty() && changes.is_empty() {
+    if sources.is_empty() && watched.is_empty() && changes.is_empty() {
         return Err(RecordError::Nothing);
     }
     let mut writer = recording::Writer::new(out).map_err(RecordError::Write)?;
@@ -124,7 +134,8 @@ pub async fn record(
     let token = shutdown.child_token();
     let tracker = TaskTracker::new();
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
-    let sampled = sources.len();
+    let first_watched = sources.len();
+    let sampled = sources.len() + watched.len();
     let tasks = sampled + changes.len();
     for (task, (signal, source)) in sources.into_iter().enumerate() {
         let s = &cfg.signals[signal];
@@ -134,6 +145,17 @@ pub async fn record(
             source,
             s.interval,
             s.timeout,
+            clock,
+            tx.clone(),
+            token.clone(),
+        ));
+    }
+    for (i, (signal, spec)) in watched.into_iter().enumerate() {
+        let watch = source::cgroup_oom::OomWatch::new(&spec, cfg.signals[signal].interval);
+        tracker.spawn(watch_loop(
+            first_watched + i,
+            signal,
+            watch,
             clock,
             tx.clone(),
             token.clone(),
@@ -319,6 +341,36 @@ async fn sample_loop(
         };
         if tx.send(msg).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Watches one `cgroup_oom` signal as the daemon's watcher does, stamping each reading
+/// with the time it was seen.
+async fn watch_loop(
+    task: usize,
+    signal: usize,
+    mut watch: source::cgroup_oom::OomWatch,
+    clock: Clock,
+    tx: mpsc::Sender<Msg>,
+    token: CancellationToken,
+) {
+    loop {
+        let states = tokio::select! {
+            _ = token.cancelled() => return,
+            s = watch.next() => s,
+        };
+        let at = clock.now();
+        for state in states {
+            // A later reading is seen later: this one's time is the task's floor.
+            let msg = Msg {
+                task,
+                floor: at,
+                row: Some((at, Row::Reading(Reading { signal, state }))),
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
         }
     }
 }

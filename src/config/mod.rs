@@ -159,9 +159,7 @@ pub enum SourceSpec {
     Prometheus(PrometheusSpec),
     Scrape(ScrapeSpec),
     Alertmanager(AlertmanagerSpec),
-    CgroupOom {
-        cgroup: PathBuf,
-    },
+    CgroupOom(CgroupOomSpec),
     KubePods {
         namespace: String,
         selector: String,
@@ -181,6 +179,21 @@ impl SourceSpec {
             SourceSpec::KubePods { .. } => "kube_pods",
         }
     }
+}
+
+/// Which cgroup a `cgroup_oom` signal watches: exactly one of `cgroup` and `unit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupOomSpec {
+    /// A cgroup directory, as configured (`cgroup = "/sys/fs/cgroup/..."`).
+    Path(PathBuf),
+    /// A systemd unit in a slice (`unit = "shop.service"`), resolved to its cgroup on the
+    /// hierarchy the host has when watching starts (see `source::cgroup_oom`).
+    Unit {
+        /// The unit's full name, e.g. `shop.service`.
+        unit: String,
+        /// The slice it runs in, e.g. `system.slice`; `-.slice` is the root.
+        slice: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -372,7 +385,13 @@ impl Rule {
         if let SourceSpec::Alertmanager(_) = signal.source {
             return own;
         }
-        // Events (the `within` mode) arrive by polling today, so one interval too.
+        // OOM kills wake the watcher through the kernel's notification; the last of its
+        // re-reads after a notification comes 1s after it (the interval's read is the
+        // safety net for a lost notification, not the bound).
+        if let SourceSpec::CgroupOom(_) = signal.source {
+            return own + Duration::from_secs(1);
+        }
+        // Other events (the `within` mode) arrive by polling, so one interval too.
         own + i + signal.timeout
     }
 }

@@ -147,7 +147,12 @@ pub enum RawSignal {
         interval: Option<String>,
         timeout: Option<String>,
         blind_after: Option<String>,
-        cgroup: String,
+        /// A cgroup directory; exactly one of `cgroup` and `unit`.
+        cgroup: Option<String>,
+        /// A systemd unit, resolved to its cgroup on this host.
+        unit: Option<String>,
+        /// The slice the unit runs in (default `system.slice`); only with `unit`.
+        slice: Option<String>,
     },
     KubePods {
         name: String,

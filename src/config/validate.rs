@@ -1216,9 +1216,12 @@ fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
                 token,
             })
         }
-        RawSignal::CgroupOom { cgroup, .. } => SourceSpec::CgroupOom {
-            cgroup: PathBuf::from(cgroup),
-        },
+        RawSignal::CgroupOom {
+            cgroup,
+            unit,
+            slice,
+            ..
+        } => SourceSpec::CgroupOom(cgroup_oom(ctx, p, cgroup, unit, slice)?),
         RawSignal::KubePods {
             namespace,
             selector,
@@ -1241,6 +1244,67 @@ fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
             }
         }
     })
+}
+
+/// The cgroup of a `cgroup_oom` signal: a directory or a systemd unit, never both.
+fn cgroup_oom(
+    ctx: &mut Ctx,
+    p: &str,
+    cgroup: &Option<String>,
+    unit: &Option<String>,
+    slice: &Option<String>,
+) -> Option<CgroupOomSpec> {
+    match (cgroup, unit) {
+        (Some(_), Some(_)) | (None, None) => {
+            let which = if cgroup.is_some() { "both" } else { "neither" };
+            ctx.err(
+                p.to_owned(),
+                format!("give exactly one of `cgroup` (a cgroup directory) and `unit` (a systemd unit, e.g. \"shop.service\"), got {which}"),
+            );
+            None
+        }
+        (Some(dir), None) => {
+            if slice.is_some() {
+                ctx.err(
+                    format!("{p}.slice"),
+                    "goes with `unit`; with `cgroup` the directory already says where the cgroup is",
+                );
+            }
+            if !dir.starts_with('/') {
+                ctx.err(
+                    format!("{p}.cgroup"),
+                    format!("expected an absolute path to a cgroup directory, e.g. \"/sys/fs/cgroup/system.slice/shop.service\", got {dir:?}"),
+                );
+                return None;
+            }
+            Some(CgroupOomSpec::Path(PathBuf::from(dir)))
+        }
+        (None, Some(unit)) => {
+            const KINDS: [&str; 6] = [".service", ".scope", ".slice", ".socket", ".mount", ".swap"];
+            let stem = KINDS.iter().find_map(|k| unit.strip_suffix(k));
+            let good = stem.is_some_and(|s| !s.is_empty()) && !unit.contains('/');
+            if !good {
+                ctx.err(
+                    format!("{p}.unit"),
+                    format!("expected a systemd unit name with its type, e.g. \"shop.service\" (.service, .scope, .slice, .socket, .mount or .swap), got {unit:?}"),
+                );
+            }
+            let slice = slice.clone().unwrap_or_else(|| "system.slice".to_owned());
+            let slice_ok = slice
+                .strip_suffix(".slice")
+                .is_some_and(|s| !s.is_empty() && !s.contains('/'));
+            if !slice_ok {
+                ctx.err(
+                    format!("{p}.slice"),
+                    format!("expected a systemd slice name, e.g. \"system.slice\" or \"-.slice\" for the root, got {slice:?}"),
+                );
+            }
+            (good && slice_ok).then(|| CgroupOomSpec::Unit {
+                unit: unit.clone(),
+                slice,
+            })
+        }
+    }
 }
 
 fn rule(ctx: &mut Ctx, p: &str, raw: &RawRule, signal: usize, sig: &Signal) -> Option<Rule> {

@@ -1,6 +1,7 @@
 //! Sources: what rearguard reads. Each variant of [`Source`] turns one configured signal
 //! into readings in one of the four states the engine knows; `change` observes the
-//! current revision of a target.
+//! current revision of a target. `alertmanager` is received and `cgroup_oom` watched
+//! rather than sampled: the daemon runs them itself.
 //!
 //! A source only measures. It never decides whether a reading is a breach (the engine
 //! does), never retries on its own, and never lets a failure of the watched service look
@@ -8,6 +9,7 @@
 //! a failed check, what keeps us from looking is a source error.
 
 pub mod alertmanager;
+pub mod cgroup_oom;
 pub mod change;
 pub mod exec;
 pub mod http_probe;
@@ -30,7 +32,8 @@ pub enum Source {
 }
 
 /// A source type the configuration accepts but this build cannot sample: types not built
-/// yet, and push sources (`alertmanager`), which the daemon receives instead.
+/// yet, push sources (`alertmanager`), which the daemon receives instead, and watched
+/// sources (`cgroup_oom`, see [`cgroup_oom::OomWatch`]), which the daemon watches.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("source type {type_name:?} is not available in this version of rearguard")]
 pub struct UnsupportedSource {

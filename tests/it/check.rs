@@ -767,3 +767,49 @@ notify = ["pager", "nobody"]
         "{errors:#?}"
     );
 }
+
+#[test]
+fn a_cgroup_oom_signal_takes_exactly_one_of_cgroup_and_unit_and_says_so() {
+    let signal = |keys: &str| {
+        format!(
+            "[[target]]\nname = \"shop\"\n[[signal]]\nname = \"oom\"\ntarget = \"shop\"\ntype = \"cgroup_oom\"\n{keys}\n"
+        )
+    };
+    let one_of = "give exactly one of `cgroup` (a cgroup directory) and `unit` (a systemd unit, e.g. \"shop.service\")";
+    assert_eq!(
+        errors_of(&signal("")),
+        vec![format!("signal[0]: {one_of}, got neither")]
+    );
+    assert_eq!(
+        errors_of(&signal(
+            "cgroup = \"/sys/fs/cgroup/shop\"\nunit = \"shop.service\""
+        )),
+        vec![format!("signal[0]: {one_of}, got both")]
+    );
+    assert_eq!(
+        errors_of(&signal("cgroup = \"shop\"\nslice = \"app.slice\"")),
+        vec![
+            "signal[0].slice: goes with `unit`; with `cgroup` the directory already says where the cgroup is",
+            "signal[0].cgroup: expected an absolute path to a cgroup directory, e.g. \"/sys/fs/cgroup/system.slice/shop.service\", got \"shop\"",
+        ]
+    );
+    assert_eq!(
+        errors_of(&signal("unit = \"shop\"\nslice = \"apps\"")),
+        vec![
+            "signal[0].unit: expected a systemd unit name with its type, e.g. \"shop.service\" (.service, .scope, .slice, .socket, .mount or .swap), got \"shop\"",
+            "signal[0].slice: expected a systemd slice name, e.g. \"system.slice\" or \"-.slice\" for the root, got \"apps\"",
+        ]
+    );
+    let cfg = load_str(
+        &signal("unit = \"shop.service\"\nslice = \"app-web.slice\""),
+        Format::Toml,
+        Vec::new(),
+        Path::new("."),
+    )
+    .unwrap();
+    assert!(matches!(
+        &cfg.signals[0].source,
+        rearguard::config::SourceSpec::CgroupOom(rearguard::config::CgroupOomSpec::Unit { unit, slice })
+            if unit == "shop.service" && slice == "app-web.slice"
+    ));
+}

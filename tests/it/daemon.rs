@@ -369,8 +369,10 @@ name = "api"
 [[signal]]
 name = "oom"
 target = "api"
-type = "cgroup_oom"
-cgroup = "/sys/fs/cgroup/api"
+type = "kube_pods"
+namespace = "shop"
+selector = "app=api"
+event = "oom_killed"
 "#,
             dir.path().display()
         ),
@@ -385,7 +387,7 @@ cgroup = "/sys/fs/cgroup/api"
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(r#"source type "cgroup_oom" is not available"#),
+        stderr.contains(r#"source type "kube_pods" is not available"#),
         "{stderr}"
     );
 }

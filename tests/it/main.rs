@@ -4,6 +4,7 @@
 mod actions;
 mod alertmanager;
 mod api;
+mod cgroup_oom;
 mod check;
 mod cli;
 mod control;

@@ -266,15 +266,17 @@ name = "shop"
 [[signal]]
 name = "oom"
 target = "shop"
-type = "cgroup_oom"
-cgroup = "/sys/fs/cgroup/shop"
+type = "kube_pods"
+namespace = "shop"
+selector = "app=shop"
+event = "oom_killed"
 "#,
         dir = dir.path().display()
     ));
     let out = Shared::default();
     let err = record::record(&cfg, out.clone(), CancellationToken::new(), None)
         .await
-        .expect_err("cgroup_oom cannot be recorded");
+        .expect_err("kube_pods cannot be recorded");
     assert!(matches!(
         err,
         RecordError::Start(rearguard::daemon::StartError::Unsupported { index: 0, .. })
@@ -286,7 +288,7 @@ cgroup = "/sys/fs/cgroup/shop"
     assert_eq!(err.to_string(), daemon.to_string());
     assert_eq!(
         err.to_string(),
-        "signal[0] (oom): source type \"cgroup_oom\" is not available in this version of rearguard"
+        "signal[0] (oom): source type \"kube_pods\" is not available in this version of rearguard"
     );
     assert!(out.text().is_empty(), "nothing is written");
 }
@@ -542,4 +544,66 @@ async fn a_backtest_of_the_past_range_fires_the_error_rule_after_the_errors_bega
         p.switched
     );
     assert!(at <= p.to);
+}
+
+/// A `cgroup_oom` signal is recorded as the daemon watches it: here on a stand-in
+/// `memory.events` in a temporary directory (no v2 memory controller can be had on the
+/// test machines, see `cgroup_oom.rs`); two kills written while recording are two event
+/// rows, which read back as two distinct events.
+#[tokio::test]
+async fn recording_writes_each_oom_kill_of_a_watched_cgroup_as_one_event() {
+    let dir = support::temp_dir();
+    let events = dir.path().join("memory.events");
+    std::fs::write(&events, "oom 1\noom_kill 1\n").unwrap();
+    let cfg = support::config(&format!(
+        r#"
+[daemon]
+state_dir = "{dir}/state"
+
+[[target]]
+name = "shop"
+
+[[signal]]
+name = "oom"
+target = "shop"
+type = "cgroup_oom"
+cgroup = "{dir}"
+interval = "200ms"
+"#,
+        dir = dir.path().display()
+    ));
+    let out = Shared::default();
+    let stop = CancellationToken::new();
+    let recording = {
+        let (cfg, out, stop) = (cfg.clone(), out.clone(), stop.clone());
+        tokio::spawn(async move { record::record(&cfg, out, stop, None).await })
+    };
+    // The baseline is read first: a no-data row.
+    let text = out.clone();
+    support::poll_until(Duration::from_secs(10), || text.text().contains(",no_data"))
+        .await
+        .unwrap_or_else(|_| panic!("no baseline reading: {}", out.text()));
+    std::fs::write(&events, "oom 3\noom_kill 3\n").unwrap();
+    let text = out.clone();
+    support::poll_until(Duration::from_secs(10), || {
+        text.text()
+            .lines()
+            .filter(|l| l.contains(",value,"))
+            .count()
+            >= 2
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the two kills were not recorded: {}", out.text()));
+    stop.cancel();
+    recording.await.unwrap().unwrap();
+    let rows = read_back(&cfg, &out.text());
+    let kills: Vec<String> = readings_of(&rows, 0)
+        .into_iter()
+        .filter_map(|(_, s)| match s {
+            ReadingState::Value(Measure::Event { key }) => Some(key),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kills.len(), 2, "{kills:?}");
+    assert_ne!(kills[0], kills[1]);
 }
