@@ -132,6 +132,7 @@ window = "1m"
             shutdown: shutdown.clone(),
             observer: Some(tx),
             systemd: None,
+            reload: None,
         },
     ));
     // Started, and the revision looked at twice (the first look saw v1).
