@@ -176,6 +176,14 @@ pub enum StartError {
         name: String,
         reason: String,
     },
+    /// A plan step cannot be prepared (a kubeconfig that cannot be read).
+    #[error("plan[{plan}].step[{step}] ({name}): {reason}")]
+    Step {
+        plan: usize,
+        step: usize,
+        name: String,
+        reason: String,
+    },
 }
 
 impl StartError {
@@ -186,6 +194,7 @@ impl StartError {
             StartError::Unsupported { .. }
                 | StartError::UnsupportedChange { .. }
                 | StartError::Notifier { .. }
+                | StartError::Step { .. }
         )
     }
 }
@@ -275,6 +284,16 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
                 .collect()
         })
         .collect();
+    for (plan, steps) in actions.iter().enumerate() {
+        for (step, action) in steps.iter().enumerate() {
+            action.prepare().await.map_err(|reason| StartError::Step {
+                plan,
+                step,
+                name: cfg.plans[plan].steps[step].name.clone(),
+                reason,
+            })?;
+        }
+    }
     let reports_dir = cfg.daemon.state_dir.join("reports");
     std::fs::create_dir_all(&reports_dir).map_err(|source| StartError::StateDir {
         path: reports_dir.clone(),
@@ -839,6 +858,7 @@ async fn run_step(
         rule: order.rule.clone(),
         from_revision: order.from_revision.clone(),
         to_revision: order.to_revision.clone(),
+        bad_revisions: order.bad_revisions.clone(),
     };
     let started = Instant::now();
     let result = tokio::select! {

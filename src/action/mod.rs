@@ -10,6 +10,7 @@
 
 pub mod exec;
 pub mod http;
+pub mod kube_rollout_undo;
 pub mod release_switch;
 
 use std::future::Future;
@@ -37,6 +38,8 @@ pub struct ActionContext {
     pub from_revision: Option<String>,
     /// The revision to go back to, when known.
     pub to_revision: Option<String>,
+    /// The target's revisions rearguard marked bad: never a destination.
+    pub bad_revisions: Vec<String>,
 }
 
 impl ActionContext {
@@ -98,6 +101,7 @@ pub enum Action {
     Exec(exec::ExecAction),
     ReleaseSwitch(release_switch::ReleaseSwitch),
     Http(http::HttpCall),
+    KubeRolloutUndo(kube_rollout_undo::KubeRolloutUndo),
 }
 
 impl Action {
@@ -109,6 +113,9 @@ impl Action {
                 Action::ReleaseSwitch(release_switch::ReleaseSwitch::new(spec))
             }
             ActionSpec::Http(spec) => Action::Http(http::HttpCall::new(spec, client)),
+            ActionSpec::KubeRolloutUndo(spec) => {
+                Action::KubeRolloutUndo(kube_rollout_undo::KubeRolloutUndo::new(spec))
+            }
         }
     }
 
@@ -122,6 +129,23 @@ impl Action {
                 bounded(action.run(ctx, timeout), timeout, started).await
             }
             Action::Http(action) => bounded(action.run(ctx, timeout), timeout, started).await,
+            Action::KubeRolloutUndo(action) => {
+                bounded(action.run(ctx, timeout), timeout, started).await
+            }
+        }
+    }
+
+    /// Prepares what the action needs before any incident (the Kubernetes client, from
+    /// the kubeconfig or service account), so that a broken setup stops the start
+    /// instead of a rollback.
+    pub async fn prepare(&self) -> Result<(), String> {
+        match self {
+            Action::KubeRolloutUndo(action) => action
+                .connect()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Action::Exec(_) | Action::ReleaseSwitch(_) | Action::Http(_) => Ok(()),
         }
     }
 }
@@ -233,6 +257,7 @@ mod tests {
             rule: "errors".into(),
             from_revision: Some("v2".into()),
             to_revision: None,
+            bad_revisions: Vec::new(),
         }
     }
 

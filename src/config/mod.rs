@@ -408,6 +408,7 @@ pub enum ActionSpec {
     Exec(ExecSpec),
     ReleaseSwitch(ReleaseSwitchSpec),
     Http(HttpCallSpec),
+    KubeRolloutUndo(KubeRolloutUndoSpec),
 }
 
 impl ActionSpec {
@@ -416,8 +417,30 @@ impl ActionSpec {
             ActionSpec::Exec(_) => "exec",
             ActionSpec::ReleaseSwitch(_) => "release_switch",
             ActionSpec::Http(_) => "http",
+            ActionSpec::KubeRolloutUndo(_) => "kube_rollout_undo",
         }
     }
+}
+
+/// `kubectl rollout undo` of one Deployment, through the API.
+#[derive(Debug, Clone)]
+pub struct KubeRolloutUndoSpec {
+    /// How to reach the cluster (`[kubernetes]`).
+    pub access: crate::kube::Access,
+    pub namespace: String,
+    pub deployment: String,
+    pub to_revision: ToRevision,
+}
+
+/// The revision a rollout undo goes back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToRevision {
+    /// The revision before the Deployment's latest (kubectl's default).
+    Previous,
+    /// This revision.
+    Number(i64),
+    /// The incident's `{to_revision}`, which must be a revision number.
+    Incident,
 }
 
 #[derive(Debug, Clone)]

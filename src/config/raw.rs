@@ -29,6 +29,26 @@ pub struct RawConfig {
     pub notifier: Vec<Value>,
     #[serde(default)]
     pub escalation: Vec<Value>,
+    #[serde(default)]
+    pub kubernetes: Option<Value>,
+}
+
+/// How rearguard reaches the Kubernetes API server (`[kubernetes]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubernetes {
+    pub in_cluster: Option<bool>,
+    pub kubeconfig: Option<String>,
+    pub context: Option<String>,
+    pub server: Option<String>,
+}
+
+/// A revision written as a number or as the `{to_revision}` placeholder.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawRevision {
+    Number(i64),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -334,6 +354,15 @@ pub enum RawStep {
         body: Option<String>,
         expect_status: Option<Vec<u16>>,
     },
+    KubeRolloutUndo {
+        name: Option<String>,
+        timeout: Option<String>,
+        retries: Option<u32>,
+        on_failure: Option<String>,
+        namespace: String,
+        deployment: String,
+        to_revision: Option<RawRevision>,
+    },
 }
 
 impl RawStep {
@@ -354,6 +383,13 @@ impl RawStep {
                 ..
             }
             | RawStep::Http {
+                name,
+                timeout,
+                retries,
+                on_failure,
+                ..
+            }
+            | RawStep::KubeRolloutUndo {
                 name,
                 timeout,
                 retries,

@@ -417,6 +417,7 @@ pub fn validate(
         env,
     };
     let daemon = daemon(&mut ctx, raw.daemon.as_ref());
+    let kube_access = kubernetes(&mut ctx, raw.kubernetes.as_ref());
 
     let raw_targets: Vec<Option<RawTarget>> = items(&mut ctx, "target", &raw.target);
     let raw_signals: Vec<Option<RawSignal>> = items(&mut ctx, "signal", &raw.signal);
@@ -487,7 +488,7 @@ pub fn validate(
     let mut plans = Vec::new();
     for (i, raw) in raw_plans.iter().enumerate() {
         let Some(raw) = raw else { continue };
-        plans.push(plan(&mut ctx, i, raw, &rule_names));
+        plans.push(plan(&mut ctx, i, raw, &rule_names, &kube_access));
     }
 
     let mut targets = Vec::new();
@@ -1026,6 +1027,61 @@ fn daemon(ctx: &mut Ctx, raw: Option<&Value>) -> Daemon {
     }
 }
 
+/// `[kubernetes]`: how the cluster is reached.
+fn kubernetes(ctx: &mut Ctx, raw: Option<&Value>) -> crate::kube::Access {
+    use crate::kube::{Access, AccessSource};
+    let raw: RawKubernetes = raw
+        .and_then(|v| ctx.item("kubernetes", v))
+        .unwrap_or_default();
+    let source = match (raw.in_cluster.unwrap_or(false), &raw.kubeconfig) {
+        (true, Some(_)) => {
+            ctx.err(
+                "kubernetes.kubeconfig",
+                "not allowed with in_cluster = true: choose one",
+            );
+            AccessSource::InCluster
+        }
+        (true, None) => {
+            if raw.context.is_some() {
+                ctx.err("kubernetes.context", "not allowed with in_cluster = true");
+            }
+            AccessSource::InCluster
+        }
+        (false, Some(path)) => AccessSource::Kubeconfig {
+            path: ctx.base_dir.join(path),
+            context: raw.context.clone(),
+        },
+        (false, None) => {
+            if raw.context.is_some() {
+                ctx.err("kubernetes.context", "only with kubeconfig");
+            }
+            AccessSource::Infer
+        }
+    };
+    let server = raw.server.and_then(|s| {
+        let url = ctx.url("kubernetes.server".into(), &s)?;
+        Some(url.as_str().trim_end_matches('/').to_owned())
+    });
+    Access { source, server }
+}
+
+/// A namespace or object name: a DNS-1123 label or subdomain, as the API requires.
+fn kube_name(ctx: &mut Ctx, path: String, name: &str) {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !valid {
+        ctx.err(
+            path,
+            format!("{name:?} is not a Kubernetes name (lowercase letters, digits, '-' and '.')"),
+        );
+    }
+}
+
 fn change(ctx: &mut Ctx, p: &str, raw: &RawChange) -> ChangeSpec {
     match raw {
         RawChange::ReleaseSymlink { path, interval } => ChangeSpec::ReleaseSymlink {
@@ -1517,7 +1573,13 @@ fn check_condition_fits(
     }
 }
 
-fn plan(ctx: &mut Ctx, i: usize, raw: &RawPlan, rule_names: &[&str]) -> Plan {
+fn plan(
+    ctx: &mut Ctx,
+    i: usize,
+    raw: &RawPlan,
+    rule_names: &[&str],
+    kube_access: &crate::kube::Access,
+) -> Plan {
     let p = format!("plan[{i}]");
     let mut steps = Vec::new();
     if raw.step.is_empty() {
@@ -1621,6 +1683,36 @@ fn plan(ctx: &mut Ctx, i: usize, raw: &RawPlan, rule_names: &[&str]) -> Plan {
                         expect_status,
                         &[200, 201, 202, 204],
                     ),
+                })
+            }
+            RawStep::KubeRolloutUndo {
+                namespace,
+                deployment,
+                to_revision,
+                ..
+            } => {
+                kube_name(ctx, format!("{sp}.namespace"), namespace);
+                kube_name(ctx, format!("{sp}.deployment"), deployment);
+                let to_revision = match to_revision {
+                    None => ToRevision::Previous,
+                    Some(RawRevision::Number(n)) if *n >= 1 => ToRevision::Number(*n),
+                    Some(RawRevision::Text(t)) if t == "{to_revision}" => ToRevision::Incident,
+                    Some(RawRevision::Text(t)) if t.parse::<i64>().is_ok_and(|n| n >= 1) => {
+                        ToRevision::Number(t.parse().unwrap_or(1))
+                    }
+                    Some(_) => {
+                        ctx.err(
+                            format!("{sp}.to_revision"),
+                            "expected a revision number >= 1 or \"{to_revision}\"",
+                        );
+                        ToRevision::Previous
+                    }
+                };
+                ActionSpec::KubeRolloutUndo(KubeRolloutUndoSpec {
+                    access: kube_access.clone(),
+                    namespace: namespace.clone(),
+                    deployment: deployment.clone(),
+                    to_revision,
                 })
             }
         };

@@ -10,6 +10,8 @@ mod control;
 mod daemon;
 mod demo;
 mod journal;
+mod kube_fake;
+mod kube_rollout;
 mod notifications;
 mod notify_email;
 mod notify_pagerduty;
