@@ -614,3 +614,151 @@ async fn the_server_setting_overrides_the_kubeconfigs_address() {
         .await;
     assert!(output.ok, "{output:?}");
 }
+
+const PLAN: &str = r#"
+[[target]]
+name = "web"
+plan = "undo"
+
+[[signal]]
+name = "probe"
+target = "web"
+type = "http_probe"
+url = "http://127.0.0.1:9/healthz"
+
+[[rule]]
+name = "down"
+signal = "probe"
+when = "failing"
+consecutive = 3
+
+[[plan]]
+name = "undo"
+[[plan.step]]
+type = "kube_rollout_undo"
+namespace = "shop"
+deployment = "web"
+"#;
+
+fn load(toml: &str, base: &std::path::Path) -> Result<rearguard::config::Config, Vec<String>> {
+    rearguard::config::load_str(
+        toml,
+        rearguard::config::Format::Toml,
+        std::iter::empty(),
+        base,
+    )
+    .map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+}
+
+fn undo_spec(cfg: &rearguard::config::Config) -> KubeRolloutUndoSpec {
+    match &cfg.plans[0].steps[0].action {
+        ActionSpec::KubeRolloutUndo(spec) => spec.clone(),
+        other => panic!("not a kube_rollout_undo step: {other:?}"),
+    }
+}
+
+#[test]
+fn the_step_and_the_cluster_access_are_read_from_the_configuration() {
+    let base = std::path::Path::new("/etc/rearguard");
+    let cfg = load(PLAN, base).unwrap();
+    let spec = undo_spec(&cfg);
+    assert_eq!(spec.access, Access::default());
+    assert_eq!(spec.to_revision, ToRevision::Previous);
+    assert_eq!(
+        (spec.namespace.as_str(), spec.deployment.as_str()),
+        ("shop", "web")
+    );
+
+    let text = format!(
+        "[kubernetes]\nkubeconfig = \"kube/config\"\ncontext = \"prod\"\nserver = \"https://10.0.0.1:6443/\"\n{}to_revision = 4\n",
+        PLAN
+    );
+    let spec = undo_spec(&load(&text, base).unwrap());
+    assert_eq!(
+        spec.access,
+        Access {
+            source: AccessSource::Kubeconfig {
+                path: base.join("kube/config"),
+                context: Some("prod".to_owned()),
+            },
+            server: Some("https://10.0.0.1:6443".to_owned()),
+        }
+    );
+    assert_eq!(spec.to_revision, ToRevision::Number(4));
+    let text =
+        format!("[kubernetes]\nin_cluster = true\n{PLAN}to_revision = \"{{to_revision}}\"\n");
+    let spec = undo_spec(&load(&text, base).unwrap());
+    assert_eq!(spec.access.source, AccessSource::InCluster);
+    assert_eq!(spec.to_revision, ToRevision::Incident);
+}
+
+#[test]
+fn bad_kubernetes_settings_are_reported_with_their_paths() {
+    let base = std::path::Path::new(".");
+    let text = format!(
+        "[kubernetes]\nin_cluster = true\nkubeconfig = \"x\"\nserver = \"ftp://x\"\nport = 1\n{}",
+        PLAN.replace("namespace = \"shop\"", "namespace = \"Shop_1\"")
+    );
+    let errors = load(&text, base).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("kubernetes.port: unknown key")),
+        "{errors:?}"
+    );
+    let text = format!(
+        "[kubernetes]\nin_cluster = true\nkubeconfig = \"x\"\nserver = \"ftp://x\"\n{}to_revision = 0\n",
+        PLAN.replace("namespace = \"shop\"", "namespace = \"Shop_1\"")
+    );
+    let errors = load(&text, base).unwrap_err();
+    for expected in [
+        "kubernetes.kubeconfig: not allowed with in_cluster = true",
+        "kubernetes.server: expected an http or https URL",
+        "plan[0].step[0].namespace: \"Shop_1\" is not a Kubernetes name",
+        "plan[0].step[0].to_revision: expected a revision number >= 1 or \"{to_revision}\"",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(expected)),
+            "{expected} not in {errors:?}"
+        );
+    }
+    let text = format!("{PLAN}to_revision = \"latest\"\n");
+    let errors = load(&text, base).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("plan[0].step[0].to_revision")),
+        "{errors:?}"
+    );
+    let text = format!("[kubernetes]\ncontext = \"prod\"\n{PLAN}");
+    let errors = load(&text, base).unwrap_err();
+    assert_eq!(errors, ["kubernetes.context: only with kubeconfig"]);
+}
+
+#[tokio::test]
+async fn the_daemon_does_not_start_with_a_kubeconfig_it_cannot_read() {
+    let dir = crate::support::temp_dir();
+    let text = format!(
+        "[daemon]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n[kubernetes]\nkubeconfig = \"missing/kubeconfig\"\n{PLAN}",
+        dir.path().display()
+    );
+    let cfg = load(&text, dir.path()).unwrap();
+    let result = rearguard::daemon::run(
+        cfg,
+        rearguard::daemon::Options {
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            observer: None,
+            systemd: None,
+        },
+    )
+    .await;
+    let error = result.expect_err("the daemon must not start");
+    assert!(error.is_config(), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.starts_with(
+            "plan[0].step[0] (step 1): cannot configure the kubernetes client: reading kubeconfig"
+        ),
+        "{text}"
+    );
+}
