@@ -21,8 +21,12 @@
 //! What it does not do: no controllers run (a Deployment's ReplicaSets, revisions and
 //! status change only when a test writes them), no defaulting, no admission, no
 //! managedFields, no authentication (it records the Authorization header it got), no
-//! protobuf (clients that offer JSON get JSON), no server-side apply (415), no OpenAPI
-//! documents (404; kubectl does without them for the commands used here).
+//! server-side apply (415). It speaks JSON only: a protobuf body is refused with 415, so
+//! kubectl's generator commands (`kubectl create configmap`, which send protobuf) fail
+//! against it; `kubectl create -f` sends JSON and works. Its OpenAPI v3 documents hold
+//! only what kubectl reads to choose server-side validation (`fieldValidation`, which
+//! the fake accepts and does not enforce: unknown fields are dropped); there is no
+//! OpenAPI v2, so kubectl's client-side validation (of a `List`) cannot run.
 //!
 //! Tests seed and read state directly (`put`, `get`, `list`), see every request it served
 //! (`requests`), and can inject a failure or a concurrent write before a request
@@ -950,6 +954,21 @@ fn answer(
             format!("injected failure {code}"),
         ));
     }
+    // Bodies in protobuf (or CBOR) are refused as unsupported, which makes client-go
+    // fall back to JSON, as against an apiserver that does not speak them.
+    if !body.is_empty()
+        && content_type.is_some_and(|t| t.contains("protobuf") || t.contains("cbor"))
+        && !content_type.is_some_and(|t| t.starts_with("application/apply-patch"))
+    {
+        return error(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {})",
+                content_type.unwrap_or("")
+            ),
+        ));
+    }
     let query: BTreeMap<String, String> = url_query(query_text);
     match (method, path) {
         (&Method::GET, "/version") => return ok(version()),
@@ -961,6 +980,17 @@ fn answer(
             }));
         }
         (&Method::GET, "/apis") => return ok(group_list()),
+        (&Method::GET, "/openapi/v3") => return ok(openapi_root()),
+        (&Method::GET, p) if p.starts_with("/openapi/v3/") => {
+            return match openapi_group_version(&p["/openapi/v3/".len()..]) {
+                Some(doc) => ok(doc),
+                None => error(ApiError::new(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                )),
+            };
+        }
         (&Method::GET, "/healthz" | "/readyz" | "/livez") => {
             return (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], "ok").into_response();
         }
@@ -1827,5 +1857,71 @@ fn resource_list(group: &str, version: &str) -> Option<Value> {
         "apiVersion": "v1",
         "groupVersion": gv,
         "resources": resources,
+    }))
+}
+
+/// The OpenAPI v3 index: one document per group version.
+fn openapi_root() -> Value {
+    let mut paths = Map::new();
+    let mut gvs: Vec<String> = RESOURCES
+        .iter()
+        .map(|r| {
+            if r.group.is_empty() {
+                format!("api/{}", r.version)
+            } else {
+                format!("apis/{}/{}", r.group, r.version)
+            }
+        })
+        .collect();
+    gvs.dedup();
+    for gv in gvs {
+        paths.insert(
+            gv.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash=fake")}),
+        );
+    }
+    json!({"paths": paths})
+}
+
+/// A group version's OpenAPI v3 document, reduced to what kubectl reads from it: each
+/// object path's PATCH operation with its kind and the `fieldValidation` parameter, so
+/// that kubectl validates on the server (which the fake accepts and does not enforce:
+/// unknown fields are dropped, as with `fieldValidation=Ignore`).
+fn openapi_group_version(gv: &str) -> Option<Value> {
+    let mut paths = Map::new();
+    for r in RESOURCES {
+        let prefix = if r.group.is_empty() {
+            format!("api/{}", r.version)
+        } else {
+            format!("apis/{}/{}", r.group, r.version)
+        };
+        if prefix != gv {
+            continue;
+        }
+        let item = if r.namespaced {
+            format!("/{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
+        } else {
+            format!("/{prefix}/{}/{{name}}", r.plural)
+        };
+        paths.insert(
+            item,
+            json!({"patch": {
+                "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind},
+                "parameters": [
+                    {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+                    {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {"200": {"description": "OK"}},
+            }}),
+        );
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.32.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
     }))
 }

@@ -10,6 +10,7 @@ mod control;
 mod daemon;
 mod demo;
 mod journal;
+mod kube_api;
 mod kube_fake;
 mod kube_rollout;
 mod notifications;
