@@ -23,7 +23,6 @@ use ::kube::Api;
 use ::kube::api::{ListParams, Patch, PatchParams};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use serde_json::{Value, json};
-use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::{ActionContext, ActionOutput, timed_out};
@@ -88,35 +87,22 @@ impl UndoError {
 }
 
 /// A configured `kube_rollout_undo` step. The client is built on first use and kept.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct KubeRolloutUndo {
     spec: KubeRolloutUndoSpec,
-    client: std::sync::Arc<OnceCell<::kube::Client>>,
-}
-
-impl std::fmt::Debug for KubeRolloutUndo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeRolloutUndo")
-            .field("spec", &self.spec)
-            .finish_non_exhaustive()
-    }
+    handle: crate::kube::Handle,
 }
 
 impl KubeRolloutUndo {
     pub fn new(spec: &KubeRolloutUndoSpec) -> KubeRolloutUndo {
         KubeRolloutUndo {
             spec: spec.clone(),
-            client: Default::default(),
+            handle: crate::kube::Handle::new(&spec.access),
         }
     }
 
-    /// Builds the client (reads the kubeconfig or service account); the daemon calls it
-    /// at start so that a broken configuration stops the start, not a rollback.
-    pub async fn connect(&self) -> Result<::kube::Client, KubeError> {
-        self.client
-            .get_or_try_init(|| crate::kube::client(&self.spec.access))
-            .await
-            .cloned()
+    pub fn handle(&self) -> &crate::kube::Handle {
+        &self.handle
     }
 
     /// Rolls the Deployment back once; the whole exchange is bounded by `timeout`.
@@ -143,7 +129,7 @@ impl KubeRolloutUndo {
 
     /// What it did, or why it did nothing.
     pub async fn undo(&self, ctx: &ActionContext) -> Result<String, UndoError> {
-        let client = self.connect().await?;
+        let client = self.handle.client().await?;
         let shown = self.shown();
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &self.spec.namespace);
         let replica_sets: Api<ReplicaSet> = Api::namespaced(client, &self.spec.namespace);

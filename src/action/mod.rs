@@ -10,7 +10,12 @@
 
 pub mod exec;
 pub mod http;
+pub mod kube_mark_bad;
+pub mod kube_pause;
+pub mod kube_restart;
+pub mod kube_rollout_status;
 pub mod kube_rollout_undo;
+pub mod kube_scale;
 pub mod release_switch;
 
 use std::future::Future;
@@ -102,6 +107,12 @@ pub enum Action {
     ReleaseSwitch(release_switch::ReleaseSwitch),
     Http(http::HttpCall),
     KubeRolloutUndo(kube_rollout_undo::KubeRolloutUndo),
+    KubeRolloutStatus(kube_rollout_status::KubeRolloutStatus),
+    /// `kube_pause` and `kube_resume`.
+    KubePause(kube_pause::KubePause),
+    KubeScale(kube_scale::KubeScale),
+    KubeRestart(kube_restart::KubeRestart),
+    KubeMarkBad(kube_mark_bad::KubeMarkBad),
 }
 
 impl Action {
@@ -116,6 +127,14 @@ impl Action {
             ActionSpec::KubeRolloutUndo(spec) => {
                 Action::KubeRolloutUndo(kube_rollout_undo::KubeRolloutUndo::new(spec))
             }
+            ActionSpec::KubeRolloutStatus(t) => {
+                Action::KubeRolloutStatus(kube_rollout_status::KubeRolloutStatus::new(t))
+            }
+            ActionSpec::KubePause(t) => Action::KubePause(kube_pause::KubePause::new(t, true)),
+            ActionSpec::KubeResume(t) => Action::KubePause(kube_pause::KubePause::new(t, false)),
+            ActionSpec::KubeScale(spec) => Action::KubeScale(kube_scale::KubeScale::new(spec)),
+            ActionSpec::KubeRestart(t) => Action::KubeRestart(kube_restart::KubeRestart::new(t)),
+            ActionSpec::KubeMarkBad(t) => Action::KubeMarkBad(kube_mark_bad::KubeMarkBad::new(t)),
         }
     }
 
@@ -132,6 +151,15 @@ impl Action {
             Action::KubeRolloutUndo(action) => {
                 bounded(action.run(ctx, timeout), timeout, started).await
             }
+            Action::KubeRolloutStatus(action) => {
+                bounded(action.run(timeout), timeout, started).await
+            }
+            Action::KubePause(action) => bounded(action.run(timeout), timeout, started).await,
+            Action::KubeScale(action) => bounded(action.run(timeout), timeout, started).await,
+            Action::KubeRestart(action) => bounded(action.run(timeout), timeout, started).await,
+            Action::KubeMarkBad(action) => {
+                bounded(action.run(ctx, timeout), timeout, started).await
+            }
         }
     }
 
@@ -139,14 +167,45 @@ impl Action {
     /// the kubeconfig or service account), so that a broken setup stops the start
     /// instead of a rollback.
     pub async fn prepare(&self) -> Result<(), String> {
-        match self {
-            Action::KubeRolloutUndo(action) => action
-                .connect()
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Action::Exec(_) | Action::ReleaseSwitch(_) | Action::Http(_) => Ok(()),
+        let handle = match self {
+            Action::KubeRolloutUndo(action) => action.handle(),
+            Action::KubeRolloutStatus(action) => action.handle(),
+            Action::KubePause(action) => action.handle(),
+            Action::KubeScale(action) => action.handle(),
+            Action::KubeRestart(action) => action.handle(),
+            Action::KubeMarkBad(action) => action.handle(),
+            Action::Exec(_) | Action::ReleaseSwitch(_) | Action::Http(_) => return Ok(()),
+        };
+        handle.client().await.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// The output of a step on a Kubernetes Deployment: its text, or its error, marked
+/// `[retryable]` when running the step again may succeed.
+fn step_output(result: Result<String, crate::kube::StepError>, started: Instant) -> ActionOutput {
+    match result {
+        Ok(output) => ActionOutput {
+            ok: true,
+            output,
+            error: None,
+            duration: started.elapsed(),
+        },
+        Err(e) => {
+            let retry = if e.is_retryable() { " [retryable]" } else { "" };
+            ActionOutput::failed(format!("{e}{retry}"), String::new(), started)
         }
+    }
+}
+
+/// Runs a step on a Deployment within `timeout`.
+async fn bounded_step(
+    step: impl Future<Output = Result<String, crate::kube::StepError>>,
+    timeout: Duration,
+    started: Instant,
+) -> ActionOutput {
+    match tokio::time::timeout(timeout, step).await {
+        Ok(result) => step_output(result, started),
+        Err(_) => ActionOutput::failed(timed_out(timeout), String::new(), started),
     }
 }
 

@@ -409,6 +409,12 @@ pub enum ActionSpec {
     ReleaseSwitch(ReleaseSwitchSpec),
     Http(HttpCallSpec),
     KubeRolloutUndo(KubeRolloutUndoSpec),
+    KubeRolloutStatus(KubeDeploymentRef),
+    KubePause(KubeDeploymentRef),
+    KubeResume(KubeDeploymentRef),
+    KubeScale(KubeScaleSpec),
+    KubeRestart(KubeDeploymentRef),
+    KubeMarkBad(KubeDeploymentRef),
 }
 
 impl ActionSpec {
@@ -418,6 +424,12 @@ impl ActionSpec {
             ActionSpec::ReleaseSwitch(_) => "release_switch",
             ActionSpec::Http(_) => "http",
             ActionSpec::KubeRolloutUndo(_) => "kube_rollout_undo",
+            ActionSpec::KubeRolloutStatus(_) => "kube_rollout_status",
+            ActionSpec::KubePause(_) => "kube_pause",
+            ActionSpec::KubeResume(_) => "kube_resume",
+            ActionSpec::KubeScale(_) => "kube_scale",
+            ActionSpec::KubeRestart(_) => "kube_restart",
+            ActionSpec::KubeMarkBad(_) => "kube_mark_bad",
         }
     }
 }
@@ -430,6 +442,30 @@ pub struct KubeRolloutUndoSpec {
     pub namespace: String,
     pub deployment: String,
     pub to_revision: ToRevision,
+}
+
+/// One Deployment, and how to reach its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeDeploymentRef {
+    /// How to reach the cluster (`[kubernetes]`).
+    pub access: crate::kube::Access,
+    pub namespace: String,
+    pub deployment: String,
+}
+
+/// `kubectl scale` of one Deployment, remembering the count it replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeScaleSpec {
+    pub target: KubeDeploymentRef,
+    pub replicas: Replicas,
+}
+
+/// The replica count a kube_scale step sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicas {
+    Count(i32),
+    /// The count an earlier kube_scale step replaced (kept on the Deployment).
+    Recorded,
 }
 
 /// The revision a rollout undo goes back to.

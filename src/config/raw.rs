@@ -354,15 +354,28 @@ pub enum RawStep {
         body: Option<String>,
         expect_status: Option<Vec<u16>>,
     },
-    KubeRolloutUndo {
-        name: Option<String>,
-        timeout: Option<String>,
-        retries: Option<u32>,
-        on_failure: Option<String>,
-        namespace: String,
-        deployment: String,
-        to_revision: Option<RawRevision>,
-    },
+    KubeRolloutUndo(RawKubeStep),
+    KubeRolloutStatus(RawKubeStep),
+    KubePause(RawKubeStep),
+    KubeResume(RawKubeStep),
+    KubeScale(RawKubeStep),
+    KubeRestart(RawKubeStep),
+    KubeMarkBad(RawKubeStep),
+}
+
+/// The keys of every step on a Kubernetes Deployment; validation refuses the keys a
+/// type does not take (`replicas` is for kube_scale only).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubeStep {
+    pub name: Option<String>,
+    pub timeout: Option<String>,
+    pub retries: Option<u32>,
+    pub on_failure: Option<String>,
+    pub namespace: String,
+    pub deployment: String,
+    pub to_revision: Option<RawRevision>,
+    pub replicas: Option<RawRevision>,
 }
 
 impl RawStep {
@@ -388,18 +401,23 @@ impl RawStep {
                 retries,
                 on_failure,
                 ..
-            }
-            | RawStep::KubeRolloutUndo {
-                name,
-                timeout,
-                retries,
-                on_failure,
-                ..
             } => RawStepCommon {
                 name,
                 timeout,
                 retries: *retries,
                 on_failure,
+            },
+            RawStep::KubeRolloutUndo(k)
+            | RawStep::KubeRolloutStatus(k)
+            | RawStep::KubePause(k)
+            | RawStep::KubeResume(k)
+            | RawStep::KubeScale(k)
+            | RawStep::KubeRestart(k)
+            | RawStep::KubeMarkBad(k) => RawStepCommon {
+                name: &k.name,
+                timeout: &k.timeout,
+                retries: k.retries,
+                on_failure: &k.on_failure,
             },
         }
     }

@@ -1027,6 +1027,84 @@ fn daemon(ctx: &mut Ctx, raw: Option<&Value>) -> Daemon {
     }
 }
 
+/// A step on a Kubernetes Deployment.
+fn kube_step(
+    ctx: &mut Ctx,
+    sp: &str,
+    raw: &RawStep,
+    k: &RawKubeStep,
+    access: &crate::kube::Access,
+) -> ActionSpec {
+    kube_name(ctx, format!("{sp}.namespace"), &k.namespace);
+    kube_name(ctx, format!("{sp}.deployment"), &k.deployment);
+    let target = KubeDeploymentRef {
+        access: access.clone(),
+        namespace: k.namespace.clone(),
+        deployment: k.deployment.clone(),
+    };
+    let undo = matches!(raw, RawStep::KubeRolloutUndo(_));
+    let scale = matches!(raw, RawStep::KubeScale(_));
+    if !undo && k.to_revision.is_some() {
+        ctx.err(
+            format!("{sp}.to_revision"),
+            "only for type kube_rollout_undo",
+        );
+    }
+    if !scale && k.replicas.is_some() {
+        ctx.err(format!("{sp}.replicas"), "only for type kube_scale");
+    }
+    match raw {
+        RawStep::KubeRolloutUndo(_) => {
+            let to_revision = match &k.to_revision {
+                None => ToRevision::Previous,
+                Some(RawRevision::Number(n)) if *n >= 1 => ToRevision::Number(*n),
+                Some(RawRevision::Text(t)) if t == "{to_revision}" => ToRevision::Incident,
+                Some(RawRevision::Text(t)) if t.parse::<i64>().is_ok_and(|n| n >= 1) => {
+                    ToRevision::Number(t.parse().unwrap_or(1))
+                }
+                Some(_) => {
+                    ctx.err(
+                        format!("{sp}.to_revision"),
+                        "expected a revision number >= 1 or \"{to_revision}\"",
+                    );
+                    ToRevision::Previous
+                }
+            };
+            ActionSpec::KubeRolloutUndo(KubeRolloutUndoSpec {
+                access: target.access,
+                namespace: target.namespace,
+                deployment: target.deployment,
+                to_revision,
+            })
+        }
+        RawStep::KubeScale(_) => {
+            let replicas = match &k.replicas {
+                Some(RawRevision::Number(n)) if *n >= 0 && *n <= i64::from(i32::MAX) => {
+                    Replicas::Count(*n as i32)
+                }
+                Some(RawRevision::Text(t)) if t == "recorded" => Replicas::Recorded,
+                Some(_) => {
+                    ctx.err(
+                        format!("{sp}.replicas"),
+                        "expected a number of replicas >= 0 or \"recorded\"",
+                    );
+                    Replicas::Recorded
+                }
+                None => {
+                    ctx.err(format!("{sp}.replicas"), "required for type kube_scale");
+                    Replicas::Recorded
+                }
+            };
+            ActionSpec::KubeScale(KubeScaleSpec { target, replicas })
+        }
+        RawStep::KubeRolloutStatus(_) => ActionSpec::KubeRolloutStatus(target),
+        RawStep::KubePause(_) => ActionSpec::KubePause(target),
+        RawStep::KubeResume(_) => ActionSpec::KubeResume(target),
+        RawStep::KubeRestart(_) => ActionSpec::KubeRestart(target),
+        _ => ActionSpec::KubeMarkBad(target),
+    }
+}
+
 /// `[kubernetes]`: how the cluster is reached.
 fn kubernetes(ctx: &mut Ctx, raw: Option<&Value>) -> crate::kube::Access {
     use crate::kube::{Access, AccessSource};
@@ -1685,36 +1763,13 @@ fn plan(
                     ),
                 })
             }
-            RawStep::KubeRolloutUndo {
-                namespace,
-                deployment,
-                to_revision,
-                ..
-            } => {
-                kube_name(ctx, format!("{sp}.namespace"), namespace);
-                kube_name(ctx, format!("{sp}.deployment"), deployment);
-                let to_revision = match to_revision {
-                    None => ToRevision::Previous,
-                    Some(RawRevision::Number(n)) if *n >= 1 => ToRevision::Number(*n),
-                    Some(RawRevision::Text(t)) if t == "{to_revision}" => ToRevision::Incident,
-                    Some(RawRevision::Text(t)) if t.parse::<i64>().is_ok_and(|n| n >= 1) => {
-                        ToRevision::Number(t.parse().unwrap_or(1))
-                    }
-                    Some(_) => {
-                        ctx.err(
-                            format!("{sp}.to_revision"),
-                            "expected a revision number >= 1 or \"{to_revision}\"",
-                        );
-                        ToRevision::Previous
-                    }
-                };
-                ActionSpec::KubeRolloutUndo(KubeRolloutUndoSpec {
-                    access: kube_access.clone(),
-                    namespace: namespace.clone(),
-                    deployment: deployment.clone(),
-                    to_revision,
-                })
-            }
+            RawStep::KubeRolloutUndo(k)
+            | RawStep::KubeRolloutStatus(k)
+            | RawStep::KubePause(k)
+            | RawStep::KubeResume(k)
+            | RawStep::KubeScale(k)
+            | RawStep::KubeRestart(k)
+            | RawStep::KubeMarkBad(k) => kube_step(ctx, &sp, &raw_step, k, kube_access),
         };
         steps.push(Step {
             name,

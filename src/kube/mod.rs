@@ -109,6 +109,112 @@ impl From<::kube::Error> for KubeError {
     }
 }
 
+/// A client built on first use from `access`, then shared by clones.
+#[derive(Clone)]
+pub struct Handle {
+    access: Access,
+    client: std::sync::Arc<tokio::sync::OnceCell<::kube::Client>>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("access", &self.access)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handle {
+    pub fn new(access: &Access) -> Handle {
+        Handle {
+            access: access.clone(),
+            client: Default::default(),
+        }
+    }
+
+    /// The client, built on the first call (reading the kubeconfig or service account).
+    pub async fn client(&self) -> Result<::kube::Client, KubeError> {
+        self.client
+            .get_or_try_init(|| client(&self.access))
+            .await
+            .cloned()
+    }
+}
+
+/// Why a step on a Deployment did not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    #[error("deployment {0} not found")]
+    NotFound(String),
+    #[error(
+        "deployment {deployment} changed while the step was writing it (resourceVersion {read} is no longer current); nothing was changed, and the step may be retried"
+    )]
+    Conflict { deployment: String, read: String },
+    /// The state of the cluster forbids the step; the text says which and why.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl StepError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StepError::Kube(e) => e.is_retryable(),
+            StepError::Conflict { .. } => true,
+            StepError::NotFound(_) | StepError::Refused(_) => false,
+        }
+    }
+
+    /// A failed write: 409 and 422 (a failed `test` or a stale resourceVersion) become
+    /// [`StepError::Conflict`].
+    pub fn from_write(e: ::kube::Error, deployment: &str, read: &str) -> StepError {
+        match KubeError::from(e) {
+            KubeError::Api {
+                code: 409 | 422, ..
+            } => StepError::Conflict {
+                deployment: deployment.to_owned(),
+                read: read.to_owned(),
+            },
+            other => StepError::Kube(other),
+        }
+    }
+}
+
+/// The Deployment `namespace/name`, or [`StepError::NotFound`].
+pub async fn deployment(
+    client: &::kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Deployment, StepError> {
+    let api: ::kube::Api<Deployment> = ::kube::Api::namespaced(client.clone(), namespace);
+    api.get_opt(name)
+        .await
+        .map_err(KubeError::from)?
+        .ok_or_else(|| StepError::NotFound(format!("{namespace}/{name}")))
+}
+
+/// The ReplicaSets `deployment` controls, in the order the API server lists them.
+pub async fn replica_sets(
+    client: &::kube::Client,
+    deployment: &Deployment,
+) -> Result<Vec<ReplicaSet>, KubeError> {
+    let namespace = deployment.metadata.namespace.clone().unwrap_or_default();
+    let api: ::kube::Api<ReplicaSet> = ::kube::Api::namespaced(client.clone(), &namespace);
+    let selector = deployment
+        .spec
+        .as_ref()
+        .map(|s| selector_text(&s.selector))
+        .unwrap_or_default();
+    let listed = api
+        .list(&::kube::api::ListParams::default().labels(&selector))
+        .await?;
+    Ok(controlled(deployment, &listed.items)
+        .into_iter()
+        .cloned()
+        .collect())
+}
+
 /// A kube client for `access`. It connects lazily: this fails only on configuration
 /// (a kubeconfig that cannot be read, no service account, a bad server URL).
 pub async fn client(access: &Access) -> Result<::kube::Client, KubeError> {

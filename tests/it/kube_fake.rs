@@ -396,6 +396,22 @@ impl Store {
         self.put(obj).expect("a valid object")
     }
 
+    /// Writes an object's status, as a controller does through the status subresource.
+    pub fn force_status(&mut self, obj: Value) -> Value {
+        let r = resource_of(&obj).expect("a known kind");
+        let namespace = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        let mut obj = obj;
+        if let Some(meta) = obj["metadata"].as_object_mut() {
+            meta.remove("resourceVersion");
+        }
+        self.update(r, &namespace, &name, obj, Sub::Status)
+            .expect("a valid status")
+    }
+
     /// Forgets every watch event up to now: a watch from an older resource version gets
     /// `410 Expired`, as after an etcd compaction.
     pub fn compact(&mut self) {

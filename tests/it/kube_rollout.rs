@@ -762,3 +762,50 @@ async fn the_daemon_does_not_start_with_a_kubeconfig_it_cannot_read() {
         "{text}"
     );
 }
+
+#[test]
+fn every_deployment_step_type_is_read_and_keys_a_type_does_not_take_are_refused() {
+    let base = std::path::Path::new(".");
+    let with_step = |step: &str| {
+        PLAN.replace(
+            "type = \"kube_rollout_undo\"\nnamespace = \"shop\"\ndeployment = \"web\"\n",
+            step,
+        )
+    };
+    for (kind, extra, expected) in [
+        ("kube_rollout_status", "", "kube_rollout_status"),
+        ("kube_pause", "", "kube_pause"),
+        ("kube_resume", "", "kube_resume"),
+        ("kube_restart", "", "kube_restart"),
+        ("kube_mark_bad", "", "kube_mark_bad"),
+        ("kube_scale", "replicas = 0\n", "kube_scale"),
+        ("kube_scale", "replicas = \"recorded\"\n", "kube_scale"),
+    ] {
+        let text = with_step(&format!(
+            "type = \"{kind}\"\nnamespace = \"shop\"\ndeployment = \"web\"\n{extra}"
+        ));
+        let cfg = load(&text, base).unwrap_or_else(|e| panic!("{kind}: {e:?}"));
+        assert_eq!(cfg.plans[0].steps[0].action.type_name(), expected);
+    }
+    for (step, expected) in [
+        (
+            "type = \"kube_scale\"\nnamespace = \"shop\"\ndeployment = \"web\"\n",
+            "plan[0].step[0].replicas: required for type kube_scale",
+        ),
+        (
+            "type = \"kube_scale\"\nnamespace = \"shop\"\ndeployment = \"web\"\nreplicas = -1\n",
+            "plan[0].step[0].replicas: expected a number of replicas >= 0 or \"recorded\"",
+        ),
+        (
+            "type = \"kube_pause\"\nnamespace = \"shop\"\ndeployment = \"web\"\nreplicas = 2\n",
+            "plan[0].step[0].replicas: only for type kube_scale",
+        ),
+        (
+            "type = \"kube_restart\"\nnamespace = \"shop\"\ndeployment = \"web\"\nto_revision = 2\n",
+            "plan[0].step[0].to_revision: only for type kube_rollout_undo",
+        ),
+    ] {
+        let errors = load(&with_step(step), base).unwrap_err();
+        assert_eq!(errors, [expected], "{step}");
+    }
+}

@@ -13,6 +13,7 @@ mod journal;
 mod kube_api;
 mod kube_fake;
 mod kube_rollout;
+mod kube_steps;
 mod notifications;
 mod notify_email;
 mod notify_pagerduty;
