@@ -237,15 +237,6 @@ pub(crate) fn sampled_sources(
     cfg: &Config,
     client: &reqwest::Client,
 ) -> Result<Vec<Option<Arc<Source>>>, StartError> {
-    for (index, target) in cfg.targets.iter().enumerate() {
-        if let Some(crate::config::ChangeSpec::KubeDeployment { .. }) = target.change {
-            return Err(StartError::UnsupportedChange {
-                index,
-                name: target.name.clone(),
-                kind: "kube_deployment",
-            });
-        }
-    }
     cfg.signals
         .iter()
         .enumerate()
@@ -801,7 +792,14 @@ async fn change_loop(
     let interval = match &spec {
         crate::config::ChangeSpec::ReleaseSymlink { interval, .. }
         | crate::config::ChangeSpec::Exec { interval, .. } => *interval,
-        crate::config::ChangeSpec::KubeDeployment { .. } => Duration::from_secs(10),
+        // Only after a failed observation: the Deployment is watched (below).
+        crate::config::ChangeSpec::KubeDeployment(_) => Duration::from_secs(10),
+    };
+    let mut watcher = match &spec {
+        crate::config::ChangeSpec::KubeDeployment(t) => {
+            Some(source::kube_deployment::Watcher::new(t))
+        }
+        _ => None,
     };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -809,12 +807,22 @@ async fn change_loop(
     // When the previous observation began: a change seen now happened after it.
     let mut previous: Option<Ts> = None;
     loop {
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = ticker.tick() => {}
+        match watcher.as_mut() {
+            Some(w) if last_error.is_none() => tokio::select! {
+                _ = token.cancelled() => return,
+                _ = w.changed() => {}
+            },
+            _ => tokio::select! {
+                _ = token.cancelled() => return,
+                _ = ticker.tick() => {}
+            },
         }
         let started = clock.now();
-        match source::change::observe(&spec).await {
+        let observed = match watcher.as_mut() {
+            Some(w) => w.observe().await,
+            None => source::change::observe(&spec).await,
+        };
+        match observed {
             Ok(revision) => {
                 if last_error.take().is_some() {
                     tracing::info!(target = %name, "change observer works again");

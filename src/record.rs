@@ -338,7 +338,8 @@ async fn change_loop(
         ChangeSpec::ReleaseSymlink { interval, .. } | ChangeSpec::Exec { interval, .. } => {
             *interval
         }
-        ChangeSpec::KubeDeployment { .. } => return,
+        // Sampled like the others here: a recording keeps one row per observation.
+        ChangeSpec::KubeDeployment(_) => Duration::from_secs(10),
     };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);

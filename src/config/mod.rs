@@ -90,11 +90,9 @@ pub enum ChangeSpec {
         interval: Duration,
         timeout: Duration,
     },
-    /// The Deployment's revision (watched by the Kubernetes source).
-    KubeDeployment {
-        namespace: String,
-        deployment: String,
-    },
+    /// The Deployment's revision: that of the ReplicaSet running its pod template,
+    /// watched through the API.
+    KubeDeployment(KubeDeploymentRef),
 }
 
 /// A measured quantity of a target (`[[signal]]`).

@@ -505,7 +505,7 @@ pub fn validate(
         let change = raw
             .change
             .as_ref()
-            .map(|c| change(&mut ctx, &format!("{p}.change"), c));
+            .map(|c| change(&mut ctx, &format!("{p}.change"), c, &kube_access));
         let max_rollbacks = raw.max_rollbacks.unwrap_or(3);
         if max_rollbacks == 0 {
             ctx.err(
@@ -1160,7 +1160,12 @@ fn kube_name(ctx: &mut Ctx, path: String, name: &str) {
     }
 }
 
-fn change(ctx: &mut Ctx, p: &str, raw: &RawChange) -> ChangeSpec {
+fn change(
+    ctx: &mut Ctx,
+    p: &str,
+    raw: &RawChange,
+    kube_access: &crate::kube::Access,
+) -> ChangeSpec {
     match raw {
         RawChange::ReleaseSymlink { path, interval } => ChangeSpec::ReleaseSymlink {
             path: PathBuf::from(path),
@@ -1190,10 +1195,15 @@ fn change(ctx: &mut Ctx, p: &str, raw: &RawChange) -> ChangeSpec {
         RawChange::KubeDeployment {
             namespace,
             deployment,
-        } => ChangeSpec::KubeDeployment {
-            namespace: namespace.clone(),
-            deployment: deployment.clone(),
-        },
+        } => {
+            kube_name(ctx, format!("{p}.namespace"), namespace);
+            kube_name(ctx, format!("{p}.deployment"), deployment);
+            ChangeSpec::KubeDeployment(KubeDeploymentRef {
+                access: kube_access.clone(),
+                namespace: namespace.clone(),
+                deployment: deployment.clone(),
+            })
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod alertmanager;
 pub mod change;
 pub mod exec;
 pub mod http_probe;
+pub mod kube_deployment;
 pub mod prometheus;
 pub mod scrape;
 

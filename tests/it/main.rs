@@ -11,6 +11,7 @@ mod daemon;
 mod demo;
 mod journal;
 mod kube_api;
+mod kube_change;
 mod kube_fake;
 mod kube_rollout;
 mod kube_steps;
