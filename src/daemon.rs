@@ -241,7 +241,8 @@ pub(crate) fn sampled_sources(
         .iter()
         .enumerate()
         .map(|(index, signal)| match signal.source {
-            SourceSpec::Alertmanager(_) => Ok(None),
+            // Received by the listener, or watched by their own task.
+            SourceSpec::Alertmanager(_) | SourceSpec::KubePods(_) => Ok(None),
             _ => Source::new(signal, client)
                 .map(|s| Some(Arc::new(s)))
                 .map_err(|source| StartError::Unsupported {
@@ -421,6 +422,18 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
             tx.clone(),
             sources_token.clone(),
         ));
+    }
+    for (i, signal) in cfg.signals.iter().enumerate() {
+        if let SourceSpec::KubePods(spec) = &signal.source {
+            tracker.spawn(kube_pods_loop(
+                i,
+                spec.clone(),
+                signal.interval,
+                clock,
+                tx.clone(),
+                sources_token.clone(),
+            ));
+        }
     }
     for (t, target) in cfg.targets.iter().enumerate() {
         if let Some(spec) = target.change.clone() {
@@ -776,6 +789,38 @@ async fn sample_loop(
         };
         let reading = crate::engine::Reading { signal, state };
         if tx.send((Input::Reading(reading), at)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Hands the readings of a watched `kube_pods` signal to the engine, each with the time
+/// it was seen.
+async fn kube_pods_loop(
+    signal: usize,
+    spec: crate::config::KubePodsSpec,
+    interval: Duration,
+    clock: Clock,
+    tx: mpsc::Sender<(Input, Ts)>,
+    token: CancellationToken,
+) {
+    let (readings_tx, mut readings) = mpsc::channel(64);
+    let watching = source::kube_pods::watch(spec, interval, readings_tx, token.clone());
+    tokio::pin!(watching);
+    loop {
+        let state = tokio::select! {
+            _ = &mut watching => return,
+            r = readings.recv() => match r {
+                Some(state) => state,
+                None => return,
+            },
+        };
+        let reading = crate::engine::Reading { signal, state };
+        if tx
+            .send((Input::Reading(reading), clock.now()))
+            .await
+            .is_err()
+        {
             return;
         }
     }

@@ -143,7 +143,7 @@ impl Signal {
                 ScrapeQuery::Latency { .. } | ScrapeQuery::Value(_) => SignalKind::Number,
             },
             SourceSpec::Alertmanager(_) => SignalKind::Check,
-            SourceSpec::CgroupOom { .. } | SourceSpec::KubePods { .. } => SignalKind::Event,
+            SourceSpec::CgroupOom { .. } | SourceSpec::KubePods(_) => SignalKind::Event,
         }
     }
 }
@@ -156,14 +156,39 @@ pub enum SourceSpec {
     Prometheus(PrometheusSpec),
     Scrape(ScrapeSpec),
     Alertmanager(AlertmanagerSpec),
-    CgroupOom {
-        cgroup: PathBuf,
-    },
-    KubePods {
-        namespace: String,
-        selector: String,
-        event: String,
-    },
+    CgroupOom { cgroup: PathBuf },
+    KubePods(KubePodsSpec),
+}
+
+/// The pods of a label selector and the kind of event counted (`kube_pods`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubePodsSpec {
+    /// How to reach the cluster (`[kubernetes]`).
+    pub access: crate::kube::Access,
+    pub namespace: String,
+    /// A label selector, as in `kubectl -l`.
+    pub selector: String,
+    pub event: PodEvent,
+}
+
+/// What a `kube_pods` signal counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodEvent {
+    OomKilled,
+    CrashLoop,
+    NotReady,
+    Evicted,
+}
+
+impl PodEvent {
+    pub fn name(self) -> &'static str {
+        match self {
+            PodEvent::OomKilled => "oom_killed",
+            PodEvent::CrashLoop => "crash_loop",
+            PodEvent::NotReady => "not_ready",
+            PodEvent::Evicted => "evicted",
+        }
+    }
 }
 
 impl SourceSpec {
@@ -175,7 +200,7 @@ impl SourceSpec {
             SourceSpec::Scrape(_) => "scrape",
             SourceSpec::Alertmanager(_) => "alertmanager",
             SourceSpec::CgroupOom { .. } => "cgroup_oom",
-            SourceSpec::KubePods { .. } => "kube_pods",
+            SourceSpec::KubePods(_) => "kube_pods",
         }
     }
 }
@@ -365,11 +390,12 @@ impl Rule {
             RuleMode::Within { .. } => Duration::ZERO,
         };
         // A pushed reading is judged when it arrives: only the rule's own bound counts
-        // (from the webhook's arrival; the pusher's own delays come before it).
-        if let SourceSpec::Alertmanager(_) = signal.source {
+        // (from the webhook's arrival; the pusher's own delays come before it). Pod
+        // events come through a watch, as they happen.
+        if let SourceSpec::Alertmanager(_) | SourceSpec::KubePods(_) = signal.source {
             return own;
         }
-        // Events (the `within` mode) arrive by polling today, so one interval too.
+        // Other events (the `within` mode) arrive by polling, so one interval too.
         own + i + signal.timeout
     }
 }

@@ -563,7 +563,7 @@ pub fn validate(
             common.blind_after,
             daemon.blind_after,
         );
-        let Some(source) = source(&mut ctx, &p, raw) else {
+        let Some(source) = source(&mut ctx, &p, raw, &kube_access) else {
             continue;
         };
         signals.push(Signal {
@@ -1207,7 +1207,12 @@ fn change(
     }
 }
 
-fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
+fn source(
+    ctx: &mut Ctx,
+    p: &str,
+    raw: &RawSignal,
+    kube_access: &crate::kube::Access,
+) -> Option<SourceSpec> {
     Some(match raw {
         RawSignal::HttpProbe {
             url,
@@ -1369,20 +1374,26 @@ fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
             event,
             ..
         } => {
-            if !matches!(
-                event.as_str(),
-                "oom_killed" | "crash_loop" | "not_ready" | "evicted"
-            ) {
-                ctx.err(
-                    format!("{p}.event"),
-                    format!("expected \"oom_killed\", \"crash_loop\", \"not_ready\" or \"evicted\", got {event:?}"),
-                );
-            }
-            SourceSpec::KubePods {
+            let event = match event.as_str() {
+                "oom_killed" => PodEvent::OomKilled,
+                "crash_loop" => PodEvent::CrashLoop,
+                "not_ready" => PodEvent::NotReady,
+                "evicted" => PodEvent::Evicted,
+                _ => {
+                    ctx.err(
+                        format!("{p}.event"),
+                        format!("expected \"oom_killed\", \"crash_loop\", \"not_ready\" or \"evicted\", got {event:?}"),
+                    );
+                    PodEvent::OomKilled
+                }
+            };
+            kube_name(ctx, format!("{p}.namespace"), namespace);
+            SourceSpec::KubePods(KubePodsSpec {
+                access: kube_access.clone(),
                 namespace: namespace.clone(),
                 selector: selector.clone(),
-                event: event.clone(),
-            }
+                event,
+            })
         }
     })
 }

@@ -247,6 +247,8 @@ pub struct Store {
     /// Events older than this were compacted away.
     compacted: u64,
     events: broadcast::Sender<Event>,
+    /// Bumped to end every open watch (a dropped connection, an apiserver restart).
+    epoch: tokio::sync::watch::Sender<u64>,
 }
 
 /// Why a write was refused, as the apiserver says it.
@@ -329,6 +331,7 @@ impl Store {
             log: VecDeque::new(),
             compacted: 0,
             events,
+            epoch: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -410,6 +413,11 @@ impl Store {
         }
         self.update(r, &namespace, &name, obj, Sub::Status)
             .expect("a valid status")
+    }
+
+    /// Ends every open watch, as when the apiserver restarts or a connection drops.
+    pub fn end_watches(&mut self) {
+        self.epoch.send_modify(|e| *e += 1);
     }
 
     /// Forgets every watch event up to now: a watch from an older resource version gets
@@ -1421,6 +1429,8 @@ fn watch(
         }
     }
     let receiver = store.events.subscribe();
+    let mut epoch = store.epoch.subscribe();
+    epoch.mark_unchanged();
     drop(store);
     let timeout = query
         .get("timeoutSeconds")
@@ -1434,21 +1444,26 @@ fn watch(
         first.into_iter().collect::<VecDeque<_>>(),
         receiver,
         selector,
+        epoch,
     );
-    let stream =
-        futures_util::stream::unfold(state, move |(mut pending, mut receiver, selector)| {
+    let stream = futures_util::stream::unfold(
+        state,
+        move |(mut pending, mut receiver, selector, mut epoch)| {
             let stop = stop.clone();
             let r_ns = r_ns.clone();
             async move {
                 if let Some(v) = pending.pop_front() {
                     return Some((
                         Ok::<_, std::io::Error>(Bytes::from(format!("{v}\n"))),
-                        (pending, receiver, selector),
+                        (pending, receiver, selector, epoch),
                     ));
                 }
                 loop {
+                    // A dropped connection loses what was still in flight.
                     let event = tokio::select! {
+                        biased;
                         _ = stop.cancelled() => return None,
+                        _ = epoch.changed() => return None,
                         _ = tokio::time::sleep_until(deadline) => return None,
                         e = receiver.recv() => e,
                     };
@@ -1462,7 +1477,7 @@ fn watch(
                                 let line = json!({"type": e.kind, "object": e.object});
                                 return Some((
                                     Ok(Bytes::from(format!("{line}\n"))),
-                                    (pending, receiver, selector),
+                                    (pending, receiver, selector, epoch),
                                 ));
                             }
                         }
@@ -1470,7 +1485,8 @@ fn watch(
                     }
                 }
             }
-        });
+        },
+    );
     Ok(watch_response(Body::from_stream(stream)))
 }
 
