@@ -5,6 +5,8 @@
 //!
 //! This module reads; it never writes to the API. Writes belong to `action/`.
 
+pub mod lease;
+
 use std::path::PathBuf;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};

@@ -13,6 +13,7 @@ mod journal;
 mod kube_api;
 mod kube_change;
 mod kube_fake;
+mod kube_lease;
 mod kube_pods;
 mod kube_rollout;
 mod kube_steps;
