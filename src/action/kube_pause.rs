@@ -59,14 +59,19 @@ impl KubePause {
             json!(null)
         };
         let patch = json!({"metadata": {"resourceVersion": read}, "spec": {"paused": value}});
-        let api: Api<Deployment> = Api::namespaced(client, &t.namespace);
-        api.patch(
-            &t.deployment,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map_err(|e| StepError::from_write(e, &shown, &read))?;
+        let api: Api<Deployment> = Api::namespaced(client.clone(), &t.namespace);
+        if let Err(e) = api
+            .patch(
+                &t.deployment,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            return Err(
+                StepError::from_write(e, &client, &t.namespace, &t.deployment, &read).await,
+            );
+        }
         Ok(format!("deployment {shown} {word}"))
     }
 }

@@ -58,14 +58,19 @@ impl KubeRestart {
             "metadata": {"resourceVersion": read},
             "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now}}}},
         });
-        let api: Api<Deployment> = Api::namespaced(client, &t.namespace);
-        api.patch(
-            &t.deployment,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map_err(|e| StepError::from_write(e, &shown, &read))?;
+        let api: Api<Deployment> = Api::namespaced(client.clone(), &t.namespace);
+        if let Err(e) = api
+            .patch(
+                &t.deployment,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            return Err(
+                StepError::from_write(e, &client, &t.namespace, &t.deployment, &read).await,
+            );
+        }
         Ok(format!("deployment {shown} restarted at {now}"))
     }
 }

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::{ActionContext, ActionOutput, timed_out};
 use crate::config::{KubeRolloutUndoSpec, ToRevision};
-use crate::kube::{BAD_ANNOTATION, KubeError, POD_TEMPLATE_HASH, REVISION_ANNOTATION};
+use crate::kube::{BAD_ANNOTATION, KubeError, POD_TEMPLATE_HASH, REVISION_ANNOTATION, StepError};
 
 /// The Deployment annotations kept from the Deployment, not copied from the ReplicaSet
 /// (kubectl's `annotationsToSkip`).
@@ -260,15 +260,19 @@ impl KubeRolloutUndo {
                 if current.is_empty() { "?" } else { &current },
                 rs.metadata.name.as_deref().unwrap_or("?")
             )),
-            Err(e) => match KubeError::from(e) {
-                KubeError::Api {
-                    code: 409 | 422, ..
-                } => Err(UndoError::Conflict {
-                    deployment: shown,
-                    read,
-                }),
-                other => Err(other.into()),
-            },
+            Err(e) => {
+                let client = self.handle.client().await?;
+                let ns = &self.spec.namespace;
+                match StepError::from_write(e, &client, ns, &self.spec.deployment, &read).await {
+                    StepError::Conflict { .. } => Err(UndoError::Conflict {
+                        deployment: shown,
+                        read,
+                    }),
+                    StepError::NotFound(d) => Err(UndoError::NotFound(d)),
+                    StepError::Kube(k) => Err(k.into()),
+                    StepError::Refused(text) => Err(KubeError::Config(text).into()),
+                }
+            }
         }
     }
 }

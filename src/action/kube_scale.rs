@@ -110,14 +110,19 @@ impl KubeScale {
         ops.push(json!({"op": "add", "path": "/spec/replicas", "value": wanted}));
         let patch: json_patch::Patch =
             serde_json::from_value(Value::Array(ops)).expect("the patch is a valid JSON patch");
-        let api: Api<Deployment> = Api::namespaced(client, &t.namespace);
-        api.patch(
-            &t.deployment,
-            &PatchParams::default(),
-            &Patch::<()>::Json(patch),
-        )
-        .await
-        .map_err(|e| StepError::from_write(e, &shown, &read))?;
+        let api: Api<Deployment> = Api::namespaced(client.clone(), &t.namespace);
+        if let Err(e) = api
+            .patch(
+                &t.deployment,
+                &PatchParams::default(),
+                &Patch::<()>::Json(patch),
+            )
+            .await
+        {
+            return Err(
+                StepError::from_write(e, &client, &t.namespace, &t.deployment, &read).await,
+            );
+        }
         Ok(text)
     }
 }

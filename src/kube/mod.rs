@@ -73,7 +73,7 @@ impl KubeError {
     pub fn is_retryable(&self) -> bool {
         match self {
             KubeError::Config(_) => false,
-            KubeError::Api { code, .. } => matches!(code, 409 | 422 | 429 | 500..=599),
+            KubeError::Api { code, .. } => matches!(code, 409 | 429 | 500..=599),
             KubeError::Transport(_) => true,
         }
     }
@@ -168,16 +168,33 @@ impl StepError {
         }
     }
 
-    /// A failed write: 409 and 422 (a failed `test` or a stale resourceVersion) become
-    /// [`StepError::Conflict`].
-    pub fn from_write(e: ::kube::Error, deployment: &str, read: &str) -> StepError {
+    /// A failed write to the Deployment `namespace/name` based on resourceVersion
+    /// `read`: 409 (a stale resourceVersion) is [`StepError::Conflict`], and so is 422
+    /// when the Deployment has changed since `read` (a JSON patch `test` that failed);
+    /// a 422 on an unchanged Deployment is the API server's verdict on the object
+    /// itself, reported as it is.
+    pub async fn from_write(
+        e: ::kube::Error,
+        client: &::kube::Client,
+        namespace: &str,
+        name: &str,
+        read: &str,
+    ) -> StepError {
+        let conflict = || StepError::Conflict {
+            deployment: format!("{namespace}/{name}"),
+            read: read.to_owned(),
+        };
         match KubeError::from(e) {
-            KubeError::Api {
-                code: 409 | 422, ..
-            } => StepError::Conflict {
-                deployment: deployment.to_owned(),
-                read: read.to_owned(),
-            },
+            KubeError::Api { code: 409, .. } => conflict(),
+            api @ KubeError::Api { code: 422, .. } => {
+                match deployment(client, namespace, name).await {
+                    Ok(d) if d.metadata.resource_version.as_deref() != Some(read) => conflict(),
+                    Err(StepError::NotFound(_)) => {
+                        StepError::NotFound(format!("{namespace}/{name}"))
+                    }
+                    _ => StepError::Kube(api),
+                }
+            }
             other => StepError::Kube(other),
         }
     }

@@ -809,3 +809,20 @@ fn every_deployment_step_type_is_read_and_keys_a_type_does_not_take_are_refused(
         assert_eq!(errors, [expected], "{step}");
     }
 }
+
+#[tokio::test]
+async fn a_422_on_an_unchanged_deployment_is_the_servers_verdict_not_a_conflict() {
+    let fake = KubeFake::start().await;
+    let revs = three();
+    seed(&fake, &revs, &revs[2], json!({}), false);
+    // An admission webhook or validation refuses the object: nothing changed meanwhile.
+    fake.inject(Method::PATCH, DEPLOYMENTS, 1, Effect::Respond(422));
+    let output = undo(&fake, ToRevision::Previous, &ctx()).await;
+    let error = output.error.unwrap();
+    assert!(
+        error.starts_with("the api server refused the request (422"),
+        "{error}"
+    );
+    assert!(!error.contains("[retryable]"), "{error}");
+    assert_eq!(image(&fake.get("deployments", NS, NAME).unwrap()), "web:3");
+}
