@@ -237,7 +237,7 @@ pub async fn replica_sets(
 /// A kube client for `access`. It connects lazily: this fails only on configuration
 /// (a kubeconfig that cannot be read, no service account, a bad server URL).
 pub async fn client(access: &Access) -> Result<::kube::Client, KubeError> {
-    let config_error = |e: &dyn std::fmt::Display| KubeError::Config(e.to_string());
+    let config_error = |e: &dyn std::fmt::Display| KubeError::Config(withhold_yaml(e.to_string()));
     let mut config = match &access.source {
         AccessSource::Infer => ::kube::Config::infer()
             .await
@@ -245,7 +245,10 @@ pub async fn client(access: &Access) -> Result<::kube::Client, KubeError> {
         AccessSource::InCluster => ::kube::Config::incluster().map_err(|e| config_error(&e))?,
         AccessSource::Kubeconfig { path, context } => {
             let kubeconfig = ::kube::config::Kubeconfig::read_from(path).map_err(|e| {
-                KubeError::Config(format!("reading kubeconfig {}: {e}", path.display()))
+                KubeError::Config(withhold_yaml(format!(
+                    "reading kubeconfig {}: {e}",
+                    path.display()
+                )))
             })?;
             let options = ::kube::config::KubeConfigOptions {
                 context: context.clone(),
@@ -262,6 +265,19 @@ pub async fn client(access: &Access) -> Result<::kube::Client, KubeError> {
             .map_err(|e| KubeError::Config(format!("server {server:?} is not a URL: {e}")))?;
     }
     ::kube::Client::try_from(config).map_err(|e| config_error(&e))
+}
+
+/// The text of a configuration error without what the YAML parser said: its message
+/// may quote the offending line of a kubeconfig, which can hold a token.
+fn withhold_yaml(text: String) -> String {
+    const PARSE: &str = "failed to parse kubeconfig YAML";
+    match text.find(PARSE) {
+        Some(at) => format!(
+            "{}{PARSE} (the parser's detail is not shown: a kubeconfig holds credentials)",
+            &text[..at]
+        ),
+        None => text,
+    }
 }
 
 /// A Deployment's revision as kubectl reads it from the revision annotation: 0 without
@@ -363,6 +379,32 @@ mod tests {
         assert_eq!(revision(Some(&a)), Some(7));
         a.insert(REVISION_ANNOTATION.to_owned(), "seven".to_owned());
         assert_eq!(revision(Some(&a)), None);
+    }
+
+    #[tokio::test]
+    async fn a_kubeconfig_that_is_not_yaml_is_reported_without_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nusers:\n- name: x\n  user:\n    token: s3cr3t-t0ken: [unclosed\n",
+        )
+        .unwrap();
+        let access = Access {
+            source: AccessSource::Kubeconfig {
+                path: path.clone(),
+                context: None,
+            },
+            server: None,
+        };
+        let error = client(&access)
+            .await
+            .err()
+            .expect("not a kubeconfig")
+            .to_string();
+        assert!(!error.contains("s3cr3t"), "{error}");
+        assert!(error.contains("failed to parse kubeconfig YAML"), "{error}");
+        assert!(error.contains(&path.display().to_string()), "{error}");
     }
 
     #[test]
