@@ -16,8 +16,9 @@
 //! between observations, whose next change would be stamped at its latest observation's
 //! start). The writer flushes every second, and everything on shutdown.
 //!
-//! Alertmanager signals are push sources and are not recorded. Recording only reads: no
-//! engine runs, no plan is carried out, nothing is changed.
+//! Alertmanager signals are push sources and kube_pods signals are watched, not sampled:
+//! neither is recorded. Recording only reads: no engine runs, no plan is carried out,
+//! nothing is changed.
 
 use std::collections::BTreeMap;
 use std::io;
