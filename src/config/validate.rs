@@ -1388,6 +1388,9 @@ fn source(
                 }
             };
             kube_name(ctx, format!("{p}.namespace"), namespace);
+            if let Err(e) = crate::kube::check_selector(selector) {
+                ctx.err(format!("{p}.selector"), e);
+            }
             SourceSpec::KubePods(KubePodsSpec {
                 access: kube_access.clone(),
                 namespace: namespace.clone(),

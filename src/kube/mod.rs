@@ -289,6 +289,67 @@ pub fn revision(annotations: Option<&std::collections::BTreeMap<String, String>>
     }
 }
 
+/// Checks a label selector as `kubectl -l` takes it (`app=web,tier in (a,b),!canary`):
+/// `Err` says what is wrong.
+pub fn check_selector(text: &str) -> Result<(), String> {
+    let key_ok = |k: &str| {
+        let name = k.rsplit('/').next().unwrap_or("");
+        !name.is_empty()
+            && name.len() <= 63
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+    };
+    let value_ok = |v: &str| {
+        v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    if text.trim().is_empty() {
+        return Err("is empty: it would select every pod of the namespace".to_owned());
+    }
+    let mut depth = 0i32;
+    let mut terms = vec![String::new()];
+    for c in text.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ => {}
+        }
+        if c == ',' && depth == 0 {
+            terms.push(String::new());
+        } else if let Some(t) = terms.last_mut() {
+            t.push(c);
+        }
+    }
+    for term in terms.iter().map(|t| t.trim()) {
+        let bad = || Err(format!("{term:?} is not a label requirement"));
+        let ok = if let Some(k) = term.strip_prefix('!') {
+            key_ok(k.trim())
+        } else if let Some((k, v)) = term
+            .split_once("!=")
+            .or_else(|| term.split_once("=="))
+            .or_else(|| term.split_once('='))
+        {
+            key_ok(k.trim()) && value_ok(v.trim())
+        } else if let Some((k, set)) = term
+            .split_once(" notin ")
+            .or_else(|| term.split_once(" in "))
+        {
+            let inner = set
+                .trim()
+                .strip_prefix('(')
+                .and_then(|s| s.strip_suffix(')'));
+            key_ok(k.trim()) && inner.is_some_and(|i| i.split(',').all(|v| value_ok(v.trim())))
+        } else {
+            key_ok(term)
+        };
+        if !ok {
+            return bad();
+        }
+    }
+    Ok(())
+}
+
 /// The label selector as the list parameter `labelSelector` writes it.
 pub fn selector_text(selector: &LabelSelector) -> String {
     let mut terms = Vec::new();
@@ -405,6 +466,21 @@ mod tests {
         assert!(!error.contains("s3cr3t"), "{error}");
         assert!(error.contains("failed to parse kubeconfig YAML"), "{error}");
         assert!(error.contains(&path.display().to_string()), "{error}");
+    }
+
+    #[test]
+    fn label_selectors_are_checked_as_kubectl_takes_them() {
+        for good in [
+            "app=web",
+            "app.kubernetes.io/name==web,tier!=db",
+            "tier in (web, api),!canary,track",
+            "env notin (dev)",
+        ] {
+            assert_eq!(check_selector(good), Ok(()), "{good}");
+        }
+        for bad in ["", "app=web,", "app in web", "app=we b", "=web", "app=(x)"] {
+            assert!(check_selector(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

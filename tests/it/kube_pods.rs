@@ -337,3 +337,41 @@ within = "5m"
     assert!(evidence.contains("2 distinct events"), "{evidence}");
     d.stop().await;
 }
+
+#[test]
+fn a_bad_selector_or_event_is_a_configuration_error_with_its_path() {
+    let text = r#"
+[[target]]
+name = "web"
+
+[[signal]]
+name = "oom"
+target = "web"
+type = "kube_pods"
+namespace = "Shop"
+selector = "app in web"
+event = "oomkilled"
+"#;
+    let errors: Vec<String> = rearguard::config::load_str(
+        text,
+        rearguard::config::Format::Toml,
+        std::iter::empty(),
+        std::path::Path::new("."),
+    )
+    .err()
+    .expect("invalid")
+    .0
+    .iter()
+    .map(|e| e.to_string())
+    .collect();
+    for expected in [
+        "signal[0].selector: \"app in web\" is not a label requirement",
+        "signal[0].namespace: \"Shop\" is not a Kubernetes name",
+        "signal[0].event: expected \"oom_killed\"",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(expected)),
+            "{expected} not in {errors:?}"
+        );
+    }
+}
