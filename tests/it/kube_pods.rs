@@ -358,8 +358,7 @@ event = "oomkilled"
         std::iter::empty(),
         std::path::Path::new("."),
     )
-    .err()
-    .expect("invalid")
+    .expect_err("invalid")
     .0
     .iter()
     .map(|e| e.to_string())
