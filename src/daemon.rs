@@ -187,6 +187,14 @@ pub enum StartError {
         name: String,
         reason: String,
     },
+    /// A plan step cannot be prepared (a kubeconfig that cannot be read).
+    #[error("plan[{plan}].step[{step}] ({name}): {reason}")]
+    Step {
+        plan: usize,
+        step: usize,
+        name: String,
+        reason: String,
+    },
 }
 
 impl StartError {
@@ -197,6 +205,7 @@ impl StartError {
             StartError::Unsupported { .. }
                 | StartError::UnsupportedChange { .. }
                 | StartError::Notifier { .. }
+                | StartError::Step { .. }
         )
     }
 }
@@ -239,21 +248,14 @@ pub(crate) fn sampled_sources(
     cfg: &Config,
     client: &reqwest::Client,
 ) -> Result<Vec<Option<Arc<Source>>>, StartError> {
-    for (index, target) in cfg.targets.iter().enumerate() {
-        if let Some(crate::config::ChangeSpec::KubeDeployment { .. }) = target.change {
-            return Err(StartError::UnsupportedChange {
-                index,
-                name: target.name.clone(),
-                kind: "kube_deployment",
-            });
-        }
-    }
     cfg.signals
         .iter()
         .enumerate()
         .map(|(index, signal)| match signal.source {
-            // Received (alertmanager) or watched (cgroup_oom) rather than sampled.
-            SourceSpec::Alertmanager(_) | SourceSpec::CgroupOom(_) => Ok(None),
+            // Received by the listener, or watched by their own task.
+            SourceSpec::Alertmanager(_) | SourceSpec::CgroupOom(_) | SourceSpec::KubePods(_) => {
+                Ok(None)
+            }
             _ => Source::new(signal, client)
                 .map(|s| Some(Arc::new(s)))
                 .map_err(|source| StartError::Unsupported {
@@ -281,7 +283,7 @@ struct Parts {
 }
 
 impl Parts {
-    fn build(cfg: Config, client: &reqwest::Client) -> Result<Parts, StartError> {
+    async fn build(cfg: Config, client: &reqwest::Client) -> Result<Parts, StartError> {
         let sources = sampled_sources(&cfg, client)?;
         let receiver = alertmanager::Receiver::new(&cfg).map(Arc::new);
         let actions = cfg
@@ -293,7 +295,19 @@ impl Parts {
                     .map(|s| Arc::new(Action::new(&s.action, client)))
                     .collect()
             })
-            .collect();
+            .collect::<Vec<Vec<Arc<Action>>>>();
+        // Clients the steps need (Kubernetes) are built now: a broken kubeconfig stops the
+        // start, or refuses the reload, instead of failing a rollback.
+        for (plan, steps) in actions.iter().enumerate() {
+            for (step, action) in steps.iter().enumerate() {
+                action.prepare().await.map_err(|reason| StartError::Step {
+                    plan,
+                    step,
+                    name: cfg.plans[plan].steps[step].name.clone(),
+                    reason,
+                })?;
+            }
+        }
         let reports_dir = cfg.daemon.state_dir.join("reports");
         std::fs::create_dir_all(&reports_dir).map_err(|source| StartError::StateDir {
             path: reports_dir.clone(),
@@ -376,7 +390,7 @@ struct Handover {
 /// arrive on `opts.reload` in between.
 pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
     let client = crate::http::client();
-    let parts = Parts::build(cfg, &client)?;
+    let parts = Parts::build(cfg, &client).await?;
     let listen = parts.cfg.daemon.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -415,7 +429,7 @@ pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
 
 /// Checks a new configuration against the running one and builds what it needs. What
 /// lives as long as the process (the listener, the state store) cannot change.
-fn prepare_reload(
+async fn prepare_reload(
     running: &Config,
     reload: Reload,
     client: &reqwest::Client,
@@ -434,7 +448,7 @@ fn prepare_reload(
             cfg.daemon.state_dir.display()
         ));
     }
-    Parts::build(cfg, client).map_err(|e| e.to_string())
+    Parts::build(cfg, client).await.map_err(|e| e.to_string())
 }
 
 /// Runs one configuration until the daemon stops or a new configuration is to be
@@ -608,6 +622,18 @@ async fn generation(
                 tx.clone(),
                 sources_token.clone(),
             )));
+        }
+    }
+    for (i, signal) in cfg.signals.iter().enumerate() {
+        if let SourceSpec::KubePods(spec) = &signal.source {
+            sources_tracker.spawn(kube_pods_loop(
+                i,
+                spec.clone(),
+                signal.interval,
+                clock,
+                tx.clone(),
+                sources_token.clone(),
+            ));
         }
     }
     for (t, target) in cfg.targets.iter().enumerate() {
@@ -845,7 +871,7 @@ async fn generation(
                 if let Some(sd) = systemd {
                     sd.reloading("reloading the configuration");
                 }
-                match prepare_reload(&cfg, reload, &shared.client) {
+                match prepare_reload(&cfg, reload, &shared.client).await {
                     Ok(parts) => {
                         if pending.replace(Box::new(parts)).is_some() {
                             tracing::info!("a newer configuration replaces the one waiting to be applied");
@@ -1138,6 +1164,38 @@ async fn watch_loop(
     }
 }
 
+/// Hands the readings of a watched `kube_pods` signal to the engine, each with the time
+/// it was seen.
+async fn kube_pods_loop(
+    signal: usize,
+    spec: crate::config::KubePodsSpec,
+    interval: Duration,
+    clock: Clock,
+    tx: mpsc::Sender<(Input, Ts)>,
+    token: CancellationToken,
+) {
+    let (readings_tx, mut readings) = mpsc::channel(64);
+    let watching = source::kube_pods::watch(spec, interval, readings_tx, token.clone());
+    tokio::pin!(watching);
+    loop {
+        let state = tokio::select! {
+            _ = &mut watching => return,
+            r = readings.recv() => match r {
+                Some(state) => state,
+                None => return,
+            },
+        };
+        let reading = crate::engine::Reading { signal, state };
+        if tx
+            .send((Input::Reading(reading), clock.now()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 async fn change_loop(
     target: usize,
     name: String,
@@ -1149,7 +1207,14 @@ async fn change_loop(
     let interval = match &spec {
         crate::config::ChangeSpec::ReleaseSymlink { interval, .. }
         | crate::config::ChangeSpec::Exec { interval, .. } => *interval,
-        crate::config::ChangeSpec::KubeDeployment { .. } => Duration::from_secs(10),
+        // Only after a failed observation: the Deployment is watched (below).
+        crate::config::ChangeSpec::KubeDeployment(_) => Duration::from_secs(10),
+    };
+    let mut watcher = match &spec {
+        crate::config::ChangeSpec::KubeDeployment(t) => {
+            Some(source::kube_deployment::Watcher::new(t))
+        }
+        _ => None,
     };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -1157,12 +1222,22 @@ async fn change_loop(
     // When the previous observation began: a change seen now happened after it.
     let mut previous: Option<Ts> = None;
     loop {
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = ticker.tick() => {}
+        match watcher.as_mut() {
+            Some(w) if last_error.is_none() => tokio::select! {
+                _ = token.cancelled() => return,
+                _ = w.changed() => {}
+            },
+            _ => tokio::select! {
+                _ = token.cancelled() => return,
+                _ = ticker.tick() => {}
+            },
         }
         let started = clock.now();
-        match source::change::observe(&spec).await {
+        let observed = match watcher.as_mut() {
+            Some(w) => w.observe().await,
+            None => source::change::observe(&spec).await,
+        };
+        match observed {
             Ok(revision) => {
                 if last_error.take().is_some() {
                     tracing::info!(target = %name, "change observer works again");
@@ -1206,6 +1281,7 @@ async fn run_step(
         rule: order.rule.clone(),
         from_revision: order.from_revision.clone(),
         to_revision: order.to_revision.clone(),
+        bad_revisions: order.bad_revisions.clone(),
     };
     let started = Instant::now();
     let result = tokio::select! {

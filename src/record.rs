@@ -17,8 +17,9 @@
 //! start). The writer flushes every second, and everything on shutdown.
 //!
 //! `cgroup_oom` signals are watched as the daemon watches them (each reading stamped with
-//! the time it was seen). Alertmanager signals are push sources and are not recorded. Recording only reads: no
-//! engine runs, no plan is carried out, nothing is changed.
+//! the time it was seen). Alertmanager signals are push sources and kube_pods signals are
+//! watched from the cluster: neither is recorded. Recording only reads: no engine runs, no
+//! plan is carried out, nothing is changed.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -390,7 +391,8 @@ async fn change_loop(
         ChangeSpec::ReleaseSymlink { interval, .. } | ChangeSpec::Exec { interval, .. } => {
             *interval
         }
-        ChangeSpec::KubeDeployment { .. } => return,
+        // Sampled like the others here: a recording keeps one row per observation.
+        ChangeSpec::KubeDeployment(_) => Duration::from_secs(10),
     };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -10,6 +10,12 @@
 
 pub mod exec;
 pub mod http;
+pub mod kube_mark_bad;
+pub mod kube_pause;
+pub mod kube_restart;
+pub mod kube_rollout_status;
+pub mod kube_rollout_undo;
+pub mod kube_scale;
 pub mod release_switch;
 
 use std::future::Future;
@@ -37,6 +43,8 @@ pub struct ActionContext {
     pub from_revision: Option<String>,
     /// The revision to go back to, when known.
     pub to_revision: Option<String>,
+    /// The target's revisions rearguard marked bad: never a destination.
+    pub bad_revisions: Vec<String>,
 }
 
 impl ActionContext {
@@ -98,6 +106,13 @@ pub enum Action {
     Exec(exec::ExecAction),
     ReleaseSwitch(release_switch::ReleaseSwitch),
     Http(http::HttpCall),
+    KubeRolloutUndo(kube_rollout_undo::KubeRolloutUndo),
+    KubeRolloutStatus(kube_rollout_status::KubeRolloutStatus),
+    /// `kube_pause` and `kube_resume`.
+    KubePause(kube_pause::KubePause),
+    KubeScale(kube_scale::KubeScale),
+    KubeRestart(kube_restart::KubeRestart),
+    KubeMarkBad(kube_mark_bad::KubeMarkBad),
 }
 
 impl Action {
@@ -109,6 +124,17 @@ impl Action {
                 Action::ReleaseSwitch(release_switch::ReleaseSwitch::new(spec))
             }
             ActionSpec::Http(spec) => Action::Http(http::HttpCall::new(spec, client)),
+            ActionSpec::KubeRolloutUndo(spec) => {
+                Action::KubeRolloutUndo(kube_rollout_undo::KubeRolloutUndo::new(spec))
+            }
+            ActionSpec::KubeRolloutStatus(t) => {
+                Action::KubeRolloutStatus(kube_rollout_status::KubeRolloutStatus::new(t))
+            }
+            ActionSpec::KubePause(t) => Action::KubePause(kube_pause::KubePause::new(t, true)),
+            ActionSpec::KubeResume(t) => Action::KubePause(kube_pause::KubePause::new(t, false)),
+            ActionSpec::KubeScale(spec) => Action::KubeScale(kube_scale::KubeScale::new(spec)),
+            ActionSpec::KubeRestart(t) => Action::KubeRestart(kube_restart::KubeRestart::new(t)),
+            ActionSpec::KubeMarkBad(t) => Action::KubeMarkBad(kube_mark_bad::KubeMarkBad::new(t)),
         }
     }
 
@@ -122,7 +148,64 @@ impl Action {
                 bounded(action.run(ctx, timeout), timeout, started).await
             }
             Action::Http(action) => bounded(action.run(ctx, timeout), timeout, started).await,
+            Action::KubeRolloutUndo(action) => {
+                bounded(action.run(ctx, timeout), timeout, started).await
+            }
+            Action::KubeRolloutStatus(action) => {
+                bounded(action.run(timeout), timeout, started).await
+            }
+            Action::KubePause(action) => bounded(action.run(timeout), timeout, started).await,
+            Action::KubeScale(action) => bounded(action.run(timeout), timeout, started).await,
+            Action::KubeRestart(action) => bounded(action.run(timeout), timeout, started).await,
+            Action::KubeMarkBad(action) => {
+                bounded(action.run(ctx, timeout), timeout, started).await
+            }
         }
+    }
+
+    /// Prepares what the action needs before any incident (the Kubernetes client, from
+    /// the kubeconfig or service account), so that a broken setup stops the start
+    /// instead of a rollback.
+    pub async fn prepare(&self) -> Result<(), String> {
+        let handle = match self {
+            Action::KubeRolloutUndo(action) => action.handle(),
+            Action::KubeRolloutStatus(action) => action.handle(),
+            Action::KubePause(action) => action.handle(),
+            Action::KubeScale(action) => action.handle(),
+            Action::KubeRestart(action) => action.handle(),
+            Action::KubeMarkBad(action) => action.handle(),
+            Action::Exec(_) | Action::ReleaseSwitch(_) | Action::Http(_) => return Ok(()),
+        };
+        handle.client().await.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// The output of a step on a Kubernetes Deployment: its text, or its error, marked
+/// `[retryable]` when running the step again may succeed.
+fn step_output(result: Result<String, crate::kube::StepError>, started: Instant) -> ActionOutput {
+    match result {
+        Ok(output) => ActionOutput {
+            ok: true,
+            output,
+            error: None,
+            duration: started.elapsed(),
+        },
+        Err(e) => {
+            let retry = if e.is_retryable() { " [retryable]" } else { "" };
+            ActionOutput::failed(format!("{e}{retry}"), String::new(), started)
+        }
+    }
+}
+
+/// Runs a step on a Deployment within `timeout`.
+async fn bounded_step(
+    step: impl Future<Output = Result<String, crate::kube::StepError>>,
+    timeout: Duration,
+    started: Instant,
+) -> ActionOutput {
+    match tokio::time::timeout(timeout, step).await {
+        Ok(result) => step_output(result, started),
+        Err(_) => ActionOutput::failed(timed_out(timeout), String::new(), started),
     }
 }
 
@@ -233,6 +316,7 @@ mod tests {
             rule: "errors".into(),
             from_revision: Some("v2".into()),
             to_revision: None,
+            bad_revisions: Vec::new(),
         }
     }
 

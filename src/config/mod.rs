@@ -91,11 +91,9 @@ pub enum ChangeSpec {
         interval: Duration,
         timeout: Duration,
     },
-    /// The Deployment's revision (watched by the Kubernetes source).
-    KubeDeployment {
-        namespace: String,
-        deployment: String,
-    },
+    /// The Deployment's revision: that of the ReplicaSet running its pod template,
+    /// watched through the API.
+    KubeDeployment(KubeDeploymentRef),
 }
 
 /// A measured quantity of a target (`[[signal]]`).
@@ -146,7 +144,7 @@ impl Signal {
                 ScrapeQuery::Latency { .. } | ScrapeQuery::Value(_) => SignalKind::Number,
             },
             SourceSpec::Alertmanager(_) => SignalKind::Check,
-            SourceSpec::CgroupOom { .. } | SourceSpec::KubePods { .. } => SignalKind::Event,
+            SourceSpec::CgroupOom { .. } | SourceSpec::KubePods(_) => SignalKind::Event,
         }
     }
 }
@@ -160,11 +158,38 @@ pub enum SourceSpec {
     Scrape(ScrapeSpec),
     Alertmanager(AlertmanagerSpec),
     CgroupOom(CgroupOomSpec),
-    KubePods {
-        namespace: String,
-        selector: String,
-        event: String,
-    },
+    KubePods(KubePodsSpec),
+}
+
+/// The pods of a label selector and the kind of event counted (`kube_pods`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubePodsSpec {
+    /// How to reach the cluster (`[kubernetes]`).
+    pub access: crate::kube::Access,
+    pub namespace: String,
+    /// A label selector, as in `kubectl -l`.
+    pub selector: String,
+    pub event: PodEvent,
+}
+
+/// What a `kube_pods` signal counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodEvent {
+    OomKilled,
+    CrashLoop,
+    NotReady,
+    Evicted,
+}
+
+impl PodEvent {
+    pub fn name(self) -> &'static str {
+        match self {
+            PodEvent::OomKilled => "oom_killed",
+            PodEvent::CrashLoop => "crash_loop",
+            PodEvent::NotReady => "not_ready",
+            PodEvent::Evicted => "evicted",
+        }
+    }
 }
 
 impl SourceSpec {
@@ -176,7 +201,7 @@ impl SourceSpec {
             SourceSpec::Scrape(_) => "scrape",
             SourceSpec::Alertmanager(_) => "alertmanager",
             SourceSpec::CgroupOom { .. } => "cgroup_oom",
-            SourceSpec::KubePods { .. } => "kube_pods",
+            SourceSpec::KubePods(_) => "kube_pods",
         }
     }
 }
@@ -381,8 +406,9 @@ impl Rule {
             RuleMode::Within { .. } => Duration::ZERO,
         };
         // A pushed reading is judged when it arrives: only the rule's own bound counts
-        // (from the webhook's arrival; the pusher's own delays come before it).
-        if let SourceSpec::Alertmanager(_) = signal.source {
+        // (from the webhook's arrival; the pusher's own delays come before it). Pod
+        // events come through a watch, as they happen.
+        if let SourceSpec::Alertmanager(_) | SourceSpec::KubePods(_) = signal.source {
             return own;
         }
         // OOM kills wake the watcher through the kernel's notification; the last of its
@@ -428,6 +454,13 @@ pub enum ActionSpec {
     Exec(ExecSpec),
     ReleaseSwitch(ReleaseSwitchSpec),
     Http(HttpCallSpec),
+    KubeRolloutUndo(KubeRolloutUndoSpec),
+    KubeRolloutStatus(KubeDeploymentRef),
+    KubePause(KubeDeploymentRef),
+    KubeResume(KubeDeploymentRef),
+    KubeScale(KubeScaleSpec),
+    KubeRestart(KubeDeploymentRef),
+    KubeMarkBad(KubeDeploymentRef),
 }
 
 impl ActionSpec {
@@ -436,8 +469,60 @@ impl ActionSpec {
             ActionSpec::Exec(_) => "exec",
             ActionSpec::ReleaseSwitch(_) => "release_switch",
             ActionSpec::Http(_) => "http",
+            ActionSpec::KubeRolloutUndo(_) => "kube_rollout_undo",
+            ActionSpec::KubeRolloutStatus(_) => "kube_rollout_status",
+            ActionSpec::KubePause(_) => "kube_pause",
+            ActionSpec::KubeResume(_) => "kube_resume",
+            ActionSpec::KubeScale(_) => "kube_scale",
+            ActionSpec::KubeRestart(_) => "kube_restart",
+            ActionSpec::KubeMarkBad(_) => "kube_mark_bad",
         }
     }
+}
+
+/// `kubectl rollout undo` of one Deployment, through the API.
+#[derive(Debug, Clone)]
+pub struct KubeRolloutUndoSpec {
+    /// How to reach the cluster (`[kubernetes]`).
+    pub access: crate::kube::Access,
+    pub namespace: String,
+    pub deployment: String,
+    pub to_revision: ToRevision,
+}
+
+/// One Deployment, and how to reach its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeDeploymentRef {
+    /// How to reach the cluster (`[kubernetes]`).
+    pub access: crate::kube::Access,
+    pub namespace: String,
+    pub deployment: String,
+}
+
+/// `kubectl scale` of one Deployment, remembering the count it replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeScaleSpec {
+    pub target: KubeDeploymentRef,
+    pub replicas: Replicas,
+}
+
+/// The replica count a kube_scale step sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicas {
+    Count(i32),
+    /// The count an earlier kube_scale step replaced (kept on the Deployment).
+    Recorded,
+}
+
+/// The revision a rollout undo goes back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToRevision {
+    /// The revision before the Deployment's latest (kubectl's default).
+    Previous,
+    /// This revision.
+    Number(i64),
+    /// The incident's `{to_revision}`, which must be a revision number.
+    Incident,
 }
 
 #[derive(Debug, Clone)]

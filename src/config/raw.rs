@@ -29,6 +29,26 @@ pub struct RawConfig {
     pub notifier: Vec<Value>,
     #[serde(default)]
     pub escalation: Vec<Value>,
+    #[serde(default)]
+    pub kubernetes: Option<Value>,
+}
+
+/// How rearguard reaches the Kubernetes API server (`[kubernetes]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubernetes {
+    pub in_cluster: Option<bool>,
+    pub kubeconfig: Option<String>,
+    pub context: Option<String>,
+    pub server: Option<String>,
+}
+
+/// A revision written as a number or as the `{to_revision}` placeholder.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawRevision {
+    Number(i64),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -339,6 +359,28 @@ pub enum RawStep {
         body: Option<String>,
         expect_status: Option<Vec<u16>>,
     },
+    KubeRolloutUndo(RawKubeStep),
+    KubeRolloutStatus(RawKubeStep),
+    KubePause(RawKubeStep),
+    KubeResume(RawKubeStep),
+    KubeScale(RawKubeStep),
+    KubeRestart(RawKubeStep),
+    KubeMarkBad(RawKubeStep),
+}
+
+/// The keys of every step on a Kubernetes Deployment; validation refuses the keys a
+/// type does not take (`replicas` is for kube_scale only).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubeStep {
+    pub name: Option<String>,
+    pub timeout: Option<String>,
+    pub retries: Option<u32>,
+    pub on_failure: Option<String>,
+    pub namespace: String,
+    pub deployment: String,
+    pub to_revision: Option<RawRevision>,
+    pub replicas: Option<RawRevision>,
 }
 
 impl RawStep {
@@ -369,6 +411,18 @@ impl RawStep {
                 timeout,
                 retries: *retries,
                 on_failure,
+            },
+            RawStep::KubeRolloutUndo(k)
+            | RawStep::KubeRolloutStatus(k)
+            | RawStep::KubePause(k)
+            | RawStep::KubeResume(k)
+            | RawStep::KubeScale(k)
+            | RawStep::KubeRestart(k)
+            | RawStep::KubeMarkBad(k) => RawStepCommon {
+                name: &k.name,
+                timeout: &k.timeout,
+                retries: k.retries,
+                on_failure: &k.on_failure,
             },
         }
     }

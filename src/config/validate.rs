@@ -417,6 +417,7 @@ pub fn validate(
         env,
     };
     let daemon = daemon(&mut ctx, raw.daemon.as_ref());
+    let kube_access = kubernetes(&mut ctx, raw.kubernetes.as_ref());
 
     let raw_targets: Vec<Option<RawTarget>> = items(&mut ctx, "target", &raw.target);
     let raw_signals: Vec<Option<RawSignal>> = items(&mut ctx, "signal", &raw.signal);
@@ -487,7 +488,7 @@ pub fn validate(
     let mut plans = Vec::new();
     for (i, raw) in raw_plans.iter().enumerate() {
         let Some(raw) = raw else { continue };
-        plans.push(plan(&mut ctx, i, raw, &rule_names));
+        plans.push(plan(&mut ctx, i, raw, &rule_names, &kube_access));
     }
 
     let mut targets = Vec::new();
@@ -504,7 +505,7 @@ pub fn validate(
         let change = raw
             .change
             .as_ref()
-            .map(|c| change(&mut ctx, &format!("{p}.change"), c));
+            .map(|c| change(&mut ctx, &format!("{p}.change"), c, &kube_access));
         let max_rollbacks = raw.max_rollbacks.unwrap_or(3);
         if max_rollbacks == 0 {
             ctx.err(
@@ -562,7 +563,7 @@ pub fn validate(
             common.blind_after,
             daemon.blind_after,
         );
-        let Some(source) = source(&mut ctx, &p, raw) else {
+        let Some(source) = source(&mut ctx, &p, raw, &kube_access) else {
             continue;
         };
         signals.push(Signal {
@@ -1026,7 +1027,145 @@ fn daemon(ctx: &mut Ctx, raw: Option<&Value>) -> Daemon {
     }
 }
 
-fn change(ctx: &mut Ctx, p: &str, raw: &RawChange) -> ChangeSpec {
+/// A step on a Kubernetes Deployment.
+fn kube_step(
+    ctx: &mut Ctx,
+    sp: &str,
+    raw: &RawStep,
+    k: &RawKubeStep,
+    access: &crate::kube::Access,
+) -> ActionSpec {
+    kube_name(ctx, format!("{sp}.namespace"), &k.namespace);
+    kube_name(ctx, format!("{sp}.deployment"), &k.deployment);
+    let target = KubeDeploymentRef {
+        access: access.clone(),
+        namespace: k.namespace.clone(),
+        deployment: k.deployment.clone(),
+    };
+    let undo = matches!(raw, RawStep::KubeRolloutUndo(_));
+    let scale = matches!(raw, RawStep::KubeScale(_));
+    if !undo && k.to_revision.is_some() {
+        ctx.err(
+            format!("{sp}.to_revision"),
+            "only for type kube_rollout_undo",
+        );
+    }
+    if !scale && k.replicas.is_some() {
+        ctx.err(format!("{sp}.replicas"), "only for type kube_scale");
+    }
+    match raw {
+        RawStep::KubeRolloutUndo(_) => {
+            let to_revision = match &k.to_revision {
+                None => ToRevision::Previous,
+                Some(RawRevision::Number(n)) if *n >= 1 => ToRevision::Number(*n),
+                Some(RawRevision::Text(t)) if t == "{to_revision}" => ToRevision::Incident,
+                Some(RawRevision::Text(t)) if t.parse::<i64>().is_ok_and(|n| n >= 1) => {
+                    ToRevision::Number(t.parse().unwrap_or(1))
+                }
+                Some(_) => {
+                    ctx.err(
+                        format!("{sp}.to_revision"),
+                        "expected a revision number >= 1 or \"{to_revision}\"",
+                    );
+                    ToRevision::Previous
+                }
+            };
+            ActionSpec::KubeRolloutUndo(KubeRolloutUndoSpec {
+                access: target.access,
+                namespace: target.namespace,
+                deployment: target.deployment,
+                to_revision,
+            })
+        }
+        RawStep::KubeScale(_) => {
+            let replicas = match &k.replicas {
+                Some(RawRevision::Number(n)) if *n >= 0 && *n <= i64::from(i32::MAX) => {
+                    Replicas::Count(*n as i32)
+                }
+                Some(RawRevision::Text(t)) if t == "recorded" => Replicas::Recorded,
+                Some(_) => {
+                    ctx.err(
+                        format!("{sp}.replicas"),
+                        "expected a number of replicas >= 0 or \"recorded\"",
+                    );
+                    Replicas::Recorded
+                }
+                None => {
+                    ctx.err(format!("{sp}.replicas"), "required for type kube_scale");
+                    Replicas::Recorded
+                }
+            };
+            ActionSpec::KubeScale(KubeScaleSpec { target, replicas })
+        }
+        RawStep::KubeRolloutStatus(_) => ActionSpec::KubeRolloutStatus(target),
+        RawStep::KubePause(_) => ActionSpec::KubePause(target),
+        RawStep::KubeResume(_) => ActionSpec::KubeResume(target),
+        RawStep::KubeRestart(_) => ActionSpec::KubeRestart(target),
+        _ => ActionSpec::KubeMarkBad(target),
+    }
+}
+
+/// `[kubernetes]`: how the cluster is reached.
+fn kubernetes(ctx: &mut Ctx, raw: Option<&Value>) -> crate::kube::Access {
+    use crate::kube::{Access, AccessSource};
+    let raw: RawKubernetes = raw
+        .and_then(|v| ctx.item("kubernetes", v))
+        .unwrap_or_default();
+    let source = match (raw.in_cluster.unwrap_or(false), &raw.kubeconfig) {
+        (true, Some(_)) => {
+            ctx.err(
+                "kubernetes.kubeconfig",
+                "not allowed with in_cluster = true: choose one",
+            );
+            AccessSource::InCluster
+        }
+        (true, None) => {
+            if raw.context.is_some() {
+                ctx.err("kubernetes.context", "not allowed with in_cluster = true");
+            }
+            AccessSource::InCluster
+        }
+        (false, Some(path)) => AccessSource::Kubeconfig {
+            path: ctx.base_dir.join(path),
+            context: raw.context.clone(),
+        },
+        (false, None) => {
+            if raw.context.is_some() {
+                ctx.err("kubernetes.context", "only with kubeconfig");
+            }
+            AccessSource::Infer
+        }
+    };
+    let server = raw.server.and_then(|s| {
+        let url = ctx.url("kubernetes.server".into(), &s)?;
+        Some(url.as_str().trim_end_matches('/').to_owned())
+    });
+    Access { source, server }
+}
+
+/// A namespace or object name: a DNS-1123 label or subdomain, as the API requires.
+fn kube_name(ctx: &mut Ctx, path: String, name: &str) {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !valid {
+        ctx.err(
+            path,
+            format!("{name:?} is not a Kubernetes name (lowercase letters, digits, '-' and '.')"),
+        );
+    }
+}
+
+fn change(
+    ctx: &mut Ctx,
+    p: &str,
+    raw: &RawChange,
+    kube_access: &crate::kube::Access,
+) -> ChangeSpec {
     match raw {
         RawChange::ReleaseSymlink { path, interval } => ChangeSpec::ReleaseSymlink {
             path: PathBuf::from(path),
@@ -1056,14 +1195,24 @@ fn change(ctx: &mut Ctx, p: &str, raw: &RawChange) -> ChangeSpec {
         RawChange::KubeDeployment {
             namespace,
             deployment,
-        } => ChangeSpec::KubeDeployment {
-            namespace: namespace.clone(),
-            deployment: deployment.clone(),
-        },
+        } => {
+            kube_name(ctx, format!("{p}.namespace"), namespace);
+            kube_name(ctx, format!("{p}.deployment"), deployment);
+            ChangeSpec::KubeDeployment(KubeDeploymentRef {
+                access: kube_access.clone(),
+                namespace: namespace.clone(),
+                deployment: deployment.clone(),
+            })
+        }
     }
 }
 
-fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
+fn source(
+    ctx: &mut Ctx,
+    p: &str,
+    raw: &RawSignal,
+    kube_access: &crate::kube::Access,
+) -> Option<SourceSpec> {
     Some(match raw {
         RawSignal::HttpProbe {
             url,
@@ -1228,20 +1377,29 @@ fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal) -> Option<SourceSpec> {
             event,
             ..
         } => {
-            if !matches!(
-                event.as_str(),
-                "oom_killed" | "crash_loop" | "not_ready" | "evicted"
-            ) {
-                ctx.err(
-                    format!("{p}.event"),
-                    format!("expected \"oom_killed\", \"crash_loop\", \"not_ready\" or \"evicted\", got {event:?}"),
-                );
+            let event = match event.as_str() {
+                "oom_killed" => PodEvent::OomKilled,
+                "crash_loop" => PodEvent::CrashLoop,
+                "not_ready" => PodEvent::NotReady,
+                "evicted" => PodEvent::Evicted,
+                _ => {
+                    ctx.err(
+                        format!("{p}.event"),
+                        format!("expected \"oom_killed\", \"crash_loop\", \"not_ready\" or \"evicted\", got {event:?}"),
+                    );
+                    PodEvent::OomKilled
+                }
+            };
+            kube_name(ctx, format!("{p}.namespace"), namespace);
+            if let Err(e) = crate::kube::check_selector(selector) {
+                ctx.err(format!("{p}.selector"), e);
             }
-            SourceSpec::KubePods {
+            SourceSpec::KubePods(KubePodsSpec {
+                access: kube_access.clone(),
                 namespace: namespace.clone(),
                 selector: selector.clone(),
-                event: event.clone(),
-            }
+                event,
+            })
         }
     })
 }
@@ -1581,7 +1739,13 @@ fn check_condition_fits(
     }
 }
 
-fn plan(ctx: &mut Ctx, i: usize, raw: &RawPlan, rule_names: &[&str]) -> Plan {
+fn plan(
+    ctx: &mut Ctx,
+    i: usize,
+    raw: &RawPlan,
+    rule_names: &[&str],
+    kube_access: &crate::kube::Access,
+) -> Plan {
     let p = format!("plan[{i}]");
     let mut steps = Vec::new();
     if raw.step.is_empty() {
@@ -1685,6 +1849,13 @@ fn plan(ctx: &mut Ctx, i: usize, raw: &RawPlan, rule_names: &[&str]) -> Plan {
                     ),
                 })
             }
+            RawStep::KubeRolloutUndo(k)
+            | RawStep::KubeRolloutStatus(k)
+            | RawStep::KubePause(k)
+            | RawStep::KubeResume(k)
+            | RawStep::KubeScale(k)
+            | RawStep::KubeRestart(k)
+            | RawStep::KubeMarkBad(k) => kube_step(ctx, &sp, &raw_step, k, kube_access),
         };
         steps.push(Step {
             name,

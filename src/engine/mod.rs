@@ -146,6 +146,8 @@ pub struct StepOrder {
     pub rule: String,
     pub from_revision: Option<String>,
     pub to_revision: Option<String>,
+    /// The target's revisions marked bad, which an action must never go back to.
+    pub bad_revisions: Vec<String>,
 }
 
 /// A message for people, sent to the notifiers of an escalation level.
@@ -672,6 +674,7 @@ impl Engine {
                 .unwrap_or_default(),
             from_revision: inc.from_revision.clone(),
             to_revision: inc.to_revision.clone(),
+            bad_revisions: self.targets[inc.target].bad.iter().cloned().collect(),
         };
         self.log(idx, now, EntryKind::StepStarted, text);
         self.out.push(Effect::RunStep(order));

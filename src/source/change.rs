@@ -17,16 +17,15 @@ use crate::process::{self, Exit};
 ///   releases/v2` is `v2`), whether the link is relative or absolute.
 /// - `exec`: the trimmed standard output of the command, which must exit 0 within its
 ///   timeout and print something.
-/// - `kube_deployment`: not available yet.
+/// - `kube_deployment`: the revision of the ReplicaSet running the Deployment's pod
+///   template (one read; the daemon watches instead, see [`super::kube_deployment`]).
 pub async fn observe(spec: &ChangeSpec) -> Result<String, String> {
     match spec {
         ChangeSpec::ReleaseSymlink { path, .. } => release_symlink(path).await,
         ChangeSpec::Exec {
             command, timeout, ..
         } => exec(command, *timeout).await,
-        ChangeSpec::KubeDeployment { .. } => Err(
-            "change type kube_deployment is not available in this version of rearguard".to_owned(),
-        ),
+        ChangeSpec::KubeDeployment(target) => super::kube_deployment::observe(target).await,
     }
 }
 

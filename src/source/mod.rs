@@ -13,6 +13,8 @@ pub mod cgroup_oom;
 pub mod change;
 pub mod exec;
 pub mod http_probe;
+pub mod kube_deployment;
+pub mod kube_pods;
 pub mod prometheus;
 pub mod scrape;
 
@@ -58,9 +60,10 @@ impl Source {
                 spec,
                 signal.timeout,
             ))),
+            // kube_pods is watched, not sampled: the daemon runs `kube_pods::watch`.
             other @ (SourceSpec::Alertmanager(_)
             | SourceSpec::CgroupOom { .. }
-            | SourceSpec::KubePods { .. }) => Err(UnsupportedSource {
+            | SourceSpec::KubePods(_)) => Err(UnsupportedSource {
                 type_name: other.type_name(),
             }),
         }

@@ -23,6 +23,7 @@ fn ctx() -> ActionContext {
         rule: "errors".to_owned(),
         from_revision: Some("v2".to_owned()),
         to_revision: Some("v1".to_owned()),
+        bad_revisions: Vec::new(),
     }
 }
 

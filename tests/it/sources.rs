@@ -587,15 +587,3 @@ async fn exec_change_that_fails_prints_nothing_or_hangs_is_an_error() {
         Err("timed out after 500ms".to_owned())
     );
 }
-
-#[tokio::test]
-async fn kube_deployment_change_is_not_available_yet() {
-    let spec = ChangeSpec::KubeDeployment {
-        namespace: "shop".into(),
-        deployment: "web".into(),
-    };
-    assert_eq!(
-        change::observe(&spec).await,
-        Err("change type kube_deployment is not available in this version of rearguard".to_owned())
-    );
-}

@@ -1,0 +1,76 @@
+//! The `kube_restart` action: `kubectl rollout restart` of a Deployment, which sets the
+//! pod template's `kubectl.kubernetes.io/restartedAt` annotation to the current time
+//! (RFC 3339), so that the Deployment rolls out new pods with the same spec. Like
+//! kubectl, it refuses a paused Deployment. The patch carries the resourceVersion read.
+
+use std::time::Duration;
+
+use ::kube::Api;
+use ::kube::api::{Patch, PatchParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::ActionOutput;
+use crate::config::KubeDeploymentRef;
+use crate::kube::{Handle, StepError};
+
+/// The pod template annotation kubectl sets to restart a Deployment.
+pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+
+/// A configured `kube_restart` step.
+#[derive(Debug, Clone)]
+pub struct KubeRestart {
+    target: KubeDeploymentRef,
+    handle: Handle,
+}
+
+impl KubeRestart {
+    pub fn new(target: &KubeDeploymentRef) -> KubeRestart {
+        KubeRestart {
+            target: target.clone(),
+            handle: Handle::new(&target.access),
+        }
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    pub async fn run(&self, timeout: Duration) -> ActionOutput {
+        let started = Instant::now();
+        super::bounded_step(self.restart(), timeout, started).await
+    }
+
+    async fn restart(&self) -> Result<String, StepError> {
+        let client = self.handle.client().await?;
+        let t = &self.target;
+        let shown = format!("{}/{}", t.namespace, t.deployment);
+        let d = crate::kube::deployment(&client, &t.namespace, &t.deployment).await?;
+        if d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false) {
+            return Err(StepError::Refused(format!(
+                "deployment {shown} is paused: a paused deployment is not restarted; resume it first (a kube_resume step before this one)"
+            )));
+        }
+        let read = d.metadata.resource_version.clone().unwrap_or_default();
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let patch = json!({
+            "metadata": {"resourceVersion": read},
+            "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now}}}},
+        });
+        let api: Api<Deployment> = Api::namespaced(client.clone(), &t.namespace);
+        if let Err(e) = api
+            .patch(
+                &t.deployment,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            return Err(
+                StepError::from_write(e, &client, &t.namespace, &t.deployment, &read).await,
+            );
+        }
+        Ok(format!("deployment {shown} restarted at {now}"))
+    }
+}
