@@ -118,6 +118,7 @@ pub async fn record(
             _ => None,
         })
         .collect();
+    // Alertmanager's pushes and kube_pods' watch are not recorded.
     let push = cfg.signals.len() - sources.len() - watched.len();
     let changes: Vec<(usize, ChangeSpec)> = cfg
         .targets
@@ -177,7 +178,7 @@ pub async fn record(
     tracing::info!(
         signals = sampled,
         targets_observed = tasks - sampled,
-        alertmanager_signals_not_recorded = push,
+        signals_not_recorded = push,
         duration = duration.map(format_duration),
         "recording"
     );

@@ -355,44 +355,6 @@ async fn sigterm_stops_the_real_binary_cleanly_within_the_drain() {
 }
 
 #[tokio::test]
-async fn a_source_type_not_built_yet_makes_run_exit_64_with_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("rearguard.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[daemon]
-state_dir = "{}/state"
-[[target]]
-name = "api"
-[[signal]]
-name = "oom"
-target = "api"
-type = "kube_pods"
-namespace = "shop"
-selector = "app=api"
-event = "oom_killed"
-"#,
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let out = tokio::process::Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(r#"source type "kube_pods" is not available"#),
-        "{stderr}"
-    );
-}
-
-#[tokio::test]
 async fn invalid_configuration_makes_run_exit_64_listing_every_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("rearguard.toml");

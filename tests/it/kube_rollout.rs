@@ -749,6 +749,7 @@ async fn the_daemon_does_not_start_with_a_kubeconfig_it_cannot_read() {
             shutdown: tokio_util::sync::CancellationToken::new(),
             observer: None,
             systemd: None,
+            reload: None,
         },
     )
     .await;

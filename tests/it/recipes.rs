@@ -28,6 +28,7 @@ fn ctx(from: &str, to: &str) -> ActionContext {
         rule: "errors".to_owned(),
         from_revision: Some(from.to_owned()),
         to_revision: Some(to.to_owned()),
+        bad_revisions: Vec::new(),
     }
 }
 

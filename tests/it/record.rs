@@ -12,7 +12,7 @@ use axum::routing::get;
 use rearguard::config::Config;
 use rearguard::engine::{Effect, Engine, Input, Measure, Phase, Reading, ReadingState, Ts};
 use rearguard::history::{self, HistoryError};
-use rearguard::record::{self, RecordError};
+use rearguard::record;
 use rearguard::recording;
 use tokio_util::sync::CancellationToken;
 
@@ -250,47 +250,6 @@ timeout = "20s"
     );
     assert_eq!(stats.readings as usize, rows.len());
     assert_eq!(stats.changes, 0);
-}
-
-#[tokio::test]
-async fn recording_refuses_a_source_type_it_cannot_sample_with_the_daemons_message() {
-    let dir = support::temp_dir();
-    let cfg = support::config(&format!(
-        r#"
-[daemon]
-state_dir = "{dir}/state"
-
-[[target]]
-name = "shop"
-
-[[signal]]
-name = "oom"
-target = "shop"
-type = "kube_pods"
-namespace = "shop"
-selector = "app=shop"
-event = "oom_killed"
-"#,
-        dir = dir.path().display()
-    ));
-    let out = Shared::default();
-    let err = record::record(&cfg, out.clone(), CancellationToken::new(), None)
-        .await
-        .expect_err("kube_pods cannot be recorded");
-    assert!(matches!(
-        err,
-        RecordError::Start(rearguard::daemon::StartError::Unsupported { index: 0, .. })
-    ));
-    assert!(err.is_config());
-    let daemon = rearguard::daemon::run(cfg, Default::default())
-        .await
-        .expect_err("the daemon refuses it too");
-    assert_eq!(err.to_string(), daemon.to_string());
-    assert_eq!(
-        err.to_string(),
-        "signal[0] (oom): source type \"kube_pods\" is not available in this version of rearguard"
-    );
-    assert!(out.text().is_empty(), "nothing is written");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -255,24 +255,6 @@ async fn probe_with_an_unexpected_status_list_names_all_of_them() {
     assert_eq!(detail, "status 500, expected one of 200, 204");
 }
 
-#[test]
-fn source_types_of_later_versions_are_refused_by_name() {
-    let sig = signal(
-        SourceSpec::KubePods {
-            namespace: "shop".into(),
-            selector: "app=shop".into(),
-            event: "oom_killed".into(),
-        },
-        Duration::from_secs(1),
-    );
-    let err =
-        Source::new(&sig, &rearguard::http::client()).expect_err("kube_pods is not available yet");
-    assert_eq!(
-        err.to_string(),
-        r#"source type "kube_pods" is not available in this version of rearguard"#
-    );
-}
-
 fn exec_source(command: &[&str], timeout: Duration) -> Source {
     let spec = ExecSpec {
         command: argv(command),
