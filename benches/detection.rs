@@ -16,7 +16,8 @@
 //! to a local receiver, monit (`set daemon 1`, `if failed ... for 3 cycles then exec`) for
 //! the health case, and rearguard's daemon (in-process, the code of `rearguard run`)
 //! watching the same fault. At onset a new release is deployed and the fault injected.
-//! Measured from onset: when rearguard orders the first rollback step, when each
+//! Onset comes after a warm-up of 8 s plus a phase that differs between runs (see
+//! [`one_run`]). Measured from onset: when rearguard orders the first rollback step, when each
 //! Alertmanager's first firing webhook arrives, and when monit runs its `exec`.
 //!
 //! An OOM case (a `cgroup_oom` signal with a `within` rule; the fault a real process
@@ -367,7 +368,10 @@ check host bench with address 127.0.0.1
 
 type Times = [Option<Duration>; 4];
 
-async fn one_run(case: Case) -> Times {
+/// `phase` (from 0 to 1) delays onset by that fraction of a second after the warm-up, so
+/// that over the runs the fault meets every phase of the 1 s scrape, query, probe and
+/// cycle schedules (which all start with the stack) instead of always the same one.
+async fn one_run(case: Case, phase: f64) -> Times {
     let w = workload::Workload::start(workload::Behaviour::default()).await;
     let health_state = Arc::new(Health {
         healthy: AtomicBool::new(true),
@@ -440,7 +444,7 @@ command = ["true"]
             systemd: None,
         },
     ));
-    tokio::time::sleep(WARMUP).await;
+    tokio::time::sleep(WARMUP + Duration::from_secs_f64(phase)).await;
 
     // Before onset every path must be watching, and none may have acted.
     let mut early = Vec::new();
@@ -652,14 +656,21 @@ fn main() {
     let mut results: Vec<Vec<Times>> = vec![Vec::new(); cases.len()];
     for run in 0..runs {
         for (c, case) in cases.iter().enumerate() {
-            let times = rt.block_on(one_run(*case));
+            // Run i of n meets the schedules at phase (i + 0.5) / n of a second.
+            let phase = (run as f64 + 0.5) / runs as f64;
+            let times = rt.block_on(one_run(*case, phase));
             let line: Vec<String> = Path::ALL
                 .iter()
                 .zip(&times)
                 .filter(|(p, _)| p.applies(*case))
                 .map(|(p, t)| format!("{:?} {}", p, secs(*t)))
                 .collect();
-            println!("run {} {}: {}", run + 1, case.key(), line.join(", "));
+            println!(
+                "run {} {} (onset phase {phase:.2} s): {}",
+                run + 1,
+                case.key(),
+                line.join(", ")
+            );
             results[c].push(times);
         }
     }
