@@ -1,6 +1,7 @@
 //! Footprint benchmark: resident memory and CPU of rearguard watching N targets, beside
-//! the usual alternative doing the same job (Prometheus scraping N targets every 1 s with
-//! an alerting rule, plus Alertmanager), in the same run on the same machine.
+//! the usual alternatives doing the same job (Prometheus scraping N targets every 1 s with
+//! an alerting rule, plus Alertmanager; monit checking N HTTP endpoints every 1 s), in the
+//! same run on the same machine.
 //!
 //! One tiny HTTP server in this process serves `/health/{i}` (probed by rearguard) and
 //! `/metrics/{i}` (scraped by Prometheus) for every target i. For each N the two sides
@@ -9,20 +10,28 @@
 //!   one `http_probe` signal every 1 s, a rule `consecutive = 3`, a `release_symlink`
 //!   change read every 5 s and a plan with one exec step;
 //! - Prometheus: N targets scraped every 1 s and evaluated every 1 s, one alerting rule
-//!   `up{job="fleet"} == 0` for 3s over all of them, sending to a real Alertmanager.
+//!   `up{job="fleet"} == 0` for 3s over all of them, sending to a real Alertmanager;
+//! - monit: `set daemon 1`, per target one `check host` with
+//!   `if failed port P protocol http request "/health/{i}" status = 200 for 3 cycles then
+//!   exec`, in the foreground (`-I`) with its control, pid, state and id files in a
+//!   temporary directory. monit checks its services one after the other in one thread, so
+//!   at large N its cycle takes longer than 1 s: the checks it answered per second are
+//!   reported beside its footprint.
 //!
 //! After a warm-up (`WARMUP`, default 10 s), each process's VmRSS (and RssAnon, RssFile,
 //! threads) is read from `/proc/PID/status` every second for `MEASURE` seconds (default
 //! 30), and its CPU is utime + stime from `/proc/PID/stat` over the same window, as % of
-//! one core. `FOOTPRINT_N` sets the sizes (default "1,100,1000").
+//! one core. `FOOTPRINT_N` sets the sizes (default "1,100,1000"); `FOOTPRINT_SIDES` the
+//! sides (default "rearguard,prometheus,monit").
 //!
-//! `cargo bench --bench footprint` (needs the Debian packages `prometheus` and
-//! `prometheus-alertmanager`). Under `cargo test` it does nothing.
+//! `cargo bench --bench footprint` (needs the Debian packages `prometheus`,
+//! `prometheus-alertmanager` and `monit`). Under `cargo test` it does nothing.
 
 #[path = "../tests/it/support.rs"]
 mod support;
 
 use std::fmt::Write as _;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -335,6 +344,69 @@ struct Row {
     rearguard_note: String,
     stack: Option<(Measured, Measured)>,
     stack_note: String,
+    monit: Option<Measured>,
+    monit_note: String,
+    /// Health checks monit answered per second during its window.
+    monit_rate: f64,
+}
+
+/// monit's control file: one `check host` per target, each an HTTP check of
+/// `/health/{i}` every cycle (1 s), failing after 3 cycles.
+fn monit_config(n: usize, dir: &Path, port: u16) -> String {
+    let d = dir.display();
+    let mut text = format!(
+        "set daemon 1\nset logfile {d}/monit.log\nset pidfile {d}/monit.pid\nset statefile {d}/monit.state\nset idfile {d}/monit.id\n\n"
+    );
+    for i in 0..n {
+        let _ = write!(
+            text,
+            "check host t{i} with address 127.0.0.1\n  if failed port {port} protocol http request \"/health/{i}\" status = 200 for 3 cycles then exec \"/bin/true\"\n"
+        );
+    }
+    text
+}
+
+async fn run_monit(
+    n: usize,
+    port: u16,
+    hits: &Hits,
+    warmup: Duration,
+    window: Duration,
+) -> (Option<Measured>, String, f64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let control = dir.path().join("monitrc");
+    std::fs::write(&control, monit_config(n, dir.path(), port)).unwrap();
+    // monit refuses a control file that others can read.
+    std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let args = vec![
+        "-I".to_owned(),
+        "-c".to_owned(),
+        control.display().to_string(),
+    ];
+    let before = hits.health.load(Ordering::Relaxed);
+    let mut proc = Proc::spawn("monit", &binary("monit", "monit"), &args, dir.path());
+    // Started: every target has been checked once (its first cycle may take long).
+    let started = support::poll_until(Duration::from_secs(120), || {
+        hits.health.load(Ordering::Relaxed) >= before + n
+    })
+    .await;
+    if started.is_err() || !proc.alive() {
+        let log = proc.log();
+        proc.kill().await;
+        return (None, format!("did not start: {log}"), 0.0);
+    }
+    tokio::time::sleep(warmup).await;
+    let h0 = hits.health.load(Ordering::Relaxed);
+    let (mut m, self_cpu) = measure(&[&proc], window).await;
+    let checks = (hits.health.load(Ordering::Relaxed) - h0) as f64 / window.as_secs_f64();
+    let alive = proc.alive();
+    proc.kill().await;
+    let log = std::fs::read_to_string(dir.path().join("monit.log")).unwrap_or_default();
+    let failed = log.lines().filter(|l| l.contains("failed")).count();
+    let note = format!(
+        "checks answered {checks:.1}/s (expected {n}/s), alive to the end: {alive}, failed checks in its log {failed}, this bench process (HTTP server) CPU {self_cpu:.2}%"
+    );
+    (m.pop(), note, checks)
 }
 
 async fn run_rearguard(
@@ -501,7 +573,8 @@ async fn run_stack(
     (Some((prom_m, am_m)), note)
 }
 
-async fn bench(ns: Vec<usize>, warmup: Duration, window: Duration) -> Vec<Row> {
+async fn bench(ns: Vec<usize>, sides: Vec<String>, warmup: Duration, window: Duration) -> Vec<Row> {
+    let side = |name: &str| sides.iter().any(|s| s == name);
     let hits = Arc::new(Hits::default());
     let app = Router::new()
         .route("/health/{i}", get(health))
@@ -514,14 +587,22 @@ async fn bench(ns: Vec<usize>, warmup: Duration, window: Duration) -> Vec<Row> {
     let mut rows = Vec::new();
     for n in ns {
         let t = Instant::now();
-        let (rearguard, rearguard_note) = run_rearguard(n, &base, &hits, warmup, window).await;
+        let (rearguard, rearguard_note) = if side("rearguard") {
+            run_rearguard(n, &base, &hits, warmup, window).await
+        } else {
+            (None, "skipped (FOOTPRINT_SIDES)".to_owned())
+        };
         println!("N = {n}, rearguard ({:.0} s):", t.elapsed().as_secs_f64());
         if let Some(m) = &rearguard {
             println!("{}", describe(m));
         }
         println!("  {rearguard_note}");
         let t = Instant::now();
-        let (stack, stack_note) = run_stack(n, &addr, &hits, warmup, window).await;
+        let (stack, stack_note) = if side("prometheus") {
+            run_stack(n, &addr, &hits, warmup, window).await
+        } else {
+            (None, "skipped (FOOTPRINT_SIDES)".to_owned())
+        };
         println!(
             "N = {n}, Prometheus + Alertmanager ({:.0} s):",
             t.elapsed().as_secs_f64()
@@ -530,12 +611,26 @@ async fn bench(ns: Vec<usize>, warmup: Duration, window: Duration) -> Vec<Row> {
             println!("{}\n{}", describe(p), describe(a));
         }
         println!("  {stack_note}");
+        let t = Instant::now();
+        let (monit, monit_note, monit_rate) = if side("monit") {
+            run_monit(n, server.addr.port(), &hits, warmup, window).await
+        } else {
+            (None, "skipped (FOOTPRINT_SIDES)".to_owned(), 0.0)
+        };
+        println!("N = {n}, monit ({:.0} s):", t.elapsed().as_secs_f64());
+        if let Some(m) = &monit {
+            println!("{}", describe(m));
+        }
+        println!("  {monit_note}");
         rows.push(Row {
             n,
             rearguard,
             rearguard_note,
             stack,
             stack_note,
+            monit,
+            monit_note,
+            monit_rate,
         });
     }
     drop(server);
@@ -563,7 +658,12 @@ fn main() {
         .collect();
     let started = Instant::now();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let rows = rt.block_on(bench(ns, warmup, window));
+    let sides: Vec<String> = std::env::var("FOOTPRINT_SIDES")
+        .unwrap_or_else(|_| "rearguard,prometheus,monit".to_owned())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .collect();
+    let rows = rt.block_on(bench(ns, sides, warmup, window));
     drop(rt);
 
     println!();
@@ -603,6 +703,32 @@ fn main() {
         if r.stack.is_none() {
             println!("  stack: {}", r.stack_note);
         }
+    }
+    println!();
+    println!(
+        "| N | rearguard RSS median | rearguard CPU | monit RSS median / max | monit CPU | monit checks per second (of N) | RSS ratio monit / rearguard | CPU ratio monit / rearguard |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let (Some(rg), Some(m)) = (&r.rearguard, &r.monit) else {
+            println!("| {} | - | - | - | - | - | - | - |", r.n);
+            if r.monit.is_none() {
+                println!("  monit: {}", r.monit_note);
+            }
+            continue;
+        };
+        println!(
+            "| {} | {} | {:.2}% | {} / {} | {:.2}% | {:.1} | {:.2}x | {:.2}x |",
+            r.n,
+            mb(rg.rss_median_kb),
+            rg.cpu_pct,
+            mb(m.rss_median_kb),
+            mb(m.rss_max_kb),
+            m.cpu_pct,
+            r.monit_rate,
+            m.rss_median_kb as f64 / rg.rss_median_kb as f64,
+            m.cpu_pct / rg.cpu_pct,
+        );
     }
     println!(
         "\nwarm-up {} s, window {} s, whole run {:.0} s",
