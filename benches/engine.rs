@@ -19,6 +19,13 @@ use rearguard::engine::{Engine, Input, Measure, Reading, ReadingState, Ts};
 
 const SIZES: [usize; 5] = [10, 100, 1_000, 10_000, 100_000];
 
+/// The sizes to run: all of them under `cargo bench`; under `cargo test`, which runs
+/// each benchmark once to check that it works, only those that load in a moment.
+fn sizes() -> impl Iterator<Item = usize> {
+    let benching = std::env::args().any(|a| a == "--bench");
+    SIZES.into_iter().filter(move |&n| benching || n <= 1_000)
+}
+
 /// 2026-11-18T11:06:40Z; any realistic time will do.
 const T0: Ts = Ts(1_795_000_000_000);
 
@@ -108,7 +115,7 @@ fn rate(signal: usize, errors: f64) -> Input {
 fn readings(c: &mut Criterion) {
     let mut group = c.benchmark_group("engine/reading");
     group.throughput(Throughput::Elements(1));
-    for n in SIZES {
+    for n in sizes() {
         let id = BenchmarkId::from_parameter(n);
         bench_readings(&mut group, id, rate_rules(n, ""), 1.0);
     }
@@ -151,7 +158,7 @@ fn bench_readings(
 
 fn ticks(c: &mut Criterion) {
     let mut group = c.benchmark_group("engine/tick");
-    for n in SIZES {
+    for n in sizes() {
         let cfg = mixed_rules(n);
         let mut engine = Engine::new(cfg);
         // Every other within rule holds two distinct events (below its threshold of

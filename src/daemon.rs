@@ -475,13 +475,10 @@ async fn generation(
     );
     let outbox = Arc::new(Outbox::new(Arc::clone(store), &cfg));
     let metrics = Arc::new(Metrics::new(&cfg));
-    let rules_of_signal: Vec<Vec<usize>> = (0..cfg.signals.len())
-        .map(|s| {
-            (0..cfg.rules.len())
-                .filter(|&r| cfg.rules[r].signal == s)
-                .collect()
-        })
-        .collect();
+    let mut rules_of_signal: Vec<Vec<usize>> = vec![Vec::new(); cfg.signals.len()];
+    for (r, rule) in cfg.rules.iter().enumerate() {
+        rules_of_signal[rule.signal].push(r);
+    }
 
     let token = shared.shutdown.clone();
     let sources_token = token.child_token();
