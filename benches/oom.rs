@@ -571,11 +571,11 @@ window = "1m"
     let died = died.expect("at least one kill");
     assert_eq!(cg.kills(), KILLS, "the cgroup counted every kill");
 
-    let third = support::poll_until(Duration::from_secs(5), || {
+    let counted = support::poll_until(Duration::from_secs(5), || {
         seen.lock().unwrap().kills[KILLS as usize - 1].is_some()
     })
     .await;
-    assert!(third.is_ok(), "the watcher saw the third kill");
+    assert!(counted.is_ok(), "the watcher saw the third kill");
     let all_decided = || {
         let s = seen.lock().unwrap();
         decided.is_finished()
