@@ -35,7 +35,11 @@ use super::units::parse_duration;
 pub const DEFAULT_SCRIPTS_DIR: &str = "/usr/lib/rearguard/recipes";
 
 /// The recipe files, by name, embedded so that `check` works anywhere.
-pub const FILES: [(&str, &str); 12] = [
+pub const FILES: [(&str, &str); 13] = [
+    (
+        "kubernetes-undo",
+        include_str!("../../config/recipes/kubernetes-undo.md"),
+    ),
     (
         "systemd-release",
         include_str!("../../config/recipes/systemd-release.md"),

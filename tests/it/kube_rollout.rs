@@ -827,3 +827,95 @@ async fn a_422_on_an_unchanged_deployment_is_the_servers_verdict_not_a_conflict(
     assert!(!error.contains("[retryable]"), "{error}");
     assert_eq!(image(&fake.get("deployments", NS, NAME).unwrap()), "web:3");
 }
+
+/// Kubernetes level 1 as a recipe (`config/recipes/kubernetes-undo.md`): the steps it
+/// expands into, run in order against the fake cluster, mark the bad revision, put the
+/// incident's revision back and wait for the rollout, which the test completes as the
+/// deployment controller would.
+#[tokio::test]
+async fn the_kubernetes_undo_recipe_marks_the_bad_revision_rolls_back_and_waits() {
+    let fake = KubeFake::start().await;
+    let revs = three();
+    seed(&fake, &revs, &revs[2], json!({}), false);
+    let dir = crate::support::temp_dir();
+    let text = format!(
+        "[daemon]\nstate_dir = \"{}\"\n[kubernetes]\nkubeconfig = \"{}\"\n{}",
+        dir.path().display(),
+        fake.kubeconfig().display(),
+        PLAN.replace(
+            "type = \"kube_rollout_undo\"\nnamespace = \"shop\"\ndeployment = \"web\"\n",
+            "type = \"recipe\"\nrecipe = \"kubernetes-undo\"\nname = \"level 1\"\nwith = { namespace = \"shop\", deployment = \"web\" }\n",
+        )
+    );
+    let cfg = load(&text, dir.path()).unwrap_or_else(|e| panic!("{e:#?}"));
+    let steps = &cfg.plans[0].steps;
+    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "level 1: mark the bad revision",
+            "level 1: roll the deployment back",
+            "level 1: wait for the rollout",
+        ]
+    );
+    let ctx = ActionContext {
+        from_revision: Some("3".to_owned()),
+        to_revision: Some("1".to_owned()),
+        ..ctx()
+    };
+    let client = rearguard::http::client();
+    for step in &steps[..2] {
+        let out = Action::new(&step.action, &client)
+            .run(&ctx, step.timeout)
+            .await;
+        assert!(out.ok, "{}: {out:?}", step.name);
+    }
+    let deployment = fake.get("deployments", NS, NAME).unwrap();
+    assert_eq!(
+        image(&deployment),
+        "web:1",
+        "the incident's revision, not the previous one"
+    );
+    let marked: Vec<Value> = fake
+        .list("replicasets", Some(NS))
+        .into_iter()
+        .filter(|rs| rs["metadata"]["annotations"]["rearguard.io/marked-bad"] == json!("inc-1"))
+        .collect();
+    assert_eq!(
+        marked.len(),
+        1,
+        "exactly the bad revision's ReplicaSet is marked"
+    );
+    assert_eq!(
+        marked[0]["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        json!("3")
+    );
+
+    // The rollout: the step waits until the controller reports it complete.
+    let wait = &steps[2];
+    let action = Action::new(&wait.action, &client);
+    let waiting = tokio::spawn(async move { action.run(&ctx, Duration::from_secs(20)).await });
+    crate::support::poll_until(Duration::from_secs(10), || {
+        fake.requests()
+            .iter()
+            .any(|r| r.query.contains("watch=true"))
+    })
+    .await
+    .expect("the step watches the deployment");
+    assert!(
+        !waiting.is_finished(),
+        "not complete before the controller says so"
+    );
+    let generation = deployment["metadata"]["generation"].as_i64().unwrap_or(1);
+    fake.with(|s| {
+        let mut d = s.get("deployments", NS, NAME).unwrap();
+        d["status"] = json!({"observedGeneration": generation, "replicas": 3,
+            "updatedReplicas": 3, "readyReplicas": 3, "availableReplicas": 3});
+        s.force_status(d);
+    });
+    let out = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the step sees the rollout complete")
+        .unwrap();
+    assert!(out.ok, "{out:?}");
+}
