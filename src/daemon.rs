@@ -427,6 +427,9 @@ pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
     Ok(())
 }
 
+/// How long building a reloaded configuration may hold up the engine's loop.
+const RELOAD_BUILD_LIMIT: Duration = Duration::from_secs(10);
+
 /// Checks a new configuration against the running one and builds what it needs. What
 /// lives as long as the process (the listener, the state store) cannot change.
 async fn prepare_reload(
@@ -448,7 +451,15 @@ async fn prepare_reload(
             cfg.daemon.state_dir.display()
         ));
     }
-    Parts::build(cfg, client).await.map_err(|e| e.to_string())
+    // Building runs on the engine's loop (Kubernetes clients may read credentials); it is
+    // bounded so that the loop, and with it systemd's watchdog, never waits long.
+    match tokio::time::timeout(RELOAD_BUILD_LIMIT, Parts::build(cfg, client)).await {
+        Ok(built) => built.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "building the new configuration took longer than {}",
+            crate::config::units::format_duration(RELOAD_BUILD_LIMIT)
+        )),
+    }
 }
 
 /// Runs one configuration until the daemon stops or a new configuration is to be
