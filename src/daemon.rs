@@ -451,10 +451,15 @@ async fn prepare_reload(
             cfg.daemon.state_dir.display()
         ));
     }
-    // Building runs on the engine's loop (Kubernetes clients may read credentials); it is
-    // bounded so that the loop, and with it systemd's watchdog, never waits long.
-    match tokio::time::timeout(RELOAD_BUILD_LIMIT, Parts::build(cfg, client)).await {
-        Ok(built) => built.map_err(|e| e.to_string()),
+    // Building may read credentials (Kubernetes clients, secret files); it is bounded so
+    // that the engine's loop, and with it systemd's watchdog, never waits long.
+    // Its own task, so that blocking reads (secret files, a kubeconfig) never stall the
+    // loop beyond the limit.
+    let client = client.clone();
+    let building = tokio::spawn(async move { Parts::build(cfg, &client).await });
+    match tokio::time::timeout(RELOAD_BUILD_LIMIT, building).await {
+        Ok(Ok(built)) => built.map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(format!("building the new configuration failed: {e}")),
         Err(_) => Err(format!(
             "building the new configuration took longer than {}",
             crate::config::units::format_duration(RELOAD_BUILD_LIMIT)
@@ -945,10 +950,15 @@ async fn generation(
         // clone stops accepting while the new one takes over.
         sources_token.cancel();
         let mut queued = Vec::new();
+        let sources_stop = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             tokio::select! {
                 _ = sources_tracker.wait() => break,
                 Some(item) = rx.recv() => queued.push(item),
+                _ = tokio::time::sleep_until(sources_stop) => {
+                    tracing::warn!("some sources did not stop within 10s for the reload; going on without them");
+                    break;
+                }
             }
         }
         while let Ok(item) = rx.try_recv() {
@@ -968,11 +978,23 @@ async fn generation(
             .collect();
         let _ = flush_tx.send(Some(tokio::time::Instant::now()));
         outbox_tracker.close();
-        if tokio::time::timeout(longest_send(&cfg), outbox_tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("the outbox did not stop in time for the reload");
+        // A notifier may be in the middle of a slow send: wait for it (so that the new
+        // workers never send the same message again), pinging systemd meanwhile.
+        let outbox_stop = tokio::time::Instant::now() + longest_send(&cfg);
+        let mut alive = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = outbox_tracker.wait() => break,
+                _ = alive.tick() => {
+                    if let Some(sd) = systemd {
+                        sd.ping();
+                    }
+                }
+                _ = tokio::time::sleep_until(outbox_stop) => {
+                    tracing::warn!("the outbox did not stop in time for the reload");
+                    break;
+                }
+            }
         }
         api_stop.cancel();
         steps_token.cancel();
@@ -1241,9 +1263,14 @@ async fn change_loop(
             },
         }
         let started = clock.now();
-        let observed = match watcher.as_mut() {
-            Some(w) => w.observe().await,
-            None => source::change::observe(&spec).await,
+        let observed = tokio::select! {
+            _ = token.cancelled() => return,
+            o = async {
+                match watcher.as_mut() {
+                    Some(w) => w.observe().await,
+                    None => source::change::observe(&spec).await,
+                }
+            } => o,
         };
         match observed {
             Ok(revision) => {

@@ -1,7 +1,7 @@
 //! The `kube_mark_bad` action: writes on the cluster that a revision is bad, where a
 //! new leader or another rearguard sees it. The ReplicaSet of the incident's
-//! `{from_revision}` (or, when that is not a revision number, of the Deployment's
-//! current revision) gets the annotation `rearguard.io/marked-bad` with the incident's
+//! `{from_revision}` (which must be a revision number, as a `kube_deployment` observer
+//! gives; the step refuses otherwise) gets the annotation `rearguard.io/marked-bad` with the incident's
 //! id; `kube_rollout_undo` never goes back to a revision so marked. Marking a revision
 //! already marked changes nothing.
 
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::{ActionContext, ActionOutput};
 use crate::config::KubeDeploymentRef;
-use crate::kube::{BAD_ANNOTATION, Handle, REVISION_ANNOTATION, StepError};
+use crate::kube::{BAD_ANNOTATION, Handle, StepError};
 
 /// A configured `kube_mark_bad` step.
 #[derive(Debug, Clone)]
@@ -46,19 +46,15 @@ impl KubeMarkBad {
         let t = &self.target;
         let shown = format!("{}/{}", t.namespace, t.deployment);
         let d = crate::kube::deployment(&client, &t.namespace, &t.deployment).await?;
+        // Only the incident's own revision: the Deployment's current one may already be a
+        // fix someone rolled forward since the incident opened.
         let revision = match ctx.from_revision.as_deref().map(str::parse::<i64>) {
             Some(Ok(n)) => n,
-            _ => d
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(REVISION_ANNOTATION))
-                .and_then(|r| r.parse().ok())
-                .ok_or_else(|| {
-                    StepError::Refused(format!(
-                        "deployment {shown} has no revision annotation, and the incident's revision is not a number: nothing to mark"
-                    ))
-                })?,
+            _ => {
+                return Err(StepError::Refused(format!(
+                    "the incident's revision of deployment {shown} is not a revision number (is the target's change observer kube_deployment?): nothing is marked, rather than guessing"
+                )));
+            }
         };
         let sets = crate::kube::replica_sets(&client, &d).await?;
         let rs = sets

@@ -104,6 +104,11 @@ impl From<::kube::Error> for KubeError {
                 reason: status.reason.clone(),
                 message: status.message.clone(),
             },
+            // An authentication failure's text can hold credentials: an exec plugin's
+            // command with its environment (kubeconfig `exec.env`) and its whole output.
+            ::kube::Error::Auth(_) => KubeError::Config(
+                "cannot authenticate to the api server (exec plugin, token or auth provider failed); details withheld, as they can hold credentials".to_owned(),
+            ),
             // The other variants describe the transport or a body that would not decode;
             // none carries a credential.
             other => KubeError::Transport(other.to_string()),
@@ -259,6 +264,11 @@ pub async fn client(access: &Access) -> Result<::kube::Client, KubeError> {
                 .map_err(|e| config_error(&e))?
         }
     };
+    // A hung API server must become an error, never a quiet wait: no read waits longer
+    // than the longest watch the server is asked to hold open (290 s) plus a margin.
+    config.connect_timeout = Some(std::time::Duration::from_secs(10));
+    config.read_timeout = Some(std::time::Duration::from_secs(330));
+    config.write_timeout = Some(std::time::Duration::from_secs(30));
     if let Some(server) = &access.server {
         config.cluster_url = server
             .parse()

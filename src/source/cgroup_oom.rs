@@ -334,11 +334,20 @@ impl Tally {
             instance: look.instance,
             oom_kill: now,
         };
-        (from + 1..=now)
+        // A garbled counter must not panic nor allocate without bound.
+        let new = now.saturating_sub(from);
+        if new > MAX_KILLS_AT_ONCE {
+            tracing::warn!(cgroup = %self.label, kills = new, counted = MAX_KILLS_AT_ONCE, "implausibly many oom kills at once; counting the first ones");
+        }
+        (from.saturating_add(1)..=now)
+            .take(MAX_KILLS_AT_ONCE as usize)
             .map(|n| format!("{}#{}/{n}", self.label, look.instance))
             .collect()
     }
 }
+
+/// The most kills one read turns into events (far above any rule's threshold).
+const MAX_KILLS_AT_ONCE: u64 = 10_000;
 
 /// How the kernel tells us to look again.
 struct Notifier {

@@ -37,6 +37,9 @@ use crate::kube::{Handle, KubeError};
 /// How long one watch request stays open before it is renewed.
 const WATCH_SECONDS: u32 = 290;
 
+/// How long listing the pods may take.
+const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What is known of one pod.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Memo {
@@ -116,7 +119,9 @@ pub fn happened(kind: PodEvent, before: Option<&Memo>, pod: &Pod) -> bool {
             restarted_oom || newly_terminated
         }
         PodEvent::CrashLoop => now.crash_looping && !before.crash_looping,
-        PodEvent::NotReady => now.ready == Some(false) && before.ready != Some(false),
+        // A pod that was ready and no longer is: a pod starting (no Ready condition yet,
+        // then Ready=False until its containers are up) is not an event.
+        PodEvent::NotReady => now.ready == Some(false) && before.ready == Some(true),
         PodEvent::Evicted => now.evicted && !before.evicted,
     }
 }
@@ -198,12 +203,18 @@ async fn follow(
         Err(e) => return e,
     };
     let pods: Api<Pod> = Api::namespaced(client, &spec.namespace);
-    let listed = match pods
-        .list(&ListParams::default().labels(&spec.selector))
-        .await
-    {
-        Ok(l) => l,
-        Err(e) => return e.into(),
+    // A list answers in moments; one that does not is an error, not a quiet wait.
+    let params = ListParams::default().labels(&spec.selector);
+    let listing = pods.list(&params);
+    let listed = match tokio::time::timeout(LIST_TIMEOUT, listing).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => return e.into(),
+        Err(_) => {
+            return KubeError::Transport(format!(
+                "listing the pods did not answer within {}s",
+                LIST_TIMEOUT.as_secs()
+            ));
+        }
     };
     if let Ok(mut e) = error.lock() {
         *e = None;
@@ -211,11 +222,10 @@ async fn follow(
     let mut seen = HashMap::new();
     for pod in &listed.items {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
+        // At the first list every pod is a baseline (a pod not ready then was never seen
+        // ready); after a gap, what changed meanwhile is compared with what was known.
         if !*first {
             see(spec, known.get(&uid), pod, tx).await;
-        } else if spec.event == PodEvent::NotReady {
-            // Not ready when first listed: nothing says it ever was.
-            see(spec, None, pod, tx).await;
         }
         seen.insert(uid, memo(pod));
     }

@@ -251,6 +251,28 @@ async fn crash_loops_readiness_and_evictions_are_told_apart() {
     crash.no_event(100).await;
 }
 
+/// The kubelet reports every pod it starts as not ready until its containers are up: a
+/// rolling update is not a stream of `not_ready` events. Only a pod that was ready and
+/// no longer is counts.
+#[tokio::test]
+async fn a_starting_pod_that_is_not_ready_yet_is_no_not_ready_event() {
+    let fake = KubeFake::start().await;
+    let mut ready = watch(&fake, PodEvent::NotReady);
+    ready.ready(&fake).await;
+    let mut starting = pod("new", 0, None, json!({"phase": "Pending"}));
+    starting["status"]["conditions"] = json!([]);
+    set(&fake, starting.clone());
+    starting["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+    set(&fake, starting);
+    ready.no_event(500).await;
+    // Up, then down: that is the event.
+    set(&fake, pod("new", 0, None, json!({})));
+    let mut down = pod("new", 0, None, json!({}));
+    down["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+    set(&fake, down);
+    assert_eq!(ready.event(5).await, uid(&fake, "new"));
+}
+
 #[tokio::test]
 async fn a_source_that_cannot_list_reports_a_source_error_every_interval() {
     let fake = KubeFake::start().await;

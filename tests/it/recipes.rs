@@ -389,6 +389,12 @@ impl Drop for Postgres {
         while !support::process_is_gone(self.pid) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
+        // A postmaster that did not stop is killed: the test leaves nothing running.
+        if !support::process_is_gone(self.pid) {
+            unsafe {
+                libc::kill(self.pid as i32, libc::SIGKILL);
+            }
+        }
     }
 }
 
