@@ -112,6 +112,8 @@ pub struct Param {
     pub default: Option<Value>,
     /// For `choice`: the accepted values.
     pub choices: Option<Vec<String>>,
+    /// For `integer`: the smallest value accepted (default 0: never negative).
+    pub min: Option<i64>,
 }
 
 /// What a parameter's value must be.
@@ -482,14 +484,18 @@ fn check_value(param: &Param, v: &Value) -> Result<Bound, String> {
             }
             Ok(Bound::List(list))
         }
-        ParamType::Integer => match v {
-            Value::Num(_, n) => n
-                .to_i128()
-                .map(|i| Bound::Text(i.to_string()))
-                .ok_or_else(wrong),
-            Value::String(_, s) if s.parse::<i64>().is_ok() => Ok(Bound::Text(s.clone())),
-            _ => Err(wrong()),
-        },
+        ParamType::Integer => {
+            let n = match v {
+                Value::Num(_, n) => n.to_i128().ok_or_else(wrong)?,
+                Value::String(_, s) => s.parse::<i128>().map_err(|_| wrong())?,
+                _ => return Err(wrong()),
+            };
+            let min = param.min.unwrap_or(0);
+            if n < i128::from(min) {
+                return Err(format!("must be at least {min}, got {n}"));
+            }
+            Ok(Bound::Text(n.to_string()))
+        }
         ParamType::Bool => v.to_bool().map(Bound::Bool).ok_or_else(wrong),
         ParamType::Duration => {
             let s = v.as_str().ok_or_else(wrong)?;
@@ -742,6 +748,25 @@ with = { databse = "/x.db", backup = "relative.db", timeout = 5 }"#,
         let errors = expand_one("type = \"recipe\"\nrecipe = \"postgres\"").unwrap_err();
         assert_eq!(errors[0].path, "plan[0].step[0].recipe");
         assert!(errors[0].message.contains("postgres-restore"), "{errors:?}");
+    }
+
+    #[test]
+    fn an_integer_below_its_minimum_or_negative_is_refused() {
+        let errors = expand_one(
+            r#"type = "recipe"
+recipe = "alembic-downgrade"
+with = { config = "/srv/app/alembic.ini", steps = 0 }"#,
+        )
+        .unwrap_err();
+        assert_eq!(errors[0].path, "plan[0].step[0].with.steps");
+        assert_eq!(errors[0].message, "must be at least 1, got 0");
+        let errors = expand_one(
+            r#"type = "recipe"
+recipe = "redis-flush"
+with = { all = true, db = -1 }"#,
+        )
+        .unwrap_err();
+        assert_eq!(errors[0].message, "must be at least 0, got -1");
     }
 
     #[test]
