@@ -42,6 +42,20 @@ fn read_until(socket: &UnixDatagram, secs: u64, pred: impl Fn(&str) -> bool) -> 
     panic!("no matching datagram within {secs}s; got {seen:#?}");
 }
 
+/// [`read_until`] off the async runtime: hands the socket back with what was read.
+async fn datagrams_until(
+    socket: UnixDatagram,
+    secs: u64,
+    pred: impl Fn(&str) -> bool + Send + 'static,
+) -> (UnixDatagram, Vec<String>) {
+    tokio::task::spawn_blocking(move || {
+        let seen = read_until(&socket, secs, pred);
+        (socket, seen)
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn run_tells_systemd_ready_status_watchdog_and_stopping() {
     let f = Fixture::new().await;
@@ -149,12 +163,7 @@ async fn sighup_applies_a_good_file_and_keeps_the_running_configuration_on_a_bad
         .spawn()
         .unwrap();
     let pid = child.id().unwrap() as i32;
-    let socket = tokio::task::spawn_blocking(move || {
-        read_until(&socket, 10, |d| d.contains("READY=1"));
-        socket
-    })
-    .await
-    .unwrap();
+    let (socket, _) = datagrams_until(socket, 10, |d| d.contains("READY=1")).await;
 
     // A good file: one more rule. systemd hears RELOADING=1, then READY=1 with the new
     // configuration's status line.
@@ -165,18 +174,14 @@ async fn sighup_applies_a_good_file_and_keeps_the_running_configuration_on_a_bad
     .unwrap();
     // SAFETY: sending a signal to a child we spawned.
     unsafe { libc::kill(pid, libc::SIGHUP) };
-    let socket = tokio::task::spawn_blocking(move || {
-        let seen = read_until(&socket, 10, |d| {
-            d.contains("READY=1") && d.contains("with 2 rule(s)")
-        });
-        assert!(
-            seen.iter().any(|d| d.contains("RELOADING=1")),
-            "RELOADING=1 before READY=1: {seen:#?}"
-        );
-        socket
+    let (socket, seen) = datagrams_until(socket, 10, |d| {
+        d.contains("READY=1") && d.contains("with 2 rule(s)")
     })
-    .await
-    .unwrap();
+    .await;
+    assert!(
+        seen.iter().any(|d| d.contains("RELOADING=1")),
+        "RELOADING=1 before READY=1: {seen:#?}"
+    );
 
     // A bad file: refused with the reason, and the two rules stay.
     std::fs::write(
@@ -186,14 +191,10 @@ async fn sighup_applies_a_good_file_and_keeps_the_running_configuration_on_a_bad
     .unwrap();
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGHUP) };
-    let socket = tokio::task::spawn_blocking(move || {
-        read_until(&socket, 10, |d| {
-            d.contains("READY=1") && d.contains("with 2 rule(s)")
-        });
-        socket
+    let (socket, _) = datagrams_until(socket, 10, |d| {
+        d.contains("READY=1") && d.contains("with 2 rule(s)")
     })
-    .await
-    .unwrap();
+    .await;
     crate::support::poll_until(Duration::from_secs(10), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("reload refused"))
     })
@@ -290,10 +291,6 @@ async fn no_watchdog_ping_while_the_engine_is_stuck() {
     // The lock goes; the loop turns and pings again.
     db.execute_batch("ROLLBACK").unwrap();
     drop(db);
-    tokio::task::spawn_blocking(move || {
-        read_until(&socket, 3, |d| d == "WATCHDOG=1\n");
-    })
-    .await
-    .unwrap();
+    datagrams_until(socket, 3, |d| d == "WATCHDOG=1\n").await;
     child.kill().await.unwrap();
 }
