@@ -451,10 +451,9 @@ async fn prepare_reload(
             cfg.daemon.state_dir.display()
         ));
     }
-    // Building may read credentials (Kubernetes clients, secret files); it is bounded so
-    // that the engine's loop, and with it systemd's watchdog, never waits long.
-    // Its own task, so that blocking reads (secret files, a kubeconfig) never stall the
-    // loop beyond the limit.
+    // Building may read credentials (secret files, a kubeconfig), blocking: it runs on a
+    // task of its own, bounded, so that the engine's loop and with it systemd's watchdog
+    // never wait long.
     let client = client.clone();
     let building = tokio::spawn(async move { Parts::build(cfg, &client).await });
     match tokio::time::timeout(RELOAD_BUILD_LIMIT, building).await {

@@ -79,6 +79,19 @@ impl Fixture {
         .unwrap_or_else(|_| panic!("the daemon did not probe the service {n} times within 10s"));
     }
 
+    /// Starts the daemon on `text`, lets it see v1 healthy, then deploys the broken v2:
+    /// the start of every rollback story.
+    pub(crate) async fn start_and_deploy(&self, text: &str) -> crate::running::Running {
+        let mut d = start(load(text));
+        d.wait_for("start", 10, |e| matches!(e, Event::Started))
+            .await;
+        // Healthy readings on v1 first, so the deploy is a change against a healthy
+        // revision.
+        self.probed(3).await;
+        self.releases.deploy("v2");
+        d
+    }
+
     /// A configuration for this fixture; `plan_steps` is TOML for the plan's steps.
     pub(crate) fn config(&self, plan_steps: &str, extra: &str) -> String {
         format!(
@@ -149,12 +162,7 @@ pub(crate) fn switch_back(f: &Fixture) -> String {
 #[tokio::test]
 async fn bad_release_is_switched_back_verified_and_reported() {
     let f = Fixture::new().await;
-    let mut d = start(load(&f.config(&switch_back(&f), "")));
-    d.wait_for("the first revision", 10, |e| matches!(e, Event::Started))
-        .await;
-    // Healthy readings on v1 first, then the deploy is a change against a healthy revision.
-    f.probed(3).await;
-    f.releases.deploy("v2");
+    let mut d = f.start_and_deploy(&f.config(&switch_back(&f), "")).await;
     let inc = d.closed_incident(20).await;
     assert_eq!(
         inc.outcome,
@@ -224,11 +232,7 @@ on_failure = "abort"
 "#,
         pid = pidfile.display()
     );
-    let mut d = start(load(&f.config(&steps, "")));
-    d.wait_for("start", 10, |e| matches!(e, Event::Started))
-        .await;
-    f.probed(3).await;
-    f.releases.deploy("v2");
+    let mut d = f.start_and_deploy(&f.config(&steps, "")).await;
     d.wait_for("the failed step", 20, |e| {
         matches!(e, Event::Effect(_, Effect::Timeline { entry, .. })
             if matches!(entry.kind, EntryKind::StepFinished { ok: false, .. }))
@@ -265,11 +269,7 @@ timeout = "10s"
         m = marker.display()
     );
     let text = f.config(&steps, "");
-    let mut d = start(load(&text));
-    d.wait_for("start", 10, |e| matches!(e, Event::Started))
-        .await;
-    f.probed(3).await;
-    f.releases.deploy("v2");
+    let mut d = f.start_and_deploy(&text).await;
     let order = d
         .wait_for("the step", 20, |e| {
             matches!(e, Event::Effect(_, Effect::RunStep(_)))

@@ -135,11 +135,7 @@ timeout = "20s"
         gate = gate.display()
     );
     let text = f.config(&steps, "");
-    let mut d = start(load(&text));
-    d.wait_for("start", 10, |e| matches!(e, Event::Started))
-        .await;
-    f.probed(3).await;
-    f.releases.deploy("v2");
+    let mut d = f.start_and_deploy(&text).await;
     d.wait_for("the step", 20, |e| {
         matches!(e, Event::Effect(_, Effect::RunStep(_)))
     })

@@ -42,6 +42,27 @@ fn read_until(socket: &UnixDatagram, secs: u64, pred: impl Fn(&str) -> bool) -> 
     panic!("no matching datagram within {secs}s; got {seen:#?}");
 }
 
+/// The real binary started as systemd starts a `Type=notify` service: `NOTIFY_SOCKET`,
+/// and `WATCHDOG_USEC` (400 ms) when `watchdog` is set.
+fn notified(
+    cfg: &std::path::Path,
+    socket: &std::path::Path,
+    watchdog: bool,
+    stderr: Stdio,
+) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new(binary());
+    command
+        .args(["run", "--config"])
+        .arg(cfg)
+        .env("NOTIFY_SOCKET", socket)
+        .stderr(stderr)
+        .kill_on_drop(true);
+    if watchdog {
+        command.env("WATCHDOG_USEC", "400000");
+    }
+    command.spawn().unwrap()
+}
+
 /// [`read_until`] off the async runtime: hands the socket back with what was read.
 async fn datagrams_until(
     socket: UnixDatagram,
@@ -86,15 +107,7 @@ token = {{ file = "{}/am.token" }}
         format!("{}\n{alerts}", f.config(&switch_back(&f), &listen)),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "400000")
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = notified(&cfg, &socket_path, true, Stdio::null());
     let pid = child.id().unwrap() as i32;
 
     let socket = tokio::task::spawn_blocking(move || {
@@ -154,14 +167,12 @@ async fn sighup_applies_a_good_file_and_keeps_the_running_configuration_on_a_bad
     let text = f.config(&switch_back(&f), "");
     std::fs::write(&cfg, &text).unwrap();
     let log = f.path().join("stderr.log");
-    let mut child = tokio::process::Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = notified(
+        &cfg,
+        &socket_path,
+        false,
+        std::fs::File::create(&log).unwrap().into(),
+    );
     let pid = child.id().unwrap() as i32;
     let (socket, _) = datagrams_until(socket, 10, |d| d.contains("READY=1")).await;
 
@@ -228,15 +239,7 @@ async fn no_watchdog_ping_while_the_engine_is_stuck() {
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     let cfg = f.path().join("rearguard.toml");
     std::fs::write(&cfg, f.config(&switch_back(&f), "")).unwrap();
-    let mut child = tokio::process::Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "400000")
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = notified(&cfg, &socket_path, true, Stdio::null());
     let socket = tokio::task::spawn_blocking(move || {
         read_until(&socket, 10, |d| d.contains("READY=1"));
         for _ in 0..3 {
