@@ -2,6 +2,11 @@
 //! pod template's `kubectl.kubernetes.io/restartedAt` annotation to the current time
 //! (RFC 3339), so that the Deployment rolls out new pods with the same spec. Like
 //! kubectl, it refuses a paused Deployment. The patch carries the resourceVersion read.
+//!
+//! Beyond kubectl, the same patch marks the Deployment with the incident it restarted
+//! for (`rearguard.io/restarted-for`, on the Deployment, not its pod template), so that
+//! a step run again because its first answer was lost does not restart it a second
+//! time: one restart per incident.
 
 use std::time::Duration;
 
@@ -11,12 +16,15 @@ use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::ActionOutput;
+use super::{ActionContext, ActionOutput};
 use crate::config::KubeDeploymentRef;
 use crate::kube::{Handle, StepError};
 
 /// The pod template annotation kubectl sets to restart a Deployment.
 pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+
+/// The Deployment annotation naming the incident a kube_restart step restarted it for.
+pub const RESTARTED_FOR: &str = "rearguard.io/restarted-for";
 
 /// A configured `kube_restart` step.
 #[derive(Debug, Clone)]
@@ -37,12 +45,12 @@ impl KubeRestart {
         &self.handle
     }
 
-    pub async fn run(&self, timeout: Duration) -> ActionOutput {
+    pub async fn run(&self, ctx: &ActionContext, timeout: Duration) -> ActionOutput {
         let started = Instant::now();
-        super::bounded_step(self.restart(), timeout, started).await
+        super::bounded_step(self.restart(&ctx.incident), timeout, started).await
     }
 
-    async fn restart(&self) -> Result<String, StepError> {
+    async fn restart(&self, incident: &str) -> Result<String, StepError> {
         let client = self.handle.client().await?;
         let t = &self.target;
         let shown = format!("{}/{}", t.namespace, t.deployment);
@@ -52,10 +60,20 @@ impl KubeRestart {
                 "deployment {shown} is paused: a paused deployment is not restarted; resume it first (a kube_resume step before this one)"
             )));
         }
+        let marked = d
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RESTARTED_FOR));
+        if !incident.is_empty() && marked.map(String::as_str) == Some(incident) {
+            return Ok(format!(
+                "deployment {shown} was already restarted for incident {incident}"
+            ));
+        }
         let read = d.metadata.resource_version.clone().unwrap_or_default();
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let patch = json!({
-            "metadata": {"resourceVersion": read},
+            "metadata": {"resourceVersion": read, "annotations": {RESTARTED_FOR: incident}},
             "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now}}}},
         });
         let api: Api<Deployment> = Api::namespaced(client.clone(), &t.namespace);

@@ -1,12 +1,14 @@
 //! The `kube_scale` action: sets a Deployment's replica count, and remembers the count
 //! it replaced on the Deployment itself (`rearguard.io/recorded-replicas`), where a
 //! later `replicas = "recorded"` step finds it, after a restart of rearguard or on
-//! another replica of it. Restoring removes the record.
+//! another replica of it. Restoring replaces the record with the count restored
+//! (`rearguard.io/restored-replicas`).
 //!
 //! The record is written in the same JSON patch as the count, with a `test` of the
 //! resourceVersion read, so both change together or not at all. A step run again (its
 //! answer was lost) keeps the first record: the count to go back to is the one from
-//! before the first scale.
+//! before the first scale. Likewise a restore run again finds the Deployment already at
+//! the count it restored, and succeeds without writing.
 
 use std::time::Duration;
 
@@ -22,6 +24,14 @@ use crate::kube::{Handle, StepError};
 
 /// The Deployment annotation that holds the replica count a kube_scale step replaced.
 pub const RECORDED_REPLICAS: &str = "rearguard.io/recorded-replicas";
+
+/// The Deployment annotation that holds the replica count a `recorded` step restored.
+pub const RESTORED_REPLICAS: &str = "rearguard.io/restored-replicas";
+
+/// The JSON pointer of a metadata annotation.
+fn annotation_pointer(key: &str) -> String {
+    format!("/metadata/annotations/{}", key.replace('/', "~1"))
+}
 
 /// A configured `kube_scale` step.
 #[derive(Debug, Clone)]
@@ -55,15 +65,18 @@ impl KubeScale {
         let current = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let annotations = d.metadata.annotations.clone().unwrap_or_default();
         let recorded = annotations.get(RECORDED_REPLICAS).cloned();
+        let restored = annotations.get(RESTORED_REPLICAS).cloned();
         let read = d.metadata.resource_version.clone().unwrap_or_default();
-        let pointer = format!(
-            "/metadata/annotations/{}",
-            RECORDED_REPLICAS.replace('/', "~1")
-        );
+        let pointer = annotation_pointer(RECORDED_REPLICAS);
         let mut ops =
             vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": read})];
         let (wanted, text) = match self.spec.replicas {
             Replicas::Count(n) => {
+                if restored.is_some() {
+                    ops.push(
+                        json!({"op": "remove", "path": annotation_pointer(RESTORED_REPLICAS)}),
+                    );
+                }
                 if recorded.is_none() {
                     ops.push(if d.metadata.annotations.is_none() {
                         json!({"op": "add", "path": "/metadata/annotations",
@@ -86,6 +99,12 @@ impl KubeScale {
             }
             Replicas::Recorded => {
                 let Some(text) = recorded else {
+                    // A restore run again (its answer was lost) finds its own mark.
+                    if restored.as_deref() == Some(current.to_string().as_str()) {
+                        return Ok(format!(
+                            "deployment {shown} is already back at the recorded {current} replicas"
+                        ));
+                    }
                     return Err(StepError::Refused(format!(
                         "deployment {shown} has no recorded replica count ({RECORDED_REPLICAS}): an earlier kube_scale step with a number records it"
                     )));
@@ -96,6 +115,7 @@ impl KubeScale {
                     ))
                 })?;
                 ops.push(json!({"op": "remove", "path": pointer}));
+                ops.push(json!({"op": "add", "path": annotation_pointer(RESTORED_REPLICAS), "value": n.to_string()}));
                 (
                     n,
                     format!(

@@ -156,7 +156,9 @@ impl Action {
             }
             Action::KubePause(action) => bounded(action.run(timeout), timeout, started).await,
             Action::KubeScale(action) => bounded(action.run(timeout), timeout, started).await,
-            Action::KubeRestart(action) => bounded(action.run(timeout), timeout, started).await,
+            Action::KubeRestart(action) => {
+                bounded(action.run(ctx, timeout), timeout, started).await
+            }
             Action::KubeMarkBad(action) => {
                 bounded(action.run(ctx, timeout), timeout, started).await
             }

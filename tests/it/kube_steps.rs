@@ -239,6 +239,13 @@ fn comparable(mut d: Value) -> Value {
     ] {
         meta.remove(field);
     }
+    // rearguard's own mark of the incident it restarted for (kube_restart.rs).
+    if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+        a.remove("rearguard.io/restarted-for");
+        if a.is_empty() {
+            meta.remove("annotations");
+        }
+    }
     if let Some(a) = d["spec"]["template"]["metadata"]["annotations"].as_object_mut()
         && a.contains_key("kubectl.kubernetes.io/restartedAt")
     {
@@ -275,6 +282,35 @@ async fn pause_resume_and_restart_leave_what_kubectl_leaves() {
             .is_string()
     );
     assert_eq!(d["metadata"]["generation"], 4);
+    assert_eq!(
+        d["metadata"]["annotations"]["rearguard.io/restarted-for"],
+        "inc-9"
+    );
+    // Run again for the same incident (its answer was lost): no second restart.
+    let out = step(
+        ActionSpec::KubeRestart(target(&ours)),
+        &ctx(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(out.ok, "{out:?}");
+    assert!(out.output.contains("already restarted"), "{out:?}");
+    assert_eq!(deployment(&ours)["metadata"]["generation"], 4);
+    // Another incident restarts it again.
+    let mut other = ctx();
+    other.incident = "inc-10".to_owned();
+    let out = step(
+        ActionSpec::KubeRestart(target(&ours)),
+        &other,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(out.ok, "{out:?}");
+    assert!(out.output.contains("restarted at"), "{out:?}");
+    assert_eq!(
+        deployment(&ours)["metadata"]["annotations"]["rearguard.io/restarted-for"],
+        "inc-10"
+    );
 }
 
 #[tokio::test]
@@ -378,6 +414,18 @@ async fn scaling_records_the_count_and_scaling_back_restores_it_once() {
             .is_none(),
         "{d}"
     );
+    assert_eq!(
+        d["metadata"]["annotations"]["rearguard.io/restored-replicas"],
+        "3"
+    );
+    // Restoring again (its answer was lost) finds the Deployment already back, and
+    // writes nothing.
+    let path = "/apis/apps/v1/namespaces/shop/deployments/web";
+    let patches = fake.requests_to(&Method::PATCH, path).len();
+    let out = step(scale(Replicas::Recorded), &ctx(), Duration::from_secs(10)).await;
+    assert!(out.ok, "{out:?}");
+    assert!(out.output.contains("already back"), "{out:?}");
+    assert_eq!(fake.requests_to(&Method::PATCH, path).len(), patches);
     // kubectl reads the same count.
     let replicas = fake
         .kubectl_ok(&[
@@ -390,6 +438,20 @@ async fn scaling_records_the_count_and_scaling_back_restores_it_once() {
         ])
         .await;
     assert_eq!(replicas, "3");
+    // The next scale records afresh and drops the mark of the restore.
+    let out = step(scale(Replicas::Count(0)), &ctx(), Duration::from_secs(10)).await;
+    assert!(out.ok, "{out:?}");
+    let d = deployment(&fake);
+    assert_eq!(
+        d["metadata"]["annotations"]["rearguard.io/recorded-replicas"],
+        "3"
+    );
+    assert!(
+        d["metadata"]["annotations"]
+            .get("rearguard.io/restored-replicas")
+            .is_none(),
+        "{d}"
+    );
 }
 
 #[tokio::test]
