@@ -10,9 +10,7 @@
 
 use std::time::Duration;
 
-use ::kube::Api;
-use ::kube::api::{Patch, PatchParams};
-use k8s_openapi::api::apps::v1::Deployment;
+use ::kube::api::Patch;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -76,19 +74,14 @@ impl KubeRestart {
             "metadata": {"resourceVersion": read, "annotations": {RESTARTED_FOR: incident}},
             "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now}}}},
         });
-        let api: Api<Deployment> = Api::namespaced(client.clone(), &t.namespace);
-        if let Err(e) = api
-            .patch(
-                &t.deployment,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            return Err(
-                StepError::from_write(e, &client, &t.namespace, &t.deployment, &read).await,
-            );
-        }
+        crate::kube::patch_deployment(
+            &client,
+            &t.namespace,
+            &t.deployment,
+            &read,
+            &Patch::Merge(&patch),
+        )
+        .await?;
         Ok(format!("deployment {shown} restarted at {now}"))
     }
 }

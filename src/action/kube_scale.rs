@@ -12,9 +12,7 @@
 
 use std::time::Duration;
 
-use ::kube::Api;
-use ::kube::api::{Patch, PatchParams};
-use k8s_openapi::api::apps::v1::Deployment;
+use ::kube::api::Patch;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -130,19 +128,14 @@ impl KubeScale {
         ops.push(json!({"op": "add", "path": "/spec/replicas", "value": wanted}));
         let patch: json_patch::Patch =
             serde_json::from_value(Value::Array(ops)).expect("the patch is a valid JSON patch");
-        let api: Api<Deployment> = Api::namespaced(client.clone(), &t.namespace);
-        if let Err(e) = api
-            .patch(
-                &t.deployment,
-                &PatchParams::default(),
-                &Patch::<()>::Json(patch),
-            )
-            .await
-        {
-            return Err(
-                StepError::from_write(e, &client, &t.namespace, &t.deployment, &read).await,
-            );
-        }
+        crate::kube::patch_deployment(
+            &client,
+            &t.namespace,
+            &t.deployment,
+            &read,
+            &Patch::<()>::Json(patch),
+        )
+        .await?;
         Ok(text)
     }
 }

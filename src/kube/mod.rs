@@ -218,6 +218,26 @@ pub async fn deployment(
         .ok_or_else(|| StepError::NotFound(format!("{namespace}/{name}")))
 }
 
+/// Patches the Deployment `namespace/name`, read at resourceVersion `read` (which the
+/// patch must test or carry, so that a Deployment changed in between is not
+/// overwritten). A failure is explained as [`StepError::from_write`] does.
+pub async fn patch_deployment<P: serde::Serialize + std::fmt::Debug>(
+    client: &::kube::Client,
+    namespace: &str,
+    name: &str,
+    read: &str,
+    patch: &::kube::api::Patch<P>,
+) -> Result<(), StepError> {
+    let api: ::kube::Api<Deployment> = ::kube::Api::namespaced(client.clone(), namespace);
+    match api
+        .patch(name, &::kube::api::PatchParams::default(), patch)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(StepError::from_write(e, client, namespace, name, read).await),
+    }
+}
+
 /// The ReplicaSets `deployment` controls, in the order the API server lists them.
 pub async fn replica_sets(
     client: &::kube::Client,
