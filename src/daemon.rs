@@ -384,6 +384,8 @@ struct Handover {
     receiver: Option<Arc<alertmanager::Receiver>>,
     /// The OOM watches of the configuration before, by signal index there.
     watches: Vec<(usize, source::cgroup_oom::OomWatch)>,
+    /// What the pod watches of the configuration before knew, by signal index there.
+    pods: Vec<(usize, source::kube_pods::PodMemory)>,
 }
 
 /// Runs the daemon until `opts.shutdown` is cancelled, applying the configurations that
@@ -545,15 +547,25 @@ async fn generation(
     // The OOM watches of signals that did not change go on counting where they were.
     let mut resumed = resumed;
     let mut handed_watches: HashMap<String, source::cgroup_oom::OomWatch> = HashMap::new();
+    let mut handed_pods: HashMap<String, source::kube_pods::PodMemory> = HashMap::new();
     if let Some(h) = resumed.as_mut() {
         let watches = std::mem::take(&mut h.watches);
+        let pods = std::mem::take(&mut h.pods);
         let old = h.engine.config();
-        for (a, watch) in watches {
+        let kept = |a: usize| {
             let name = &old.signals[a].name;
-            if let Some(b) = cfg.signal_index(name)
-                && crate::engine::reload::same_signal(old, a, &cfg, b)
-            {
-                handed_watches.insert(name.clone(), watch);
+            cfg.signal_index(name)
+                .filter(|&b| crate::engine::reload::same_signal(old, a, &cfg, b))
+                .map(|_| name.clone())
+        };
+        for (a, watch) in watches {
+            if let Some(name) = kept(a) {
+                handed_watches.insert(name, watch);
+            }
+        }
+        for (a, memory) in pods {
+            if let Some(name) = kept(a) {
+                handed_pods.insert(name, memory);
             }
         }
     }
@@ -636,16 +648,18 @@ async fn generation(
             )));
         }
     }
+    let mut pod_watchers = Vec::new();
     for (i, signal) in cfg.signals.iter().enumerate() {
         if let SourceSpec::KubePods(spec) = &signal.source {
-            sources_tracker.spawn(kube_pods_loop(
+            pod_watchers.push(sources_tracker.spawn(kube_pods_loop(
                 i,
                 spec.clone(),
                 signal.interval,
+                handed_pods.remove(&signal.name).unwrap_or_default(),
                 clock,
                 tx.clone(),
                 sources_token.clone(),
-            ));
+            )));
         }
     }
     for (t, target) in cfg.targets.iter().enumerate() {
@@ -969,6 +983,15 @@ async fn generation(
                 watches.push(watch);
             }
         }
+        // A watch that did not stop in time is not waited for: its signal starts afresh.
+        let mut pods = Vec::new();
+        for w in pod_watchers {
+            if w.is_finished()
+                && let Ok(memory) = w.await
+            {
+                pods.push(memory);
+            }
+        }
         let carried = queued
             .into_iter()
             .filter_map(|(input, at)| {
@@ -1006,6 +1029,7 @@ async fn generation(
                 last,
                 receiver: kept_receiver,
                 watches,
+                pods,
             }),
         );
     }
@@ -1194,33 +1218,40 @@ async fn watch_loop(
 }
 
 /// Hands the readings of a watched `kube_pods` signal to the engine, each with the time
-/// it was seen.
+/// it was seen. Returns, with the signal's index, what the watch knew of the pods when it
+/// stopped, for the watch of the same signal after a reload.
 async fn kube_pods_loop(
     signal: usize,
     spec: crate::config::KubePodsSpec,
     interval: Duration,
+    memory: source::kube_pods::PodMemory,
     clock: Clock,
     tx: mpsc::Sender<(Input, Ts)>,
     token: CancellationToken,
-) {
+) -> (usize, source::kube_pods::PodMemory) {
     let (readings_tx, mut readings) = mpsc::channel(64);
-    let watching = source::kube_pods::watch(spec, interval, readings_tx, token.clone());
+    let watching = source::kube_pods::watch(spec, interval, memory, readings_tx, token.clone());
     tokio::pin!(watching);
+    let send = |state| {
+        let reading = crate::engine::Reading { signal, state };
+        tx.send((Input::Reading(reading), clock.now()))
+    };
     loop {
         let state = tokio::select! {
-            _ = &mut watching => return,
-            r = readings.recv() => match r {
-                Some(state) => state,
-                None => return,
-            },
+            memory = &mut watching => {
+                // Events the watch saw before it stopped still reach the engine: the
+                // memory handed on has them as seen.
+                while let Ok(state) = readings.try_recv() {
+                    if send(state).await.is_err() {
+                        break;
+                    }
+                }
+                return (signal, memory);
+            }
+            Some(state) = readings.recv() => state,
         };
-        let reading = crate::engine::Reading { signal, state };
-        if tx
-            .send((Input::Reading(reading), clock.now()))
-            .await
-            .is_err()
-        {
-            return;
+        if send(state).await.is_err() {
+            return (signal, watching.await);
         }
     }
 }

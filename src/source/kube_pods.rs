@@ -19,6 +19,10 @@
 //! list are a baseline, not events: their past restarts happened before rearguard looked.
 //! Between events the source reports "no data" every interval while it can see, and a
 //! source error while it cannot, so blindness is detected as for every other source.
+//!
+//! A watch stopped for a reload hands what it knows ([`PodMemory`]) to the watch of the
+//! same signal in the new configuration, whose first list is then compared with it like
+//! a list after a watch error: an event in the gap is counted, not taken as a baseline.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -50,6 +54,14 @@ pub struct Memo {
     crash_looping: bool,
     ready: Option<bool>,
     evicted: bool,
+}
+
+/// What a watch knows of its pods, kept from one watch to the next of the same signal
+/// (across a reload). The default knows nothing: the first list is a baseline.
+#[derive(Debug, Clone, Default)]
+pub struct PodMemory {
+    /// By pod UID; `None` until the first list.
+    known: Option<HashMap<String, Memo>>,
 }
 
 fn statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
@@ -128,15 +140,22 @@ pub fn happened(kind: PodEvent, before: Option<&Memo>, pod: &Pod) -> bool {
 
 /// Watches the pods of `spec` until `token` is cancelled, sending each event's reading
 /// as it happens and a reading every `interval` (no data, or the source error) to `tx`.
+/// It starts from `memory` (what an earlier watch of the same signal knew) and returns
+/// what it knows when it stops.
 pub async fn watch(
     spec: KubePodsSpec,
     interval: Duration,
+    memory: PodMemory,
     tx: mpsc::Sender<ReadingState>,
     token: CancellationToken,
-) {
+) -> PodMemory {
     let handle = Handle::new(&spec.access);
-    let mut known: HashMap<String, Memo> = HashMap::new();
-    let mut first = true;
+    let mut first = memory.known.is_none();
+    let mut known: HashMap<String, Memo> = memory.known.unwrap_or_default();
+    // What is known when the watch stops: nothing if it never listed.
+    let kept = |known: HashMap<String, Memo>, first: bool| PodMemory {
+        known: (!first).then_some(known),
+    };
     let error: std::sync::Mutex<Option<String>> = Default::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -146,10 +165,13 @@ pub async fn watch(
     loop {
         let round = follow(&spec, &handle, &mut known, &mut first, &tx, &error);
         let failure = tokio::select! {
-            _ = token.cancelled() => return,
-            failure = round => failure,
+            _ = token.cancelled() => None,
+            failure = round => Some(failure),
             // The heartbeat: say every interval whether the source can see.
-            _ = heartbeat(&mut ticker, &tx, &error) => return,
+            _ = heartbeat(&mut ticker, &tx, &error) => None,
+        };
+        let Some(failure) = failure else {
+            return kept(known, first);
         };
         // 410 Expired: the version watched from was compacted away, a routine event.
         // Listing again is the whole answer; nothing was missed, nothing failed.
@@ -164,7 +186,7 @@ pub async fn watch(
         let _ = tx.send(ReadingState::SourceError(failure)).await;
         // A moment before listing again, so a failing API server is not hammered.
         tokio::select! {
-            _ = token.cancelled() => return,
+            _ = token.cancelled() => return kept(known, first),
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }

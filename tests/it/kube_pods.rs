@@ -7,6 +7,7 @@ use std::time::Duration;
 use rearguard::config::{KubePodsSpec, PodEvent};
 use rearguard::engine::{Measure, ReadingState};
 use rearguard::kube::{Access, AccessSource};
+use rearguard::source::kube_pods::PodMemory;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -79,7 +80,7 @@ fn uid(fake: &KubeFake, name: &str) -> String {
 struct Watching {
     rx: mpsc::Receiver<ReadingState>,
     token: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<PodMemory>,
 }
 
 impl Drop for Watching {
@@ -90,11 +91,17 @@ impl Drop for Watching {
 }
 
 fn watch(fake: &KubeFake, event: PodEvent) -> Watching {
+    watch_from(fake, event, PodMemory::default())
+}
+
+/// A watch that starts from what an earlier one knew (as after a reload).
+fn watch_from(fake: &KubeFake, event: PodEvent, memory: PodMemory) -> Watching {
     let (tx, rx) = mpsc::channel(64);
     let token = CancellationToken::new();
     let task = tokio::spawn(rearguard::source::kube_pods::watch(
         spec(fake, event),
         Duration::from_millis(100),
+        memory,
         tx,
         token.clone(),
     ));
@@ -102,6 +109,12 @@ fn watch(fake: &KubeFake, event: PodEvent) -> Watching {
 }
 
 impl Watching {
+    /// Stops the watch and takes what it knew.
+    async fn stop(mut self) -> PodMemory {
+        self.token.cancel();
+        (&mut self.task).await.expect("the watch stops cleanly")
+    }
+
     /// The next event's key, skipping the heartbeat's "no data"; fails at a source error
     /// or after `secs`.
     async fn event(&mut self, secs: u64) -> String {
@@ -395,4 +408,25 @@ event = "oomkilled"
             "{expected} not in {errors:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_watch_handed_what_the_one_before_knew_counts_a_kill_in_the_gap() {
+    let fake = KubeFake::start().await;
+    set(&fake, pod("a", 0, None, json!({})));
+    set(&fake, pod("b", 0, None, json!({})));
+    let mut w = watch(&fake, PodEvent::OomKilled);
+    w.ready(&fake).await;
+    w.no_event(200).await;
+    let memory = w.stop().await;
+    // Killed while no watch runs (a reload's gap).
+    set(&fake, pod("a", 1, Some("OOMKilled"), json!({})));
+    // A watch that starts afresh takes it as the past.
+    let mut fresh = watch(&fake, PodEvent::OomKilled);
+    fresh.ready(&fake).await;
+    fresh.no_event(300).await;
+    // The watch handed the memory compares and counts it, once.
+    let mut next = watch_from(&fake, PodEvent::OomKilled, memory);
+    assert_eq!(next.event(5).await, uid(&fake, "a"));
+    next.no_event(300).await;
 }
