@@ -70,7 +70,10 @@ impl KubeRestoreConfig {
             let have = if have.is_empty() {
                 "none".to_owned()
             } else {
-                have.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+                have.iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             return Err(StepError::Refused(format!(
                 "there is no snapshot of revision {revision} of deployment {shown} (revisions with snapshots: {have}); a revision is snapshotted once it stayed healthy for the target's bake time: nothing is restored"

@@ -77,7 +77,8 @@ pub async fn take(
     };
     let d = crate::kube::deployment(&client, ns, name).await?;
     let sets = crate::kube::replica_sets(&client, &d).await?;
-    let current = crate::source::kube_deployment::revision_of(&d, &sets).map_err(StepError::Refused)?;
+    let current =
+        crate::source::kube_deployment::revision_of(&d, &sets).map_err(StepError::Refused)?;
     if current != revision {
         return Err(StepError::Refused(format!(
             "deployment {shown} is at revision {current}, no longer {revision}: its configuration is not snapshotted as revision {revision}'s"
@@ -146,7 +147,9 @@ async fn create(
     let result = match kind {
         Kind::ConfigMap => {
             let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-            api.create(&pp, &config_map(meta, content)).await.map(|_| ())
+            api.create(&pp, &config_map(meta, content))
+                .await
+                .map(|_| ())
         }
         Kind::Secret => {
             let api: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -237,7 +240,11 @@ pub async fn list(
     let found = |kind: Kind, meta: &ObjectMeta, content: Content| Found {
         kind,
         name: meta.name.clone().unwrap_or_default(),
-        original: meta.annotations.as_ref().and_then(|a| a.get(ORIGINAL)).cloned(),
+        original: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ORIGINAL))
+            .cloned(),
         revision: meta
             .labels
             .as_ref()
@@ -246,10 +253,20 @@ pub async fn list(
         content,
     };
     let mut out = Vec::new();
-    for cm in Api::<ConfigMap>::namespaced(client.clone(), ns).list(&lp).await? {
-        out.push(found(Kind::ConfigMap, &cm.metadata, Content::of_config_map(&cm)));
+    for cm in Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+    {
+        out.push(found(
+            Kind::ConfigMap,
+            &cm.metadata,
+            Content::of_config_map(&cm),
+        ));
     }
-    for s in Api::<Secret>::namespaced(client.clone(), ns).list(&lp).await? {
+    for s in Api::<Secret>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+    {
         out.push(found(Kind::Secret, &s.metadata, Content::of_secret(&s)));
     }
     Ok(out)
@@ -265,7 +282,12 @@ async fn prune(
 ) -> Result<usize, KubeError> {
     let all = list(client, ns, deployment, None).await?;
     let revisions: BTreeSet<i64> = all.iter().filter_map(|f| f.revision).collect();
-    let kept: BTreeSet<i64> = revisions.iter().rev().take(keep as usize).copied().collect();
+    let kept: BTreeSet<i64> = revisions
+        .iter()
+        .rev()
+        .take(keep as usize)
+        .copied()
+        .collect();
     let mut deleted = 0;
     for f in all
         .iter()

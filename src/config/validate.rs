@@ -1164,7 +1164,11 @@ fn kube_bake(
 ) -> Option<Duration> {
     let kube = matches!(change, Some(ChangeSpec::KubeDeployment(_)));
     if !kube && (raw.bake.is_some() || raw.keep_snapshots.is_some()) {
-        let key = if raw.bake.is_some() { "bake" } else { "keep_snapshots" };
+        let key = if raw.bake.is_some() {
+            "bake"
+        } else {
+            "keep_snapshots"
+        };
         ctx.err(
             format!("{p}.{key}"),
             "only for a target whose change observer is kube_deployment",
@@ -1172,11 +1176,7 @@ fn kube_bake(
         return None;
     }
     kube.then(|| {
-        ctx.positive_duration(
-            format!("{p}.bake"),
-            &raw.bake,
-            Duration::from_secs(10 * 60),
-        )
+        ctx.positive_duration(format!("{p}.bake"), &raw.bake, Duration::from_secs(10 * 60))
     })
 }
 

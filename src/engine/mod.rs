@@ -136,7 +136,10 @@ pub enum Effect {
     /// The target's current revision has been healthy (no rule of the target firing, no
     /// open incident of the target) for the target's `bake` time: its configuration is
     /// known good and may be snapshotted. Emitted once per revision.
-    Baked { target: usize, revision: String },
+    Baked {
+        target: usize,
+        revision: String,
+    },
 }
 
 /// An order to run one step, with the values an action may use.

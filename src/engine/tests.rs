@@ -2683,9 +2683,7 @@ fn check_baked(cfg: Config, script: &str, expected: &[(&str, &str)]) {
         .effects
         .iter()
         .filter_map(|(t, e)| match e {
-            Effect::Baked { revision, .. } => {
-                Some((show_time(t.0 - T0_MS), revision.clone()))
-            }
+            Effect::Baked { revision, .. } => Some((show_time(t.0 - T0_MS), revision.clone())),
             _ => None,
         })
         .collect();
@@ -2693,7 +2691,12 @@ fn check_baked(cfg: Config, script: &str, expected: &[(&str, &str)]) {
         .iter()
         .map(|(t, r)| (show_time(ms(t)), (*r).to_owned()))
         .collect();
-    assert_eq!(got, want, "baked effects of:\n{script}\n--- all:\n{}", run.output());
+    assert_eq!(
+        got,
+        want,
+        "baked effects of:\n{script}\n--- all:\n{}",
+        run.output()
+    );
 }
 
 #[test]

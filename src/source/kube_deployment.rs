@@ -111,7 +111,10 @@ impl Watcher {
                 .unwrap_or_default();
             let refs = crate::kube::config::references(&spec);
             let observed = crate::kube::config::read(&client, &t.namespace, &refs).await;
-            Ok((revision, observed.map(|o| crate::kube::config::config_hash(&o))))
+            Ok((
+                revision,
+                observed.map(|o| crate::kube::config::config_hash(&o)),
+            ))
         }
         .await;
         let (revision, hash) = result.map_err(|e| e.to_string())?;

@@ -96,7 +96,9 @@ fn password(fake: &KubeFake, name: &str) -> String {
 }
 
 fn mode(fake: &KubeFake, name: &str) -> Value {
-    fake.get("configmaps", NS, name).expect("the configmap exists")["data"]["MODE"].clone()
+    fake.get("configmaps", NS, name)
+        .expect("the configmap exists")["data"]["MODE"]
+        .clone()
 }
 
 /// The Deployment at revision 1 with its ReplicaSet, its ConfigMap and Secret, and
@@ -237,14 +239,21 @@ async fn a_revisions_configmaps_and_secrets_are_snapshotted_once_and_old_revisio
 
     // A second replica, or a restart: the same names, nothing created twice.
     let again = kube_snapshot::take(&t, &handle, "1", 2).await.unwrap();
-    assert!(again.contains("0 objects created, 2 already there"), "{again}");
+    assert!(
+        again.contains("0 objects created, 2 already there"),
+        "{again}"
+    );
 
     // A snapshot that someone changed is not overwritten, and says so.
     let mut tampered = fake.get("configmaps", NS, "web-r1-web-config").unwrap();
     tampered["data"]["MODE"] = json!("edited");
     fake.put(tampered);
     let err = kube_snapshot::take(&t, &handle, "1", 2).await.unwrap_err();
-    assert!(err.to_string().contains("already exists with other content"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("already exists with other content"),
+        "{err}"
+    );
     assert_eq!(mode(&fake, "web-r1-web-config"), "edited");
 
     // A revision the Deployment is no longer at is refused.
@@ -286,7 +295,8 @@ async fn a_required_configmap_that_is_missing_leaves_no_partial_snapshot() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("configmap shop/gone that revision 1"),
+        err.to_string()
+            .contains("configmap shop/gone that revision 1"),
         "{err}"
     );
     assert!(snapshot_names(&fake, "configmaps").is_empty());
@@ -315,7 +325,10 @@ async fn restore_config_puts_the_known_good_data_back_once_and_never_shows_secre
     assert_eq!(mode(&fake, "web-config"), "good");
     assert_eq!(password(&fake, "web-secret"), GOOD_PASSWORD);
     let text = format!("{out:?}");
-    assert!(!text.contains(GOOD_PASSWORD) && !text.contains(BAD_PASSWORD), "{text}");
+    assert!(
+        !text.contains(GOOD_PASSWORD) && !text.contains(BAD_PASSWORD),
+        "{text}"
+    );
     // The original keeps its identity: an update of the object read, not a new one.
     let after = fake.get("configmaps", NS, "web-config").unwrap();
     assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
@@ -333,7 +346,11 @@ async fn restore_config_puts_the_known_good_data_back_once_and_never_shows_secre
     // Again: nothing to do, nothing written.
     let out = run(spec.clone(), &ctx("2", "1")).await;
     assert!(out.ok, "{out:?}");
-    assert!(out.output.contains("already as in the snapshot"), "{}", out.output);
+    assert!(
+        out.output.contains("already as in the snapshot"),
+        "{}",
+        out.output
+    );
     let puts = fake.requests_to(
         &axum::http::Method::PUT,
         "/api/v1/namespaces/shop/configmaps/web-config",
@@ -372,7 +389,8 @@ async fn restore_config_without_a_snapshot_of_the_revision_fails_and_names_those
     );
     let error = run(fixed, &ctx("2", "1")).await.error.unwrap();
     assert!(
-        error.contains("no snapshot of revision 7") && error.contains("revisions with snapshots: 1"),
+        error.contains("no snapshot of revision 7")
+            && error.contains("revisions with snapshots: 1"),
         "{error}"
     );
     // An incident without a revision number restores nothing rather than guessing.
@@ -402,7 +420,10 @@ async fn delete_pods_deletes_the_deployments_pods_and_no_others() {
     for p in ["a", "b", "c"] {
         assert!(fake.get("pods", NS, p).is_none(), "pod {p} is deleted");
     }
-    assert!(fake.get("pods", NS, "other").is_some(), "another app's pod stays");
+    assert!(
+        fake.get("pods", NS, "other").is_some(),
+        "another app's pod stays"
+    );
 }
 
 /// The plan steps of `recipe` with the given `with`, validated as `check` does.
@@ -478,7 +499,10 @@ async fn the_kubernetes_config_recipe_rolls_back_restores_the_configuration_and_
     assert_eq!(mode(&fake, "web-config"), "good");
     assert_eq!(password(&fake, "web-secret"), GOOD_PASSWORD);
     let bad = fake.get("replicasets", NS, "web-h2").unwrap();
-    assert_eq!(bad["metadata"]["annotations"]["rearguard.io/marked-bad"], "inc-1");
+    assert_eq!(
+        bad["metadata"]["annotations"]["rearguard.io/marked-bad"],
+        "inc-1"
+    );
     complete_rollout(&fake);
     let out = Action::new(&steps[4].action, &client)
         .run(&ctx, steps[4].timeout)
@@ -516,7 +540,10 @@ async fn the_kubernetes_emergency_recipe_pauses_restores_and_deletes_the_pods() 
     }
     let d = fake.get("deployments", NS, NAME).unwrap();
     assert_eq!(d["spec"]["paused"], true, "the deployment stays paused");
-    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "web:1");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "web:1"
+    );
     assert_eq!(mode(&fake, "web-config"), "good");
     assert!(fake.list("pods", Some(NS)).is_empty());
 }
@@ -535,10 +562,7 @@ async fn the_emergency_recipe_deletes_no_pods_when_there_is_no_snapshot() {
     assert!(!restore.ok, "{restore:?}");
     // The plan aborts at the failed restore (on_failure defaults to abort), so the
     // delete step is never ordered; its pods are untouched.
-    assert_eq!(
-        steps[1].on_failure,
-        rearguard::config::OnFailure::Abort
-    );
+    assert_eq!(steps[1].on_failure, rearguard::config::OnFailure::Abort);
     assert_eq!(fake.list("pods", Some(NS)).len(), 3);
 }
 
@@ -642,9 +666,11 @@ window = "3s"
     fake.put(config_map("bad"));
     fake.put(secret(BAD_PASSWORD));
     deploy(&fake, 2);
-    d.wait_for("the bad rollout", 10, |e| {
-        matches!(e, Event::Effect(_, Effect::ChangeObserved { to, .. }) if to == "2")
-    })
+    d.wait_for(
+        "the bad rollout",
+        10,
+        |e| matches!(e, Event::Effect(_, Effect::ChangeObserved { to, .. }) if to == "2"),
+    )
     .await;
     // Its pods are OOM-killed.
     set_pod(&fake, "a", 1, true);
@@ -670,7 +696,10 @@ window = "3s"
         ]
     );
     let d1 = fake.get("deployments", NS, NAME).unwrap();
-    assert_eq!(d1["spec"]["template"]["spec"]["containers"][0]["image"], "web:1");
+    assert_eq!(
+        d1["spec"]["template"]["spec"]["containers"][0]["image"],
+        "web:1"
+    );
     assert_eq!(mode(&fake, "web-config"), "good");
     assert_eq!(
         fake.get("configmaps", NS, "web-config").unwrap()["data"],
