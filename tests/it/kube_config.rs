@@ -714,3 +714,118 @@ window = "3s"
     d.stop().await;
     controller.abort();
 }
+
+#[tokio::test]
+async fn the_observers_config_hash_follows_the_configmaps_and_secrets_and_not_the_revision_alone() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let mut watcher = rearguard::source::kube_deployment::Watcher::new(&target(&fake));
+    assert_eq!(watcher.observe().await, Ok("1".to_owned()));
+    let first = watcher.config_hash().expect("a hash").to_owned();
+    assert_eq!(watcher.observe().await, Ok("1".to_owned()));
+    assert_eq!(
+        watcher.config_hash(),
+        Some(first.as_str()),
+        "nothing changed"
+    );
+    fake.put(config_map("bad"));
+    assert_eq!(watcher.observe().await, Ok("1".to_owned()));
+    let second = watcher.config_hash().unwrap().to_owned();
+    assert_ne!(second, first, "a ConfigMap's data changed");
+    fake.put(secret(BAD_PASSWORD));
+    assert_eq!(watcher.observe().await, Ok("1".to_owned()));
+    let third = watcher.config_hash().unwrap().to_owned();
+    assert_ne!(third, second, "a Secret's data changed");
+    // The optional ConfigMap appearing changes it too.
+    fake.put(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "web-flags", "namespace": NS},
+                    "data": {"flags": "x"}}));
+    assert_eq!(watcher.observe().await, Ok("1".to_owned()));
+    assert_ne!(watcher.config_hash().unwrap(), third);
+}
+
+#[tokio::test]
+async fn restore_config_creates_an_original_that_was_deleted() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let t = target(&fake);
+    kube_snapshot::take(&t, &Handle::new(&t.access), "1", 3)
+        .await
+        .unwrap();
+    fake.kubectl_ok(&["-n", NS, "delete", "configmap", "web-config"])
+        .await;
+    assert!(fake.get("configmaps", NS, "web-config").is_none());
+    let spec = rearguard::config::ActionSpec::KubeRestoreConfig(
+        rearguard::config::KubeRestoreConfigSpec {
+            target: t,
+            revision: Some(1),
+        },
+    );
+    let out = run(spec, &ctx("2", "9")).await;
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.output.contains("was missing and is created again"),
+        "{}",
+        out.output
+    );
+    assert_eq!(mode(&fake, "web-config"), "good");
+    let labels = &fake.get("configmaps", NS, "web-config").unwrap()["metadata"]["labels"];
+    assert!(
+        labels.is_null(),
+        "the original carries no snapshot labels: {labels}"
+    );
+}
+
+#[test]
+fn bake_and_the_new_steps_keys_are_checked_with_their_paths() {
+    let text = r#"
+[[target]]
+name = "host"
+bake = "1m"
+
+[[target]]
+name = "web"
+plan = "p"
+bake = "0s"
+keep_snapshots = 0
+change = { type = "kube_deployment", namespace = "shop", deployment = "web" }
+
+[[plan]]
+name = "p"
+
+[[plan.step]]
+type = "kube_restore_config"
+namespace = "shop"
+deployment = "web"
+to_revision = "latest"
+
+[[plan.step]]
+type = "kube_delete_pods"
+namespace = "shop"
+deployment = "web"
+to_revision = 3
+"#;
+    let errors: Vec<String> = rearguard::config::load_str(
+        text,
+        rearguard::config::Format::Toml,
+        std::iter::empty(),
+        std::path::Path::new("."),
+    )
+    .expect_err("invalid")
+    .0
+    .iter()
+    .map(|e| e.to_string())
+    .collect();
+    for expected in [
+        "target[0].bake: only for a target whose change observer is kube_deployment",
+        "target[1].bake: must be greater than zero",
+        "target[1].keep_snapshots: must be at least 1",
+        "plan[0].step[0].to_revision: expected a revision number >= 1 or \"{to_revision}\"",
+        "plan[0].step[1].to_revision: only for types kube_rollout_undo and kube_restore_config",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(expected)),
+            "{expected:?} not in {errors:#?}"
+        );
+    }
+}
