@@ -203,7 +203,10 @@ struct TargetState {
     last_incident_id: Option<String>,
     /// Since when the current revision has been healthy without a break, for `bake`.
     healthy_since: Option<Ts>,
-    /// The last revision [`Effect::Baked`] was emitted for.
+    /// The last revision [`Effect::Baked`] was emitted for. Deliberately not part of
+    /// the memory kept across restarts: after a restart the revision bakes again and the
+    /// snapshot is taken again, which finds its objects already there (a snapshot cut
+    /// short by a crash is completed rather than lost).
     baked: Option<String>,
 }
 
