@@ -778,6 +778,10 @@ async fn generation(
                         }
                     }
                     Effect::Notify(n) => notify(&cfg, &outbox, n),
+                    Effect::Baked { target, revision } => {
+                        log_effect(&cfg, &effect);
+                        snapshot(&cfg, *target, revision, &tracker, steps_token.child_token());
+                    }
                     _ => log_effect(&cfg, &effect),
                 }
             }
@@ -1580,6 +1584,42 @@ fn log_effect(cfg: &Config, effect: &Effect) {
             tracing::info!(incident = %incident, "{}", entry.text)
         }
         Effect::CommandRejected { reason } => tracing::warn!(reason = %reason, "command rejected"),
+        Effect::Baked { target, revision } => tracing::info!(
+            target = %cfg.targets[*target].name,
+            revision = %revision,
+            "revision baked: its configuration is known good"
+        ),
         Effect::Notify(_) | Effect::RunStep(_) | Effect::IncidentClosed(_) => {}
     }
+}
+
+/// Snapshots a baked revision's ConfigMaps and Secrets off the engine's loop (a task on
+/// the steps' tracker, bounded to a minute) and logs the outcome; only for a
+/// `kube_deployment` target.
+fn snapshot(
+    cfg: &Config,
+    target: usize,
+    revision: &str,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) {
+    let t = &cfg.targets[target];
+    let Some(crate::config::ChangeSpec::KubeDeployment(spec)) = t.change.clone() else {
+        return;
+    };
+    let (name, revision, keep) = (t.name.clone(), revision.to_owned(), t.keep_snapshots);
+    tracker.spawn(async move {
+        let handle = crate::kube::Handle::new(&spec.access);
+        let taken = crate::action::kube_snapshot::take(&spec, &handle, &revision, keep);
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                tracing::info!(target = %name, revision = %revision, "snapshot abandoned: rearguard is stopping or reloading");
+            }
+            r = tokio::time::timeout(Duration::from_secs(60), taken) => match r {
+                Ok(Ok(text)) => tracing::info!(target = %name, revision = %revision, "{text}"),
+                Ok(Err(e)) => tracing::warn!(target = %name, revision = %revision, error = %e, "cannot snapshot the revision's configuration"),
+                Err(_) => tracing::warn!(target = %name, revision = %revision, "cannot snapshot the revision's configuration: timed out after 1m"),
+            },
+        }
+    });
 }

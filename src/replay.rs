@@ -44,6 +44,8 @@
 //! - `change`: the target's revision changed. `from`, `to` (revisions),
 //!   `previous_healthy` (whether `from` was healthy when it was replaced, which makes it a
 //!   rollback destination).
+//! - `baked`: the target's revision stayed healthy for its `bake` time (the daemon
+//!   would snapshot its ConfigMaps and Secrets). `revision`.
 //! - `incident_opened`: a rule fired and opened an incident. `cause` (`"breach"`),
 //!   `text` (the rule and its evidence). A "watchdog is blind" incident opens with a
 //!   `decision` whose text begins `watchdog is blind:` instead.
@@ -373,6 +375,10 @@ pub fn render_text(cfg: &Config, at: Ts, effect: &Effect) -> Option<String> {
             format!("[{}] incident closed: {}", inc.id, outcome_name_of(inc))
         }
         Effect::CommandRejected { reason } => format!("command rejected: {reason}"),
+        Effect::Baked { target, revision } => format!(
+            "{}: revision {revision} baked (would snapshot its configuration)",
+            cfg.targets[*target].name
+        ),
     };
     Some(format!("{at}  {text}"))
 }
@@ -405,6 +411,13 @@ pub fn render_json(cfg: &Config, at: Ts, effect: &Effect) -> Option<String> {
             None,
             None,
             json!({ "from": from, "to": to, "previous_healthy": previous_healthy }),
+        ),
+        Effect::Baked { target, revision } => (
+            "baked",
+            target_name(*target),
+            None,
+            None,
+            json!({ "revision": revision }),
         ),
         Effect::Timeline {
             incident,

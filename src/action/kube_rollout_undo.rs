@@ -264,10 +264,12 @@ impl KubeRolloutUndo {
                 let client = self.handle.client().await?;
                 let ns = &self.spec.namespace;
                 match StepError::from_write(e, &client, ns, &self.spec.deployment, &read).await {
-                    StepError::Conflict { .. } => Err(UndoError::Conflict {
-                        deployment: shown,
-                        read,
-                    }),
+                    StepError::Conflict { .. } | StepError::ObjectConflict { .. } => {
+                        Err(UndoError::Conflict {
+                            deployment: shown,
+                            read,
+                        })
+                    }
                     StepError::NotFound(d) => Err(UndoError::NotFound(d)),
                     StepError::Kube(k) => Err(k.into()),
                     StepError::Refused(text) => Err(KubeError::Config(text).into()),

@@ -10,12 +10,15 @@
 
 pub mod exec;
 pub mod http;
+pub mod kube_delete_pods;
 pub mod kube_mark_bad;
 pub mod kube_pause;
 pub mod kube_restart;
+pub mod kube_restore_config;
 pub mod kube_rollout_status;
 pub mod kube_rollout_undo;
 pub mod kube_scale;
+pub mod kube_snapshot;
 pub mod release_switch;
 
 use std::future::Future;
@@ -113,6 +116,8 @@ pub enum Action {
     KubeScale(kube_scale::KubeScale),
     KubeRestart(kube_restart::KubeRestart),
     KubeMarkBad(kube_mark_bad::KubeMarkBad),
+    KubeRestoreConfig(kube_restore_config::KubeRestoreConfig),
+    KubeDeletePods(kube_delete_pods::KubeDeletePods),
 }
 
 impl Action {
@@ -135,6 +140,12 @@ impl Action {
             ActionSpec::KubeScale(spec) => Action::KubeScale(kube_scale::KubeScale::new(spec)),
             ActionSpec::KubeRestart(t) => Action::KubeRestart(kube_restart::KubeRestart::new(t)),
             ActionSpec::KubeMarkBad(t) => Action::KubeMarkBad(kube_mark_bad::KubeMarkBad::new(t)),
+            ActionSpec::KubeRestoreConfig(spec) => {
+                Action::KubeRestoreConfig(kube_restore_config::KubeRestoreConfig::new(spec))
+            }
+            ActionSpec::KubeDeletePods(t) => {
+                Action::KubeDeletePods(kube_delete_pods::KubeDeletePods::new(t))
+            }
         }
     }
 
@@ -162,6 +173,10 @@ impl Action {
             Action::KubeMarkBad(action) => {
                 bounded(action.run(ctx, timeout), timeout, started).await
             }
+            Action::KubeRestoreConfig(action) => {
+                bounded(action.run(ctx, timeout), timeout, started).await
+            }
+            Action::KubeDeletePods(action) => bounded(action.run(timeout), timeout, started).await,
         }
     }
 
@@ -176,6 +191,8 @@ impl Action {
             Action::KubeScale(action) => action.handle(),
             Action::KubeRestart(action) => action.handle(),
             Action::KubeMarkBad(action) => action.handle(),
+            Action::KubeRestoreConfig(action) => action.handle(),
+            Action::KubeDeletePods(action) => action.handle(),
             Action::Exec(_) | Action::ReleaseSwitch(_) | Action::Http(_) => return Ok(()),
         };
         handle.client().await.map(|_| ()).map_err(|e| e.to_string())

@@ -78,6 +78,11 @@ pub struct Target {
     pub max_rollbacks: u32,
     pub rollback_period: Duration,
     pub change: Option<ChangeSpec>,
+    /// How long a revision must stay healthy before its ConfigMaps and Secrets are
+    /// snapshotted; `Some` only for a `kube_deployment` target.
+    pub bake: Option<Duration>,
+    /// How many revisions' snapshots are kept per Deployment (the newest).
+    pub keep_snapshots: u32,
 }
 
 /// How a change of a target is detected.
@@ -461,6 +466,8 @@ pub enum ActionSpec {
     KubeScale(KubeScaleSpec),
     KubeRestart(KubeDeploymentRef),
     KubeMarkBad(KubeDeploymentRef),
+    KubeRestoreConfig(KubeRestoreConfigSpec),
+    KubeDeletePods(KubeDeploymentRef),
 }
 
 impl ActionSpec {
@@ -476,6 +483,8 @@ impl ActionSpec {
             ActionSpec::KubeScale(_) => "kube_scale",
             ActionSpec::KubeRestart(_) => "kube_restart",
             ActionSpec::KubeMarkBad(_) => "kube_mark_bad",
+            ActionSpec::KubeRestoreConfig(_) => "kube_restore_config",
+            ActionSpec::KubeDeletePods(_) => "kube_delete_pods",
         }
     }
 }
@@ -488,6 +497,14 @@ pub struct KubeRolloutUndoSpec {
     pub namespace: String,
     pub deployment: String,
     pub to_revision: ToRevision,
+}
+
+/// Restores a Deployment's ConfigMaps and Secrets from a revision's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeRestoreConfigSpec {
+    pub target: KubeDeploymentRef,
+    /// The revision whose snapshot is restored; `None`: the incident's `{to_revision}`.
+    pub revision: Option<i64>,
 }
 
 /// One Deployment, and how to reach its cluster.

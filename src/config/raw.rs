@@ -74,6 +74,8 @@ pub struct RawTarget {
     pub max_rollbacks: Option<u32>,
     pub rollback_period: Option<String>,
     pub change: Option<RawChange>,
+    pub bake: Option<String>,
+    pub keep_snapshots: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -366,6 +368,8 @@ pub enum RawStep {
     KubeScale(RawKubeStep),
     KubeRestart(RawKubeStep),
     KubeMarkBad(RawKubeStep),
+    KubeRestoreConfig(RawKubeStep),
+    KubeDeletePods(RawKubeStep),
 }
 
 /// The keys of every step on a Kubernetes Deployment; validation refuses the keys a
@@ -418,7 +422,9 @@ impl RawStep {
             | RawStep::KubeResume(k)
             | RawStep::KubeScale(k)
             | RawStep::KubeRestart(k)
-            | RawStep::KubeMarkBad(k) => RawStepCommon {
+            | RawStep::KubeMarkBad(k)
+            | RawStep::KubeRestoreConfig(k)
+            | RawStep::KubeDeletePods(k) => RawStepCommon {
                 name: &k.name,
                 timeout: &k.timeout,
                 retries: k.retries,

@@ -548,6 +548,14 @@ pub fn validate(
                 &raw.rollback_period,
                 Duration::from_secs(3600),
             ),
+            bake: kube_bake(&mut ctx, &p, raw, change.as_ref()),
+            keep_snapshots: match raw.keep_snapshots {
+                Some(0) => {
+                    ctx.err(format!("{p}.keep_snapshots"), "must be at least 1");
+                    1
+                }
+                n => n.unwrap_or(3),
+            },
             change,
         });
     }
@@ -1061,12 +1069,15 @@ fn kube_step(
         namespace: k.namespace.clone(),
         deployment: k.deployment.clone(),
     };
-    let undo = matches!(raw, RawStep::KubeRolloutUndo(_));
+    let undo = matches!(
+        raw,
+        RawStep::KubeRolloutUndo(_) | RawStep::KubeRestoreConfig(_)
+    );
     let scale = matches!(raw, RawStep::KubeScale(_));
     if !undo && k.to_revision.is_some() {
         ctx.err(
             format!("{sp}.to_revision"),
-            "only for type kube_rollout_undo",
+            "only for types kube_rollout_undo and kube_restore_config",
         );
     }
     if !scale && k.replicas.is_some() {
@@ -1120,8 +1131,53 @@ fn kube_step(
         RawStep::KubePause(_) => ActionSpec::KubePause(target),
         RawStep::KubeResume(_) => ActionSpec::KubeResume(target),
         RawStep::KubeRestart(_) => ActionSpec::KubeRestart(target),
+        RawStep::KubeRestoreConfig(_) => {
+            let revision = match &k.to_revision {
+                None => None,
+                Some(RawRevision::Text(t)) if t == "{to_revision}" => None,
+                Some(RawRevision::Number(n)) if *n >= 1 => Some(*n),
+                Some(RawRevision::Text(t)) if t.parse::<i64>().is_ok_and(|n| n >= 1) => {
+                    t.parse().ok()
+                }
+                Some(_) => {
+                    ctx.err(
+                        format!("{sp}.to_revision"),
+                        "expected a revision number >= 1 or \"{to_revision}\"",
+                    );
+                    None
+                }
+            };
+            ActionSpec::KubeRestoreConfig(KubeRestoreConfigSpec { target, revision })
+        }
+        RawStep::KubeDeletePods(_) => ActionSpec::KubeDeletePods(target),
         _ => ActionSpec::KubeMarkBad(target),
     }
+}
+
+/// A target's `bake`: default 10 minutes for a `kube_deployment` target, refused for
+/// others (snapshots are of a Deployment's ConfigMaps and Secrets).
+fn kube_bake(
+    ctx: &mut Ctx,
+    p: &str,
+    raw: &RawTarget,
+    change: Option<&ChangeSpec>,
+) -> Option<Duration> {
+    let kube = matches!(change, Some(ChangeSpec::KubeDeployment(_)));
+    if !kube && (raw.bake.is_some() || raw.keep_snapshots.is_some()) {
+        let key = if raw.bake.is_some() {
+            "bake"
+        } else {
+            "keep_snapshots"
+        };
+        ctx.err(
+            format!("{p}.{key}"),
+            "only for a target whose change observer is kube_deployment",
+        );
+        return None;
+    }
+    kube.then(|| {
+        ctx.positive_duration(format!("{p}.bake"), &raw.bake, Duration::from_secs(10 * 60))
+    })
 }
 
 /// `[kubernetes]`: how the cluster is reached.
@@ -1874,7 +1930,9 @@ fn plan(
             | RawStep::KubeResume(k)
             | RawStep::KubeScale(k)
             | RawStep::KubeRestart(k)
-            | RawStep::KubeMarkBad(k) => kube_step(ctx, &sp, &raw_step, k, kube_access),
+            | RawStep::KubeMarkBad(k)
+            | RawStep::KubeRestoreConfig(k)
+            | RawStep::KubeDeletePods(k) => kube_step(ctx, &sp, &raw_step, k, kube_access),
         };
         steps.push(Step {
             name,

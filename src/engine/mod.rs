@@ -133,6 +133,13 @@ pub enum Effect {
     CommandRejected {
         reason: String,
     },
+    /// The target's current revision has been healthy (no rule of the target firing, no
+    /// open incident of the target) for the target's `bake` time: its configuration is
+    /// known good and may be snapshotted. Emitted once per revision.
+    Baked {
+        target: usize,
+        revision: String,
+    },
 }
 
 /// An order to run one step, with the values an action may use.
@@ -194,6 +201,13 @@ struct TargetState {
     rollbacks: VecDeque<Ts>,
     last_rollback_end: Option<Ts>,
     last_incident_id: Option<String>,
+    /// Since when the current revision has been healthy without a break, for `bake`.
+    healthy_since: Option<Ts>,
+    /// The last revision [`Effect::Baked`] was emitted for. Deliberately not part of
+    /// the memory kept across restarts: after a restart the revision bakes again and the
+    /// snapshot is taken again, which finds its objects already there (a snapshot cut
+    /// short by a crash is completed rather than lost).
+    baked: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -390,6 +404,44 @@ impl Engine {
             }
         }
         self.send_due_notices(now);
+        self.bake(now);
+    }
+
+    /// Emits [`Effect::Baked`] for each target whose current revision has stayed healthy
+    /// for its bake time; any firing rule or open incident of the target restarts it.
+    fn bake(&mut self, now: Ts) {
+        for t in 0..self.targets.len() {
+            let Some(bake) = self.cfg.targets[t].bake else {
+                continue;
+            };
+            let Some(revision) = self.targets[t].revision.clone() else {
+                continue;
+            };
+            if self.targets[t].baked.as_ref() == Some(&revision) {
+                continue;
+            }
+            let firing = self
+                .cfg
+                .rules
+                .iter()
+                .enumerate()
+                .any(|(i, r)| r.target == t && self.rules[i].phase == Phase::Firing);
+            let open = self.incidents.iter().any(|i| i.target == t);
+            let ts = &mut self.targets[t];
+            if firing || open {
+                ts.healthy_since = None;
+                continue;
+            }
+            let since = *ts.healthy_since.get_or_insert(now);
+            if now.since(since) >= bake {
+                ts.baked = Some(revision.clone());
+                ts.healthy_since = None;
+                self.out.push(Effect::Baked {
+                    target: t,
+                    revision,
+                });
+            }
+        }
     }
 
     fn rule_changed(&mut self, ri: usize, t: Transition, now: Ts) {
@@ -923,6 +975,7 @@ impl Engine {
         ts.previous = Some((old.clone(), healthy));
         ts.revision = Some(revision.clone());
         ts.changed_at = Some(at);
+        ts.healthy_since = None;
         // Baselines are what the target's signals looked like before this change, on a
         // healthy revision. When the replaced revision was unhealthy (a rollback away
         // from a bad one, a fix over a firing one) its readings are no norm to compare

@@ -437,6 +437,7 @@ fn render(cfg: &Config, e: &Effect) -> Option<String> {
             format!("closed {:?} incident: {outcome}", i.cause)
         }
         Effect::CommandRejected { reason } => format!("rejected: {reason}"),
+        Effect::Baked { revision, .. } => format!("baked {revision}"),
     })
 }
 
@@ -2660,4 +2661,94 @@ proptest! {
         };
         prop_assert_eq!(run(), run());
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bake time: a revision healthy long enough is known good (its configuration is
+// snapshotted by the daemon).
+// ---------------------------------------------------------------------------------------
+
+/// A Kubernetes target with a 10-minute bake time.
+const BAKED_TARGET: &str = r#"
+plan = "undo"
+bake = "10m"
+change = { type = "kube_deployment", namespace = "shop", deployment = "web" }
+"#;
+
+/// The times (as in scripts) at which `Effect::Baked` was emitted, with the revision.
+fn check_baked(cfg: Config, script: &str, expected: &[(&str, &str)]) {
+    let mut run = Run::new(cfg);
+    run.script(script);
+    let got: Vec<(String, String)> = run
+        .effects
+        .iter()
+        .filter_map(|(t, e)| match e {
+            Effect::Baked { revision, .. } => Some((show_time(t.0 - T0_MS), revision.clone())),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<(String, String)> = expected
+        .iter()
+        .map(|(t, r)| (show_time(ms(t)), (*r).to_owned()))
+        .collect();
+    assert_eq!(
+        got,
+        want,
+        "baked effects of:\n{script}\n--- all:\n{}",
+        run.output()
+    );
+}
+
+#[test]
+fn a_revision_healthy_for_its_bake_time_is_baked_once() {
+    let cfg = config(BAKED_TARGET, &format!("{ERRORS_RULE}\n{PLAN}"));
+    check_baked(
+        cfg,
+        "0 change 1
+         0..30m/1m tick
+         31m change 2
+         31m..50m/1m tick",
+        &[("10m", "1"), ("41m", "2")],
+    );
+}
+
+#[test]
+fn a_firing_rule_or_an_open_incident_restarts_the_bake_time() {
+    let cfg = config(BAKED_TARGET, &format!("{ERRORS_RULE}\n{PLAN}"));
+    // The rule is pending from 3m and fires at 5m (no change was observed since the
+    // start, so the incident escalates); it clears at 6m and the incident closes as
+    // recovered. Healthy again from 6m, revision 1 bakes at 16m, not at 10m.
+    check_baked(
+        cfg,
+        "0 change 1
+         0..2m/1m tick
+         3m errors 10/100
+         3m tick
+         4m errors 10/100
+         4m tick
+         5m errors 10/100
+         5m tick
+         6m errors 0/100
+         6m..30m/1m tick",
+        &[("16m", "1")],
+    );
+}
+
+#[test]
+fn a_target_without_a_kubernetes_observer_is_never_baked() {
+    let cfg = standard("");
+    check_baked(cfg, "0 change v1\n0..30m/1m tick", &[]);
+}
+
+#[test]
+fn a_change_before_the_bake_time_ends_bakes_only_the_new_revision() {
+    let cfg = config(BAKED_TARGET, &format!("{ERRORS_RULE}\n{PLAN}"));
+    check_baked(
+        cfg,
+        "0 change 1
+         0..5m/1m tick
+         6m change 2
+         6m..20m/1m tick",
+        &[("16m", "2")],
+    );
 }

@@ -5,6 +5,7 @@
 //!
 //! This module reads; it never writes to the API. Writes belong to `action/`.
 
+pub mod config;
 pub mod lease;
 
 use std::path::PathBuf;
@@ -162,13 +163,19 @@ pub enum StepError {
     /// The state of the cluster forbids the step; the text says which and why.
     #[error("{0}")]
     Refused(String),
+    /// Another object than the Deployment (a ConfigMap, a Secret) changed between the
+    /// read and the conditional write.
+    #[error(
+        "{object} changed while the step was writing it (resourceVersion {read} is no longer current); it was not changed, and the step may be retried"
+    )]
+    ObjectConflict { object: String, read: String },
 }
 
 impl StepError {
     pub fn is_retryable(&self) -> bool {
         match self {
             StepError::Kube(e) => e.is_retryable(),
-            StepError::Conflict { .. } => true,
+            StepError::Conflict { .. } | StepError::ObjectConflict { .. } => true,
             StepError::NotFound(_) | StepError::Refused(_) => false,
         }
     }

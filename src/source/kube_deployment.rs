@@ -7,6 +7,10 @@
 //! The daemon does not poll it: [`Watcher`] watches the Deployment from the
 //! resourceVersion last read and reads the revision again when it changes (and at least
 //! every minute, when the watch is renewed). It only reads.
+//!
+//! Each observation also hashes the ConfigMaps and Secrets the pod template references
+//! ([`crate::kube::config`]) and logs the hash when it changes; the revision the engine
+//! sees stays the Deployment's. Secret data is never logged, only the hash.
 
 use std::time::Duration;
 
@@ -73,6 +77,10 @@ pub struct Watcher {
     handle: Handle,
     /// The resourceVersion of the last read; `None` before the first.
     read: Option<String>,
+    /// The content hash of the referenced ConfigMaps and Secrets, as last read.
+    config_hash: Option<String>,
+    /// The last error reading them, said once.
+    config_error: Option<String>,
 }
 
 impl Watcher {
@@ -81,6 +89,8 @@ impl Watcher {
             target: target.clone(),
             handle: Handle::new(&target.access),
             read: None,
+            config_hash: None,
+            config_error: None,
         }
     }
 
@@ -88,15 +98,53 @@ impl Watcher {
     /// [`changed`](Self::changed).
     pub async fn observe(&mut self) -> Result<String, String> {
         let t = &self.target;
-        let result: Result<String, StepError> = async {
+        let result: Result<(String, Result<String, KubeError>), StepError> = async {
             let client = self.handle.client().await?;
             let d = crate::kube::deployment(&client, &t.namespace, &t.deployment).await?;
             let sets = crate::kube::replica_sets(&client, &d).await?;
             self.read = d.metadata.resource_version.clone();
-            revision_of(&d, &sets).map_err(StepError::Refused)
+            let revision = revision_of(&d, &sets).map_err(StepError::Refused)?;
+            let spec = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.clone())
+                .unwrap_or_default();
+            let refs = crate::kube::config::references(&spec);
+            let observed = crate::kube::config::read(&client, &t.namespace, &refs).await;
+            Ok((
+                revision,
+                observed.map(|o| crate::kube::config::config_hash(&o)),
+            ))
         }
         .await;
-        result.map_err(|e| e.to_string())
+        let (revision, hash) = result.map_err(|e| e.to_string())?;
+        self.config_seen(&revision, hash);
+        Ok(revision)
+    }
+
+    /// The content hash of the Deployment's configuration, as last read.
+    pub fn config_hash(&self) -> Option<&str> {
+        self.config_hash.as_deref()
+    }
+
+    fn config_seen(&mut self, revision: &str, hash: Result<String, KubeError>) {
+        let t = &self.target;
+        match hash {
+            Ok(hash) => {
+                self.config_error = None;
+                if self.config_hash.as_ref() != Some(&hash) {
+                    tracing::info!(deployment = %t.deployment, namespace = %t.namespace, revision, config_hash = %hash, "the deployment's configmaps and secrets changed");
+                    self.config_hash = Some(hash);
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if self.config_error.as_ref() != Some(&text) {
+                    tracing::warn!(deployment = %t.deployment, error = %text, "cannot read the deployment's configmaps and secrets (RBAC: get on configmaps and secrets)");
+                    self.config_error = Some(text);
+                }
+            }
+        }
     }
 
     /// Returns when the Deployment may have changed since the last read: at once before

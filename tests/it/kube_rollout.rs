@@ -779,6 +779,13 @@ fn every_deployment_step_type_is_read_and_keys_a_type_does_not_take_are_refused(
         ("kube_resume", "", "kube_resume"),
         ("kube_restart", "", "kube_restart"),
         ("kube_mark_bad", "", "kube_mark_bad"),
+        ("kube_restore_config", "", "kube_restore_config"),
+        (
+            "kube_restore_config",
+            "to_revision = 2\n",
+            "kube_restore_config",
+        ),
+        ("kube_delete_pods", "", "kube_delete_pods"),
         ("kube_scale", "replicas = 0\n", "kube_scale"),
         ("kube_scale", "replicas = \"recorded\"\n", "kube_scale"),
     ] {
@@ -803,7 +810,7 @@ fn every_deployment_step_type_is_read_and_keys_a_type_does_not_take_are_refused(
         ),
         (
             "type = \"kube_restart\"\nnamespace = \"shop\"\ndeployment = \"web\"\nto_revision = 2\n",
-            "plan[0].step[0].to_revision: only for type kube_rollout_undo",
+            "plan[0].step[0].to_revision: only for types kube_rollout_undo and kube_restore_config",
         ),
     ] {
         let errors = load(&with_step(step), base).unwrap_err();

@@ -1,0 +1,330 @@
+//! Snapshots of a Deployment's configuration in its cluster: the ConfigMaps and Secrets
+//! its pod template references, copied when a revision has baked (the engine's
+//! `Effect::Baked`), as objects of the same kind in the Deployment's namespace, so that
+//! `kube_restore_config` (and a new leader, or a person with kubectl) can put them back.
+//!
+//! A snapshot object is named `<deployment>-r<revision>-<original>` (shortened with a
+//! hash when too long), labelled `app.kubernetes.io/managed-by=rearguard`,
+//! `rearguard.io/snapshot-of=<deployment>` and `rearguard.io/revision=<n>`, and annotated
+//! with the original's name and content hash. The name is deterministic: a second replica
+//! or a restart creating the same snapshot meets 409 AlreadyExists, which with the same
+//! content is success. Only the newest `keep` revisions' snapshots are kept.
+//!
+//! Secret data is copied as bytes and never formatted into an output, an error or a log.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ::kube::Api;
+use ::kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+
+use crate::config::KubeDeploymentRef;
+use crate::kube::config::{self as kconfig, Content, Kind};
+use crate::kube::{Handle, KubeError, StepError};
+
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const SNAPSHOT_OF: &str = "rearguard.io/snapshot-of";
+pub const REVISION: &str = "rearguard.io/revision";
+pub const ORIGINAL: &str = "rearguard.io/original-name";
+pub const CONTENT_HASH: &str = "rearguard.io/content-hash";
+pub const CONFIG_HASH: &str = "rearguard.io/config-hash";
+
+/// The longest name of a ConfigMap or Secret (a DNS subdomain).
+const MAX_NAME: usize = 253;
+
+/// The name of the snapshot of `original` for `revision` of `deployment`.
+pub fn snapshot_name(deployment: &str, revision: i64, original: &str) -> String {
+    let name = format!("{deployment}-r{revision}-{original}");
+    if name.len() <= MAX_NAME {
+        return name;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    let short: String = digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let head = name[..MAX_NAME - 13].trim_end_matches(['-', '.']);
+    format!("{head}-{short}")
+}
+
+/// The label selector of the snapshots of `deployment`, of one revision or all.
+fn selector(deployment: &str, revision: Option<i64>) -> String {
+    let mut s = format!("{MANAGED_BY}=rearguard,{SNAPSHOT_OF}={deployment}");
+    if let Some(r) = revision {
+        s.push_str(&format!(",{REVISION}={r}"));
+    }
+    s
+}
+
+/// Takes the snapshot of `revision` of the target's Deployment, then deletes the
+/// snapshots of all but the newest `keep` revisions. Refuses when the Deployment has
+/// moved to another revision since, or a required ConfigMap or Secret is missing (an
+/// incomplete snapshot would restore a configuration that never ran).
+pub async fn take(
+    target: &KubeDeploymentRef,
+    handle: &Handle,
+    revision: &str,
+    keep: u32,
+) -> Result<String, StepError> {
+    let client = handle.client().await?;
+    let (ns, name) = (&target.namespace, &target.deployment);
+    let shown = format!("{ns}/{name}");
+    let Ok(number) = revision.parse::<i64>() else {
+        return Err(StepError::Refused(format!(
+            "revision {revision:?} of deployment {shown} is not a revision number: no snapshot"
+        )));
+    };
+    let d = crate::kube::deployment(&client, ns, name).await?;
+    let sets = crate::kube::replica_sets(&client, &d).await?;
+    let current =
+        crate::source::kube_deployment::revision_of(&d, &sets).map_err(StepError::Refused)?;
+    if current != revision {
+        return Err(StepError::Refused(format!(
+            "deployment {shown} is at revision {current}, no longer {revision}: its configuration is not snapshotted as revision {revision}'s"
+        )));
+    }
+    let spec = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .unwrap_or_default();
+    let observed = kconfig::read(&client, ns, &kconfig::references(&spec)).await?;
+    if let Some(missing) = observed
+        .iter()
+        .find(|o| o.content.is_none() && !o.reference.optional)
+    {
+        return Err(StepError::Refused(format!(
+            "{} {ns}/{} that revision {revision} of deployment {shown} requires is missing: no snapshot taken",
+            missing.reference.kind.name(),
+            missing.reference.name
+        )));
+    }
+    let hash = kconfig::config_hash(&observed);
+    let (mut created, mut existing) = (0, 0);
+    for o in &observed {
+        let Some(content) = &o.content else {
+            continue;
+        };
+        let meta = ObjectMeta {
+            name: Some(snapshot_name(name, number, &o.reference.name)),
+            namespace: Some(ns.clone()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY.to_owned(), "rearguard".to_owned()),
+                (SNAPSHOT_OF.to_owned(), name.clone()),
+                (REVISION.to_owned(), number.to_string()),
+            ])),
+            annotations: Some(BTreeMap::from([
+                (ORIGINAL.to_owned(), o.reference.name.clone()),
+                (CONTENT_HASH.to_owned(), content.hash()),
+                (CONFIG_HASH.to_owned(), hash.clone()),
+            ])),
+            ..Default::default()
+        };
+        if create(&client, ns, o.reference.kind, meta, content).await? {
+            created += 1;
+        } else {
+            existing += 1;
+        }
+    }
+    let pruned = prune(&client, ns, name, keep).await?;
+    Ok(format!(
+        "snapshot of revision {revision} of deployment {shown}: {created} objects created, {existing} already there, {pruned} of older revisions deleted (config hash {hash})"
+    ))
+}
+
+/// Creates one snapshot object: `true` when created, `false` when an identical one was
+/// already there (another replica, or this one before a restart).
+async fn create(
+    client: &::kube::Client,
+    ns: &str,
+    kind: Kind,
+    meta: ObjectMeta,
+    content: &Content,
+) -> Result<bool, StepError> {
+    let name = meta.name.clone().unwrap_or_default();
+    let pp = PostParams::default();
+    let result = match kind {
+        Kind::ConfigMap => {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+            api.create(&pp, &config_map(meta, content))
+                .await
+                .map(|_| ())
+        }
+        Kind::Secret => {
+            let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+            api.create(&pp, &secret(meta, content)).await.map(|_| ())
+        }
+    };
+    match result.map_err(KubeError::from) {
+        Ok(()) => Ok(true),
+        Err(KubeError::Api { code: 409, .. }) => {
+            let there = read_content(client, ns, kind, &name).await?;
+            if there.as_ref() == Some(content) {
+                Ok(false)
+            } else {
+                Err(StepError::Refused(format!(
+                    "{} {ns}/{name} already exists with other content: the snapshot is left as it is",
+                    kind.name()
+                )))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn read_content(
+    client: &::kube::Client,
+    ns: &str,
+    kind: Kind,
+    name: &str,
+) -> Result<Option<Content>, KubeError> {
+    Ok(match kind {
+        Kind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await?
+            .map(|c| Content::of_config_map(&c)),
+        Kind::Secret => Api::<Secret>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await?
+            .map(|s| Content::of_secret(&s)),
+    })
+}
+
+/// A ConfigMap with `meta` holding `content`.
+pub fn config_map(meta: ObjectMeta, content: &Content) -> ConfigMap {
+    ConfigMap {
+        metadata: meta,
+        data: Some(content.data.clone()),
+        binary_data: (!content.binary.is_empty()).then(|| byte_strings(&content.binary)),
+        ..Default::default()
+    }
+}
+
+/// A Secret with `meta` holding `content`, of the same type.
+pub fn secret(meta: ObjectMeta, content: &Content) -> Secret {
+    Secret {
+        metadata: meta,
+        data: Some(byte_strings(&content.binary)),
+        type_: content.secret_type.clone(),
+        ..Default::default()
+    }
+}
+
+pub fn byte_strings(map: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, ByteString> {
+    map.iter()
+        .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+        .collect()
+}
+
+/// A snapshot object found on the cluster.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub kind: Kind,
+    /// The snapshot's own name.
+    pub name: String,
+    /// The name of the object it copies.
+    pub original: Option<String>,
+    pub revision: Option<i64>,
+    pub content: Content,
+}
+
+/// The snapshot objects of `deployment`, of one revision or of all.
+pub async fn list(
+    client: &::kube::Client,
+    ns: &str,
+    deployment: &str,
+    revision: Option<i64>,
+) -> Result<Vec<Found>, KubeError> {
+    let lp = ListParams::default().labels(&selector(deployment, revision));
+    let found = |kind: Kind, meta: &ObjectMeta, content: Content| Found {
+        kind,
+        name: meta.name.clone().unwrap_or_default(),
+        original: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ORIGINAL))
+            .cloned(),
+        revision: meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(REVISION))
+            .and_then(|r| r.parse().ok()),
+        content,
+    };
+    let mut out = Vec::new();
+    for cm in Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+    {
+        out.push(found(
+            Kind::ConfigMap,
+            &cm.metadata,
+            Content::of_config_map(&cm),
+        ));
+    }
+    for s in Api::<Secret>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+    {
+        out.push(found(Kind::Secret, &s.metadata, Content::of_secret(&s)));
+    }
+    Ok(out)
+}
+
+/// Deletes the snapshots of every revision of `deployment` but the newest `keep`; how
+/// many objects it deleted.
+async fn prune(
+    client: &::kube::Client,
+    ns: &str,
+    deployment: &str,
+    keep: u32,
+) -> Result<usize, KubeError> {
+    let all = list(client, ns, deployment, None).await?;
+    let revisions: BTreeSet<i64> = all.iter().filter_map(|f| f.revision).collect();
+    let kept: BTreeSet<i64> = revisions
+        .iter()
+        .rev()
+        .take(keep as usize)
+        .copied()
+        .collect();
+    let mut deleted = 0;
+    for f in all
+        .iter()
+        .filter(|f| f.revision.is_some_and(|r| !kept.contains(&r)))
+    {
+        let dp = DeleteParams::default();
+        let result = match f.kind {
+            Kind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .delete(&f.name, &dp)
+                .await
+                .map(|_| ()),
+            Kind::Secret => Api::<Secret>::namespaced(client.clone(), ns)
+                .delete(&f.name, &dp)
+                .await
+                .map(|_| ()),
+        };
+        match result.map_err(KubeError::from) {
+            Ok(()) => deleted += 1,
+            // Another replica pruned it first.
+            Err(KubeError::Api { code: 404, .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_names_are_deterministic_and_fit_a_dns_subdomain() {
+        assert_eq!(snapshot_name("web", 3, "web-config"), "web-r3-web-config");
+        let long = "x".repeat(250);
+        let a = snapshot_name("web", 3, &long);
+        assert_eq!(a, snapshot_name("web", 3, &long));
+        assert!(a.len() <= MAX_NAME, "{}", a.len());
+        assert_ne!(a, snapshot_name("web", 4, &long));
+    }
+}

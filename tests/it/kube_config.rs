@@ -1,0 +1,831 @@
+//! Kubernetes configuration against the fake API server: snapshots of a Deployment's
+//! ConfigMaps and Secrets (deterministic, idempotent, pruned), `kube_restore_config`,
+//! `kube_delete_pods`, the `kubernetes-config` and `kubernetes-emergency` recipes, and
+//! the full pod-OOM incident through the daemon: a bad rollout whose ConfigMap changed
+//! too, OOM kills, the rule, mark bad, undo, restore, rollout, verification.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rearguard::action::kube_snapshot;
+use rearguard::action::{Action, ActionContext, ActionOutput};
+use rearguard::config::{KubeDeploymentRef, Step};
+use rearguard::daemon::Event;
+use rearguard::engine::{Effect, Outcome};
+use rearguard::kube::{Access, AccessSource, Handle};
+use serde_json::{Value, json};
+
+use crate::kube_fake::KubeFake;
+use crate::support;
+
+const NS: &str = "shop";
+const NAME: &str = "web";
+/// The Secret's password in every revision; it must never appear in an output.
+const GOOD_PASSWORD: &str = "s3cret-good";
+const BAD_PASSWORD: &str = "s3cret-bad";
+
+fn target(fake: &KubeFake) -> KubeDeploymentRef {
+    KubeDeploymentRef {
+        access: Access {
+            source: AccessSource::Kubeconfig {
+                path: fake.kubeconfig(),
+                context: None,
+            },
+            server: None,
+        },
+        namespace: NS.to_owned(),
+        deployment: NAME.to_owned(),
+    }
+}
+
+fn ctx(from: &str, to: &str) -> ActionContext {
+    ActionContext {
+        incident: "inc-1".to_owned(),
+        target: NAME.to_owned(),
+        rule: "memory-leak".to_owned(),
+        from_revision: Some(from.to_owned()),
+        to_revision: Some(to.to_owned()),
+        bad_revisions: Vec::new(),
+    }
+}
+
+/// The pod template of revision `n`: image `web:n`, the ConfigMap `web-config` through
+/// `envFrom`, the Secret `web-secret` as a volume, and an optional ConfigMap that does
+/// not exist.
+fn template(n: u32, hash: Option<&str>) -> Value {
+    let mut labels = json!({"app": "web"});
+    if let Some(h) = hash {
+        labels["pod-template-hash"] = json!(h);
+    }
+    json!({
+        "metadata": {"labels": labels},
+        "spec": {
+            "containers": [{
+                "name": "web", "image": format!("web:{n}"),
+                "envFrom": [{"configMapRef": {"name": "web-config"}}],
+                "env": [{"name": "FLAGS", "valueFrom": {"configMapKeyRef":
+                    {"name": "web-flags", "key": "flags", "optional": true}}}],
+            }],
+            "volumes": [{"name": "secret", "secret": {"secretName": "web-secret"}}],
+        },
+    })
+}
+
+fn config_map(mode: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": "web-config", "namespace": NS},
+           "data": {"MODE": mode, "HEAP": if mode == "good" { "256m" } else { "4g" }}})
+}
+
+fn secret(password: &str) -> Value {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(password);
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+           "metadata": {"name": "web-secret", "namespace": NS},
+           "data": {"password": encoded}})
+}
+
+/// The Secret's password as stored in the fake.
+fn password(fake: &KubeFake, name: &str) -> String {
+    use base64::Engine as _;
+    let s = fake.get("secrets", NS, name).expect("the secret exists");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s["data"]["password"].as_str().unwrap())
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+fn mode(fake: &KubeFake, name: &str) -> Value {
+    fake.get("configmaps", NS, name)
+        .expect("the configmap exists")["data"]["MODE"]
+        .clone()
+}
+
+/// The Deployment at revision 1 with its ReplicaSet, its ConfigMap and Secret, and
+/// three running pods; the rollout is complete.
+fn seed(fake: &KubeFake) {
+    fake.put(config_map("good"));
+    fake.put(secret(GOOD_PASSWORD));
+    fake.put(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": NAME, "namespace": NS,
+                     "annotations": {"deployment.kubernetes.io/revision": "1"}},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                 "template": template(1, None)},
+    }));
+    add_replica_set(fake, 1);
+    for p in ["a", "b", "c"] {
+        set_pod(fake, p, 0, false);
+    }
+    complete_rollout(fake);
+}
+
+/// What the deployment controller does for revision `n`: a ReplicaSet with its template.
+fn add_replica_set(fake: &KubeFake, n: u32) {
+    let uid = fake.get("deployments", NS, NAME).unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hash = format!("h{n}");
+    fake.put(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {
+            "name": format!("web-{hash}"), "namespace": NS,
+            "labels": {"app": "web", "pod-template-hash": hash},
+            "annotations": {"deployment.kubernetes.io/revision": n.to_string()},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": NAME,
+                                 "uid": uid, "controller": true}],
+        },
+        "spec": {"selector": {"matchLabels": {"app": "web", "pod-template-hash": hash}},
+                 "template": template(n, Some(&hash))},
+    }));
+}
+
+/// A deploy of revision `n`, as `kubectl apply` and the deployment controller do it.
+fn deploy(fake: &KubeFake, n: u32) {
+    let mut d = fake.get("deployments", NS, NAME).unwrap();
+    d["spec"]["template"] = template(n, None);
+    fake.put(d);
+    add_replica_set(fake, n);
+    let mut d = fake.get("deployments", NS, NAME).unwrap();
+    d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!(n.to_string());
+    fake.put(d);
+    complete_rollout(fake);
+}
+
+/// The deployment controller's status for the Deployment's current generation.
+fn complete_rollout(fake: &KubeFake) {
+    fake.with(|s| {
+        let mut d = s.get("deployments", NS, NAME).unwrap();
+        let generation = d["metadata"]["generation"].as_i64().unwrap_or(1);
+        if d["status"]["observedGeneration"].as_i64() == Some(generation) {
+            return;
+        }
+        d["status"] = json!({"observedGeneration": generation, "replicas": 3,
+            "updatedReplicas": 3, "readyReplicas": 3, "availableReplicas": 3});
+        s.force_status(d);
+    });
+}
+
+/// A pod of the app as the kubelet reports it; `oom` sets its last termination to an
+/// OOM kill.
+fn set_pod(fake: &KubeFake, name: &str, restarts: i32, oom: bool) {
+    let mut status = json!({
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "containerStatuses": [{"name": "web", "image": "web:1", "imageID": "", "ready": true,
+                               "restartCount": restarts, "state": {"running": {}}}],
+    });
+    if oom {
+        status["containerStatuses"][0]["lastState"] =
+            json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
+    }
+    let p = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": "web:1"}]},
+        "status": status,
+    });
+    fake.with(|s| {
+        if s.get("pods", NS, name).is_none() {
+            s.force(p.clone());
+        }
+        s.force_status(p)
+    });
+}
+
+async fn run(spec: rearguard::config::ActionSpec, ctx: &ActionContext) -> ActionOutput {
+    Action::new(&spec, &rearguard::http::client())
+        .run(ctx, Duration::from_secs(10))
+        .await
+}
+
+fn snapshot_names(fake: &KubeFake, plural: &str) -> Vec<String> {
+    let mut names: Vec<String> = fake
+        .list(plural, Some(NS))
+        .into_iter()
+        .filter(|o| o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "rearguard")
+        .map(|o| o["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_revisions_configmaps_and_secrets_are_snapshotted_once_and_old_revisions_pruned() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let t = target(&fake);
+    let handle = Handle::new(&t.access);
+    let out = kube_snapshot::take(&t, &handle, "1", 2).await.unwrap();
+    assert!(out.contains("2 objects created"), "{out}");
+    assert!(!out.contains(GOOD_PASSWORD), "{out}");
+
+    let cm = fake.get("configmaps", NS, "web-r1-web-config").unwrap();
+    assert_eq!(cm["data"], config_map("good")["data"]);
+    let labels = &cm["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "rearguard");
+    assert_eq!(labels["rearguard.io/snapshot-of"], NAME);
+    assert_eq!(labels["rearguard.io/revision"], "1");
+    assert_eq!(
+        cm["metadata"]["annotations"]["rearguard.io/original-name"],
+        "web-config"
+    );
+    let s = fake.get("secrets", NS, "web-r1-web-secret").unwrap();
+    assert_eq!(s["type"], "Opaque");
+    assert_eq!(password(&fake, "web-r1-web-secret"), GOOD_PASSWORD);
+    // The optional ConfigMap that does not exist is no error and no object.
+    assert!(fake.get("configmaps", NS, "web-r1-web-flags").is_none());
+
+    // A second replica, or a restart: the same names, nothing created twice.
+    let again = kube_snapshot::take(&t, &handle, "1", 2).await.unwrap();
+    assert!(
+        again.contains("0 objects created, 2 already there"),
+        "{again}"
+    );
+
+    // A snapshot that someone changed is not overwritten, and says so.
+    let mut tampered = fake.get("configmaps", NS, "web-r1-web-config").unwrap();
+    tampered["data"]["MODE"] = json!("edited");
+    fake.put(tampered);
+    let err = kube_snapshot::take(&t, &handle, "1", 2).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("already exists with other content"),
+        "{err}"
+    );
+    assert_eq!(mode(&fake, "web-r1-web-config"), "edited");
+
+    // A revision the Deployment is no longer at is refused.
+    deploy(&fake, 2);
+    let err = kube_snapshot::take(&t, &handle, "1", 2).await.unwrap_err();
+    assert!(err.to_string().contains("is at revision 2"), "{err}");
+
+    // Only the newest two revisions' snapshots are kept.
+    kube_snapshot::take(&t, &handle, "2", 2).await.unwrap();
+    deploy(&fake, 3);
+    let out = kube_snapshot::take(&t, &handle, "3", 2).await.unwrap();
+    assert!(out.contains("2 of older revisions deleted"), "{out}");
+    assert_eq!(
+        snapshot_names(&fake, "configmaps"),
+        ["web-r2-web-config", "web-r3-web-config"]
+    );
+    assert_eq!(
+        snapshot_names(&fake, "secrets"),
+        ["web-r2-web-secret", "web-r3-web-secret"]
+    );
+    // The originals are never touched by snapshots.
+    assert_eq!(mode(&fake, "web-config"), "good");
+}
+
+#[tokio::test]
+async fn a_required_configmap_that_is_missing_leaves_no_partial_snapshot() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let mut d = fake.get("deployments", NS, NAME).unwrap();
+    d["spec"]["template"]["spec"]["containers"][0]["envFrom"] =
+        json!([{"configMapRef": {"name": "web-config"}}, {"configMapRef": {"name": "gone"}}]);
+    fake.put(d);
+    let mut rs = fake.get("replicasets", NS, "web-h1").unwrap();
+    rs["spec"]["template"]["spec"]["containers"][0]["envFrom"] =
+        json!([{"configMapRef": {"name": "web-config"}}, {"configMapRef": {"name": "gone"}}]);
+    fake.put(rs);
+    let t = target(&fake);
+    let err = kube_snapshot::take(&t, &Handle::new(&t.access), "1", 3)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("configmap shop/gone that revision 1"),
+        "{err}"
+    );
+    assert!(snapshot_names(&fake, "configmaps").is_empty());
+    assert!(snapshot_names(&fake, "secrets").is_empty());
+}
+
+#[tokio::test]
+async fn restore_config_puts_the_known_good_data_back_once_and_never_shows_secrets() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let t = target(&fake);
+    kube_snapshot::take(&t, &Handle::new(&t.access), "1", 3)
+        .await
+        .unwrap();
+    fake.put(config_map("bad"));
+    fake.put(secret(BAD_PASSWORD));
+    let spec = rearguard::config::ActionSpec::KubeRestoreConfig(
+        rearguard::config::KubeRestoreConfigSpec {
+            target: t.clone(),
+            revision: None,
+        },
+    );
+    let before = fake.get("configmaps", NS, "web-config").unwrap();
+    let out = run(spec.clone(), &ctx("2", "1")).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(mode(&fake, "web-config"), "good");
+    assert_eq!(password(&fake, "web-secret"), GOOD_PASSWORD);
+    let text = format!("{out:?}");
+    assert!(
+        !text.contains(GOOD_PASSWORD) && !text.contains(BAD_PASSWORD),
+        "{text}"
+    );
+    // The original keeps its identity: an update of the object read, not a new one.
+    let after = fake.get("configmaps", NS, "web-config").unwrap();
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
+    let puts = fake.requests_to(
+        &axum::http::Method::PUT,
+        "/api/v1/namespaces/shop/configmaps/web-config",
+    );
+    assert_eq!(puts.len(), 1);
+    let sent: Value = serde_json::from_str(&puts[0].body).unwrap();
+    assert_eq!(
+        sent["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"],
+        "the update is conditional on the version read"
+    );
+
+    // Again: nothing to do, nothing written.
+    let out = run(spec.clone(), &ctx("2", "1")).await;
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.output.contains("already as in the snapshot"),
+        "{}",
+        out.output
+    );
+    let puts = fake.requests_to(
+        &axum::http::Method::PUT,
+        "/api/v1/namespaces/shop/configmaps/web-config",
+    );
+    assert_eq!(puts.len(), 1, "no second write");
+}
+
+#[tokio::test]
+async fn restore_config_without_a_snapshot_of_the_revision_fails_and_names_those_there_are() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let t = target(&fake);
+    let spec = rearguard::config::ActionSpec::KubeRestoreConfig(
+        rearguard::config::KubeRestoreConfigSpec {
+            target: t.clone(),
+            revision: None,
+        },
+    );
+    let out = run(spec.clone(), &ctx("2", "1")).await;
+    assert!(!out.ok);
+    let error = out.error.unwrap();
+    assert!(
+        error.contains("no snapshot of revision 1 of deployment shop/web")
+            && error.contains("revisions with snapshots: none"),
+        "{error}"
+    );
+    assert!(!error.contains("[retryable]"), "{error}");
+    kube_snapshot::take(&t, &Handle::new(&t.access), "1", 3)
+        .await
+        .unwrap();
+    let fixed = rearguard::config::ActionSpec::KubeRestoreConfig(
+        rearguard::config::KubeRestoreConfigSpec {
+            target: t,
+            revision: Some(7),
+        },
+    );
+    let error = run(fixed, &ctx("2", "1")).await.error.unwrap();
+    assert!(
+        error.contains("no snapshot of revision 7")
+            && error.contains("revisions with snapshots: 1"),
+        "{error}"
+    );
+    // An incident without a revision number restores nothing rather than guessing.
+    let mut unknown = ctx("2", "1");
+    unknown.to_revision = Some("v1".to_owned());
+    let error = run(spec, &unknown).await.error.unwrap();
+    assert!(error.contains("not a revision number"), "{error}");
+    assert_eq!(mode(&fake, "web-config"), "good");
+}
+
+#[tokio::test]
+async fn delete_pods_deletes_the_deployments_pods_and_no_others() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    fake.put(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "other", "namespace": NS, "labels": {"app": "db"}},
+        "spec": {"containers": [{"name": "db", "image": "db:1"}]},
+    }));
+    let out = run(
+        rearguard::config::ActionSpec::KubeDeletePods(target(&fake)),
+        &ctx("2", "1"),
+    )
+    .await;
+    assert!(out.ok, "{out:?}");
+    assert!(out.output.starts_with("deleted 3 pods"), "{}", out.output);
+    for p in ["a", "b", "c"] {
+        assert!(fake.get("pods", NS, p).is_none(), "pod {p} is deleted");
+    }
+    assert!(
+        fake.get("pods", NS, "other").is_some(),
+        "another app's pod stays"
+    );
+}
+
+/// The plan steps of `recipe` with the given `with`, validated as `check` does.
+fn recipe_steps(fake: &KubeFake, dir: &std::path::Path, recipe: &str) -> Vec<Step> {
+    let text = format!(
+        r#"
+[daemon]
+state_dir = "{}"
+
+[kubernetes]
+kubeconfig = "{}"
+
+[[target]]
+name = "web"
+plan = "p"
+change = {{ type = "kube_deployment", namespace = "shop", deployment = "web" }}
+
+[[plan]]
+name = "p"
+
+[[plan.step]]
+type = "recipe"
+recipe = "{recipe}"
+name = "r"
+with = {{ namespace = "shop", deployment = "web" }}
+"#,
+        dir.display(),
+        fake.kubeconfig().display()
+    );
+    support::config(&text).plans[0].steps.clone()
+}
+
+#[tokio::test]
+async fn the_kubernetes_config_recipe_rolls_back_restores_the_configuration_and_restarts() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let t = target(&fake);
+    kube_snapshot::take(&t, &Handle::new(&t.access), "1", 3)
+        .await
+        .unwrap();
+    fake.put(config_map("bad"));
+    fake.put(secret(BAD_PASSWORD));
+    deploy(&fake, 2);
+    let dir = support::temp_dir();
+    let steps = recipe_steps(&fake, dir.path(), "kubernetes-config");
+    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "r: mark the bad revision",
+            "r: roll the deployment back",
+            "r: restore the configuration",
+            "r: restart the deployment",
+            "r: wait for the rollout",
+        ]
+    );
+    let ctx = ctx("2", "1");
+    let client = rearguard::http::client();
+    for step in &steps[..4] {
+        let out = Action::new(&step.action, &client)
+            .run(&ctx, step.timeout)
+            .await;
+        assert!(out.ok, "{}: {out:?}", step.name);
+    }
+    let d = fake.get("deployments", NS, NAME).unwrap();
+    let container = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "web:1");
+    assert!(
+        d["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .is_string(),
+        "restarted so that every pod reads the restored configuration"
+    );
+    assert_eq!(mode(&fake, "web-config"), "good");
+    assert_eq!(password(&fake, "web-secret"), GOOD_PASSWORD);
+    let bad = fake.get("replicasets", NS, "web-h2").unwrap();
+    assert_eq!(
+        bad["metadata"]["annotations"]["rearguard.io/marked-bad"],
+        "inc-1"
+    );
+    complete_rollout(&fake);
+    let out = Action::new(&steps[4].action, &client)
+        .run(&ctx, steps[4].timeout)
+        .await;
+    assert!(out.ok, "{out:?}");
+}
+
+#[tokio::test]
+async fn the_kubernetes_emergency_recipe_pauses_restores_and_deletes_the_pods() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let t = target(&fake);
+    kube_snapshot::take(&t, &Handle::new(&t.access), "1", 3)
+        .await
+        .unwrap();
+    fake.put(config_map("bad"));
+    let dir = support::temp_dir();
+    let steps = recipe_steps(&fake, dir.path(), "kubernetes-emergency");
+    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "r: pause the deployment",
+            "r: restore the configuration",
+            "r: delete the pods",
+        ]
+    );
+    let ctx = ctx("1", "1");
+    let client = rearguard::http::client();
+    for step in &steps {
+        let out = Action::new(&step.action, &client)
+            .run(&ctx, step.timeout)
+            .await;
+        assert!(out.ok, "{}: {out:?}", step.name);
+    }
+    let d = fake.get("deployments", NS, NAME).unwrap();
+    assert_eq!(d["spec"]["paused"], true, "the deployment stays paused");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "web:1"
+    );
+    assert_eq!(mode(&fake, "web-config"), "good");
+    assert!(fake.list("pods", Some(NS)).is_empty());
+}
+
+#[tokio::test]
+async fn the_emergency_recipe_deletes_no_pods_when_there_is_no_snapshot() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let dir = support::temp_dir();
+    let steps = recipe_steps(&fake, dir.path(), "kubernetes-emergency");
+    let client = rearguard::http::client();
+    let ctx = ctx("1", "1");
+    let restore = Action::new(&steps[1].action, &client)
+        .run(&ctx, steps[1].timeout)
+        .await;
+    assert!(!restore.ok, "{restore:?}");
+    // The plan aborts at the failed restore (on_failure defaults to abort), so the
+    // delete step is never ordered; its pods are untouched.
+    assert_eq!(steps[1].on_failure, rearguard::config::OnFailure::Abort);
+    assert_eq!(fake.list("pods", Some(NS)).len(), 3);
+}
+
+/// Issue 4: a bad rollout whose ConfigMap and Secret changed too; its pods are
+/// OOM-killed; the daemon sees the kills through the kube_pods watch, the rule fires,
+/// and the plan marks the revision bad, undoes the rollout, restores the configuration
+/// from the snapshot taken when revision 1 baked, and waits for the rollout; the
+/// verification passes.
+#[tokio::test]
+async fn oom_killed_pods_after_a_bad_rollout_roll_back_the_deployment_and_its_configuration() {
+    let fake = Arc::new(KubeFake::start().await);
+    seed(&fake);
+    // The deployment controller's status, as the test's stand-in for it.
+    let controller = {
+        let fake = Arc::clone(&fake);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                every.tick().await;
+                complete_rollout(&fake);
+            }
+        })
+    };
+    let dir = support::temp_dir();
+    let text = format!(
+        r#"
+[daemon]
+state_dir = "{state}"
+listen = "127.0.0.1:0"
+tick = "50ms"
+drain_timeout = "5s"
+
+[kubernetes]
+kubeconfig = "{kubeconfig}"
+
+[[target]]
+name = "web"
+plan = "level2"
+blame_window = "5m"
+bake = "300ms"
+change = {{ type = "kube_deployment", namespace = "shop", deployment = "web" }}
+
+[[signal]]
+name = "oom"
+target = "web"
+type = "kube_pods"
+namespace = "shop"
+selector = "app=web"
+event = "oom_killed"
+interval = "100ms"
+
+[[rule]]
+name = "memory-leak"
+signal = "oom"
+when = "> 1"
+within = "2s"
+
+[[plan]]
+name = "level2"
+
+[[plan.step]]
+type = "kube_mark_bad"
+namespace = "shop"
+deployment = "web"
+
+[[plan.step]]
+type = "kube_rollout_undo"
+namespace = "shop"
+deployment = "web"
+to_revision = "{{to_revision}}"
+
+[[plan.step]]
+type = "kube_restore_config"
+namespace = "shop"
+deployment = "web"
+
+[[plan.step]]
+type = "kube_rollout_status"
+namespace = "shop"
+deployment = "web"
+timeout = "20s"
+
+[plan.verify]
+window = "3s"
+"#,
+        state = dir.path().display(),
+        kubeconfig = fake.kubeconfig().display(),
+    );
+    let mut d = crate::running::start(crate::daemon::load(&text));
+    d.wait_for("the start", 10, |e| matches!(e, Event::Started))
+        .await;
+    // Revision 1 bakes, and its configuration is snapshotted on the cluster.
+    support::poll_until(Duration::from_secs(15), || {
+        fake.get("configmaps", NS, "web-r1-web-config").is_some()
+            && fake.get("secrets", NS, "web-r1-web-secret").is_some()
+    })
+    .await
+    .expect("the baked revision's configuration is snapshotted");
+
+    // The bad rollout: a new ConfigMap and Secret content and a new template.
+    fake.put(config_map("bad"));
+    fake.put(secret(BAD_PASSWORD));
+    deploy(&fake, 2);
+    d.wait_for(
+        "the bad rollout",
+        10,
+        |e| matches!(e, Event::Effect(_, Effect::ChangeObserved { to, .. }) if to == "2"),
+    )
+    .await;
+    // Its pods are OOM-killed.
+    set_pod(&fake, "a", 1, true);
+    set_pod(&fake, "b", 1, true);
+
+    let inc = d.closed_incident(30).await;
+    assert_eq!(
+        inc.outcome,
+        Some(Outcome::RolledBack),
+        "timeline: {:#?}",
+        inc.timeline
+    );
+    assert_eq!(inc.from_revision.as_deref(), Some("2"));
+    assert_eq!(inc.to_revision.as_deref(), Some("1"));
+    let actions: Vec<&str> = inc.steps.iter().map(|s| s.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "kube_mark_bad",
+            "kube_rollout_undo",
+            "kube_restore_config",
+            "kube_rollout_status"
+        ]
+    );
+    let d1 = fake.get("deployments", NS, NAME).unwrap();
+    assert_eq!(
+        d1["spec"]["template"]["spec"]["containers"][0]["image"],
+        "web:1"
+    );
+    assert_eq!(mode(&fake, "web-config"), "good");
+    assert_eq!(
+        fake.get("configmaps", NS, "web-config").unwrap()["data"],
+        config_map("good")["data"]
+    );
+    assert_eq!(password(&fake, "web-secret"), GOOD_PASSWORD);
+    let story = format!("{inc:?}");
+    assert!(
+        !story.contains(GOOD_PASSWORD) && !story.contains(BAD_PASSWORD),
+        "no secret in the incident"
+    );
+    d.stop().await;
+    controller.abort();
+}
+
+#[tokio::test]
+async fn the_observers_config_hash_follows_the_configmaps_and_secrets_and_not_the_revision_alone() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let mut watcher = rearguard::source::kube_deployment::Watcher::new(&target(&fake));
+    assert_eq!(watcher.observe().await, Ok("1".to_owned()));
+    let first = watcher.config_hash().expect("a hash").to_owned();
+    assert_eq!(watcher.observe().await, Ok("1".to_owned()));
+    assert_eq!(
+        watcher.config_hash(),
+        Some(first.as_str()),
+        "nothing changed"
+    );
+    fake.put(config_map("bad"));
+    assert_eq!(watcher.observe().await, Ok("1".to_owned()));
+    let second = watcher.config_hash().unwrap().to_owned();
+    assert_ne!(second, first, "a ConfigMap's data changed");
+    fake.put(secret(BAD_PASSWORD));
+    assert_eq!(watcher.observe().await, Ok("1".to_owned()));
+    let third = watcher.config_hash().unwrap().to_owned();
+    assert_ne!(third, second, "a Secret's data changed");
+    // The optional ConfigMap appearing changes it too.
+    fake.put(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "web-flags", "namespace": NS},
+                    "data": {"flags": "x"}}));
+    assert_eq!(watcher.observe().await, Ok("1".to_owned()));
+    assert_ne!(watcher.config_hash().unwrap(), third);
+}
+
+#[tokio::test]
+async fn restore_config_creates_an_original_that_was_deleted() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let t = target(&fake);
+    kube_snapshot::take(&t, &Handle::new(&t.access), "1", 3)
+        .await
+        .unwrap();
+    fake.kubectl_ok(&["-n", NS, "delete", "configmap", "web-config"])
+        .await;
+    assert!(fake.get("configmaps", NS, "web-config").is_none());
+    let spec = rearguard::config::ActionSpec::KubeRestoreConfig(
+        rearguard::config::KubeRestoreConfigSpec {
+            target: t,
+            revision: Some(1),
+        },
+    );
+    let out = run(spec, &ctx("2", "9")).await;
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.output.contains("was missing and is created again"),
+        "{}",
+        out.output
+    );
+    assert_eq!(mode(&fake, "web-config"), "good");
+    let labels = &fake.get("configmaps", NS, "web-config").unwrap()["metadata"]["labels"];
+    assert!(
+        labels.is_null(),
+        "the original carries no snapshot labels: {labels}"
+    );
+}
+
+#[test]
+fn bake_and_the_new_steps_keys_are_checked_with_their_paths() {
+    let text = r#"
+[[target]]
+name = "host"
+bake = "1m"
+
+[[target]]
+name = "web"
+plan = "p"
+bake = "0s"
+keep_snapshots = 0
+change = { type = "kube_deployment", namespace = "shop", deployment = "web" }
+
+[[plan]]
+name = "p"
+
+[[plan.step]]
+type = "kube_restore_config"
+namespace = "shop"
+deployment = "web"
+to_revision = "latest"
+
+[[plan.step]]
+type = "kube_delete_pods"
+namespace = "shop"
+deployment = "web"
+to_revision = 3
+"#;
+    let errors: Vec<String> = rearguard::config::load_str(
+        text,
+        rearguard::config::Format::Toml,
+        std::iter::empty(),
+        std::path::Path::new("."),
+    )
+    .expect_err("invalid")
+    .0
+    .iter()
+    .map(|e| e.to_string())
+    .collect();
+    for expected in [
+        "target[0].bake: only for a target whose change observer is kube_deployment",
+        "target[1].bake: must be greater than zero",
+        "target[1].keep_snapshots: must be at least 1",
+        "plan[0].step[0].to_revision: expected a revision number >= 1 or \"{to_revision}\"",
+        "plan[0].step[1].to_revision: only for types kube_rollout_undo and kube_restore_config",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(expected)),
+            "{expected:?} not in {errors:#?}"
+        );
+    }
+}
