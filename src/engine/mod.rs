@@ -410,6 +410,21 @@ impl Engine {
     /// Emits [`Effect::Baked`] for each target whose current revision has stayed healthy
     /// for its bake time; any firing rule or open incident of the target restarts it.
     fn bake(&mut self, now: Ts) {
+        let waiting = |t: usize, ts: &TargetState| {
+            self.cfg.targets[t].bake.is_some()
+                && ts.revision.is_some()
+                && ts.baked != ts.revision
+        };
+        if !self.targets.iter().enumerate().any(|(t, ts)| waiting(t, ts)) {
+            return;
+        }
+        // One pass over the rules, not one per target: a tick stays linear in the table.
+        let mut firing = vec![false; self.targets.len()];
+        for (i, r) in self.cfg.rules.iter().enumerate() {
+            if self.rules[i].phase == Phase::Firing {
+                firing[r.target] = true;
+            }
+        }
         for t in 0..self.targets.len() {
             let Some(bake) = self.cfg.targets[t].bake else {
                 continue;
@@ -420,12 +435,7 @@ impl Engine {
             if self.targets[t].baked.as_ref() == Some(&revision) {
                 continue;
             }
-            let firing = self
-                .cfg
-                .rules
-                .iter()
-                .enumerate()
-                .any(|(i, r)| r.target == t && self.rules[i].phase == Phase::Firing);
+            let firing = firing[t];
             let open = self.incidents.iter().any(|i| i.target == t);
             let ts = &mut self.targets[t];
             if firing || open {
