@@ -373,6 +373,8 @@ pub fn render_text(cfg: &Config, at: Ts, effect: &Effect) -> Option<String> {
             format!("[{}] incident closed: {}", inc.id, outcome_name_of(inc))
         }
         Effect::CommandRejected { reason } => format!("command rejected: {reason}"),
+        // The timeline's entries already tell each transition.
+        Effect::Transition { .. } => return None,
     };
     Some(format!("{at}  {text}"))
 }
@@ -450,6 +452,8 @@ pub fn render_json(cfg: &Config, at: Ts, effect: &Effect) -> Option<String> {
                 }),
             )
         }
+        // The timeline's entries already tell each transition.
+        Effect::Transition { .. } => return None,
         Effect::Notify(n) => (
             "notification",
             target_name(n.target),
