@@ -23,6 +23,7 @@ use ::kube::api::PostParams;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,7 +40,10 @@ pub const MESSAGE_LIMIT: usize = 1024;
 const QUEUE: usize = 256;
 
 /// How long one post (and the read of the Deployment's uid) may take.
-const POST_TIMEOUT: Duration = Duration::from_secs(10);
+const POST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the Events still queued at a stop may take to be posted.
+const DRAIN: Duration = Duration::from_secs(2);
 
 /// The Event's reason and type for an occasion, or `None` for occasions that are not a
 /// transition of the incident (a slow rollback, failed attempts).
@@ -155,7 +159,9 @@ pub fn message(summary: &str) -> String {
     crate::notify::text::truncate_bytes(&one_line, MESSAGE_LIMIT)
 }
 
-/// Posts queued Events one at a time, in the order they were recorded.
+/// Posts queued Events one at a time, in the order they were recorded. Once `stop` is
+/// cancelled, what is queued still gets [`DRAIN`] to be posted, so that the Events of a
+/// stop's last steps are not lost to it.
 async fn post_loop(
     mut destinations: Vec<Option<Destination>>,
     mut rx: mpsc::Receiver<Pending>,
@@ -165,22 +171,29 @@ async fn post_loop(
     // While failing, further failures are not logged again until a post succeeds.
     let mut failing = false;
     let mut reported_drops = 0;
+    let mut deadline: Option<Instant> = None;
     loop {
-        let pending = tokio::select! {
-            _ = stop.cancelled() => return,
-            p = rx.recv() => match p {
-                Some(p) => p,
-                None => return,
+        let pending = match deadline {
+            None => tokio::select! {
+                _ = stop.cancelled() => {
+                    deadline = Some(Instant::now() + DRAIN);
+                    continue;
+                }
+                p = rx.recv() => match p {
+                    Some(p) => p,
+                    None => return,
+                },
             },
+            Some(d) if Instant::now() < d => match rx.try_recv() {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            Some(_) => return,
         };
         let Some(Some(dest)) = destinations.get_mut(pending.target) else {
             continue;
         };
-        let posted = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = tokio::time::timeout(POST_TIMEOUT, post(dest, &pending)) => r
-                .unwrap_or_else(|_| Err(KubeError::Transport("no answer within 10s".to_owned()))),
-        };
+        let posted = bounded(post(dest, &pending), &stop, &mut deadline).await;
         let deployment = format!(
             "{}/{}",
             dest.deployment.namespace, dest.deployment.deployment
@@ -206,6 +219,29 @@ async fn post_loop(
                 "kubernetes events dropped: too many waiting to be posted"
             );
             reported_drops = now_dropped;
+        }
+    }
+}
+
+/// `post` within [`POST_TIMEOUT`], and within the drain's deadline once `stop` is
+/// cancelled (which sets it).
+async fn bounded(
+    post: impl std::future::Future<Output = Result<(), KubeError>>,
+    stop: &CancellationToken,
+    deadline: &mut Option<Instant>,
+) -> Result<(), KubeError> {
+    tokio::pin!(post);
+    let limit = Instant::now() + POST_TIMEOUT;
+    loop {
+        let until = deadline.map_or(limit, |d| d.min(limit));
+        tokio::select! {
+            r = &mut post => return r,
+            _ = tokio::time::sleep_until(until) => {
+                return Err(KubeError::Transport("no answer in time".to_owned()));
+            }
+            _ = stop.cancelled(), if deadline.is_none() => {
+                *deadline = Some(Instant::now() + DRAIN);
+            }
         }
     }
 }
@@ -248,7 +284,9 @@ fn event(pending: &Pending, namespace: &str, name: &str, uid: Option<String>) ->
         metadata: ObjectMeta {
             name: Some(format!("{prefix}.{nanos:x}{seq:x}")),
             namespace: Some(namespace.to_owned()),
-            annotations: Some([("rearguard.io/incident".to_owned(), pending.incident.clone())].into()),
+            annotations: Some(
+                [("rearguard.io/incident".to_owned(), pending.incident.clone())].into(),
+            ),
             ..Default::default()
         },
         involved_object: ObjectReference {
@@ -289,7 +327,12 @@ mod tests {
                 Occasion::RollbackSlow | Occasion::AttemptsFailed => assert_eq!(r, None),
                 _ => {
                     let (reason, kind) = r.expect("a transition has a reason");
-                    assert!(reason.chars().next().is_some_and(|c| c.is_ascii_uppercase()));
+                    assert!(
+                        reason
+                            .chars()
+                            .next()
+                            .is_some_and(|c| c.is_ascii_uppercase())
+                    );
                     assert!(matches!(kind, "Normal" | "Warning"), "{kind}");
                 }
             }
