@@ -35,10 +35,14 @@ use super::units::parse_duration;
 pub const DEFAULT_SCRIPTS_DIR: &str = "/usr/lib/rearguard/recipes";
 
 /// The recipe files, by name, embedded so that `check` works anywhere.
-pub const FILES: [(&str, &str); 13] = [
+pub const FILES: [(&str, &str); 14] = [
     (
         "kubernetes-undo",
         include_str!("../../config/recipes/kubernetes-undo.md"),
+    ),
+    (
+        "kubernetes-database",
+        include_str!("../../config/recipes/kubernetes-database.md"),
     ),
     (
         "systemd-release",

@@ -13,6 +13,7 @@ mod demo;
 mod journal;
 mod kube_api;
 mod kube_change;
+mod kube_database;
 mod kube_events;
 mod kube_fake;
 mod kube_lease;

@@ -305,8 +305,8 @@ fn grant_of(r: &Recorded) -> Option<Grant> {
     Some((group.to_owned(), resource, verb.to_owned()))
 }
 
-const NS: &str = "shop";
-const NAME: &str = "web";
+pub(crate) const NS: &str = "shop";
+pub(crate) const NAME: &str = "web";
 
 fn access(fake: &KubeFake) -> Access {
     Access {
@@ -327,7 +327,7 @@ fn target(fake: &KubeFake) -> KubeDeploymentRef {
 }
 
 /// A Deployment at revision 2 with the ReplicaSets of revisions 1 and 2, and one pod.
-fn seed(fake: &KubeFake) {
+pub(crate) fn seed(fake: &KubeFake) {
     let d = fake.put(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": NAME, "namespace": NS,
