@@ -17,11 +17,9 @@
 //! `cargo bench --bench kube_oom` (`RUNS=N`, default 20, about 2 s each). No root and no
 //! external program. Under `cargo test` it does nothing.
 
-#[allow(dead_code)]
 #[path = "../tests/it/kube_fake.rs"]
 mod kube_fake;
 
-#[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
 mod support;
 
