@@ -532,6 +532,9 @@ async fn generation(
     // uses it. It serves until the very end, so that /readyz says "stopping" while the
     // daemon drains.
     let api_stop = CancellationToken::new();
+    // Incidents' transitions as Events on their Deployments, posted off this loop; the
+    // poster stops with the listener, at the very end.
+    let kube_events = crate::kube::events::Recorder::start(&cfg, &tracker, api_stop.clone());
     let stall_after = (cfg.daemon.tick * 5).max(Duration::from_secs(5));
     let (control_tx, mut control_rx) = mpsc::channel::<control::Request>(64);
     let (status_tx, status_rx) = tokio::sync::watch::channel(Arc::new(control::Status::default()));
@@ -782,6 +785,12 @@ async fn generation(
                         log_effect(&cfg, &effect);
                         snapshot(&cfg, *target, revision, &tracker, steps_token.child_token());
                     }
+                    Effect::Transition {
+                        incident,
+                        target,
+                        occasion,
+                        summary,
+                    } => kube_events.record(*target, incident, *occasion, summary),
                     _ => log_effect(&cfg, &effect),
                 }
             }
@@ -1589,7 +1598,10 @@ fn log_effect(cfg: &Config, effect: &Effect) {
             revision = %revision,
             "revision baked: its configuration is known good"
         ),
-        Effect::Notify(_) | Effect::RunStep(_) | Effect::IncidentClosed(_) => {}
+        Effect::Notify(_)
+        | Effect::RunStep(_)
+        | Effect::IncidentClosed(_)
+        | Effect::Transition { .. } => {}
     }
 }
 

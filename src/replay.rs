@@ -379,6 +379,8 @@ pub fn render_text(cfg: &Config, at: Ts, effect: &Effect) -> Option<String> {
             "{}: revision {revision} baked (would snapshot its configuration)",
             cfg.targets[*target].name
         ),
+        // The timeline's entries already tell each transition.
+        Effect::Transition { .. } => return None,
     };
     Some(format!("{at}  {text}"))
 }
@@ -463,6 +465,8 @@ pub fn render_json(cfg: &Config, at: Ts, effect: &Effect) -> Option<String> {
                 }),
             )
         }
+        // The timeline's entries already tell each transition.
+        Effect::Transition { .. } => return None,
         Effect::Notify(n) => (
             "notification",
             target_name(n.target),

@@ -8,7 +8,9 @@
 //! `pod-template-hash` label, replaces the Deployment's; the Deployment's annotations
 //! become its own revision, revision-history, desired-replicas, max-replicas,
 //! last-applied-configuration and rollback-to annotations plus every other annotation of
-//! the ReplicaSet. A Deployment whose template already matches is left alone.
+//! the ReplicaSet. A Deployment whose template already matches is left alone. One
+//! addition: rearguard's own `rearguard.io/recorded-replicas` (the count a `kube_scale`
+//! step replaced) is kept too, so that a plan can scale back after the undo.
 //!
 //! What kubectl lacks: the JSON patch starts with a `test` of the resourceVersion read,
 //! so a Deployment changed in between is not overwritten (the API server answers 409 or
@@ -218,7 +220,13 @@ impl KubeRolloutUndo {
             labels.remove(POD_TEMPLATE_HASH);
         }
         let mut annotations = serde_json::Map::new();
-        for key in KEPT_ANNOTATIONS {
+        // Beyond kubectl: the count a kube_scale step replaced is rearguard's own record
+        // on the Deployment, and a plan that scales down, undoes, then scales back
+        // (level 3) needs it after the undo.
+        for key in KEPT_ANNOTATIONS
+            .into_iter()
+            .chain([super::kube_scale::RECORDED_REPLICAS])
+        {
             if let Some(v) = deployment
                 .metadata
                 .annotations

@@ -35,6 +35,9 @@ pub struct Config {
     pub plans: Vec<Plan>,
     pub notifiers: Vec<Notifier>,
     pub escalation: Vec<EscalationLevel>,
+    /// Whether incidents' transitions are posted as Kubernetes Events on targets whose
+    /// change observer is `kube_deployment` (`[kubernetes] events`, default true).
+    pub kube_events: bool,
 }
 
 /// Settings of the daemon process itself (`[daemon]`).

@@ -41,6 +41,8 @@ pub struct RawKubernetes {
     pub kubeconfig: Option<String>,
     pub context: Option<String>,
     pub server: Option<String>,
+    /// Whether incidents' transitions are posted as Events on their Deployment.
+    pub events: Option<bool>,
 }
 
 /// A revision written as a number or as the `{to_revision}` placeholder.

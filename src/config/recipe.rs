@@ -35,7 +35,7 @@ use super::units::parse_duration;
 pub const DEFAULT_SCRIPTS_DIR: &str = "/usr/lib/rearguard/recipes";
 
 /// The recipe files, by name, embedded so that `check` works anywhere.
-pub const FILES: [(&str, &str); 15] = [
+pub const FILES: [(&str, &str); 16] = [
     (
         "kubernetes-undo",
         include_str!("../../config/recipes/kubernetes-undo.md"),
@@ -47,6 +47,10 @@ pub const FILES: [(&str, &str); 15] = [
     (
         "kubernetes-emergency",
         include_str!("../../config/recipes/kubernetes-emergency.md"),
+    ),
+    (
+        "kubernetes-database",
+        include_str!("../../config/recipes/kubernetes-database.md"),
     ),
     (
         "systemd-release",

@@ -428,6 +428,13 @@ pub fn validate(
     };
     let daemon = daemon(&mut ctx, raw.daemon.as_ref());
     let kube_access = kubernetes(&mut ctx, raw.kubernetes.as_ref());
+    // Errors in the table were reported just above.
+    let kube_events = raw
+        .kubernetes
+        .as_ref()
+        .and_then(|k| k.deserialize::<RawKubernetes>().ok())
+        .and_then(|k| k.events)
+        .unwrap_or(true);
 
     let raw_targets: Vec<Option<RawTarget>> = items(&mut ctx, "target", &raw.target);
     let raw_signals: Vec<Option<RawSignal>> = items(&mut ctx, "signal", &raw.signal);
@@ -789,6 +796,7 @@ pub fn validate(
             plans,
             notifiers,
             escalation,
+            kube_events,
         })
     } else {
         Err(ConfigErrors(ctx.errors))

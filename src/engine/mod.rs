@@ -127,6 +127,16 @@ pub enum Effect {
     /// Run one attempt of one plan step and report back with [`Input::StepDone`].
     RunStep(StepOrder),
     Notify(Box<Notification>),
+    /// An incident reached a transition (opened, rollback started, succeeded or failed,
+    /// verification failed, escalated, blind, acknowledged, resolved), whatever the
+    /// escalation ladder sends: what a cluster's Events record. `summary` is the line a
+    /// notification would carry.
+    Transition {
+        incident: String,
+        target: usize,
+        occasion: Occasion,
+        summary: String,
+    },
     /// The incident has ended; write its report.
     IncidentClosed(Box<Incident>),
     /// An operator command could not be applied.
@@ -411,11 +421,14 @@ impl Engine {
     /// for its bake time; any firing rule or open incident of the target restarts it.
     fn bake(&mut self, now: Ts) {
         let waiting = |t: usize, ts: &TargetState| {
-            self.cfg.targets[t].bake.is_some()
-                && ts.revision.is_some()
-                && ts.baked != ts.revision
+            self.cfg.targets[t].bake.is_some() && ts.revision.is_some() && ts.baked != ts.revision
         };
-        if !self.targets.iter().enumerate().any(|(t, ts)| waiting(t, ts)) {
+        if !self
+            .targets
+            .iter()
+            .enumerate()
+            .any(|(t, ts)| waiting(t, ts))
+        {
             return;
         }
         // One pass over the rules, not one per target: a tick stays linear in the table.
@@ -1261,6 +1274,19 @@ impl Engine {
 
     /// Sends or schedules the notifications the escalation policy asks for.
     fn notify(&mut self, idx: usize, occasion: Occasion, now: Ts) {
+        // A slow rollback and failed attempts are only scheduled or counted here; they
+        // are not transitions of the incident.
+        if !matches!(occasion, Occasion::RollbackSlow | Occasion::AttemptsFailed) {
+            let facts = self.facts(idx, occasion, now);
+            let summary = self.summary(idx, occasion, &facts);
+            let inc = &self.incidents[idx];
+            self.out.push(Effect::Transition {
+                incident: inc.id.clone(),
+                target: inc.target,
+                occasion,
+                summary,
+            });
+        }
         if self.cfg.escalation.is_empty() {
             // Without a ladder, every occasion goes to every notifier at once, except the
             // ones that wait for a limit no level sets.
@@ -1359,30 +1385,8 @@ impl Engine {
         now: Ts,
     ) {
         let facts = self.facts(idx, occasion, now);
+        let summary = self.summary(idx, occasion, &facts);
         let inc = &self.incidents[idx];
-        let rules: Vec<&str> = facts.rules.iter().map(|r| r.name.as_str()).collect();
-        let last_decision = inc
-            .timeline
-            .iter()
-            .rev()
-            .find(|e| {
-                matches!(
-                    e.kind,
-                    EntryKind::Decision | EntryKind::Verification | EntryKind::Rule
-                )
-            })
-            .map_or("", |e| e.text.as_str());
-        let rules_text = if rules.is_empty() {
-            String::new()
-        } else {
-            format!(" [{}]", rules.join(", "))
-        };
-        let summary = format!(
-            "{}: {}{rules_text}: {last_decision} (incident {})",
-            inc.target_name,
-            occasion.headline(),
-            inc.id
-        );
         let level_name = level.map_or("default".to_owned(), |l| {
             self.cfg.escalation[l].name.clone()
         });
@@ -1412,6 +1416,34 @@ impl Engine {
     }
 
     /// What every channel is told about an incident at an occasion.
+    /// One line: target, what happened, rules, the latest decision, the incident id.
+    fn summary(&self, idx: usize, occasion: Occasion, facts: &Facts) -> String {
+        let inc = &self.incidents[idx];
+        let rules: Vec<&str> = facts.rules.iter().map(|r| r.name.as_str()).collect();
+        let last_decision = inc
+            .timeline
+            .iter()
+            .rev()
+            .find(|e| {
+                matches!(
+                    e.kind,
+                    EntryKind::Decision | EntryKind::Verification | EntryKind::Rule
+                )
+            })
+            .map_or("", |e| e.text.as_str());
+        let rules_text = if rules.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", rules.join(", "))
+        };
+        format!(
+            "{}: {}{rules_text}: {last_decision} (incident {})",
+            inc.target_name,
+            occasion.headline(),
+            inc.id
+        )
+    }
+
     fn facts(&self, idx: usize, occasion: Occasion, now: Ts) -> Facts {
         let inc = &self.incidents[idx];
         let rules = inc

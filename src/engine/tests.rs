@@ -407,6 +407,8 @@ fn render(cfg: &Config, e: &Effect) -> Option<String> {
             EntryKind::Verification => entry.text.clone(),
             _ => return None,
         },
+        // Each transition is also a notification or a timeline line shown here.
+        Effect::Transition { .. } => return None,
         Effect::RunStep(o) => format!(
             "run step {} attempt {} ({} -> {})",
             o.step,
@@ -1730,6 +1732,33 @@ fn escalation_ladder_notifies_after_its_delays_and_repeats_on_the_engines_clock(
         _ => None,
     });
     assert_eq!(paged, Some(vec![pager.unwrap()]));
+}
+
+#[test]
+fn every_transition_is_told_once_whatever_the_ladder_sends() {
+    let mut run = Run::new(standard(LADDER));
+    run.script(
+        "
+        0 change v1
+        1m..3m/1m errors 10/100   # fires at 3m; no change: escalated
+        4m..1h/1m tick
+        ",
+    );
+    let told: Vec<(&str, &str)> = run
+        .effects
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Transition {
+                occasion, summary, ..
+            } => Some((occasion.name(), summary.as_str())),
+            _ => None,
+        })
+        .collect();
+    let occasions: Vec<&str> = told.iter().map(|(o, _)| *o).collect();
+    // "opened" is in no level of the ladder, and the repeats are not transitions.
+    assert_eq!(occasions, ["opened", "not_rolled_back"]);
+    assert!(told[1].1.starts_with("web: "), "{}", told[1].1);
+    assert!(told[1].1.contains("[errors-high]"), "{}", told[1].1);
 }
 
 #[test]

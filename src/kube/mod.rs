@@ -3,9 +3,11 @@
 //! Deployment facts kubectl derives from ReplicaSets (revisions, the ReplicaSets a
 //! Deployment controls, pod templates compared without `pod-template-hash`).
 //!
-//! This module reads; it never writes to the API. Writes belong to `action/`.
+//! This module reads; it never writes to the API. Writes belong to `action/`, except
+//! rearguard's own records: its Lease (`lease.rs`) and its Events (`events.rs`).
 
 pub mod config;
+pub mod events;
 pub mod lease;
 
 use std::path::PathBuf;

@@ -17,7 +17,7 @@ use rearguard::config::{ActionSpec, Step};
 use crate::support;
 
 /// Where the recipes' scripts are in the source tree.
-fn scripts_dir() -> PathBuf {
+pub(crate) fn scripts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/recipes")
 }
 
@@ -78,7 +78,7 @@ fn assert_all_ok(outputs: &[ActionOutput], steps: &[Step]) {
 
 /// The path of `program` on PATH, or in PostgreSQL's versioned directories; fails the test
 /// naming the Debian package to install when it is missing.
-fn require(program: &str, package: &str) -> PathBuf {
+pub(crate) fn require(program: &str, package: &str) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::env::var("PATH")
         .unwrap_or_default()
         .split(':')
@@ -98,7 +98,7 @@ fn require(program: &str, package: &str) -> PathBuf {
 }
 
 /// Runs a command to completion and returns its stdout; panics with its output on failure.
-fn run(cmd: &mut Command) -> String {
+pub(crate) fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
@@ -314,13 +314,13 @@ async fn systemd_release_recipe_changes_no_config_file_when_one_backup_is_missin
 
 /// A private PostgreSQL cluster in a temporary directory, listening only on a unix socket
 /// there, run as the `postgres` user when the test runs as root. Stopped by its PID.
-struct Postgres {
-    dir: tempfile::TempDir,
+pub(crate) struct Postgres {
+    pub(crate) dir: tempfile::TempDir,
     pid: u32,
 }
 
 impl Postgres {
-    async fn start() -> Postgres {
+    pub(crate) async fn start() -> Postgres {
         let initdb = require("initdb", "postgresql");
         let pg_ctl = require("pg_ctl", "postgresql");
         let dir = support::temp_dir();
@@ -365,11 +365,11 @@ impl Postgres {
         Postgres { dir, pid }
     }
 
-    fn socket_dir(&self) -> String {
+    pub(crate) fn socket_dir(&self) -> String {
         self.dir.path().display().to_string()
     }
 
-    fn psql(&self, db: &str, sql: &str) -> String {
+    pub(crate) fn psql(&self, db: &str, sql: &str) -> String {
         run(Command::new(require("psql", "postgresql-client"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(self.socket_dir())
