@@ -418,11 +418,15 @@ pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
     };
     let elector = match &parts.cfg.leader_election {
         None => None,
-        Some(settings) => Some(crate::leader::elector(settings).await.map_err(|e| {
-            StartError::Leader {
-                reason: e.to_string(),
-            }
-        })?),
+        Some(settings) => {
+            Some(
+                crate::leader::elector(settings)
+                    .await
+                    .map_err(|e| StartError::Leader {
+                        reason: e.to_string(),
+                    })?,
+            )
+        }
     };
     shared.tell(Event::Listening(listening));
     let mut reloads = opts.reload.take();
@@ -439,7 +443,13 @@ pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
             match standby(parts, elector, &shared, reloads.as_mut()).await {
                 Standby::Won(won, term) => {
                     parts = won;
-                    lead = Some(Lead::begin(elector, term, &parts.cfg, &shared, &lease_tasks));
+                    lead = Some(Lead::begin(
+                        elector,
+                        term,
+                        &parts.cfg,
+                        &shared,
+                        &lease_tasks,
+                    ));
                 }
                 Standby::Stopped => break,
             }
@@ -607,7 +617,9 @@ async fn standby(
     let mut last_error: Option<String> = None;
     let mut last_holder: Option<Option<String>> = None;
     let won = 'campaign: loop {
-        let now_status = match attempt(elector, settings.retry_every.max(Duration::from_secs(1))).await {
+        let now_status = match attempt(elector, settings.retry_every.max(Duration::from_secs(1)))
+            .await
+        {
             Attempt::Won(term) => break Some(term),
             Attempt::Follows(holder) => {
                 last_error = None;

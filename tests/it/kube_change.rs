@@ -20,8 +20,8 @@ use crate::kube_fake::KubeFake;
 use crate::running::start;
 use crate::support;
 
-const NS: &str = "shop";
-const NAME: &str = "web";
+pub(crate) const NS: &str = "shop";
+pub(crate) const NAME: &str = "web";
 
 fn target(fake: &KubeFake) -> KubeDeploymentRef {
     KubeDeploymentRef {
@@ -37,7 +37,7 @@ fn target(fake: &KubeFake) -> KubeDeploymentRef {
     }
 }
 
-fn template(image: &str, hash: Option<&str>) -> Value {
+pub(crate) fn template(image: &str, hash: Option<&str>) -> Value {
     let mut labels = json!({"app": "web"});
     if let Some(h) = hash {
         labels["pod-template-hash"] = json!(h);
@@ -47,7 +47,7 @@ fn template(image: &str, hash: Option<&str>) -> Value {
 }
 
 /// Creates the Deployment at revision 1.
-fn seed(fake: &KubeFake) {
+pub(crate) fn seed(fake: &KubeFake) {
     fake.put(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": NAME, "namespace": NS,
@@ -59,7 +59,7 @@ fn seed(fake: &KubeFake) {
 }
 
 /// What the deployment controller does for revision `n`: a ReplicaSet with its template.
-fn add_replica_set(fake: &KubeFake, n: u32) {
+pub(crate) fn add_replica_set(fake: &KubeFake, n: u32) {
     let uid = fake.get("deployments", NS, NAME).unwrap()["metadata"]["uid"]
         .as_str()
         .unwrap()
@@ -81,7 +81,7 @@ fn add_replica_set(fake: &KubeFake, n: u32) {
 
 /// A deploy of revision `n`: the Deployment's template changes (as `kubectl set image`
 /// does), then the controller creates the ReplicaSet and records the revision.
-fn deploy(fake: &KubeFake, n: u32) {
+pub(crate) fn deploy(fake: &KubeFake, n: u32) {
     let mut d = fake.get("deployments", NS, NAME).unwrap();
     d["spec"]["template"] = template(&format!("web:{n}"), None);
     fake.put(d);

@@ -18,6 +18,7 @@ mod kube_lease;
 mod kube_pods;
 mod kube_rollout;
 mod kube_steps;
+mod leader;
 mod notifications;
 mod notify_email;
 mod notify_pagerduty;
