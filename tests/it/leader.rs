@@ -161,6 +161,17 @@ impl Replica {
         service: &support::TestServer,
         timing: &Timing,
     ) -> Replica {
+        Replica::start_with(name, fake, service, timing, &[])
+    }
+
+    /// [`Replica::start`] with more environment variables (systemd's).
+    fn start_with(
+        name: &'static str,
+        fake: &KubeFake,
+        service: &support::TestServer,
+        timing: &Timing,
+        env: &[(&str, &Path)],
+    ) -> Replica {
         let dir = support::temp_dir();
         let port = free_port();
         let cfg = dir.path().join("rearguard.toml");
@@ -176,6 +187,7 @@ impl Replica {
             .arg(&cfg)
             .env("POD_NAME", format!("rearguard-{name}"))
             .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -190,6 +202,10 @@ impl Replica {
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("rearguard.toml")
     }
 
     fn log_path(&self) -> PathBuf {
@@ -454,6 +470,132 @@ async fn a_step_is_not_started_once_another_replica_holds_the_lease() {
     let open = &memory.incidents.first().expect("the incident stays open");
     let text = format!("{:?}", open.incident.timeline);
     assert!(!text.contains("StepFinished"), "{text}");
+}
+
+#[tokio::test]
+async fn a_leader_whose_lease_is_taken_stops_acting_and_leads_again_once_the_lease_is_free() {
+    let fake = Arc::new(KubeFake::start().await);
+    seed(&fake);
+    let (server, probes) = service(&fake).await;
+    let timing = Timing {
+        duration: "3s",
+        renew: "300ms",
+        retry: "200ms",
+    };
+    let a = Replica::start("a", &fake, &server, &timing);
+    a.wait_leading(20).await;
+    // Another replica takes the lease and never renews it.
+    let mut lease = fake.get("leases", "shop", "rearguard").unwrap();
+    lease["spec"]["holderIdentity"] = json!("rearguard-intruder");
+    lease["spec"]["leaseTransitions"] = json!(1);
+    fake.put(lease);
+    support::poll_until(Duration::from_secs(10), || {
+        a.log()
+            .contains("leadership lost: another replica holds the lease")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the renewal does not see the lease taken: {}", a.log()));
+    assert!(
+        a.log()
+            .contains("leadership lost: this replica is a standby again"),
+        "{}",
+        a.log()
+    );
+    // Once the intruder's lease expires, a takes it back with the next token and runs
+    // its engine again.
+    a.wait_leading(20).await;
+    let lease = fake.get("leases", "shop", "rearguard").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "rearguard-a");
+    assert_eq!(lease["spec"]["leaseTransitions"], 2, "{lease:#}");
+    let seen = probes.probes("a");
+    support::poll_until(Duration::from_secs(10), || probes.probes("a") >= seen + 3)
+        .await
+        .expect("the leader samples again");
+}
+
+/// Reads systemd notify datagrams until `want` holds for one, within `secs`.
+async fn datagram(
+    socket: &tokio::net::UnixDatagram,
+    secs: u64,
+    want: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
+            Ok(Ok(n)) => {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let done = want(&text);
+                seen.push(text);
+                if done {
+                    return seen;
+                }
+            }
+            Ok(Err(e)) => panic!("reading the notify socket: {e}"),
+            Err(_) => panic!("no matching datagram within {secs}s; got {seen:#?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_standby_is_ready_for_systemd_with_its_status_keeps_the_watchdog_fed_and_refuses_a_reload_of_leader_election()
+ {
+    let fake = Arc::new(KubeFake::start().await);
+    seed(&fake);
+    let (server, probes) = service(&fake).await;
+    let timing = Timing {
+        duration: "60s",
+        renew: "10s",
+        retry: "200ms",
+    };
+    let a = Replica::start("a", &fake, &server, &timing);
+    a.wait_leading(20).await;
+    let dir = support::temp_dir();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let mut b = Replica::start_with(
+        "b",
+        &fake,
+        &server,
+        &timing,
+        &[
+            ("NOTIFY_SOCKET", socket_path.as_path()),
+            ("WATCHDOG_USEC", Path::new("400000")),
+        ],
+    );
+    let seen = datagram(&socket, 20, |d| d.contains("READY=1")).await;
+    let ready = seen.last().unwrap();
+    assert!(
+        ready.contains("STATUS=standby: lease shop/rearguard held by rearguard-a"),
+        "{seen:#?}"
+    );
+    // A standby runs no engine, yet systemd's watchdog must not restart it.
+    datagram(&socket, 5, |d| d.contains("WATCHDOG=1")).await;
+    datagram(&socket, 5, |d| d.contains("WATCHDOG=1")).await;
+
+    // A reload that changes leader election is refused; the standby goes on.
+    let text = std::fs::read_to_string(b.config_path()).unwrap();
+    std::fs::write(
+        b.config_path(),
+        text.replace(r#"lease = "rearguard""#, r#"lease = "other""#),
+    )
+    .unwrap();
+    b.signal(libc::SIGHUP);
+    support::poll_until(Duration::from_secs(10), || {
+        b.log()
+            .contains("leader_election: changing leader election needs a restart")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the reload is not refused: {}", b.log()));
+    b.wait_standby("rearguard-a", 5).await;
+    assert_eq!(probes.probes("b"), 0);
+    b.terminate(15).await;
+    assert_eq!(
+        lease_holder(&fake),
+        "rearguard-a",
+        "a standby releases nothing"
+    );
 }
 
 fn errors(toml: &str, env: &[(&str, &str)]) -> Vec<String> {
