@@ -416,16 +416,17 @@ pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
         observer: opts.observer.take(),
         systemd: opts.systemd.take(),
     };
+    // The settings cannot change while running: a reload that changes them is refused.
     let elector = match &parts.cfg.leader_election {
         None => None,
         Some(settings) => {
-            Some(
+            let elector =
                 crate::leader::elector(settings)
                     .await
                     .map_err(|e| StartError::Leader {
                         reason: e.to_string(),
-                    })?,
-            )
+                    })?;
+            Some((elector, settings.clone()))
         }
     };
     shared.tell(Event::Listening(listening));
@@ -437,19 +438,13 @@ pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
     let mut lead: Option<Lead> = None;
     loop {
         let (mut parts, resumed) = next;
-        if let Some(elector) = &elector
+        if let Some((elector, settings)) = &elector
             && lead.is_none()
         {
-            match standby(parts, elector, &shared, reloads.as_mut()).await {
+            match standby(parts, elector, settings, &shared, reloads.as_mut()).await {
                 Standby::Won(won, term) => {
                     parts = won;
-                    lead = Some(Lead::begin(
-                        elector,
-                        term,
-                        &parts.cfg,
-                        &shared,
-                        &lease_tasks,
-                    ));
+                    lead = Some(Lead::begin(elector, term, settings, &shared, &lease_tasks));
                 }
                 Standby::Stopped => break,
             }
@@ -510,14 +505,10 @@ impl Lead {
     fn begin(
         elector: &crate::kube::lease::Elector,
         term: crate::kube::lease::Term,
-        cfg: &Config,
+        settings: &crate::config::LeaderElection,
         shared: &Shared,
         tasks: &TaskTracker,
     ) -> Lead {
-        let settings = cfg
-            .leader_election
-            .clone()
-            .expect("a term exists only with leader election");
         tracing::info!(lease = %format!("{}/{}", settings.namespace, settings.lease), identity = %settings.identity, token = term.token, "leadership won: this replica acts");
         shared.health.set_standby(None);
         shared.health.engine_turned(shared.health.now_ms());
@@ -527,7 +518,7 @@ impl Lead {
         tasks.spawn(crate::leader::renew(
             elector.clone(),
             term.clone(),
-            settings,
+            settings.clone(),
             stop.clone(),
             renewing.clone(),
         ));
@@ -560,17 +551,13 @@ enum Standby {
 async fn standby(
     mut parts: Box<Parts>,
     elector: &crate::kube::lease::Elector,
+    settings: &crate::config::LeaderElection,
     shared: &Shared,
     mut reloads: Option<&mut mpsc::Receiver<Reload>>,
 ) -> Standby {
     use crate::leader::{Attempt, attempt, standby_status};
-    let settings = parts
-        .cfg
-        .leader_election
-        .clone()
-        .expect("a standby exists only with leader election");
     let systemd = shared.systemd.as_ref();
-    let mut status = standby_status(&settings, None);
+    let mut status = standby_status(settings, None);
     shared.health.set_standby(Some(status.clone()));
     let metrics = Arc::new(Metrics::new(&parts.cfg));
     metrics.set_leader(false);
@@ -626,7 +613,7 @@ async fn standby(
                 if last_holder.as_ref() != Some(&holder) {
                     tracing::info!(lease = %format!("{}/{}", settings.namespace, settings.lease), holder = holder.as_deref().unwrap_or(""), "standby: another replica holds the lease");
                 }
-                let text = standby_status(&settings, holder.as_deref());
+                let text = standby_status(settings, holder.as_deref());
                 last_holder = Some(holder);
                 text
             }
@@ -635,7 +622,7 @@ async fn standby(
                     tracing::warn!(error = %e, "standby: cannot read the lease");
                     last_error = Some(e.clone());
                 }
-                format!("{} (cannot read it: {e})", standby_status(&settings, None))
+                format!("{} (cannot read it: {e})", standby_status(settings, None))
             }
         };
         if now_status != status || !told_systemd {

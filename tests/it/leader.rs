@@ -590,6 +590,24 @@ async fn a_standby_is_ready_for_systemd_with_its_status_keeps_the_watchdog_fed_a
     .unwrap_or_else(|_| panic!("the reload is not refused: {}", b.log()));
     b.wait_standby("rearguard-a", 5).await;
     assert_eq!(probes.probes("b"), 0);
+
+    // A reload of the leader keeps its term: it goes on leading with the same token.
+    let text = std::fs::read_to_string(a.config_path()).unwrap();
+    std::fs::write(
+        a.config_path(),
+        text.replace(r#"drain_timeout = "5s""#, r#"drain_timeout = "6s""#),
+    )
+    .unwrap();
+    a.signal(libc::SIGHUP);
+    support::poll_until(Duration::from_secs(10), || {
+        a.log().contains("configuration reloaded")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the leader does not reload: {}", a.log()));
+    a.wait_leading(5).await;
+    let lease = fake.get("leases", "shop", "rearguard").unwrap();
+    assert_eq!(lease["spec"]["leaseTransitions"], 0, "{lease:#}");
+    b.wait_standby("rearguard-a", 5).await;
     b.terminate(15).await;
     assert_eq!(
         lease_holder(&fake),
@@ -671,4 +689,44 @@ fn the_identity_defaults_to_pod_name_and_the_timings_to_client_go_like_values() 
     .unwrap();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(cfg.leader_election.unwrap().identity, host.trim());
+}
+
+#[test]
+fn check_shows_the_leader_election_settings_and_refuses_bad_ones_with_exit_64() {
+    let dir = support::temp_dir();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[leader_election]\nnamespace = \"shop\"\nidentity = \"rearguard-0\"\nlease_duration = \"10s\"\n",
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .arg("check")
+        .arg(&good)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("  leader election: lease shop/rearguard as \"rearguard-0\"; held 10s, renewed every 3s333ms, standbys retry every 3s333ms\n"),
+        "{text}"
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[leader_election]\nnamespace = \"shop\"\nrenew_every = \"20s\"\n",
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{text}");
+    assert!(
+        text.contains("leader_election.renew_every: must be shorter than lease_duration"),
+        "{text}"
+    );
 }
