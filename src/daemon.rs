@@ -463,8 +463,8 @@ pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
                 };
                 l.renewing.cancel();
                 if shared.shutdown.is_cancelled() {
-                    // A clean stop: the standby takes over at once, not after the
-                    // lease duration.
+                    // A clean stop: a standby takes over at its next try, not after
+                    // the lease duration.
                     match l.fence.release().await {
                         Ok(()) => tracing::info!("lease released"),
                         Err(e) => {

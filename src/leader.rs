@@ -154,7 +154,7 @@ impl Fence {
         checked
     }
 
-    /// Gives the Lease up so that a standby takes it at once; nothing if the term is
+    /// Gives the Lease up so that a standby takes it at its next try; nothing if the term is
     /// over already.
     pub async fn release(&self) -> Result<(), KubeError> {
         match tokio::time::timeout(

@@ -1221,7 +1221,8 @@ fn leader_election(
     let retry_every = ctx.positive_duration(
         "leader_election.retry_every".into(),
         &raw.retry_every,
-        renew_every,
+        // client-go's retry period: a released Lease is taken within it.
+        renew_every.min(Duration::from_secs(2)),
     );
     Some(crate::config::LeaderElection {
         access: access.clone(),
