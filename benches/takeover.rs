@@ -15,7 +15,6 @@
 //! `cargo bench --bench takeover`; `RUNS=N` sets the runs per case (default 3). Under
 //! `cargo test` it does nothing.
 
-#[allow(dead_code)]
 #[path = "../tests/it/kube_fake.rs"]
 mod kube_fake;
 
