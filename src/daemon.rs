@@ -420,13 +420,13 @@ pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
     let elector = match &parts.cfg.leader_election {
         None => None,
         Some(settings) => {
-            let elector =
+            let (elector, watch) =
                 crate::leader::elector(settings)
                     .await
                     .map_err(|e| StartError::Leader {
                         reason: e.to_string(),
                     })?;
-            Some((elector, settings.clone()))
+            Some((elector, watch, settings.clone()))
         }
     };
     shared.tell(Event::Listening(listening));
@@ -438,10 +438,10 @@ pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
     let mut lead: Option<Lead> = None;
     loop {
         let (mut parts, resumed) = next;
-        if let Some((elector, settings)) = &elector
+        if let Some((elector, watch, settings)) = &elector
             && lead.is_none()
         {
-            match standby(parts, elector, settings, &shared, reloads.as_mut()).await {
+            match standby(parts, elector, watch, settings, &shared, reloads.as_mut()).await {
                 Standby::Won(won, term) => {
                     parts = won;
                     lead = Some(Lead::begin(elector, term, settings, &shared, &lease_tasks));
@@ -463,8 +463,8 @@ pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
                 };
                 l.renewing.cancel();
                 if shared.shutdown.is_cancelled() {
-                    // A clean stop: a standby takes over at its next try, not after
-                    // the lease duration.
+                    // A clean stop: a standby (watching the Lease) takes over at
+                    // once, not after the lease duration.
                     match l.fence.release().await {
                         Ok(()) => tracing::info!("lease released"),
                         Err(e) => {
@@ -547,10 +547,11 @@ enum Standby {
 /// Waits as a standby until this replica takes the Lease or the daemon stops: serves
 /// `/healthz`, `/readyz` ("standby: lease ... held by ...") and `/metrics` (leader 0),
 /// tells systemd it is ready with the same status, applies reloads, and tries the Lease
-/// every `retry_every`. It runs no engine, no source, no step and sends nothing.
+/// every `retry_every` and whenever it changes (watched). It runs no engine, no source, no step and sends nothing.
 async fn standby(
     mut parts: Box<Parts>,
     elector: &crate::kube::lease::Elector,
+    watch: &crate::leader::LeaseWatch,
     settings: &crate::config::LeaderElection,
     shared: &Shared,
     mut reloads: Option<&mut mpsc::Receiver<Reload>>,
@@ -638,13 +639,18 @@ async fn standby(
             }
             told_systemd = true;
         }
+        // The next try: after `retry_every`, or at once when the Lease changes (a leader
+        // that stops releases it).
         let retry = tokio::time::sleep(settings.retry_every);
         tokio::pin!(retry);
+        let changed = watch.changed();
+        tokio::pin!(changed);
         loop {
             tokio::select! {
                 biased;
                 _ = shared.shutdown.cancelled() => break 'campaign None,
                 _ = &mut retry => break,
+                _ = &mut changed => break,
                 Some(reload) = async {
                     match reloads.as_deref_mut() {
                         Some(r) => r.recv().await,

@@ -1,34 +1,81 @@
 //! Leader election wired into the daemon: which replica acts, and for how long.
 //!
 //! With `[leader_election]`, a replica that does not hold the Lease is a standby: the
-//! daemon serves its health and metrics and calls [`campaign`] until the Lease is won.
-//! The winner runs a generation as a single replica would, while [`renew`] keeps the
-//! Lease and cancels the generation's token as soon as the Lease is lost or has not been
-//! renewed for its duration. Every plan step is fenced ([`Fence::check`]) right before it
-//! starts: a replica that was replaced (paused, partitioned) never acts on stale
-//! authority. On a clean stop the leader gives the Lease up ([`Fence::release`]).
+//! daemon serves its health and metrics and makes an [`attempt`] on the Lease every
+//! `retry_every`, and at once whenever [`LeaseWatch`] sees the Lease change (a leader
+//! that stops releases it). The winner runs a generation as a single replica would,
+//! while [`renew`] keeps the Lease and cancels the generation's token as soon as the
+//! Lease is lost or has not been renewed for its duration. Every plan step is fenced
+//! ([`Fence::check`]) right before it starts: a replica that was replaced (paused,
+//! partitioned) never acts on stale authority. On a clean stop the leader gives the
+//! Lease up ([`Fence::release`]).
 //!
 //! This module talks to the Lease only (through [`crate::kube::lease`]); it knows
 //! nothing of the engine, sources or actions, and decides nothing about incidents.
 
 use std::time::{Duration, Instant, SystemTime};
 
+use ::kube::Api;
+use ::kube::api::{WatchEvent, WatchParams};
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LeaderElection;
 use crate::kube::KubeError;
 use crate::kube::lease::{Elector, FenceError, Role, Term};
 
-/// The candidate of this replica for the configured Lease, on the `[kubernetes]` client.
-pub async fn elector(settings: &LeaderElection) -> Result<Elector, KubeError> {
+/// The candidate of this replica for the configured Lease, and a watch on that Lease,
+/// on the `[kubernetes]` client.
+pub async fn elector(settings: &LeaderElection) -> Result<(Elector, LeaseWatch), KubeError> {
     let client = crate::kube::Handle::new(&settings.access).client().await?;
-    Ok(Elector::new(
+    let watch = LeaseWatch {
+        api: Api::namespaced(client.clone(), &settings.namespace),
+        name: settings.lease.clone(),
+    };
+    let elector = Elector::new(
         client,
         &settings.namespace,
         &settings.lease,
         &settings.identity,
         settings.lease_duration,
-    ))
+    );
+    Ok((elector, watch))
+}
+
+/// Wakes a standby when the Lease changes, so that a Lease released by a leader that
+/// stops is tried at once rather than at the next `retry_every`.
+pub struct LeaseWatch {
+    api: Api<Lease>,
+    name: String,
+}
+
+impl LeaseWatch {
+    /// Returns at the Lease's next change. When the Lease cannot be watched it never
+    /// returns, and the standby's retries alone take it: a watch is a shortcut, never a
+    /// condition.
+    pub async fn changed(&self) {
+        let Ok(Some(lease)) = self.api.get_opt(&self.name).await else {
+            return std::future::pending().await;
+        };
+        let Some(version) = lease.metadata.resource_version else {
+            return std::future::pending().await;
+        };
+        let params = WatchParams::default()
+            .fields(&format!("metadata.name={}", self.name))
+            .timeout(290);
+        let Ok(events) = self.api.watch(&params, &version).await else {
+            return std::future::pending().await;
+        };
+        futures_util::pin_mut!(events);
+        match events.next().await {
+            Some(Ok(WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_))) => {}
+            // An ended watch, an error or a bookmark says nothing about the holder: the
+            // retries go on alone (and the next one watches afresh), so that a watch
+            // that keeps failing never makes a standby spin.
+            _ => std::future::pending().await,
+        }
+    }
 }
 
 /// What a standby says about the Lease (in `/readyz` and systemd's `STATUS=`).
@@ -154,7 +201,7 @@ impl Fence {
         checked
     }
 
-    /// Gives the Lease up so that a standby takes it at its next try; nothing if the term is
+    /// Gives the Lease up so that a standby takes it at once; nothing if the term is
     /// over already.
     pub async fn release(&self) -> Result<(), KubeError> {
         match tokio::time::timeout(
