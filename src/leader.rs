@@ -87,7 +87,7 @@ pub fn standby_status(settings: &LeaderElection, holder: Option<&str>) -> String
     }
 }
 
-/// Where [`campaign`] stands after one attempt on the Lease.
+/// Where a standby stands after one [`attempt`] on the Lease.
 #[derive(Debug)]
 pub enum Attempt {
     /// This replica holds the Lease now.
