@@ -416,6 +416,17 @@ pub fn describe(file: &Path, cfg: &Config) -> String {
         Mode::Shadow => "shadow (decides and notifies, never acts)",
     };
     s.push_str(&format!("{}: ok, mode {mode}\n", file.display()));
+    if let Some(le) = &cfg.leader_election {
+        s.push_str(&format!(
+            "  leader election: lease {}/{} as {:?}; held {}, renewed every {}, standbys retry every {}\n",
+            le.namespace,
+            le.lease,
+            le.identity,
+            format_duration(le.lease_duration),
+            format_duration(le.renew_every),
+            format_duration(le.retry_every),
+        ));
+    }
     for (t, target) in cfg.targets.iter().enumerate() {
         let plan = target
             .plan

@@ -195,6 +195,9 @@ pub enum StartError {
         name: String,
         reason: String,
     },
+    /// `[leader_election]` cannot be used (a kubeconfig that cannot be read).
+    #[error("leader_election: {reason}")]
+    Leader { reason: String },
 }
 
 impl StartError {
@@ -206,6 +209,7 @@ impl StartError {
                 | StartError::UnsupportedChange { .. }
                 | StartError::Notifier { .. }
                 | StartError::Step { .. }
+                | StartError::Leader { .. }
         )
     }
 }
@@ -414,19 +418,285 @@ pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
         observer: opts.observer.take(),
         systemd: opts.systemd.take(),
     };
+    // The settings cannot change while running: a reload that changes them is refused.
+    let elector = match &parts.cfg.leader_election {
+        None => None,
+        Some(settings) => {
+            let (elector, watch) =
+                crate::leader::elector(settings)
+                    .await
+                    .map_err(|e| StartError::Leader {
+                        reason: e.to_string(),
+                    })?;
+            Some((elector, watch, settings.clone()))
+        }
+    };
     shared.tell(Event::Listening(listening));
     let mut reloads = opts.reload.take();
     let mut next = (Box::new(parts), None);
+    // With leader election: this replica's term while it holds the Lease. A reload
+    // within a term keeps it; every other generation is preceded by a standby.
+    let lease_tasks = TaskTracker::new();
+    let mut lead: Option<Lead> = None;
     loop {
-        let (parts, resumed) = next;
-        match generation(*parts, resumed, &shared, reloads.as_mut()).await {
-            Ended::Stopped => break,
-            Ended::Reload(parts, handover) => next = (parts, Some(*handover)),
+        let (mut parts, resumed) = next;
+        if let Some((elector, watch, settings)) = &elector
+            && lead.is_none()
+        {
+            match standby(parts, elector, watch, settings, &shared, reloads.as_mut()).await {
+                Standby::Won(won, term) => {
+                    parts = won;
+                    lead = Some(Lead::begin(elector, term, settings, &shared, &lease_tasks));
+                }
+                Standby::Stopped => break,
+            }
         }
+        let stop = lead
+            .as_ref()
+            .map_or_else(|| shared.shutdown.clone(), |l| l.stop.clone());
+        let fence = lead.as_ref().map(|l| Arc::clone(&l.fence));
+        // Kept to start again after a lost term: the generation consumes its parts.
+        let cfg = lead.as_ref().map(|_| parts.cfg.clone());
+        match generation(*parts, resumed, &shared, reloads.as_mut(), &stop, fence).await {
+            Ended::Reload(parts, handover) => next = (parts, Some(*handover)),
+            Ended::Stopped => {
+                let (Some(l), Some(cfg)) = (lead.take(), cfg) else {
+                    break;
+                };
+                l.renewing.cancel();
+                if shared.shutdown.is_cancelled() {
+                    // A clean stop: a standby (watching the Lease) takes over at
+                    // once, not after the lease duration.
+                    match l.fence.release().await {
+                        Ok(()) => tracing::info!("lease released"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot release the lease; it expires on its own")
+                        }
+                    }
+                    break;
+                }
+                tracing::warn!("leadership lost: this replica is a standby again");
+                next = (Box::new(Parts::build(cfg, &shared.client).await?), None);
+            }
+        }
+    }
+    lease_tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), lease_tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the lease renewal did not stop within 5s");
     }
     tracing::info!("rearguard stopped");
     shared.tell(Event::Stopped);
     Ok(())
+}
+
+/// A term of leadership: the fence its steps check, the token that ends its
+/// generations when the Lease is lost, and its renewal.
+struct Lead {
+    fence: Arc<crate::leader::Fence>,
+    /// Cancelled by the renewal or the fence when the Lease is lost, and with the
+    /// daemon's shutdown (a child of it).
+    stop: CancellationToken,
+    /// Stops the renewal at the end of the term.
+    renewing: CancellationToken,
+}
+
+impl Lead {
+    fn begin(
+        elector: &crate::kube::lease::Elector,
+        term: crate::kube::lease::Term,
+        settings: &crate::config::LeaderElection,
+        shared: &Shared,
+        tasks: &TaskTracker,
+    ) -> Lead {
+        tracing::info!(lease = %format!("{}/{}", settings.namespace, settings.lease), identity = %settings.identity, token = term.token, "leadership won: this replica acts");
+        shared.health.set_standby(None);
+        shared.health.engine_turned(shared.health.now_ms());
+        let stop = shared.shutdown.child_token();
+        let renewing = CancellationToken::new();
+        let limit = settings.renew_every;
+        tasks.spawn(crate::leader::renew(
+            elector.clone(),
+            term.clone(),
+            settings.clone(),
+            stop.clone(),
+            renewing.clone(),
+        ));
+        Lead {
+            fence: Arc::new(crate::leader::Fence::new(
+                elector.clone(),
+                term,
+                stop.clone(),
+                limit,
+            )),
+            stop,
+            renewing,
+        }
+    }
+}
+
+/// How a standby's wait ended.
+enum Standby {
+    /// This replica holds the Lease: the configuration to run (the latest reload's),
+    /// and the term.
+    Won(Box<Parts>, crate::kube::lease::Term),
+    /// The daemon stops.
+    Stopped,
+}
+
+/// Waits as a standby until this replica takes the Lease or the daemon stops: serves
+/// `/healthz`, `/readyz` ("standby: lease ... held by ...") and `/metrics` (leader 0),
+/// tells systemd it is ready with the same status, applies reloads, and tries the Lease
+/// every `retry_every` and whenever it changes (watched). It runs no engine, no source, no step and sends nothing.
+async fn standby(
+    mut parts: Box<Parts>,
+    elector: &crate::kube::lease::Elector,
+    watch: &crate::leader::LeaseWatch,
+    settings: &crate::config::LeaderElection,
+    shared: &Shared,
+    mut reloads: Option<&mut mpsc::Receiver<Reload>>,
+) -> Standby {
+    use crate::leader::{Attempt, attempt, standby_status};
+    let systemd = shared.systemd.as_ref();
+    let mut status = standby_status(settings, None);
+    shared.health.set_standby(Some(status.clone()));
+    let metrics = Arc::new(Metrics::new(&parts.cfg));
+    metrics.set_leader(false);
+    let stall_after = (parts.cfg.daemon.tick * 5).max(Duration::from_secs(5));
+    // Alertmanager retries what a standby refuses; the leader receives it.
+    let app = crate::api::router(metrics, Arc::clone(&shared.health), stall_after).route(
+        WEBHOOK_PATH,
+        axum::routing::post(|| async {
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "standby: another replica holds the lease\n",
+            )
+        }),
+    );
+    let api_stop = CancellationToken::new();
+    let serving = TaskTracker::new();
+    match shared
+        .listener
+        .try_clone()
+        .and_then(tokio::net::TcpListener::from_std)
+    {
+        Ok(listener) => {
+            let stop = api_stop.clone();
+            serving.spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the http listener failed");
+                }
+            });
+        }
+        Err(e) => {
+            tracing::error!(addr = %shared.listening, error = %e, "cannot serve on the listener")
+        }
+    }
+    serving.close();
+    let mut watchdog = systemd.and_then(|sd| sd.watchdog_interval()).map(|every| {
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        t
+    });
+    let mut told_systemd = false;
+    let mut last_error: Option<String> = None;
+    let mut last_holder: Option<Option<String>> = None;
+    let won = 'campaign: loop {
+        let now_status = match attempt(elector, settings.retry_every.max(Duration::from_secs(1)))
+            .await
+        {
+            Attempt::Won(term) => break Some(term),
+            Attempt::Follows(holder) => {
+                last_error = None;
+                if last_holder.as_ref() != Some(&holder) {
+                    tracing::info!(lease = %format!("{}/{}", settings.namespace, settings.lease), holder = holder.as_deref().unwrap_or(""), "standby: another replica holds the lease");
+                }
+                let text = standby_status(settings, holder.as_deref());
+                last_holder = Some(holder);
+                text
+            }
+            Attempt::Failed(e) => {
+                if last_error.as_deref() != Some(&e) {
+                    tracing::warn!(error = %e, "standby: cannot read the lease");
+                    last_error = Some(e.clone());
+                }
+                format!("{} (cannot read it: {e})", standby_status(settings, None))
+            }
+        };
+        if now_status != status || !told_systemd {
+            status = now_status;
+            shared.health.set_standby(Some(status.clone()));
+            if let Some(sd) = systemd {
+                let line = format!("standby: {status}");
+                if told_systemd {
+                    sd.status(&line);
+                } else {
+                    sd.ready(&line);
+                }
+            }
+            told_systemd = true;
+        }
+        // The next try: after `retry_every`, or at once when the Lease changes (a leader
+        // that stops releases it).
+        let retry = tokio::time::sleep(settings.retry_every);
+        tokio::pin!(retry);
+        let changed = watch.changed();
+        tokio::pin!(changed);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shared.shutdown.cancelled() => break 'campaign None,
+                _ = &mut retry => break,
+                _ = &mut changed => break,
+                Some(reload) = async {
+                    match reloads.as_deref_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match prepare_reload(&parts.cfg, reload, &shared.client).await {
+                    Ok(new) => {
+                        tracing::info!("configuration reloaded (standby)");
+                        parts = Box::new(new);
+                        shared.tell(Event::Reloaded);
+                        if let Some(sd) = systemd {
+                            sd.ready(&format!("standby: {status}"));
+                        }
+                    }
+                    Err(reason) => {
+                        tracing::error!(reason = %reason, "reload refused; the running configuration stays");
+                        shared.tell(Event::ReloadRefused(reason));
+                    }
+                },
+                _ = async {
+                    match watchdog.as_mut() {
+                        Some(t) => t.tick().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(sd) = systemd {
+                        sd.ping();
+                    }
+                }
+            }
+        }
+    };
+    // The listener's clone stops accepting before the generation serves its own.
+    api_stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), serving.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the standby's listener did not stop within 5s");
+    }
+    match won {
+        Some(term) => Standby::Won(parts, term),
+        None => Standby::Stopped,
+    }
 }
 
 /// How long building a reloaded configuration may hold up the engine's loop.
@@ -445,6 +715,9 @@ async fn prepare_reload(
             "daemon.listen: changing {} to {} needs a restart",
             running.daemon.listen, cfg.daemon.listen
         ));
+    }
+    if cfg.leader_election != running.leader_election {
+        return Err("leader_election: changing leader election needs a restart".to_owned());
     }
     if cfg.daemon.state_dir != running.daemon.state_dir {
         return Err(format!(
@@ -468,14 +741,17 @@ async fn prepare_reload(
     }
 }
 
-/// Runs one configuration until the daemon stops or a new configuration is to be
-/// applied. `resumed` is the engine of the configuration before, when this one comes
-/// from a reload.
+/// Runs one configuration until the daemon stops, a new configuration is to be
+/// applied, or `stop` is cancelled (the shutdown, or with leader election a lost
+/// Lease). `resumed` is the engine of the configuration before, when this one comes
+/// from a reload. With leader election, every step passes `fence` before it starts.
 async fn generation(
     parts: Parts,
     resumed: Option<Handover>,
     shared: &Shared,
     mut reloads: Option<&mut mpsc::Receiver<Reload>>,
+    stop: &CancellationToken,
+    fence: Option<Arc<crate::leader::Fence>>,
 ) -> Ended {
     let Parts {
         cfg,
@@ -497,7 +773,7 @@ async fn generation(
         rules_of_signal[rule.signal].push(r);
     }
 
-    let token = shared.shutdown.clone();
+    let token = stop.clone();
     let sources_token = token.child_token();
     // Samplers, change observers and the webhook's resender: stopped first, on a stop
     // and on a reload.
@@ -697,6 +973,8 @@ async fn generation(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut in_flight: HashMap<String, tokio_util::sync::DropGuard> = HashMap::new();
     let steps_token = CancellationToken::new();
+    // Steps the fence refused: never started, their result never recorded.
+    let (unstarted_tx, mut unstarted_rx) = mpsc::unbounded_channel::<String>();
     if reloaded {
         tracing::info!(
             targets = cfg.targets.len(),
@@ -763,6 +1041,8 @@ async fn generation(
                             clock,
                             tx.clone(),
                             guard_token,
+                            fence.clone(),
+                            unstarted_tx.clone(),
                         ));
                     }
                     Effect::IncidentClosed(inc) => {
@@ -1047,19 +1327,40 @@ async fn generation(
         );
     }
 
-    // Drain: sources stop now; in-flight steps get the drain timeout to finish.
-    tracing::info!(in_flight = in_flight.len(), "rearguard stopping");
-    health.set_stopping();
-    if let Some(sd) = systemd {
-        sd.stopping(&format!(
-            "stopping: {} step(s) in flight, then the outbox is flushed",
+    // Drain: sources stop now; in-flight steps get the drain timeout to finish. A lost
+    // Lease drains the same way, but the process goes on as a standby.
+    if shared.shutdown.is_cancelled() {
+        tracing::info!(in_flight = in_flight.len(), "rearguard stopping");
+        health.set_stopping();
+        if let Some(sd) = systemd {
+            sd.stopping(&format!(
+                "stopping: {} step(s) in flight, then the outbox is flushed",
+                in_flight.len()
+            ));
+        }
+    } else {
+        let why = format!(
+            "leadership lost: draining {} step(s) in flight",
             in_flight.len()
-        ));
+        );
+        tracing::warn!(in_flight = in_flight.len(), "leadership lost: draining");
+        health.set_standby(Some(why.clone()));
+        if let Some(sd) = systemd {
+            sd.status(&format!("standby: {why}"));
+        }
     }
     sources_token.cancel();
     let deadline = tokio::time::Instant::now() + cfg.daemon.drain_timeout;
     while !in_flight.is_empty() {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
+        // A step the fence refused never sends a result.
+        let received = tokio::select! {
+            r = tokio::time::timeout_at(deadline, rx.recv()) => r,
+            Some(incident) = unstarted_rx.recv() => {
+                in_flight.remove(&incident);
+                continue;
+            }
+        };
+        match received {
             Ok(Some((input, at))) => {
                 let is_step = matches!(input, Input::StepDone(_));
                 if let Input::StepDone(r) = &input {
@@ -1352,7 +1653,24 @@ async fn run_step(
     clock: Clock,
     tx: mpsc::Sender<(Input, Ts)>,
     cancel: CancellationToken,
+    fence: Option<Arc<crate::leader::Fence>>,
+    unstarted: mpsc::UnboundedSender<String>,
 ) {
+    // Fenced right before it acts: a replica that lost the Lease never starts a step. The
+    // step stays unrecorded (ordered, never finished), so the engine does not count it as
+    // a failed rollback; the generation ends, and a later restore of this store
+    // escalates it instead of running it.
+    if let Some(fence) = &fence {
+        let checked = tokio::select! {
+            c = fence.check() => c,
+            _ = cancel.cancelled() => return,
+        };
+        if let Err(e) = checked {
+            tracing::error!(incident = %order.incident, step = order.step, error = %e, "step not started: this replica no longer holds the lease");
+            let _ = unstarted.send(order.incident.clone());
+            return;
+        }
+    }
     let ctx = ActionContext {
         incident: order.incident.clone(),
         target,

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod history;
 pub mod http;
 pub mod kube;
+pub mod leader;
 pub mod notify;
 pub mod process;
 pub mod record;

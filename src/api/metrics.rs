@@ -155,6 +155,7 @@ pub struct Metrics {
     steps: Vec<Vec<[Counter; 2]>>,
     notifiers: HashMap<String, NotifierSeries>,
     engine_step: Histogram,
+    leader: Gauge,
 }
 
 impl Metrics {
@@ -226,6 +227,13 @@ impl Metrics {
             Unit::Seconds,
             engine_step.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 when this replica acts (it holds the lease, or leader election is off), 0 on a standby",
+            leader.clone(),
+        );
+        leader.set(1);
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -344,6 +352,7 @@ impl Metrics {
             steps,
             notifiers,
             engine_step,
+            leader,
         }
     }
 
@@ -450,6 +459,11 @@ impl Metrics {
                 .pending
                 .set(i64::try_from(messages).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Whether this replica acts (holds the lease) or is a standby.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
     }
 
     /// One engine step took `took`.

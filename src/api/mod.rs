@@ -38,6 +38,9 @@ pub struct Health {
     stopping: AtomicBool,
     /// When the engine loop last turned; 0 until it first does.
     last_turn_ms: AtomicU64,
+    /// Why this replica is a standby (leader election: another holds the lease); `None`
+    /// while it acts.
+    standby: std::sync::Mutex<Option<String>>,
     wall_ms: u64,
     start: Instant,
 }
@@ -47,6 +50,8 @@ pub struct Health {
 pub enum Readiness {
     Starting,
     Ready,
+    /// Leader election: another replica holds the lease; this one serves and waits.
+    Standby,
     Stopping,
 }
 
@@ -55,6 +60,7 @@ impl Readiness {
         match self {
             Readiness::Starting => "starting",
             Readiness::Ready => "ready",
+            Readiness::Standby => "standby",
             Readiness::Stopping => "stopping",
         }
     }
@@ -76,6 +82,7 @@ impl Health {
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             last_turn_ms: AtomicU64::new(0),
+            standby: std::sync::Mutex::new(None),
             wall_ms,
             start: Instant::now(),
         }
@@ -96,6 +103,21 @@ impl Health {
         self.stopping.store(true, Ordering::Release);
     }
 
+    /// This replica waits as a standby, for the reason given (`/readyz` answers 200
+    /// with it), or acts again (`None`). A standby runs no engine, so it is never
+    /// stalled.
+    pub fn set_standby(&self, why: Option<String>) {
+        *self.standby.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// Why this replica is a standby, if it is one.
+    pub fn standby(&self) -> Option<String> {
+        self.standby
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The engine loop turned at `now_ms`.
     pub fn engine_turned(&self, now_ms: u64) {
         self.last_turn_ms.store(now_ms, Ordering::Release);
@@ -104,6 +126,8 @@ impl Health {
     pub fn readiness(&self) -> Readiness {
         if self.stopping.load(Ordering::Acquire) {
             Readiness::Stopping
+        } else if self.standby().is_some() {
+            Readiness::Standby
         } else if self.ready.load(Ordering::Acquire) {
             Readiness::Ready
         } else {
@@ -116,7 +140,7 @@ impl Health {
     /// loop ends on purpose for the drain, which must not be cut short by a restart).
     pub fn liveness(&self, now_ms: u64, stall_after: Duration) -> Result<(), String> {
         let last = self.last_turn_ms.load(Ordering::Acquire);
-        if last == 0 || self.stopping.load(Ordering::Acquire) {
+        if last == 0 || self.stopping.load(Ordering::Acquire) || self.standby().is_some() {
             return Ok(());
         }
         let since = Duration::from_millis(now_ms.saturating_sub(last));
@@ -172,10 +196,15 @@ async fn healthz(State(api): State<Api>) -> (StatusCode, String) {
 async fn readyz(State(api): State<Api>) -> (StatusCode, String) {
     let readiness = api.health.readiness();
     let status = match readiness {
-        Readiness::Ready => StatusCode::OK,
+        // A standby is ready: it serves, and a rolling update must be able to proceed
+        // while another replica holds the lease.
+        Readiness::Ready | Readiness::Standby => StatusCode::OK,
         Readiness::Starting | Readiness::Stopping => StatusCode::SERVICE_UNAVAILABLE,
     };
-    (status, format!("{}\n", readiness.name()))
+    match (readiness, api.health.standby()) {
+        (Readiness::Standby, Some(why)) => (status, format!("standby: {why}\n")),
+        _ => (status, format!("{}\n", readiness.name())),
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +224,23 @@ mod tests {
         // Stopping is for good.
         h.set_ready();
         assert_eq!(h.readiness(), Readiness::Stopping);
+    }
+
+    #[test]
+    fn a_standby_is_ready_never_stalled_and_acts_again_when_cleared() {
+        let h = Health::new();
+        let t = 1_800_000_000_000;
+        h.set_ready();
+        h.engine_turned(t);
+        h.set_standby(Some("lease ns/rearguard held by b".to_owned()));
+        assert_eq!(h.readiness(), Readiness::Standby);
+        assert_eq!(h.liveness(t + 60_000, STALL), Ok(()));
+        h.set_standby(None);
+        assert_eq!(h.readiness(), Readiness::Ready);
+        assert!(h.liveness(t + 60_000, STALL).is_err());
+        h.set_standby(Some("again".to_owned()));
+        h.set_stopping();
+        assert_eq!(h.readiness(), Readiness::Stopping, "stopping wins");
     }
 
     #[test]

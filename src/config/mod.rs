@@ -38,6 +38,28 @@ pub struct Config {
     /// Whether incidents' transitions are posted as Kubernetes Events on targets whose
     /// change observer is `kube_deployment` (`[kubernetes] events`, default true).
     pub kube_events: bool,
+    /// Only the replica holding the Lease acts (`[leader_election]`); `None`: this
+    /// process always acts.
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// Leader election among replicas on a coordination.k8s.io/v1 Lease
+/// (`[leader_election]`): only the holder runs the engine, sources and plan steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderElection {
+    /// How to reach the cluster (`[kubernetes]`).
+    pub access: crate::kube::Access,
+    pub namespace: String,
+    /// The Lease's name.
+    pub lease: String,
+    /// This replica's name in the Lease: `identity`, else `$POD_NAME`, else the hostname.
+    pub identity: String,
+    /// How long the Lease holds after each renewal (whole seconds).
+    pub lease_duration: Duration,
+    /// How often the leader renews the Lease.
+    pub renew_every: Duration,
+    /// How often a standby tries to take the Lease.
+    pub retry_every: Duration,
 }
 
 /// Settings of the daemon process itself (`[daemon]`).

@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub escalation: Vec<Value>,
     #[serde(default)]
     pub kubernetes: Option<Value>,
+    #[serde(default)]
+    pub leader_election: Option<Value>,
 }
 
 /// How rearguard reaches the Kubernetes API server (`[kubernetes]`).
@@ -43,6 +45,18 @@ pub struct RawKubernetes {
     pub server: Option<String>,
     /// Whether incidents' transitions are posted as Events on their Deployment.
     pub events: Option<bool>,
+}
+
+/// Leader election among replicas on a Kubernetes Lease (`[leader_election]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLeaderElection {
+    pub namespace: String,
+    pub lease: Option<String>,
+    pub identity: Option<String>,
+    pub lease_duration: Option<String>,
+    pub renew_every: Option<String>,
+    pub retry_every: Option<String>,
 }
 
 /// A revision written as a number or as the `{to_revision}` placeholder.

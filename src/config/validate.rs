@@ -435,6 +435,7 @@ pub fn validate(
         .and_then(|k| k.deserialize::<RawKubernetes>().ok())
         .and_then(|k| k.events)
         .unwrap_or(true);
+    let leader_election = leader_election(&mut ctx, raw.leader_election.as_ref(), &kube_access);
 
     let raw_targets: Vec<Option<RawTarget>> = items(&mut ctx, "target", &raw.target);
     let raw_signals: Vec<Option<RawSignal>> = items(&mut ctx, "signal", &raw.signal);
@@ -797,6 +798,7 @@ pub fn validate(
             notifiers,
             escalation,
             kube_events,
+            leader_election,
         })
     } else {
         Err(ConfigErrors(ctx.errors))
@@ -1224,6 +1226,90 @@ fn kubernetes(ctx: &mut Ctx, raw: Option<&Value>) -> crate::kube::Access {
         Some(url.as_str().trim_end_matches('/').to_owned())
     });
     Access { source, server }
+}
+
+/// `[leader_election]`: the Lease, this replica's identity and the timings.
+fn leader_election(
+    ctx: &mut Ctx,
+    raw: Option<&Value>,
+    access: &crate::kube::Access,
+) -> Option<crate::config::LeaderElection> {
+    let raw: RawLeaderElection = ctx.item("leader_election", raw?)?;
+    kube_name(ctx, "leader_election.namespace".into(), &raw.namespace);
+    let lease = raw.lease.unwrap_or_else(|| "rearguard".to_owned());
+    kube_name(ctx, "leader_election.lease".into(), &lease);
+    let identity = match raw.identity {
+        Some(id) => {
+            if id.trim().is_empty() {
+                ctx.err("leader_election.identity", "must not be empty");
+            }
+            id
+        }
+        None => {
+            let id = (ctx.env)("POD_NAME")
+                .filter(|p| !p.trim().is_empty())
+                .or_else(hostname)
+                .unwrap_or_default();
+            if id.is_empty() {
+                ctx.err(
+                    "leader_election.identity",
+                    "not set, and neither $POD_NAME nor the hostname gives one",
+                );
+            }
+            id
+        }
+    };
+    let lease_duration = ctx.positive_duration(
+        "leader_election.lease_duration".into(),
+        &raw.lease_duration,
+        Duration::from_secs(15),
+    );
+    // The Lease holds whole seconds (`leaseDurationSeconds`).
+    if lease_duration.subsec_nanos() != 0 || lease_duration < Duration::from_secs(1) {
+        ctx.err(
+            "leader_election.lease_duration",
+            "must be a whole number of seconds, at least 1s",
+        );
+    }
+    let renew_every = ctx.positive_duration(
+        "leader_election.renew_every".into(),
+        &raw.renew_every,
+        lease_duration / 3,
+    );
+    if renew_every >= lease_duration {
+        ctx.err(
+            "leader_election.renew_every",
+            "must be shorter than lease_duration, or the lease lapses between renewals",
+        );
+    }
+    let retry_every = ctx.positive_duration(
+        "leader_election.retry_every".into(),
+        &raw.retry_every,
+        // client-go's retry period: a released Lease is taken within it.
+        renew_every.min(Duration::from_secs(2)),
+    );
+    Some(crate::config::LeaderElection {
+        access: access.clone(),
+        namespace: raw.namespace,
+        lease,
+        identity,
+        lease_duration,
+        renew_every,
+        retry_every,
+    })
+}
+
+/// This host's name, when it has one.
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_owned();
+    (!name.is_empty()).then_some(name)
 }
 
 /// A namespace or object name: a DNS-1123 label or subdomain, as the API requires.

@@ -11,8 +11,8 @@
 //! authority.
 //!
 //! Time is passed in (`now`), so expiry is tested without sleeping. Nothing here runs on
-//! its own: the caller renews every fraction of the lease duration. Wiring it into the
-//! daemon (act only while leader) is not done yet.
+//! its own: the caller renews every fraction of the lease duration; `crate::leader`
+//! wires it into the daemon (act only while leader).
 
 use std::time::{Duration, SystemTime};
 

@@ -494,6 +494,7 @@ fn the_reference_shows_every_key_of_the_schema() {
         "[[notifier]]\ntype = \"email\"\nzzz = 1",
         "[[notifier]]\ntype = \"webhook\"\nzzz = 1",
         "[[escalation]]\nzzz = 1",
+        "[leader_election]\nzzz = 1",
     ];
     let mut keys = BTreeSet::new();
     for probe in probes {

@@ -21,6 +21,7 @@ mod kube_lease;
 mod kube_pods;
 mod kube_rollout;
 mod kube_steps;
+mod leader;
 mod manifests;
 mod notifications;
 mod notify_email;

@@ -524,6 +524,10 @@ async fn run_everything(fake: &KubeFake) {
 [kubernetes]
 kubeconfig = "{}"
 
+[leader_election]
+namespace = "kube-system"
+identity = "rearguard-0"
+
 [[target]]
 name = "web"
 change = {{ type = "kube_deployment", namespace = "{NS}", deployment = "{NAME}" }}
@@ -543,24 +547,28 @@ change = {{ type = "kube_deployment", namespace = "{NS}", deployment = "{NAME}" 
     tracker.close();
     tracker.wait().await;
 
-    // Leader election: create the Lease, renew it, give it up.
-    let client = rearguard::kube::Handle::new(&access(fake))
-        .client()
-        .await
-        .unwrap();
-    let elector = rearguard::kube::lease::Elector::new(
-        client,
-        "kube-system",
-        "rearguard",
-        "rearguard-0",
-        Duration::from_secs(15),
-    );
+    // Leader election: create the Lease, renew it, give it up, while a standby's watch
+    // waits for the Lease to change.
+    let settings = cfg.leader_election.as_ref().expect("configured above");
+    let (elector, watch) = rearguard::leader::elector(settings).await.unwrap();
     let now = SystemTime::now();
     let term = match elector.step(now).await.unwrap() {
         rearguard::kube::lease::Role::Leader(term) => term,
         other => panic!("expected to lead, got {other:?}"),
     };
+    let changed = tokio::spawn(async move { watch.changed().await });
+    crate::support::poll_until(Duration::from_secs(10), || {
+        fake.requests()
+            .iter()
+            .any(|r| r.path.ends_with("/leases") && r.query.contains("watch=true"))
+    })
+    .await
+    .expect("the lease is watched");
     elector.step(now + Duration::from_secs(5)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), changed)
+        .await
+        .expect("the watch sees the renewal")
+        .unwrap();
     elector
         .fence(&term, now + Duration::from_secs(6))
         .await
