@@ -460,10 +460,10 @@ pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
         match generation(*parts, resumed, &shared, reloads.as_mut(), &stop, fence).await {
             Ended::Reload(parts, handover) => next = (parts, Some(*handover)),
             Ended::Stopped => {
-                let (Some(l), Some(cfg)) = (lead.take(), cfg) else {
+                let (Some(mut l), Some(cfg)) = (lead.take(), cfg) else {
                     break;
                 };
-                l.renewing.cancel();
+                l.end_renewal().await;
                 if shared.shutdown.is_cancelled() {
                     // A clean stop: a standby (watching the Lease) takes over at
                     // once, not after the lease duration.
@@ -499,8 +499,10 @@ struct Lead {
     /// Cancelled by the renewal or the fence when the Lease is lost, and with the
     /// daemon's shutdown (a child of it).
     stop: CancellationToken,
-    /// Stops the renewal at the end of the term.
+    /// Stops the renewal at the end of the term (after the drain: a stopping leader
+    /// keeps renewing while its last steps run).
     renewing: CancellationToken,
+    renewal: tokio::task::JoinHandle<()>,
 }
 
 impl Lead {
@@ -516,11 +518,13 @@ impl Lead {
         shared.health.engine_turned(shared.health.now_ms());
         let stop = shared.shutdown.child_token();
         let renewing = CancellationToken::new();
-        let limit = settings.renew_every;
-        tasks.spawn(crate::leader::renew(
+        let validity =
+            crate::leader::Validity::new(std::time::Instant::now(), settings.lease_duration);
+        let renewal = tasks.spawn(crate::leader::renew(
             elector.clone(),
             term.clone(),
             settings.clone(),
+            validity.clone(),
             stop.clone(),
             renewing.clone(),
         ));
@@ -528,12 +532,21 @@ impl Lead {
             fence: Arc::new(crate::leader::Fence::new(
                 elector.clone(),
                 term,
+                settings,
+                validity,
                 stop.clone(),
-                limit,
             )),
             stop,
             renewing,
+            renewal,
         }
+    }
+
+    /// Ends the term's renewal and waits for it, so that no renewal in flight takes the
+    /// Lease again after it is released.
+    async fn end_renewal(&mut self) {
+        self.renewing.cancel();
+        let _ = (&mut self.renewal).await;
     }
 }
 
@@ -1328,7 +1341,7 @@ async fn generation(
     }
 
     // Drain: sources stop now; in-flight steps get the drain timeout to finish. A lost
-    // Lease drains the same way, but the process goes on as a standby.
+    // Lease cancels its steps instead, and the process goes on as a standby.
     if shared.shutdown.is_cancelled() {
         tracing::info!(in_flight = in_flight.len(), "rearguard stopping");
         health.set_stopping();
@@ -1348,6 +1361,15 @@ async fn generation(
         if let Some(sd) = systemd {
             sd.status(&format!("standby: {why}"));
         }
+        // Another replica may act from now on: what this one started is cancelled at
+        // once (its processes killed), not waited for. Those steps stay unrecorded
+        // (ordered, never finished), like a step the fence refused: this store
+        // escalates them if it is ever restored, and never runs them again.
+        for incident in in_flight.keys() {
+            tracing::error!(incident = %incident, "step cancelled: this replica no longer holds the lease");
+        }
+        in_flight.clear();
+        steps_token.cancel();
     }
     sources_token.cancel();
     let deadline = tokio::time::Instant::now() + cfg.daemon.drain_timeout;

@@ -13,6 +13,7 @@
 //! This module talks to the Lease only (through [`crate::kube::lease`]); it knows
 //! nothing of the engine, sources or actions, and decides nothing about incidents.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use ::kube::Api;
@@ -112,31 +113,54 @@ pub async fn attempt(elector: &Elector, limit: Duration) -> Attempt {
     }
 }
 
+/// Until when a term's Lease is known to hold on this replica's clock: the send time of
+/// the last renewal that succeeded, plus the lease duration. The renewal extends it; the
+/// fence tells an API server that cannot answer for a moment from a Lease that is gone.
+#[derive(Debug, Clone)]
+pub struct Validity(Arc<Mutex<Instant>>);
+
+impl Validity {
+    /// A term won at about `won`, for `duration`.
+    pub fn new(won: Instant, duration: Duration) -> Validity {
+        Validity(Arc::new(Mutex::new(won + duration)))
+    }
+
+    pub fn until(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn extend(&self, to: Instant) {
+        let mut until = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *until = (*until).max(to);
+    }
+}
+
 /// Keeps the Lease of `term`: renews it every `renew_every`, and cancels `lost` (which
-/// ends the generation) when another replica holds it, or when no renewal has
-/// succeeded for the lease duration. Returns when `stop` or `lost` is cancelled.
+/// ends the generation) when another replica holds it, or when the next renewal would
+/// come after the Lease expires (so that the generation stops while the Lease still
+/// holds, before a standby may take it). Returns when `stop` is cancelled (after the
+/// generation's drain: a stopping leader keeps its Lease until its steps are over) or
+/// when the Lease is lost.
 pub async fn renew(
     elector: Elector,
     term: Term,
     settings: LeaderElection,
+    validity: Validity,
     lost: CancellationToken,
     stop: CancellationToken,
 ) {
     let lease = format!("{}/{}", settings.namespace, settings.lease);
-    // When the last successful renewal was sent: the Lease it wrote runs from about then.
-    let mut renewed = Instant::now();
     let mut ticker = tokio::time::interval(settings.renew_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = lost.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let sent = Instant::now();
         match attempt(&elector, settings.renew_every).await {
-            Attempt::Won(t) if t == term => renewed = sent,
+            Attempt::Won(t) if t == term => validity.extend(sent + settings.lease_duration),
             Attempt::Won(t) => {
                 // The Lease changed hands in between: what this term started is not ours
                 // to go on with.
@@ -150,8 +174,8 @@ pub async fn renew(
                 return;
             }
             Attempt::Failed(e) => {
-                if renewed.elapsed() >= settings.lease_duration {
-                    tracing::error!(lease = %lease, error = %e, "leadership lost: the lease was not renewed within its duration");
+                if Instant::now() + settings.renew_every >= validity.until() {
+                    tracing::error!(lease = %lease, error = %e, "leadership lost: the lease cannot be renewed before it expires");
                     lost.cancel();
                     return;
                 }
@@ -161,6 +185,9 @@ pub async fn renew(
     }
 }
 
+/// How long the fence waits before asking an API server that could not answer again.
+const FENCE_RETRY: Duration = Duration::from_millis(250);
+
 /// A leader's authority for one term: checked right before each plan step, and given up
 /// on a clean stop.
 pub struct Fence {
@@ -168,37 +195,65 @@ pub struct Fence {
     term: Term,
     lost: CancellationToken,
     limit: Duration,
+    validity: Validity,
+    /// How long the Lease must still hold when a step starts: half of what is left of
+    /// it right before a renewal (`lease_duration - renew_every`), so that a step never
+    /// starts on a Lease about to lapse.
+    margin: Duration,
 }
 
 impl Fence {
     /// `lost` is the generation's token: cancelled when the fence finds the term over.
-    pub fn new(elector: Elector, term: Term, lost: CancellationToken, limit: Duration) -> Fence {
+    pub fn new(
+        elector: Elector,
+        term: Term,
+        settings: &LeaderElection,
+        validity: Validity,
+        lost: CancellationToken,
+    ) -> Fence {
         Fence {
             elector,
             term,
             lost,
-            limit,
+            limit: settings.renew_every,
+            validity,
+            margin: settings.lease_duration.saturating_sub(settings.renew_every) / 2,
         }
     }
 
-    /// Whether this term still holds the Lease now. When it does not (or the API server
-    /// cannot say), leadership is treated as lost: the generation's token is cancelled.
+    /// Whether this term still holds the Lease, for at least the margin from now. An API
+    /// server that cannot answer is asked again while the last renewal still vouches
+    /// for the Lease; when the term is over (another holder, expired, gone, or no
+    /// answer in time), leadership is treated as lost: the generation's token is
+    /// cancelled.
     pub async fn check(&self) -> Result<(), FenceError> {
-        let checked = tokio::time::timeout(
-            self.limit,
-            self.elector.fence(&self.term, SystemTime::now()),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(FenceError::Kube(KubeError::Transport(format!(
-                "the api server did not answer within {}",
-                crate::config::units::format_duration(self.limit)
-            ))))
-        });
-        if checked.is_err() {
-            self.lost.cancel();
+        loop {
+            let checked = tokio::time::timeout(
+                self.limit,
+                self.elector
+                    .fence(&self.term, SystemTime::now() + self.margin),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(FenceError::Kube(KubeError::Transport(format!(
+                    "the api server did not answer within {}",
+                    crate::config::units::format_duration(self.limit)
+                ))))
+            });
+            match checked {
+                Ok(()) => return Ok(()),
+                Err(FenceError::Kube(e))
+                    if Instant::now() + self.margin + FENCE_RETRY < self.validity.until() =>
+                {
+                    tracing::warn!(error = %e, "cannot check the lease before a step; asking again");
+                    tokio::time::sleep(FENCE_RETRY).await;
+                }
+                Err(e) => {
+                    self.lost.cancel();
+                    return Err(e);
+                }
+            }
         }
-        checked
     }
 
     /// Gives the Lease up so that a standby takes it at once; nothing if the term is

@@ -135,6 +135,14 @@ consecutive = 3
 [[plan]]
 name = "undo"
 
+# Marks its start and end in the state directory; slow (4s) when the test asks for it.
+[[plan.step]]
+type = "exec"
+name = "mark"
+command = ["/bin/sh", "-c", "touch started; if [ -e slow ]; then sleep 4; fi; touch finished"]
+cwd = "{state}"
+timeout = "10s"
+
 [[plan.step]]
 type = "kube_rollout_undo"
 namespace = "shop"
@@ -312,6 +320,15 @@ impl Replica {
         };
         assert!(status.success(), "{status:?}; log:\n{}", self.log());
     }
+}
+
+/// Waits until the plan's first step has started on `r` (its mark in the state
+/// directory).
+async fn step_started(r: &Replica, secs: u64) {
+    let mark = r.dir.path().join("started");
+    support::poll_until(Duration::from_secs(secs), || mark.exists())
+        .await
+        .unwrap_or_else(|_| panic!("no step started within {secs}s; log:\n{}", r.log()));
 }
 
 /// The PATCH requests the API server accepted on the Deployment: each is one undo.
@@ -729,4 +746,128 @@ fn check_shows_the_leader_election_settings_and_refuses_bad_ones_with_exit_64() 
         text.contains("leader_election.renew_every: must be shorter than lease_duration"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_stopping_leader_keeps_its_lease_while_its_step_finishes_then_releases_it() {
+    let fake = Arc::new(KubeFake::start().await);
+    seed(&fake);
+    let (server, probes) = service(&fake).await;
+    // The step (4s) outlasts the lease (2s): only renewals during the drain keep it.
+    let timing = Timing {
+        duration: "2s",
+        renew: "500ms",
+        retry: "200ms",
+    };
+    let mut a = Replica::start("a", &fake, &server, &timing);
+    a.wait_leading(20).await;
+    let b = Replica::start("b", &fake, &server, &timing);
+    b.wait_standby("rearguard-a", 20).await;
+    std::fs::write(a.dir.path().join("slow"), "").unwrap();
+    support::poll_until(Duration::from_secs(10), || probes.probes("a") >= 3)
+        .await
+        .expect("the leader probes the service");
+    deploy(&fake, 2);
+    step_started(&a, 20).await;
+    // SIGTERM while the step runs: the lease stays with a until its drain is over.
+    let mut holders = Vec::new();
+    let watch = async {
+        let until = Instant::now() + Duration::from_millis(3500);
+        while Instant::now() < until {
+            holders.push(lease_holder(&fake));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::join!(a.terminate(20), watch);
+    assert!(
+        holders.iter().all(|h| h == "rearguard-a"),
+        "the lease changed hands during the leader's drain: {holders:?}"
+    );
+    assert!(
+        a.dir.path().join("finished").exists(),
+        "the step finished in the drain; log:\n{}",
+        a.log()
+    );
+    assert!(a.log().contains("lease released"), "{}", a.log());
+    assert_eq!(undos(&fake), 0, "no step starts once the drain has begun");
+    b.wait_leading(10).await;
+}
+
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_cancels_the_step_in_flight_at_once() {
+    let fake = Arc::new(KubeFake::start().await);
+    seed(&fake);
+    let (server, probes) = service(&fake).await;
+    let timing = Timing {
+        duration: "3s",
+        renew: "200ms",
+        retry: "200ms",
+    };
+    let a = Replica::start("a", &fake, &server, &timing);
+    a.wait_leading(20).await;
+    std::fs::write(a.dir.path().join("slow"), "").unwrap();
+    support::poll_until(Duration::from_secs(10), || probes.probes("a") >= 3)
+        .await
+        .expect("the leader probes the service");
+    deploy(&fake, 2);
+    step_started(&a, 20).await;
+    // Another replica holds the lease now (this one was partitioned past its lease).
+    let mut lease = fake.get("leases", "shop", "rearguard").unwrap();
+    lease["spec"]["holderIdentity"] = json!("rearguard-intruder");
+    lease["spec"]["leaseTransitions"] = json!(1);
+    lease["spec"]["leaseDurationSeconds"] = json!(600);
+    fake.put(lease);
+    a.wait_standby("rearguard-intruder", 10).await;
+    assert!(
+        a.log()
+            .contains("step cancelled: this replica no longer holds the lease"),
+        "{}",
+        a.log()
+    );
+    // The step's process was killed: it never reaches its end (it would after 4s).
+    let finished = a.dir.path().join("finished");
+    assert!(
+        support::poll_until(Duration::from_secs(6), || finished.exists())
+            .await
+            .is_err(),
+        "the step ran on after the lease was lost; log:\n{}",
+        a.log()
+    );
+    assert_eq!(undos(&fake), 0);
+}
+
+#[tokio::test]
+async fn a_fence_check_the_api_server_fails_once_is_asked_again_and_the_step_runs() {
+    let fake = Arc::new(KubeFake::start().await);
+    seed(&fake);
+    let (server, probes) = service(&fake).await;
+    // Renewals far apart: the fence is the only reader of the lease meanwhile.
+    let timing = Timing {
+        duration: "60s",
+        renew: "30s",
+        retry: "200ms",
+    };
+    let a = Replica::start("a", &fake, &server, &timing);
+    a.wait_leading(20).await;
+    support::poll_until(Duration::from_secs(10), || probes.probes("a") >= 3)
+        .await
+        .expect("the leader probes the service");
+    let lease = "/apis/coordination.k8s.io/v1/namespaces/shop/leases/rearguard";
+    fake.inject(
+        Method::GET,
+        lease,
+        2,
+        crate::kube_fake::Effect::Respond(500),
+    );
+    deploy(&fake, 2);
+    a.wait_rolled_back(1, 30).await;
+    assert_eq!(undos(&fake), 1, "{}", a.log());
+    let failed = fake
+        .requests_to(&Method::GET, lease)
+        .iter()
+        .filter(|r| r.status == 500)
+        .count();
+    assert_eq!(failed, 2, "the fence met the failures");
+    assert!(a.log().contains("asking again"), "{}", a.log());
+    assert_eq!(a.metric("rearguard_leader").await, Some(1.0));
 }
