@@ -1700,6 +1700,7 @@ async fn run_step(
         from_revision: order.from_revision.clone(),
         to_revision: order.to_revision.clone(),
         bad_revisions: order.bad_revisions.clone(),
+        attempt: order.attempt,
     };
     let started = Instant::now();
     let result = tokio::select! {

@@ -5,8 +5,9 @@
 //!
 //! Beyond kubectl, the same patch marks the Deployment with the incident it restarted
 //! for (`rearguard.io/restarted-for`, on the Deployment, not its pod template), so that
-//! a step run again because its first answer was lost does not restart it a second
-//! time: one restart per incident.
+//! a retry of the step (attempt 2 or more: the first attempt's answer may have been
+//! lost) that finds the mark does not restart it a second time. A first attempt always
+//! restarts, so a plan run again on the same incident (an operator's rollback) does.
 
 use std::time::Duration;
 
@@ -45,10 +46,10 @@ impl KubeRestart {
 
     pub async fn run(&self, ctx: &ActionContext, timeout: Duration) -> ActionOutput {
         let started = Instant::now();
-        super::bounded_step(self.restart(&ctx.incident), timeout, started).await
+        super::bounded_step(self.restart(&ctx.incident, ctx.attempt), timeout, started).await
     }
 
-    async fn restart(&self, incident: &str) -> Result<String, StepError> {
+    async fn restart(&self, incident: &str, attempt: u32) -> Result<String, StepError> {
         let client = self.handle.client().await?;
         let t = &self.target;
         let shown = format!("{}/{}", t.namespace, t.deployment);
@@ -63,7 +64,7 @@ impl KubeRestart {
             .annotations
             .as_ref()
             .and_then(|a| a.get(RESTARTED_FOR));
-        if !incident.is_empty() && marked.map(String::as_str) == Some(incident) {
+        if attempt > 1 && !incident.is_empty() && marked.map(String::as_str) == Some(incident) {
             return Ok(format!(
                 "deployment {shown} was already restarted for incident {incident}"
             ));

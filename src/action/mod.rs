@@ -48,6 +48,9 @@ pub struct ActionContext {
     pub to_revision: Option<String>,
     /// The target's revisions rearguard marked bad: never a destination.
     pub bad_revisions: Vec<String>,
+    /// Which attempt of this step this is, from 1: 2 or more is a retry (the earlier
+    /// attempt failed, or its answer was lost).
+    pub attempt: u32,
 }
 
 impl ActionContext {
@@ -176,7 +179,9 @@ impl Action {
             Action::KubeRestoreConfig(action) => {
                 bounded(action.run(ctx, timeout), timeout, started).await
             }
-            Action::KubeDeletePods(action) => bounded(action.run(timeout), timeout, started).await,
+            Action::KubeDeletePods(action) => {
+                bounded(action.run(ctx, timeout), timeout, started).await
+            }
         }
     }
 
@@ -336,6 +341,7 @@ mod tests {
             from_revision: Some("v2".into()),
             to_revision: None,
             bad_revisions: Vec::new(),
+            attempt: 1,
         }
     }
 

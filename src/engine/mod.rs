@@ -431,12 +431,17 @@ impl Engine {
         {
             return;
         }
-        // One pass over the rules, not one per target: a tick stays linear in the table.
+        // One pass over the rules and one over the incidents, not one per target: a tick
+        // stays linear in the table.
         let mut firing = vec![false; self.targets.len()];
         for (i, r) in self.cfg.rules.iter().enumerate() {
             if self.rules[i].phase == Phase::Firing {
                 firing[r.target] = true;
             }
+        }
+        let mut open = vec![false; self.targets.len()];
+        for inc in &self.incidents {
+            open[inc.target] = true;
         }
         for t in 0..self.targets.len() {
             let Some(bake) = self.cfg.targets[t].bake else {
@@ -448,8 +453,7 @@ impl Engine {
             if self.targets[t].baked.as_ref() == Some(&revision) {
                 continue;
             }
-            let firing = firing[t];
-            let open = self.incidents.iter().any(|i| i.target == t);
+            let (firing, open) = (firing[t], open[t]);
             let ts = &mut self.targets[t];
             if firing || open {
                 ts.healthy_since = None;

@@ -24,6 +24,7 @@ fn ctx() -> ActionContext {
         from_revision: Some("v2".to_owned()),
         to_revision: Some("v1".to_owned()),
         bad_revisions: Vec::new(),
+        attempt: 1,
     }
 }
 

@@ -46,6 +46,7 @@ fn ctx(from: &str, to: &str) -> ActionContext {
         from_revision: Some(from.to_owned()),
         to_revision: Some(to.to_owned()),
         bad_revisions: Vec::new(),
+        attempt: 1,
     }
 }
 
@@ -424,6 +425,23 @@ async fn delete_pods_deletes_the_deployments_pods_and_no_others() {
         fake.get("pods", NS, "other").is_some(),
         "another app's pod stays"
     );
+    // The pods come back; a retry (the first answer was lost) leaves them alone, a
+    // first attempt (the plan run again) deletes them.
+    fake.put(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "a2", "namespace": NS, "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": "web:1"}]},
+    }));
+    let mut retry = ctx("2", "1");
+    retry.attempt = 2;
+    let spec = rearguard::config::ActionSpec::KubeDeletePods(target(&fake));
+    let out = run(spec.clone(), &retry).await;
+    assert!(out.ok, "{out:?}");
+    assert!(out.output.starts_with("deleted 0 pods"), "{}", out.output);
+    assert!(fake.get("pods", NS, "a2").is_some(), "the new pod stays");
+    let out = run(spec, &ctx("2", "1")).await;
+    assert!(out.output.starts_with("deleted 1 pods"), "{}", out.output);
+    assert!(fake.get("pods", NS, "a2").is_none());
 }
 
 /// The plan steps of `recipe` with the given `with`, validated as `check` does.

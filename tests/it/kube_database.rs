@@ -67,6 +67,7 @@ fn ctx() -> ActionContext {
         from_revision: Some("2".to_owned()),
         to_revision: Some("1".to_owned()),
         bad_revisions: vec!["2".to_owned()],
+        attempt: 1,
     }
 }
 

@@ -158,6 +158,7 @@ fn ctx() -> ActionContext {
         from_revision: None,
         to_revision: None,
         bad_revisions: Vec::new(),
+        attempt: 1,
     }
 }
 

@@ -41,6 +41,7 @@ fn ctx() -> ActionContext {
         from_revision: None,
         to_revision: None,
         bad_revisions: Vec::new(),
+        attempt: 1,
     }
 }
 
@@ -286,7 +287,21 @@ async fn pause_resume_and_restart_leave_what_kubectl_leaves() {
         d["metadata"]["annotations"]["rearguard.io/restarted-for"],
         "inc-9"
     );
-    // Run again for the same incident (its answer was lost): no second restart.
+    // Retried for the same incident (its answer was lost): no second restart.
+    let mut retry = ctx();
+    retry.attempt = 2;
+    let out = step(
+        ActionSpec::KubeRestart(target(&ours)),
+        &retry,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(out.ok, "{out:?}");
+    assert!(out.output.contains("already restarted"), "{out:?}");
+    assert_eq!(deployment(&ours)["metadata"]["generation"], 4);
+    let path = "/apis/apps/v1/namespaces/shop/deployments/web";
+    let patches = ours.requests_to(&Method::PATCH, path).len();
+    // A first attempt (the plan run again on the same incident) restarts.
     let out = step(
         ActionSpec::KubeRestart(target(&ours)),
         &ctx(),
@@ -294,8 +309,8 @@ async fn pause_resume_and_restart_leave_what_kubectl_leaves() {
     )
     .await;
     assert!(out.ok, "{out:?}");
-    assert!(out.output.contains("already restarted"), "{out:?}");
-    assert_eq!(deployment(&ours)["metadata"]["generation"], 4);
+    assert!(out.output.contains("restarted at"), "{out:?}");
+    assert_eq!(ours.requests_to(&Method::PATCH, path).len(), patches + 1);
     // Another incident restarts it again.
     let mut other = ctx();
     other.incident = "inc-10".to_owned();

@@ -445,6 +445,7 @@ async fn run_everything(fake: &KubeFake) {
         from_revision: Some("2".to_owned()),
         to_revision: Some("1".to_owned()),
         bad_revisions: vec!["2".to_owned()],
+        attempt: 1,
     };
     // The snapshot of a baked revision's configuration (revision 2 references a
     // ConfigMap and a Secret), which kube_restore_config puts back after the undo.

@@ -29,6 +29,7 @@ fn ctx(from: &str, to: &str) -> ActionContext {
         from_revision: Some(from.to_owned()),
         to_revision: Some(to.to_owned()),
         bad_revisions: Vec::new(),
+        attempt: 1,
     }
 }
 
