@@ -6,9 +6,12 @@
 //! A snapshot object is named `<deployment>-r<revision>-<original>` (shortened with a
 //! hash when too long), labelled `app.kubernetes.io/managed-by=rearguard`,
 //! `rearguard.io/snapshot-of=<deployment>` and `rearguard.io/revision=<n>`, and annotated
-//! with the original's name and content hash. The name is deterministic: a second replica
-//! or a restart creating the same snapshot meets 409 AlreadyExists, which with the same
-//! content is success. Only the newest `keep` revisions' snapshots are kept.
+//! with the original's name, its content hash, and the number of objects in the set
+//! (`rearguard.io/objects`): the objects are created one at a time, so a `take` that
+//! fails partway leaves fewer, which `kube_restore_config` refuses to restore. The name
+//! is deterministic: a second replica, a restart or a retry creating the same snapshot
+//! meets 409 AlreadyExists, which with the same content is success, so taking it again
+//! completes a partial set. Only the newest `keep` revisions' snapshots are kept.
 //!
 //! Secret data is copied as bytes and never formatted into an output, an error or a log.
 
@@ -28,7 +31,10 @@ pub const SNAPSHOT_OF: &str = "rearguard.io/snapshot-of";
 pub const REVISION: &str = "rearguard.io/revision";
 pub const ORIGINAL: &str = "rearguard.io/original-name";
 pub const CONTENT_HASH: &str = "rearguard.io/content-hash";
-pub const CONFIG_HASH: &str = "rearguard.io/config-hash";
+/// How many objects the snapshot of one revision holds, on each of them: a set with
+/// fewer objects than this is incomplete (a `take` that failed partway) and is never
+/// restored.
+pub const OBJECTS: &str = "rearguard.io/objects";
 
 /// The longest name of a ConfigMap or Secret (a DNS subdomain).
 const MAX_NAME: usize = 253;
@@ -100,7 +106,7 @@ pub async fn take(
             missing.reference.name
         )));
     }
-    let hash = kconfig::config_hash(&observed);
+    let objects = observed.iter().filter(|o| o.content.is_some()).count();
     let (mut created, mut existing) = (0, 0);
     for o in &observed {
         let Some(content) = &o.content else {
@@ -117,7 +123,7 @@ pub async fn take(
             annotations: Some(BTreeMap::from([
                 (ORIGINAL.to_owned(), o.reference.name.clone()),
                 (CONTENT_HASH.to_owned(), content.hash()),
-                (CONFIG_HASH.to_owned(), hash.clone()),
+                (OBJECTS.to_owned(), objects.to_string()),
             ])),
             ..Default::default()
         };
@@ -129,7 +135,7 @@ pub async fn take(
     }
     let pruned = prune(&client, ns, name, keep).await?;
     Ok(format!(
-        "snapshot of revision {revision} of deployment {shown}: {created} objects created, {existing} already there, {pruned} of older revisions deleted (config hash {hash})"
+        "snapshot of revision {revision} of deployment {shown}: {created} objects created, {existing} already there, {pruned} of older revisions deleted"
     ))
 }
 
@@ -226,7 +232,34 @@ pub struct Found {
     /// The name of the object it copies.
     pub original: Option<String>,
     pub revision: Option<i64>,
+    /// The size of the set it belongs to (its `rearguard.io/objects` annotation), when
+    /// present and a number.
+    pub objects: Option<usize>,
     pub content: Content,
+}
+
+/// Checks that `found`, the snapshot objects of one revision, are the whole set its
+/// `take` wrote: every object says how many there are, they agree, and that many are
+/// here. `shown` names the Deployment in the error.
+pub fn complete(found: &[Found], revision: i64, shown: &str) -> Result<(), String> {
+    let sizes: BTreeSet<Option<usize>> = found.iter().map(|f| f.objects).collect();
+    let names = || {
+        let mut n: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
+        n.sort_unstable();
+        n.join(", ")
+    };
+    match sizes.iter().collect::<Vec<_>>().as_slice() {
+        [Some(n)] if *n == found.len() => Ok(()),
+        [Some(n)] => Err(format!(
+            "the snapshot of revision {revision} of deployment {shown} is incomplete: {} of its {n} objects are there ({}); a snapshot that failed partway is completed when the revision is snapshotted again",
+            found.len(),
+            names()
+        )),
+        _ => Err(format!(
+            "the snapshot of revision {revision} of deployment {shown} cannot be checked for completeness: its objects ({}) do not all carry the same {OBJECTS} annotation (taken by an older rearguard, or edited)",
+            names()
+        )),
+    }
 }
 
 /// The snapshot objects of `deployment`, of one revision or of all.
@@ -250,6 +283,11 @@ pub async fn list(
             .as_ref()
             .and_then(|l| l.get(REVISION))
             .and_then(|r| r.parse().ok()),
+        objects: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(OBJECTS))
+            .and_then(|n| n.parse().ok()),
         content,
     };
     let mut out = Vec::new();

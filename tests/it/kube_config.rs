@@ -359,6 +359,58 @@ async fn restore_config_puts_the_known_good_data_back_once_and_never_shows_secre
 }
 
 #[tokio::test]
+async fn restore_config_refuses_a_snapshot_with_an_object_missing_and_writes_nothing() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let t = target(&fake);
+    let handle = Handle::new(&t.access);
+    kube_snapshot::take(&t, &handle, "1", 3).await.unwrap();
+    let cm = fake.get("configmaps", NS, "web-r1-web-config").unwrap();
+    assert_eq!(cm["metadata"]["annotations"]["rearguard.io/objects"], "2");
+    // What a take that failed after its first object leaves.
+    assert!(fake.with(|s| s.remove("secrets", NS, "web-r1-web-secret")));
+    fake.put(config_map("bad"));
+    fake.put(secret(BAD_PASSWORD));
+    let spec = rearguard::config::ActionSpec::KubeRestoreConfig(
+        rearguard::config::KubeRestoreConfigSpec {
+            target: t.clone(),
+            revision: None,
+        },
+    );
+    let before = fake.requests().len();
+    let out = run(spec.clone(), &ctx("2", "1")).await;
+    assert!(!out.ok, "{out:?}");
+    let error = out.error.unwrap();
+    assert!(
+        error.contains(
+            "snapshot of revision 1 of deployment shop/web is incomplete: 1 of its 2 objects"
+        ),
+        "{error}"
+    );
+    let writes: Vec<_> = fake.requests()[before..]
+        .iter()
+        .filter(|r| r.method != axum::http::Method::GET)
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(writes.is_empty(), "nothing is written: {writes:?}");
+    assert_eq!(mode(&fake, "web-config"), "bad");
+    assert_eq!(password(&fake, "web-secret"), BAD_PASSWORD);
+
+    // Taking the snapshot again completes the set, and then it is restored. The
+    // originals hold the bad data now, so put back what revision 1 ran with first.
+    fake.put(config_map("good"));
+    fake.put(secret(GOOD_PASSWORD));
+    let out = kube_snapshot::take(&t, &handle, "1", 3).await.unwrap();
+    assert!(out.contains("1 objects created, 1 already there"), "{out}");
+    fake.put(config_map("bad"));
+    fake.put(secret(BAD_PASSWORD));
+    let out = run(spec, &ctx("2", "1")).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(mode(&fake, "web-config"), "good");
+    assert_eq!(password(&fake, "web-secret"), GOOD_PASSWORD);
+}
+
+#[tokio::test]
 async fn restore_config_without_a_snapshot_of_the_revision_fails_and_names_those_there_are() {
     let fake = KubeFake::start().await;
     seed(&fake);
