@@ -1,7 +1,8 @@
 //! Kubernetes configuration against the fake API server: snapshots of a Deployment's
 //! ConfigMaps and Secrets (deterministic, idempotent, pruned), `kube_restore_config`,
-//! `kube_delete_pods`, the `kubernetes-config` and `kubernetes-emergency` recipes, and
-//! the full pod-OOM incident through the daemon: a bad rollout whose ConfigMap changed
+//! `kube_delete_pods`, `kube_rollout_status` of a Deployment scaled to zero (no pod
+//! left), the `kubernetes-config` and `kubernetes-emergency` recipes, and the full
+//! pod-OOM incident through the daemon: a bad rollout whose ConfigMap changed
 //! too, OOM kills, the rule, mark bad, undo, restore, rollout, verification.
 
 use std::sync::Arc;
@@ -451,6 +452,89 @@ async fn restore_config_without_a_snapshot_of_the_revision_fails_and_names_those
     let error = run(spec, &unknown).await.error.unwrap();
     assert!(error.contains("not a revision number"), "{error}");
     assert_eq!(mode(&fake, "web-config"), "good");
+}
+
+/// The Deployment scaled to zero with its status caught up (status.replicas 0), pods
+/// `a` and `b` gone and `c` still terminating, and a pod of another app running.
+fn scaled_to_zero_with_a_terminating_pod(fake: &KubeFake) {
+    let mut d = fake.get("deployments", NS, NAME).unwrap();
+    d["spec"]["replicas"] = json!(0);
+    fake.put(d);
+    fake.with(|s| {
+        let mut d = s.get("deployments", NS, NAME).unwrap();
+        let generation = d["metadata"]["generation"].as_i64().unwrap_or(1);
+        d["status"] = json!({"observedGeneration": generation, "replicas": 0,
+            "updatedReplicas": 0, "readyReplicas": 0, "availableReplicas": 0});
+        s.force_status(d);
+        assert!(s.remove("pods", NS, "a") && s.remove("pods", NS, "b"));
+        let mut c = s.get("pods", NS, "c").unwrap();
+        c["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        s.force(c);
+    });
+    fake.put(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "other", "namespace": NS, "labels": {"app": "db"}},
+        "spec": {"containers": [{"name": "db", "image": "db:1"}]},
+    }));
+}
+
+#[tokio::test]
+async fn rollout_status_of_a_deployment_scaled_to_zero_waits_until_its_terminating_pods_are_gone() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    scaled_to_zero_with_a_terminating_pod(&fake);
+    let spec = rearguard::config::ActionSpec::KubeRolloutStatus(target(&fake));
+    let action = Action::new(&spec, &rearguard::http::client());
+    let step =
+        tokio::spawn(async move { action.run(&ctx("2", "1"), Duration::from_secs(30)).await });
+    // The step watches the pods once it has seen pod c still there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !fake
+        .requests_to(&axum::http::Method::GET, "/api/v1/namespaces/shop/pods")
+        .iter()
+        .any(|r| r.query.contains("watch=true"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the step never watched the pods"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!step.is_finished(), "done while pod c is still terminating");
+    assert!(fake.with(|s| s.remove("pods", NS, "c")));
+    let out = tokio::time::timeout(Duration::from_secs(10), step)
+        .await
+        .expect("the step ends once the pod is gone")
+        .unwrap();
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.output.contains("no pod of it is left"),
+        "{}",
+        out.output
+    );
+    // The other app's pod is neither waited for nor touched.
+    assert!(fake.get("pods", NS, "other").is_some());
+}
+
+#[tokio::test]
+async fn rollout_status_times_out_naming_the_pods_of_a_deployment_scaled_to_zero_that_remain() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    scaled_to_zero_with_a_terminating_pod(&fake);
+    let out = Action::new(
+        &rearguard::config::ActionSpec::KubeRolloutStatus(target(&fake)),
+        &rearguard::http::client(),
+    )
+    .run(&ctx("2", "1"), Duration::from_millis(1500))
+    .await;
+    assert!(!out.ok, "{out:?}");
+    let error = out.error.unwrap();
+    assert!(
+        error.contains("timed out after")
+            && error.contains("scaled to zero but 1 of its pods are left: c (terminating)"),
+        "{error}"
+    );
+    assert!(!error.contains("other"), "{error}");
 }
 
 #[tokio::test]
