@@ -16,6 +16,7 @@
 //! Secret data is copied as bytes and never formatted into an output, an error or a log.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use ::kube::Api;
 use ::kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
@@ -35,6 +36,30 @@ pub const CONTENT_HASH: &str = "rearguard.io/content-hash";
 /// fewer objects than this is incomplete (a `take` that failed partway) and is never
 /// restored.
 pub const OBJECTS: &str = "rearguard.io/objects";
+
+/// The first wait before a failed snapshot is taken again; it doubles after each
+/// failure up to [`RETRY_MAX`].
+pub const RETRY_FIRST: Duration = Duration::from_secs(10);
+/// The longest wait between two tries of a failed snapshot.
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
+/// How long a failed snapshot is tried again, in waits; then it is given up.
+pub const RETRY_FOR: Duration = Duration::from_secs(3600);
+
+/// The waits between the tries of a snapshot that keeps failing: 10 s doubling up to
+/// 5 min, until they add up to an hour.
+pub fn retry_waits() -> impl Iterator<Item = Duration> {
+    let mut wait = RETRY_FIRST;
+    let mut total = Duration::ZERO;
+    std::iter::from_fn(move || {
+        if total >= RETRY_FOR {
+            return None;
+        }
+        let this = wait.min(RETRY_FOR - total);
+        total += this;
+        wait = (wait * 2).min(RETRY_MAX);
+        Some(this)
+    })
+}
 
 /// The longest name of a ConfigMap or Secret (a DNS subdomain).
 const MAX_NAME: usize = 253;
@@ -355,6 +380,14 @@ async fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_wait_ten_seconds_doubling_to_five_minutes_for_an_hour() {
+        let waits: Vec<u64> = retry_waits().map(|w| w.as_secs()).collect();
+        assert_eq!(waits[..7], [10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(waits.iter().sum::<u64>(), 3600);
+        assert!(waits.iter().all(|w| *w <= 300), "{waits:?}");
+    }
 
     #[test]
     fn snapshot_names_are_deterministic_and_fit_a_dns_subdomain() {

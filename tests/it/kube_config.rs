@@ -965,3 +965,121 @@ to_revision = 3
         );
     }
 }
+
+/// A daemon watching `web` with a short bake, in `mode`; its plan is never run here.
+fn baking_daemon(fake: &KubeFake, dir: &tempfile::TempDir, mode: &str) -> crate::running::Running {
+    let text = format!(
+        r#"
+[daemon]
+state_dir = "{state}"
+listen = "127.0.0.1:0"
+tick = "50ms"
+drain_timeout = "5s"
+mode = "{mode}"
+
+[kubernetes]
+kubeconfig = "{kubeconfig}"
+
+[[target]]
+name = "web"
+plan = "undo"
+bake = "300ms"
+change = {{ type = "kube_deployment", namespace = "shop", deployment = "web" }}
+
+[[signal]]
+name = "oom"
+target = "web"
+type = "kube_pods"
+namespace = "shop"
+selector = "app=web"
+event = "oom_killed"
+interval = "100ms"
+
+[[rule]]
+name = "memory-leak"
+signal = "oom"
+when = "> 1"
+within = "2s"
+
+[[plan]]
+name = "undo"
+
+[[plan.step]]
+type = "kube_rollout_undo"
+namespace = "shop"
+deployment = "web"
+"#,
+        state = dir.path().display(),
+        kubeconfig = fake.kubeconfig().display(),
+    );
+    crate::running::start(crate::daemon::load(&text))
+}
+
+#[tokio::test]
+async fn a_snapshot_that_failed_partway_is_taken_again_after_a_backoff_and_completed() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    // The Secret's snapshot cannot be created the first time (as when the Role lacks
+    // create on secrets until someone fixes it): the ConfigMap's is.
+    fake.inject(
+        axum::http::Method::POST,
+        "/api/v1/namespaces/shop/secrets",
+        1,
+        crate::kube_fake::Effect::Respond(403),
+    );
+    let dir = support::temp_dir();
+    let d = baking_daemon(&fake, &dir, "enforce");
+    // The first try fails after the ConfigMap; the retry, 10 s later, completes the set.
+    support::poll_until(Duration::from_secs(40), || {
+        fake.get("secrets", NS, "web-r1-web-secret").is_some()
+    })
+    .await
+    .expect("the failed snapshot is taken again");
+    let posts = |path: &str| fake.requests_to(&axum::http::Method::POST, path);
+    let secrets = posts("/api/v1/namespaces/shop/secrets");
+    assert_eq!(
+        secrets.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [403, 201],
+        "one failed try, then one that created it"
+    );
+    // The ConfigMap created by the first try met 409 with the same content on the second.
+    let maps = posts("/api/v1/namespaces/shop/configmaps");
+    assert_eq!(
+        maps.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [201, 409]
+    );
+    assert_eq!(password(&fake, "web-r1-web-secret"), GOOD_PASSWORD);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn in_shadow_mode_a_baked_revision_is_not_snapshotted() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let dir = support::temp_dir();
+    let mut d = baking_daemon(&fake, &dir, "shadow");
+    d.wait_for(
+        "the bake",
+        10,
+        |e| matches!(e, Event::Effect(_, Effect::Baked { revision, .. }) if revision == "1"),
+    )
+    .await;
+    // The snapshot task, when there is one, runs on the tracker that the drain waits
+    // for; after the stop nothing more can be written.
+    d.stop().await;
+    let writes: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == axum::http::Method::POST || r.method == axum::http::Method::DELETE)
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+    let lists: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.query.contains("rearguard.io%2Fsnapshot-of"))
+        .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+        .collect();
+    assert!(lists.is_empty(), "no snapshot listed either: {lists:?}");
+    assert!(snapshot_names(&fake, "configmaps").is_empty());
+}
