@@ -232,6 +232,18 @@ async fn a_revisions_configmaps_and_secrets_are_snapshotted_once_and_old_revisio
         cm["metadata"]["annotations"]["rearguard.io/original-name"],
         "web-config"
     );
+    // No hash covering Secret data is written where the ConfigMaps' readers see it.
+    let annotations = cm["metadata"]["annotations"].as_object().unwrap();
+    let secret = fake.get("secrets", NS, "web-r1-web-secret").unwrap();
+    let secret_hash = secret["metadata"]["annotations"]["rearguard.io/content-hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !annotations.contains_key("rearguard.io/config-hash")
+            && annotations.values().all(|v| v != secret_hash.as_str()),
+        "{annotations:?}"
+    );
     let s = fake.get("secrets", NS, "web-r1-web-secret").unwrap();
     assert_eq!(s["type"], "Opaque");
     assert_eq!(password(&fake, "web-r1-web-secret"), GOOD_PASSWORD);
