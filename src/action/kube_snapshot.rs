@@ -5,8 +5,10 @@
 //!
 //! A snapshot object is named `<deployment>-r<revision>-<original>` (shortened with a
 //! hash when too long), labelled `app.kubernetes.io/managed-by=rearguard`,
-//! `rearguard.io/snapshot-of=<deployment>` and `rearguard.io/revision=<n>`, and annotated
-//! with the original's name, its content hash, and the number of objects in the set
+//! `rearguard.io/snapshot-of=<deployment>` (shortened with a hash past 63 characters,
+//! the longest label value; the full name is in the annotation of the same key, which
+//! selection compares) and `rearguard.io/revision=<n>`, and annotated with the
+//! original's name, its content hash, and the number of objects in the set
 //! (`rearguard.io/objects`): the objects are created one at a time, so a `take` that
 //! fails partway leaves fewer, which `kube_restore_config` refuses to restore. The name
 //! is deterministic: a second replica, a restart or a retry creating the same snapshot
@@ -79,9 +81,33 @@ pub fn snapshot_name(deployment: &str, revision: i64, original: &str) -> String 
     format!("{head}-{short}")
 }
 
+/// The longest label value.
+const MAX_LABEL: usize = 63;
+
+/// The `rearguard.io/snapshot-of` label value for `deployment`: its name when it fits
+/// a label value (63 characters), else its first 52 characters and 10 hex digits of
+/// its SHA-256. The full name is in the annotation of the same key, which [`list`]
+/// compares, so a shortened label never selects another Deployment's snapshots.
+pub fn label_value(deployment: &str) -> String {
+    if deployment.len() <= MAX_LABEL {
+        return deployment.to_owned();
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, deployment.as_bytes());
+    let short: String = digest.as_ref()[..5]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // A label value begins and ends with an alphanumeric character.
+    let head = deployment[..MAX_LABEL - 11].trim_end_matches(['-', '.']);
+    format!("{head}-{short}")
+}
+
 /// The label selector of the snapshots of `deployment`, of one revision or all.
 fn selector(deployment: &str, revision: Option<i64>) -> String {
-    let mut s = format!("{MANAGED_BY}=rearguard,{SNAPSHOT_OF}={deployment}");
+    let mut s = format!(
+        "{MANAGED_BY}=rearguard,{SNAPSHOT_OF}={}",
+        label_value(deployment)
+    );
     if let Some(r) = revision {
         s.push_str(&format!(",{REVISION}={r}"));
     }
@@ -142,10 +168,11 @@ pub async fn take(
             namespace: Some(ns.clone()),
             labels: Some(BTreeMap::from([
                 (MANAGED_BY.to_owned(), "rearguard".to_owned()),
-                (SNAPSHOT_OF.to_owned(), name.clone()),
+                (SNAPSHOT_OF.to_owned(), label_value(name)),
                 (REVISION.to_owned(), number.to_string()),
             ])),
             annotations: Some(BTreeMap::from([
+                (SNAPSHOT_OF.to_owned(), name.clone()),
                 (ORIGINAL.to_owned(), o.reference.name.clone()),
                 (CONTENT_HASH.to_owned(), content.hash()),
                 (OBJECTS.to_owned(), objects.to_string()),
@@ -315,10 +342,21 @@ pub async fn list(
             .and_then(|n| n.parse().ok()),
         content,
     };
+    // The label may be shortened: only the annotation names the Deployment exactly. A
+    // snapshot without it (taken before it was written) has the full name as label.
+    let ours = |meta: &ObjectMeta| match meta.annotations.as_ref().and_then(|a| a.get(SNAPSHOT_OF))
+    {
+        Some(full) => full == deployment,
+        None => {
+            meta.labels.as_ref().and_then(|l| l.get(SNAPSHOT_OF)) == Some(&deployment.to_owned())
+        }
+    };
     let mut out = Vec::new();
     for cm in Api::<ConfigMap>::namespaced(client.clone(), ns)
         .list(&lp)
         .await?
+        .into_iter()
+        .filter(|cm| ours(&cm.metadata))
     {
         out.push(found(
             Kind::ConfigMap,
@@ -329,6 +367,8 @@ pub async fn list(
     for s in Api::<Secret>::namespaced(client.clone(), ns)
         .list(&lp)
         .await?
+        .into_iter()
+        .filter(|s| ours(&s.metadata))
     {
         out.push(found(Kind::Secret, &s.metadata, Content::of_secret(&s)));
     }
@@ -387,6 +427,28 @@ mod tests {
         assert_eq!(waits[..7], [10, 20, 40, 80, 160, 300, 300]);
         assert_eq!(waits.iter().sum::<u64>(), 3600);
         assert!(waits.iter().all(|w| *w <= 300), "{waits:?}");
+    }
+
+    #[test]
+    fn a_long_deployment_name_is_shortened_to_a_valid_label_value() {
+        assert_eq!(label_value("web"), "web");
+        let fits = "a".repeat(63);
+        assert_eq!(label_value(&fits), fits);
+        let long = format!("{}-x", "a".repeat(70));
+        let other = format!("{}-y", "a".repeat(70));
+        let label = label_value(&long);
+        assert_eq!(label.len(), 63, "{label}");
+        assert!(label.starts_with(&"a".repeat(52)), "{label}");
+        assert!(label.chars().last().unwrap().is_ascii_alphanumeric());
+        assert_eq!(label, label_value(&long));
+        assert_ne!(label, label_value(&other));
+        // A name cut at a dash does not end the label with it.
+        let dashed = format!("{}-{}", "b".repeat(51), "c".repeat(20));
+        assert!(
+            !label_value(&dashed).contains("--"),
+            "{}",
+            label_value(&dashed)
+        );
     }
 
     #[test]

@@ -424,6 +424,46 @@ async fn restore_config_refuses_a_snapshot_with_an_object_missing_and_writes_not
 }
 
 #[tokio::test]
+async fn snapshots_are_selected_by_the_full_deployment_name_not_by_the_label_alone() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let t = target(&fake);
+    kube_snapshot::take(&t, &Handle::new(&t.access), "1", 3)
+        .await
+        .unwrap();
+    let cm = fake.get("configmaps", NS, "web-r1-web-config").unwrap();
+    assert_eq!(
+        cm["metadata"]["annotations"]["rearguard.io/snapshot-of"],
+        NAME
+    );
+    // Another Deployment's snapshot whose (shortened) label happens to be the same.
+    let mut foreign = cm.clone();
+    foreign["metadata"] = json!({
+        "name": "other-r1-web-config", "namespace": NS,
+        "labels": cm["metadata"]["labels"].clone(),
+        "annotations": {"rearguard.io/snapshot-of": "web-but-another-deployment",
+                        "rearguard.io/original-name": "web-config",
+                        "rearguard.io/objects": "1"},
+    });
+    foreign["data"]["MODE"] = json!("foreign");
+    fake.put(foreign);
+    fake.put(config_map("bad"));
+    let out = run(
+        rearguard::config::ActionSpec::KubeRestoreConfig(
+            rearguard::config::KubeRestoreConfigSpec {
+                target: t,
+                revision: None,
+            },
+        ),
+        &ctx("2", "1"),
+    )
+    .await;
+    assert!(out.ok, "{out:?}");
+    assert!(!out.output.contains("other-r1"), "{}", out.output);
+    assert_eq!(mode(&fake, "web-config"), "good");
+}
+
+#[tokio::test]
 async fn restore_config_without_a_snapshot_of_the_revision_fails_and_names_those_there_are() {
     let fake = KubeFake::start().await;
     seed(&fake);
