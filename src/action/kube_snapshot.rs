@@ -205,20 +205,25 @@ async fn create(
     let result = match kind {
         Kind::ConfigMap => {
             let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-            api.create(&pp, &config_map(meta, content))
+            api.create(&pp, &config_map(meta.clone(), content))
                 .await
                 .map(|_| ())
         }
         Kind::Secret => {
             let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-            api.create(&pp, &secret(meta, content)).await.map(|_| ())
+            api.create(&pp, &secret(meta.clone(), content))
+                .await
+                .map(|_| ())
         }
     };
     match result.map_err(KubeError::from) {
         Ok(()) => Ok(true),
         Err(KubeError::Api { code: 409, .. }) => {
             let there = read_content(client, ns, kind, &name).await?;
-            if there.as_ref() == Some(content) {
+            if let Some((there, there_meta)) = there.as_ref()
+                && there == content
+            {
+                annotate(client, ns, kind, there_meta, &meta, content).await?;
                 Ok(false)
             } else {
                 Err(StepError::Refused(format!(
@@ -236,17 +241,70 @@ async fn read_content(
     ns: &str,
     kind: Kind,
     name: &str,
-) -> Result<Option<Content>, KubeError> {
+) -> Result<Option<(Content, ObjectMeta)>, KubeError> {
     Ok(match kind {
         Kind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), ns)
             .get_opt(name)
             .await?
-            .map(|c| Content::of_config_map(&c)),
+            .map(|c| (Content::of_config_map(&c), c.metadata)),
         Kind::Secret => Api::<Secret>::namespaced(client.clone(), ns)
             .get_opt(name)
             .await?
-            .map(|s| Content::of_secret(&s)),
+            .map(|s| (Content::of_secret(&s), s.metadata)),
     })
+}
+
+/// Gives a snapshot object that is already there with the right content the
+/// annotations `wanted` has and it lacks (one taken by a rearguard that did not write
+/// the set's size or the full Deployment name), by an update conditional on the
+/// version read; nothing is written when it has them all.
+async fn annotate(
+    client: &::kube::Client,
+    ns: &str,
+    kind: Kind,
+    there: &ObjectMeta,
+    wanted: &ObjectMeta,
+    content: &Content,
+) -> Result<(), StepError> {
+    let mut annotations = there.annotations.clone().unwrap_or_default();
+    let before = annotations.clone();
+    for key in [OBJECTS, SNAPSHOT_OF] {
+        if let Some(v) = wanted.annotations.as_ref().and_then(|a| a.get(key)) {
+            annotations.insert(key.to_owned(), v.clone());
+        }
+    }
+    if annotations == before {
+        return Ok(());
+    }
+    let name = there.name.clone().unwrap_or_default();
+    let read = there.resource_version.clone().unwrap_or_default();
+    let mut meta = there.clone();
+    meta.annotations = Some(annotations);
+    let pp = PostParams::default();
+    // The content is the same: the object written back is the one read (its
+    // resourceVersion in `meta` makes the update conditional) with the annotations.
+    let result = match kind {
+        Kind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .replace(&name, &pp, &config_map(meta, content))
+            .await
+            .map(|_| ()),
+        Kind::Secret => Api::<Secret>::namespaced(client.clone(), ns)
+            .replace(&name, &pp, &secret(meta, content))
+            .await
+            .map(|_| ()),
+    };
+    match result.map_err(KubeError::from) {
+        Ok(()) => Ok(()),
+        Err(KubeError::Api { code: 409, .. }) => Err(conflict(kind, ns, &name, &read)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn conflict(kind: Kind, ns: &str, name: &str, read: &str) -> StepError {
+    StepError::ObjectConflict {
+        object: format!("{} {ns}/{name}", kind.name()),
+        read: read.to_owned(),
+    }
 }
 
 /// A ConfigMap with `meta` holding `content`.

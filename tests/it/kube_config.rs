@@ -424,6 +424,61 @@ async fn restore_config_refuses_a_snapshot_with_an_object_missing_and_writes_not
 }
 
 #[tokio::test]
+async fn a_snapshot_without_its_set_size_is_refused_until_taken_again_which_annotates_it() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let t = target(&fake);
+    let handle = Handle::new(&t.access);
+    kube_snapshot::take(&t, &handle, "1", 3).await.unwrap();
+    // As a rearguard that did not write the set's size left them.
+    for (plural, name) in [
+        ("configmaps", "web-r1-web-config"),
+        ("secrets", "web-r1-web-secret"),
+    ] {
+        let mut o = fake.get(plural, NS, name).unwrap();
+        let a = o["metadata"]["annotations"].as_object_mut().unwrap();
+        a.remove("rearguard.io/objects");
+        a.remove("rearguard.io/snapshot-of");
+        fake.put(o);
+    }
+    fake.put(config_map("bad"));
+    let spec = rearguard::config::ActionSpec::KubeRestoreConfig(
+        rearguard::config::KubeRestoreConfigSpec {
+            target: t.clone(),
+            revision: None,
+        },
+    );
+    let error = run(spec.clone(), &ctx("2", "1")).await.error.unwrap();
+    assert!(
+        error.contains("cannot be checked for completeness"),
+        "{error}"
+    );
+    assert_eq!(mode(&fake, "web-config"), "bad");
+
+    // Taken again (a restart bakes the current revision again): annotated in place.
+    fake.put(config_map("good"));
+    let out = kube_snapshot::take(&t, &handle, "1", 3).await.unwrap();
+    assert!(out.contains("0 objects created, 2 already there"), "{out}");
+    let cm = fake.get("configmaps", NS, "web-r1-web-config").unwrap();
+    assert_eq!(cm["metadata"]["annotations"]["rearguard.io/objects"], "2");
+    assert_eq!(password(&fake, "web-r1-web-secret"), GOOD_PASSWORD);
+    // A third take finds nothing to annotate and writes nothing.
+    let puts = |f: &KubeFake| {
+        f.requests()
+            .iter()
+            .filter(|r| r.method == axum::http::Method::PUT)
+            .count()
+    };
+    let before = puts(&fake);
+    kube_snapshot::take(&t, &handle, "1", 3).await.unwrap();
+    assert_eq!(puts(&fake), before);
+    fake.put(config_map("bad"));
+    let out = run(spec, &ctx("2", "1")).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(mode(&fake, "web-config"), "good");
+}
+
+#[tokio::test]
 async fn snapshots_are_selected_by_the_full_deployment_name_not_by_the_label_alone() {
     let fake = KubeFake::start().await;
     seed(&fake);
