@@ -1947,8 +1947,12 @@ fn log_effect(cfg: &Config, effect: &Effect) {
 }
 
 /// Snapshots a baked revision's ConfigMaps and Secrets off the engine's loop (a task on
-/// the steps' tracker, bounded to a minute) and logs the outcome; only for a
-/// `kube_deployment` target.
+/// the steps' tracker, each try bounded to a minute) and logs the outcome; only for a
+/// `kube_deployment` target. A try that fails is tried again after a backoff (10 s
+/// doubling to 5 min, for an hour: `kube_snapshot::retry_waits`), each distinct error
+/// logged once, until cancelled; a refusal (the Deployment moved to another revision, a
+/// snapshot object holds other content, a required object is missing) is not retried,
+/// as waiting does not change it. In shadow mode nothing is written.
 fn snapshot(
     cfg: &Config,
     target: usize,
@@ -1961,18 +1965,55 @@ fn snapshot(
         return;
     };
     let (name, revision, keep) = (t.name.clone(), revision.to_owned(), t.keep_snapshots);
+    if cfg.daemon.mode == crate::config::Mode::Shadow {
+        tracing::info!(target = %name, revision = %revision, "shadow mode: would snapshot revision {revision}");
+        return;
+    }
     tracker.spawn(async move {
+        use crate::action::kube_snapshot;
         let handle = crate::kube::Handle::new(&spec.access);
-        let taken = crate::action::kube_snapshot::take(&spec, &handle, &revision, keep);
-        tokio::select! {
-            _ = cancel.cancelled() => {
-                tracing::info!(target = %name, revision = %revision, "snapshot abandoned: rearguard is stopping or reloading");
+        let mut waits = kube_snapshot::retry_waits();
+        let mut said: Option<String> = None;
+        loop {
+            let taken = kube_snapshot::take(&spec, &handle, &revision, keep);
+            let (error, again) = tokio::select! {
+                _ = cancel.cancelled() => {
+                    tracing::info!(target = %name, revision = %revision, "snapshot abandoned: rearguard is stopping or reloading");
+                    return;
+                }
+                r = tokio::time::timeout(Duration::from_secs(60), taken) => match r {
+                    Ok(Ok(text)) => {
+                        tracing::info!(target = %name, revision = %revision, "{text}");
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        let again = !matches!(e, crate::kube::StepError::Refused(_));
+                        (e.to_string(), again)
+                    }
+                    Err(_) => ("timed out after 1m".to_owned(), true),
+                },
+            };
+            let wait = if again { waits.next() } else { None };
+            if said.as_ref() != Some(&error) {
+                match wait {
+                    Some(w) => tracing::warn!(target = %name, revision = %revision, error = %error, retry_in = ?w, "cannot snapshot the revision's configuration; trying again"),
+                    None => tracing::warn!(target = %name, revision = %revision, error = %error, "cannot snapshot the revision's configuration"),
+                }
+                said = Some(error);
             }
-            r = tokio::time::timeout(Duration::from_secs(60), taken) => match r {
-                Ok(Ok(text)) => tracing::info!(target = %name, revision = %revision, "{text}"),
-                Ok(Err(e)) => tracing::warn!(target = %name, revision = %revision, error = %e, "cannot snapshot the revision's configuration"),
-                Err(_) => tracing::warn!(target = %name, revision = %revision, "cannot snapshot the revision's configuration: timed out after 1m"),
-            },
+            let Some(wait) = wait else {
+                if again {
+                    tracing::warn!(target = %name, revision = %revision, "snapshot given up after an hour of failures: the revision has no snapshot to restore from");
+                }
+                return;
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    tracing::info!(target = %name, revision = %revision, "snapshot abandoned: rearguard is stopping or reloading");
+                    return;
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
         }
     });
 }

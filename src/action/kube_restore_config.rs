@@ -4,7 +4,9 @@
 //! replaced with the snapshot's by an update conditional on the resourceVersion read;
 //! an original that is gone is created again; one that already holds the snapshot's
 //! content is left alone, so running the step twice changes nothing the second time.
-//! No snapshot for the revision is a clear refusal, never a silent success.
+//! No snapshot for the revision is a clear refusal, never a silent success, and so is
+//! an incomplete one (fewer objects than its `rearguard.io/objects` annotation says, as
+//! a snapshot that failed partway leaves it): then nothing is written.
 //!
 //! Only names reach the output: Secret data is copied as bytes, never shown.
 
@@ -79,6 +81,9 @@ impl KubeRestoreConfig {
                 "there is no snapshot of revision {revision} of deployment {shown} (revisions with snapshots: {have}); a revision is snapshotted once it stayed healthy for the target's bake time: nothing is restored"
             )));
         }
+        // A set that a failed snapshot left incomplete would restore some objects and
+        // not the others: a configuration that never ran.
+        kube_snapshot::complete(&snapshots, revision, &shown).map_err(StepError::Refused)?;
         let mut done = Vec::new();
         for snap in &snapshots {
             done.push(restore_one(&client, &t.namespace, snap).await?);

@@ -5,14 +5,22 @@
 //! It reads the Deployment and then watches it (a field selector on its name) from the
 //! resourceVersion read, so it sees each change as it happens instead of polling; a
 //! watch that ends or expires is started again from a fresh read.
+//!
+//! A Deployment scaled to zero is done only when none of its pods is left, terminating
+//! ones included: `status.replicas` stops counting a pod once it is marked for deletion,
+//! while its containers may still run (and write to a database about to be restored).
+//! So when `spec.replicas` is 0 it then lists the pods the Deployment's selector matches
+//! and watches them until there are none.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ::kube::Api;
+use ::kube::api::ListParams;
 use ::kube::api::{WatchEvent, WatchParams};
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use tokio::time::Instant;
 
 use super::{ActionOutput, timed_out};
@@ -114,13 +122,34 @@ impl KubeRolloutStatus {
     }
 
     async fn wait(&self, last: &Mutex<String>) -> Result<String, StepError> {
+        let (done, d) = self.wait_rollout(last).await?;
+        let t = &self.target;
+        let Some(spec) = d.spec.as_ref().filter(|s| s.replicas == Some(0)) else {
+            return Ok(done);
+        };
+        let shown = format!("{}/{}", t.namespace, t.deployment);
+        let selector = crate::kube::selector_text(&spec.selector);
+        // An empty selector would wait for every pod of the namespace.
+        if selector.is_empty() {
+            return Err(StepError::Refused(format!(
+                "deployment {shown} is scaled to zero but has an empty selector: its pods cannot be told apart, so no pod being left cannot be checked"
+            )));
+        }
+        let client = self.handle.client().await?;
+        no_pods_left(&client, &t.namespace, &shown, &selector, last).await?;
+        Ok(format!("{done}; no pod of it is left ({selector})"))
+    }
+
+    /// Waits for the rollout's own conditions, as kubectl does; kubectl's words and the
+    /// Deployment as it was when complete.
+    async fn wait_rollout(&self, last: &Mutex<String>) -> Result<(String, Deployment), StepError> {
         let client = self.handle.client().await?;
         let t = &self.target;
         let api: Api<Deployment> = Api::namespaced(client.clone(), &t.namespace);
         let shown = format!("{}/{}", t.namespace, t.deployment);
-        let judge = |d: &Deployment| -> Option<Result<String, StepError>> {
+        let judge = |d: &Deployment| -> Option<Result<(String, Deployment), StepError>> {
             match rollout(d) {
-                Rollout::Done(text) => Some(Ok(text)),
+                Rollout::Done(text) => Some(Ok((text, d.clone()))),
                 Rollout::Failed(text) => Some(Err(StepError::Refused(text))),
                 Rollout::Waiting(text) => {
                     if let Ok(mut l) = last.lock() {
@@ -168,6 +197,77 @@ impl KubeRolloutStatus {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         break;
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Returns once no pod matches `selector` in `ns`, terminating ones included; until then
+/// `last` names the pods still there.
+async fn no_pods_left(
+    client: &::kube::Client,
+    ns: &str,
+    shown: &str,
+    selector: &str,
+    last: &Mutex<String>,
+) -> Result<(), StepError> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    loop {
+        let pods = api
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(KubeError::from)?;
+        if pods.items.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = pods
+            .items
+            .iter()
+            .map(|p| {
+                let name = p.metadata.name.clone().unwrap_or_default();
+                if p.metadata.deletion_timestamp.is_some() {
+                    format!("{name} (terminating)")
+                } else {
+                    name
+                }
+            })
+            .collect();
+        if let Ok(mut l) = last.lock() {
+            *l = format!(
+                "deployment {shown} is scaled to zero but {} of its pods are left: {}",
+                names.len(),
+                names.join(", ")
+            );
+        }
+        let rv = pods.metadata.resource_version.clone().unwrap_or_default();
+        let params = WatchParams::default()
+            .labels(selector)
+            .timeout(WATCH_SECONDS);
+        let mut events = match api.watch(&params, &rv).await {
+            Ok(stream) => stream.boxed(),
+            Err(e) => {
+                let e = KubeError::from(e);
+                if !e.is_retryable() {
+                    return Err(e.into());
+                }
+                tracing::warn!(deployment = %shown, error = %e, "cannot watch the deployment's pods; listing them again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // Any deletion, or the end of the watch, is a reason to list again.
+        loop {
+            match events.try_next().await {
+                Ok(Some(WatchEvent::Deleted(_))) => break,
+                Ok(Some(
+                    WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Bookmark(_),
+                )) => {}
+                Ok(Some(WatchEvent::Error(_))) | Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(deployment = %shown, error = %e, "the watch of the deployment's pods failed; listing them again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
                 }
             }
         }

@@ -5,14 +5,20 @@
 //!
 //! A snapshot object is named `<deployment>-r<revision>-<original>` (shortened with a
 //! hash when too long), labelled `app.kubernetes.io/managed-by=rearguard`,
-//! `rearguard.io/snapshot-of=<deployment>` and `rearguard.io/revision=<n>`, and annotated
-//! with the original's name and content hash. The name is deterministic: a second replica
-//! or a restart creating the same snapshot meets 409 AlreadyExists, which with the same
-//! content is success. Only the newest `keep` revisions' snapshots are kept.
+//! `rearguard.io/snapshot-of=<deployment>` (shortened with a hash past 63 characters,
+//! the longest label value; the full name is in the annotation of the same key, which
+//! selection compares) and `rearguard.io/revision=<n>`, and annotated with the
+//! original's name, its content hash, and the number of objects in the set
+//! (`rearguard.io/objects`): the objects are created one at a time, so a `take` that
+//! fails partway leaves fewer, which `kube_restore_config` refuses to restore. The name
+//! is deterministic: a second replica, a restart or a retry creating the same snapshot
+//! meets 409 AlreadyExists, which with the same content is success, so taking it again
+//! completes a partial set. Only the newest `keep` revisions' snapshots are kept.
 //!
 //! Secret data is copied as bytes and never formatted into an output, an error or a log.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use ::kube::Api;
 use ::kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
@@ -28,7 +34,34 @@ pub const SNAPSHOT_OF: &str = "rearguard.io/snapshot-of";
 pub const REVISION: &str = "rearguard.io/revision";
 pub const ORIGINAL: &str = "rearguard.io/original-name";
 pub const CONTENT_HASH: &str = "rearguard.io/content-hash";
-pub const CONFIG_HASH: &str = "rearguard.io/config-hash";
+/// How many objects the snapshot of one revision holds, on each of them: a set with
+/// fewer objects than this is incomplete (a `take` that failed partway) and is never
+/// restored.
+pub const OBJECTS: &str = "rearguard.io/objects";
+
+/// The first wait before a failed snapshot is taken again; it doubles after each
+/// failure up to [`RETRY_MAX`].
+pub const RETRY_FIRST: Duration = Duration::from_secs(10);
+/// The longest wait between two tries of a failed snapshot.
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
+/// How long a failed snapshot is tried again, in waits; then it is given up.
+pub const RETRY_FOR: Duration = Duration::from_secs(3600);
+
+/// The waits between the tries of a snapshot that keeps failing: 10 s doubling up to
+/// 5 min, until they add up to an hour.
+pub fn retry_waits() -> impl Iterator<Item = Duration> {
+    let mut wait = RETRY_FIRST;
+    let mut total = Duration::ZERO;
+    std::iter::from_fn(move || {
+        if total >= RETRY_FOR {
+            return None;
+        }
+        let this = wait.min(RETRY_FOR - total);
+        total += this;
+        wait = (wait * 2).min(RETRY_MAX);
+        Some(this)
+    })
+}
 
 /// The longest name of a ConfigMap or Secret (a DNS subdomain).
 const MAX_NAME: usize = 253;
@@ -48,9 +81,33 @@ pub fn snapshot_name(deployment: &str, revision: i64, original: &str) -> String 
     format!("{head}-{short}")
 }
 
+/// The longest label value.
+const MAX_LABEL: usize = 63;
+
+/// The `rearguard.io/snapshot-of` label value for `deployment`: its name when it fits
+/// a label value (63 characters), else its first 52 characters and 10 hex digits of
+/// its SHA-256. The full name is in the annotation of the same key, which [`list`]
+/// compares, so a shortened label never selects another Deployment's snapshots.
+pub fn label_value(deployment: &str) -> String {
+    if deployment.len() <= MAX_LABEL {
+        return deployment.to_owned();
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, deployment.as_bytes());
+    let short: String = digest.as_ref()[..5]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // A label value begins and ends with an alphanumeric character.
+    let head = deployment[..MAX_LABEL - 11].trim_end_matches(['-', '.']);
+    format!("{head}-{short}")
+}
+
 /// The label selector of the snapshots of `deployment`, of one revision or all.
 fn selector(deployment: &str, revision: Option<i64>) -> String {
-    let mut s = format!("{MANAGED_BY}=rearguard,{SNAPSHOT_OF}={deployment}");
+    let mut s = format!(
+        "{MANAGED_BY}=rearguard,{SNAPSHOT_OF}={}",
+        label_value(deployment)
+    );
     if let Some(r) = revision {
         s.push_str(&format!(",{REVISION}={r}"));
     }
@@ -100,7 +157,7 @@ pub async fn take(
             missing.reference.name
         )));
     }
-    let hash = kconfig::config_hash(&observed);
+    let objects = observed.iter().filter(|o| o.content.is_some()).count();
     let (mut created, mut existing) = (0, 0);
     for o in &observed {
         let Some(content) = &o.content else {
@@ -111,13 +168,14 @@ pub async fn take(
             namespace: Some(ns.clone()),
             labels: Some(BTreeMap::from([
                 (MANAGED_BY.to_owned(), "rearguard".to_owned()),
-                (SNAPSHOT_OF.to_owned(), name.clone()),
+                (SNAPSHOT_OF.to_owned(), label_value(name)),
                 (REVISION.to_owned(), number.to_string()),
             ])),
             annotations: Some(BTreeMap::from([
+                (SNAPSHOT_OF.to_owned(), name.clone()),
                 (ORIGINAL.to_owned(), o.reference.name.clone()),
                 (CONTENT_HASH.to_owned(), content.hash()),
-                (CONFIG_HASH.to_owned(), hash.clone()),
+                (OBJECTS.to_owned(), objects.to_string()),
             ])),
             ..Default::default()
         };
@@ -129,7 +187,7 @@ pub async fn take(
     }
     let pruned = prune(&client, ns, name, keep).await?;
     Ok(format!(
-        "snapshot of revision {revision} of deployment {shown}: {created} objects created, {existing} already there, {pruned} of older revisions deleted (config hash {hash})"
+        "snapshot of revision {revision} of deployment {shown}: {created} objects created, {existing} already there, {pruned} of older revisions deleted"
     ))
 }
 
@@ -147,20 +205,25 @@ async fn create(
     let result = match kind {
         Kind::ConfigMap => {
             let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-            api.create(&pp, &config_map(meta, content))
+            api.create(&pp, &config_map(meta.clone(), content))
                 .await
                 .map(|_| ())
         }
         Kind::Secret => {
             let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-            api.create(&pp, &secret(meta, content)).await.map(|_| ())
+            api.create(&pp, &secret(meta.clone(), content))
+                .await
+                .map(|_| ())
         }
     };
     match result.map_err(KubeError::from) {
         Ok(()) => Ok(true),
         Err(KubeError::Api { code: 409, .. }) => {
             let there = read_content(client, ns, kind, &name).await?;
-            if there.as_ref() == Some(content) {
+            if let Some((there, there_meta)) = there.as_ref()
+                && there == content
+            {
+                annotate(client, ns, kind, there_meta, &meta, content).await?;
                 Ok(false)
             } else {
                 Err(StepError::Refused(format!(
@@ -178,17 +241,70 @@ async fn read_content(
     ns: &str,
     kind: Kind,
     name: &str,
-) -> Result<Option<Content>, KubeError> {
+) -> Result<Option<(Content, ObjectMeta)>, KubeError> {
     Ok(match kind {
         Kind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), ns)
             .get_opt(name)
             .await?
-            .map(|c| Content::of_config_map(&c)),
+            .map(|c| (Content::of_config_map(&c), c.metadata)),
         Kind::Secret => Api::<Secret>::namespaced(client.clone(), ns)
             .get_opt(name)
             .await?
-            .map(|s| Content::of_secret(&s)),
+            .map(|s| (Content::of_secret(&s), s.metadata)),
     })
+}
+
+/// Gives a snapshot object that is already there with the right content the
+/// annotations `wanted` has and it lacks (one taken by a rearguard that did not write
+/// the set's size or the full Deployment name), by an update conditional on the
+/// version read; nothing is written when it has them all.
+async fn annotate(
+    client: &::kube::Client,
+    ns: &str,
+    kind: Kind,
+    there: &ObjectMeta,
+    wanted: &ObjectMeta,
+    content: &Content,
+) -> Result<(), StepError> {
+    let mut annotations = there.annotations.clone().unwrap_or_default();
+    let before = annotations.clone();
+    for key in [OBJECTS, SNAPSHOT_OF] {
+        if let Some(v) = wanted.annotations.as_ref().and_then(|a| a.get(key)) {
+            annotations.insert(key.to_owned(), v.clone());
+        }
+    }
+    if annotations == before {
+        return Ok(());
+    }
+    let name = there.name.clone().unwrap_or_default();
+    let read = there.resource_version.clone().unwrap_or_default();
+    let mut meta = there.clone();
+    meta.annotations = Some(annotations);
+    let pp = PostParams::default();
+    // The content is the same: the object written back is the one read (its
+    // resourceVersion in `meta` makes the update conditional) with the annotations.
+    let result = match kind {
+        Kind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .replace(&name, &pp, &config_map(meta, content))
+            .await
+            .map(|_| ()),
+        Kind::Secret => Api::<Secret>::namespaced(client.clone(), ns)
+            .replace(&name, &pp, &secret(meta, content))
+            .await
+            .map(|_| ()),
+    };
+    match result.map_err(KubeError::from) {
+        Ok(()) => Ok(()),
+        Err(KubeError::Api { code: 409, .. }) => Err(conflict(kind, ns, &name, &read)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn conflict(kind: Kind, ns: &str, name: &str, read: &str) -> StepError {
+    StepError::ObjectConflict {
+        object: format!("{} {ns}/{name}", kind.name()),
+        read: read.to_owned(),
+    }
 }
 
 /// A ConfigMap with `meta` holding `content`.
@@ -226,7 +342,34 @@ pub struct Found {
     /// The name of the object it copies.
     pub original: Option<String>,
     pub revision: Option<i64>,
+    /// The size of the set it belongs to (its `rearguard.io/objects` annotation), when
+    /// present and a number.
+    pub objects: Option<usize>,
     pub content: Content,
+}
+
+/// Checks that `found`, the snapshot objects of one revision, are the whole set its
+/// `take` wrote: every object says how many there are, they agree, and that many are
+/// here. `shown` names the Deployment in the error.
+pub fn complete(found: &[Found], revision: i64, shown: &str) -> Result<(), String> {
+    let sizes: BTreeSet<Option<usize>> = found.iter().map(|f| f.objects).collect();
+    let names = || {
+        let mut n: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
+        n.sort_unstable();
+        n.join(", ")
+    };
+    match sizes.iter().collect::<Vec<_>>().as_slice() {
+        [Some(n)] if *n == found.len() => Ok(()),
+        [Some(n)] => Err(format!(
+            "the snapshot of revision {revision} of deployment {shown} is incomplete: {} of its {n} objects are there ({}); a snapshot that failed partway is completed when the revision is snapshotted again",
+            found.len(),
+            names()
+        )),
+        _ => Err(format!(
+            "the snapshot of revision {revision} of deployment {shown} cannot be checked for completeness: its objects ({}) do not all carry the same {OBJECTS} annotation (taken by an older rearguard, or edited)",
+            names()
+        )),
+    }
 }
 
 /// The snapshot objects of `deployment`, of one revision or of all.
@@ -250,12 +393,28 @@ pub async fn list(
             .as_ref()
             .and_then(|l| l.get(REVISION))
             .and_then(|r| r.parse().ok()),
+        objects: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(OBJECTS))
+            .and_then(|n| n.parse().ok()),
         content,
+    };
+    // The label may be shortened: only the annotation names the Deployment exactly. A
+    // snapshot without it (taken before it was written) has the full name as label.
+    let ours = |meta: &ObjectMeta| match meta.annotations.as_ref().and_then(|a| a.get(SNAPSHOT_OF))
+    {
+        Some(full) => full == deployment,
+        None => {
+            meta.labels.as_ref().and_then(|l| l.get(SNAPSHOT_OF)) == Some(&deployment.to_owned())
+        }
     };
     let mut out = Vec::new();
     for cm in Api::<ConfigMap>::namespaced(client.clone(), ns)
         .list(&lp)
         .await?
+        .into_iter()
+        .filter(|cm| ours(&cm.metadata))
     {
         out.push(found(
             Kind::ConfigMap,
@@ -266,6 +425,8 @@ pub async fn list(
     for s in Api::<Secret>::namespaced(client.clone(), ns)
         .list(&lp)
         .await?
+        .into_iter()
+        .filter(|s| ours(&s.metadata))
     {
         out.push(found(Kind::Secret, &s.metadata, Content::of_secret(&s)));
     }
@@ -317,6 +478,36 @@ async fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_wait_ten_seconds_doubling_to_five_minutes_for_an_hour() {
+        let waits: Vec<u64> = retry_waits().map(|w| w.as_secs()).collect();
+        assert_eq!(waits[..7], [10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(waits.iter().sum::<u64>(), 3600);
+        assert!(waits.iter().all(|w| *w <= 300), "{waits:?}");
+    }
+
+    #[test]
+    fn a_long_deployment_name_is_shortened_to_a_valid_label_value() {
+        assert_eq!(label_value("web"), "web");
+        let fits = "a".repeat(63);
+        assert_eq!(label_value(&fits), fits);
+        let long = format!("{}-x", "a".repeat(70));
+        let other = format!("{}-y", "a".repeat(70));
+        let label = label_value(&long);
+        assert_eq!(label.len(), 63, "{label}");
+        assert!(label.starts_with(&"a".repeat(52)), "{label}");
+        assert!(label.chars().last().unwrap().is_ascii_alphanumeric());
+        assert_eq!(label, label_value(&long));
+        assert_ne!(label, label_value(&other));
+        // A name cut at a dash does not end the label with it.
+        let dashed = format!("{}-{}", "b".repeat(51), "c".repeat(20));
+        assert!(
+            !label_value(&dashed).contains("--"),
+            "{}",
+            label_value(&dashed)
+        );
+    }
 
     #[test]
     fn snapshot_names_are_deterministic_and_fit_a_dns_subdomain() {

@@ -4,7 +4,9 @@
 //! of them, which changes when any of them does.
 //!
 //! It only reads. Secret data never leaves this module as text: it is hashed, compared
-//! or copied as bytes, never formatted.
+//! or copied as bytes, never formatted. A hash that covers Secret data (a Secret's
+//! [`Content::hash`], [`config_hash`]) is unsalted and could be brute-forced for a
+//! low-entropy value: it is never logged, nor written anywhere but on a Secret.
 
 use std::collections::BTreeMap;
 

@@ -9,9 +9,13 @@
 //! every minute, when the watch is renewed). It only reads.
 //!
 //! Each observation also hashes the ConfigMaps and Secrets the pod template references
-//! ([`crate::kube::config`]) and logs the hash when it changes; the revision the engine
-//! sees stays the Deployment's. Secret data is never logged, only the hash.
+//! ([`crate::kube::config`]) and, when any changed, logs the names of those that did;
+//! the revision the engine sees stays the Deployment's. Only a ConfigMap's hash is
+//! logged: a hash over Secret data (unsalted, of possibly low-entropy values) could be
+//! brute-forced offline by whoever reads the logs, so neither a Secret's hash nor the
+//! overall hash ever is.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ::kube::Api;
@@ -20,6 +24,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 
 use crate::config::KubeDeploymentRef;
+use crate::kube::config::{Content, Kind, Observed};
 use crate::kube::{Handle, KubeError, StepError};
 
 /// How long one watch request stays open before it is renewed.
@@ -64,6 +69,39 @@ pub fn revision_of(deployment: &Deployment, sets: &[ReplicaSet]) -> Result<Strin
         })
 }
 
+/// The objects that differ between `before` and `after`, in words: names, a
+/// ConfigMap's new content hash, never a Secret's.
+fn changed_objects(
+    before: &BTreeMap<(Kind, String), Option<String>>,
+    after: &BTreeMap<(Kind, String), Option<String>>,
+) -> String {
+    let mut keys: Vec<&(Kind, String)> = before.keys().chain(after.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let words: Vec<String> = keys
+        .into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|k| {
+            let (kind, name) = k;
+            let what = match (after.get(k), kind) {
+                (None, _) => "no longer referenced".to_owned(),
+                (Some(None), _) => "missing".to_owned(),
+                (Some(Some(hash)), Kind::ConfigMap) => format!("sha256 {}", &hash[..12]),
+                (Some(Some(_)), Kind::Secret) if before.contains_key(k) => {
+                    "content changed".to_owned()
+                }
+                (Some(Some(_)), Kind::Secret) => "present".to_owned(),
+            };
+            format!("{} {name} ({what})", kind.name())
+        })
+        .collect();
+    if words.is_empty() {
+        "none".to_owned()
+    } else {
+        words.join(", ")
+    }
+}
+
 /// One read of the Deployment's revision (for `rearguard record`, which samples).
 pub async fn observe(target: &KubeDeploymentRef) -> Result<String, String> {
     let mut watcher = Watcher::new(target);
@@ -77,8 +115,11 @@ pub struct Watcher {
     handle: Handle,
     /// The resourceVersion of the last read; `None` before the first.
     read: Option<String>,
-    /// The content hash of the referenced ConfigMaps and Secrets, as last read.
+    /// The content hash of the referenced ConfigMaps and Secrets, as last read; kept in
+    /// memory only (it covers Secret data).
     config_hash: Option<String>,
+    /// Each referenced object's content hash (`None`: missing), as last read.
+    objects: BTreeMap<(Kind, String), Option<String>>,
     /// The last error reading them, said once.
     config_error: Option<String>,
 }
@@ -90,6 +131,7 @@ impl Watcher {
             handle: Handle::new(&target.access),
             read: None,
             config_hash: None,
+            objects: BTreeMap::new(),
             config_error: None,
         }
     }
@@ -98,7 +140,7 @@ impl Watcher {
     /// [`changed`](Self::changed).
     pub async fn observe(&mut self) -> Result<String, String> {
         let t = &self.target;
-        let result: Result<(String, Result<String, KubeError>), StepError> = async {
+        let result: Result<(String, Result<Vec<Observed>, KubeError>), StepError> = async {
             let client = self.handle.client().await?;
             let d = crate::kube::deployment(&client, &t.namespace, &t.deployment).await?;
             let sets = crate::kube::replica_sets(&client, &d).await?;
@@ -111,31 +153,43 @@ impl Watcher {
                 .unwrap_or_default();
             let refs = crate::kube::config::references(&spec);
             let observed = crate::kube::config::read(&client, &t.namespace, &refs).await;
-            Ok((
-                revision,
-                observed.map(|o| crate::kube::config::config_hash(&o)),
-            ))
+            Ok((revision, observed))
         }
         .await;
-        let (revision, hash) = result.map_err(|e| e.to_string())?;
-        self.config_seen(&revision, hash);
+        let (revision, observed) = result.map_err(|e| e.to_string())?;
+        self.config_seen(&revision, observed);
         Ok(revision)
     }
 
-    /// The content hash of the Deployment's configuration, as last read.
+    /// The content hash of the Deployment's configuration, as last read. It covers
+    /// Secret data: never log it or write it where Secrets' readers are not the only
+    /// readers.
     pub fn config_hash(&self) -> Option<&str> {
         self.config_hash.as_deref()
     }
 
-    fn config_seen(&mut self, revision: &str, hash: Result<String, KubeError>) {
+    fn config_seen(&mut self, revision: &str, observed: Result<Vec<Observed>, KubeError>) {
         let t = &self.target;
-        match hash {
-            Ok(hash) => {
+        match observed {
+            Ok(observed) => {
                 self.config_error = None;
-                if self.config_hash.as_ref() != Some(&hash) {
-                    tracing::info!(deployment = %t.deployment, namespace = %t.namespace, revision, config_hash = %hash, "the deployment's configmaps and secrets changed");
-                    self.config_hash = Some(hash);
+                let hash = crate::kube::config::config_hash(&observed);
+                if self.config_hash.as_ref() == Some(&hash) {
+                    return;
                 }
+                let objects: BTreeMap<(Kind, String), Option<String>> = observed
+                    .iter()
+                    .map(|o| {
+                        (
+                            (o.reference.kind, o.reference.name.clone()),
+                            o.content.as_ref().map(Content::hash),
+                        )
+                    })
+                    .collect();
+                let changed = changed_objects(&self.objects, &objects);
+                tracing::info!(deployment = %t.deployment, namespace = %t.namespace, revision, changed = %changed, "the deployment's configmaps and secrets changed");
+                self.config_hash = Some(hash);
+                self.objects = objects;
             }
             Err(e) => {
                 let text = e.to_string();
@@ -175,5 +229,41 @@ impl Watcher {
             // Not a busy loop against an API server that keeps failing.
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_change_log_names_the_objects_and_never_a_secrets_hash() {
+        let secret_hash = "5ecre7".repeat(10);
+        let map_hash = "c0ffee".repeat(10);
+        let key = |kind: Kind, name: &str| (kind, name.to_owned());
+        let before = BTreeMap::from([
+            (key(Kind::ConfigMap, "app"), Some("0".repeat(64))),
+            (key(Kind::ConfigMap, "flags"), Some("1".repeat(64))),
+            (key(Kind::Secret, "db"), Some("2".repeat(64))),
+        ]);
+        let after = BTreeMap::from([
+            (key(Kind::ConfigMap, "app"), Some(map_hash.clone())),
+            (key(Kind::ConfigMap, "flags"), Some("1".repeat(64))),
+            (key(Kind::Secret, "db"), Some(secret_hash.clone())),
+            (key(Kind::Secret, "tls"), None),
+        ]);
+        let text = changed_objects(&before, &after);
+        assert_eq!(
+            text,
+            format!(
+                "configmap app (sha256 {}), secret db (content changed), secret tls (missing)",
+                &map_hash[..12]
+            )
+        );
+        assert!(!text.contains(&secret_hash[..6]), "{text}");
+        let first = changed_objects(&BTreeMap::new(), &after);
+        assert!(first.contains("secret db (present)"), "{first}");
+        assert!(!first.contains(&secret_hash[..6]), "{first}");
+        assert_eq!(changed_objects(&after, &after), "none");
     }
 }

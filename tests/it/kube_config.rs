@@ -1,7 +1,8 @@
 //! Kubernetes configuration against the fake API server: snapshots of a Deployment's
 //! ConfigMaps and Secrets (deterministic, idempotent, pruned), `kube_restore_config`,
-//! `kube_delete_pods`, the `kubernetes-config` and `kubernetes-emergency` recipes, and
-//! the full pod-OOM incident through the daemon: a bad rollout whose ConfigMap changed
+//! `kube_delete_pods`, `kube_rollout_status` of a Deployment scaled to zero (no pod
+//! left), the `kubernetes-config` and `kubernetes-emergency` recipes, and the full
+//! pod-OOM incident through the daemon: a bad rollout whose ConfigMap changed
 //! too, OOM kills, the rule, mark bad, undo, restore, rollout, verification.
 
 use std::sync::Arc;
@@ -232,6 +233,18 @@ async fn a_revisions_configmaps_and_secrets_are_snapshotted_once_and_old_revisio
         cm["metadata"]["annotations"]["rearguard.io/original-name"],
         "web-config"
     );
+    // No hash covering Secret data is written where the ConfigMaps' readers see it.
+    let annotations = cm["metadata"]["annotations"].as_object().unwrap();
+    let secret = fake.get("secrets", NS, "web-r1-web-secret").unwrap();
+    let secret_hash = secret["metadata"]["annotations"]["rearguard.io/content-hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !annotations.contains_key("rearguard.io/config-hash")
+            && annotations.values().all(|v| v != secret_hash.as_str()),
+        "{annotations:?}"
+    );
     let s = fake.get("secrets", NS, "web-r1-web-secret").unwrap();
     assert_eq!(s["type"], "Opaque");
     assert_eq!(password(&fake, "web-r1-web-secret"), GOOD_PASSWORD);
@@ -360,6 +373,153 @@ async fn restore_config_puts_the_known_good_data_back_once_and_never_shows_secre
 }
 
 #[tokio::test]
+async fn restore_config_refuses_a_snapshot_with_an_object_missing_and_writes_nothing() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let t = target(&fake);
+    let handle = Handle::new(&t.access);
+    kube_snapshot::take(&t, &handle, "1", 3).await.unwrap();
+    let cm = fake.get("configmaps", NS, "web-r1-web-config").unwrap();
+    assert_eq!(cm["metadata"]["annotations"]["rearguard.io/objects"], "2");
+    // What a take that failed after its first object leaves.
+    assert!(fake.with(|s| s.remove("secrets", NS, "web-r1-web-secret")));
+    fake.put(config_map("bad"));
+    fake.put(secret(BAD_PASSWORD));
+    let spec = rearguard::config::ActionSpec::KubeRestoreConfig(
+        rearguard::config::KubeRestoreConfigSpec {
+            target: t.clone(),
+            revision: None,
+        },
+    );
+    let before = fake.requests().len();
+    let out = run(spec.clone(), &ctx("2", "1")).await;
+    assert!(!out.ok, "{out:?}");
+    let error = out.error.unwrap();
+    assert!(
+        error.contains(
+            "snapshot of revision 1 of deployment shop/web is incomplete: 1 of its 2 objects"
+        ),
+        "{error}"
+    );
+    let writes: Vec<_> = fake.requests()[before..]
+        .iter()
+        .filter(|r| r.method != axum::http::Method::GET)
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(writes.is_empty(), "nothing is written: {writes:?}");
+    assert_eq!(mode(&fake, "web-config"), "bad");
+    assert_eq!(password(&fake, "web-secret"), BAD_PASSWORD);
+
+    // Taking the snapshot again completes the set, and then it is restored. The
+    // originals hold the bad data now, so put back what revision 1 ran with first.
+    fake.put(config_map("good"));
+    fake.put(secret(GOOD_PASSWORD));
+    let out = kube_snapshot::take(&t, &handle, "1", 3).await.unwrap();
+    assert!(out.contains("1 objects created, 1 already there"), "{out}");
+    fake.put(config_map("bad"));
+    fake.put(secret(BAD_PASSWORD));
+    let out = run(spec, &ctx("2", "1")).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(mode(&fake, "web-config"), "good");
+    assert_eq!(password(&fake, "web-secret"), GOOD_PASSWORD);
+}
+
+#[tokio::test]
+async fn a_snapshot_without_its_set_size_is_refused_until_taken_again_which_annotates_it() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let t = target(&fake);
+    let handle = Handle::new(&t.access);
+    kube_snapshot::take(&t, &handle, "1", 3).await.unwrap();
+    // As a rearguard that did not write the set's size left them.
+    for (plural, name) in [
+        ("configmaps", "web-r1-web-config"),
+        ("secrets", "web-r1-web-secret"),
+    ] {
+        let mut o = fake.get(plural, NS, name).unwrap();
+        let a = o["metadata"]["annotations"].as_object_mut().unwrap();
+        a.remove("rearguard.io/objects");
+        a.remove("rearguard.io/snapshot-of");
+        fake.put(o);
+    }
+    fake.put(config_map("bad"));
+    let spec = rearguard::config::ActionSpec::KubeRestoreConfig(
+        rearguard::config::KubeRestoreConfigSpec {
+            target: t.clone(),
+            revision: None,
+        },
+    );
+    let error = run(spec.clone(), &ctx("2", "1")).await.error.unwrap();
+    assert!(
+        error.contains("cannot be checked for completeness"),
+        "{error}"
+    );
+    assert_eq!(mode(&fake, "web-config"), "bad");
+
+    // Taken again (a restart bakes the current revision again): annotated in place.
+    fake.put(config_map("good"));
+    let out = kube_snapshot::take(&t, &handle, "1", 3).await.unwrap();
+    assert!(out.contains("0 objects created, 2 already there"), "{out}");
+    let cm = fake.get("configmaps", NS, "web-r1-web-config").unwrap();
+    assert_eq!(cm["metadata"]["annotations"]["rearguard.io/objects"], "2");
+    assert_eq!(password(&fake, "web-r1-web-secret"), GOOD_PASSWORD);
+    // A third take finds nothing to annotate and writes nothing.
+    let puts = |f: &KubeFake| {
+        f.requests()
+            .iter()
+            .filter(|r| r.method == axum::http::Method::PUT)
+            .count()
+    };
+    let before = puts(&fake);
+    kube_snapshot::take(&t, &handle, "1", 3).await.unwrap();
+    assert_eq!(puts(&fake), before);
+    fake.put(config_map("bad"));
+    let out = run(spec, &ctx("2", "1")).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(mode(&fake, "web-config"), "good");
+}
+
+#[tokio::test]
+async fn snapshots_are_selected_by_the_full_deployment_name_not_by_the_label_alone() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let t = target(&fake);
+    kube_snapshot::take(&t, &Handle::new(&t.access), "1", 3)
+        .await
+        .unwrap();
+    let cm = fake.get("configmaps", NS, "web-r1-web-config").unwrap();
+    assert_eq!(
+        cm["metadata"]["annotations"]["rearguard.io/snapshot-of"],
+        NAME
+    );
+    // Another Deployment's snapshot whose (shortened) label happens to be the same.
+    let mut foreign = cm.clone();
+    foreign["metadata"] = json!({
+        "name": "other-r1-web-config", "namespace": NS,
+        "labels": cm["metadata"]["labels"].clone(),
+        "annotations": {"rearguard.io/snapshot-of": "web-but-another-deployment",
+                        "rearguard.io/original-name": "web-config",
+                        "rearguard.io/objects": "1"},
+    });
+    foreign["data"]["MODE"] = json!("foreign");
+    fake.put(foreign);
+    fake.put(config_map("bad"));
+    let out = run(
+        rearguard::config::ActionSpec::KubeRestoreConfig(
+            rearguard::config::KubeRestoreConfigSpec {
+                target: t,
+                revision: None,
+            },
+        ),
+        &ctx("2", "1"),
+    )
+    .await;
+    assert!(out.ok, "{out:?}");
+    assert!(!out.output.contains("other-r1"), "{}", out.output);
+    assert_eq!(mode(&fake, "web-config"), "good");
+}
+
+#[tokio::test]
 async fn restore_config_without_a_snapshot_of_the_revision_fails_and_names_those_there_are() {
     let fake = KubeFake::start().await;
     seed(&fake);
@@ -400,6 +560,89 @@ async fn restore_config_without_a_snapshot_of_the_revision_fails_and_names_those
     let error = run(spec, &unknown).await.error.unwrap();
     assert!(error.contains("not a revision number"), "{error}");
     assert_eq!(mode(&fake, "web-config"), "good");
+}
+
+/// The Deployment scaled to zero with its status caught up (status.replicas 0), pods
+/// `a` and `b` gone and `c` still terminating, and a pod of another app running.
+fn scaled_to_zero_with_a_terminating_pod(fake: &KubeFake) {
+    let mut d = fake.get("deployments", NS, NAME).unwrap();
+    d["spec"]["replicas"] = json!(0);
+    fake.put(d);
+    fake.with(|s| {
+        let mut d = s.get("deployments", NS, NAME).unwrap();
+        let generation = d["metadata"]["generation"].as_i64().unwrap_or(1);
+        d["status"] = json!({"observedGeneration": generation, "replicas": 0,
+            "updatedReplicas": 0, "readyReplicas": 0, "availableReplicas": 0});
+        s.force_status(d);
+        assert!(s.remove("pods", NS, "a") && s.remove("pods", NS, "b"));
+        let mut c = s.get("pods", NS, "c").unwrap();
+        c["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        s.force(c);
+    });
+    fake.put(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "other", "namespace": NS, "labels": {"app": "db"}},
+        "spec": {"containers": [{"name": "db", "image": "db:1"}]},
+    }));
+}
+
+#[tokio::test]
+async fn rollout_status_of_a_deployment_scaled_to_zero_waits_until_its_terminating_pods_are_gone() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    scaled_to_zero_with_a_terminating_pod(&fake);
+    let spec = rearguard::config::ActionSpec::KubeRolloutStatus(target(&fake));
+    let action = Action::new(&spec, &rearguard::http::client());
+    let step =
+        tokio::spawn(async move { action.run(&ctx("2", "1"), Duration::from_secs(30)).await });
+    // The step watches the pods once it has seen pod c still there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !fake
+        .requests_to(&axum::http::Method::GET, "/api/v1/namespaces/shop/pods")
+        .iter()
+        .any(|r| r.query.contains("watch=true"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the step never watched the pods"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!step.is_finished(), "done while pod c is still terminating");
+    assert!(fake.with(|s| s.remove("pods", NS, "c")));
+    let out = tokio::time::timeout(Duration::from_secs(10), step)
+        .await
+        .expect("the step ends once the pod is gone")
+        .unwrap();
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.output.contains("no pod of it is left"),
+        "{}",
+        out.output
+    );
+    // The other app's pod is neither waited for nor touched.
+    assert!(fake.get("pods", NS, "other").is_some());
+}
+
+#[tokio::test]
+async fn rollout_status_times_out_naming_the_pods_of_a_deployment_scaled_to_zero_that_remain() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    scaled_to_zero_with_a_terminating_pod(&fake);
+    let out = Action::new(
+        &rearguard::config::ActionSpec::KubeRolloutStatus(target(&fake)),
+        &rearguard::http::client(),
+    )
+    .run(&ctx("2", "1"), Duration::from_millis(1500))
+    .await;
+    assert!(!out.ok, "{out:?}");
+    let error = out.error.unwrap();
+    assert!(
+        error.contains("timed out after")
+            && error.contains("scaled to zero but 1 of its pods are left: c (terminating)"),
+        "{error}"
+    );
+    assert!(!error.contains("other"), "{error}");
 }
 
 #[tokio::test]
@@ -846,4 +1089,122 @@ to_revision = 3
             "{expected:?} not in {errors:#?}"
         );
     }
+}
+
+/// A daemon watching `web` with a short bake, in `mode`; its plan is never run here.
+fn baking_daemon(fake: &KubeFake, dir: &tempfile::TempDir, mode: &str) -> crate::running::Running {
+    let text = format!(
+        r#"
+[daemon]
+state_dir = "{state}"
+listen = "127.0.0.1:0"
+tick = "50ms"
+drain_timeout = "5s"
+mode = "{mode}"
+
+[kubernetes]
+kubeconfig = "{kubeconfig}"
+
+[[target]]
+name = "web"
+plan = "undo"
+bake = "300ms"
+change = {{ type = "kube_deployment", namespace = "shop", deployment = "web" }}
+
+[[signal]]
+name = "oom"
+target = "web"
+type = "kube_pods"
+namespace = "shop"
+selector = "app=web"
+event = "oom_killed"
+interval = "100ms"
+
+[[rule]]
+name = "memory-leak"
+signal = "oom"
+when = "> 1"
+within = "2s"
+
+[[plan]]
+name = "undo"
+
+[[plan.step]]
+type = "kube_rollout_undo"
+namespace = "shop"
+deployment = "web"
+"#,
+        state = dir.path().display(),
+        kubeconfig = fake.kubeconfig().display(),
+    );
+    crate::running::start(crate::daemon::load(&text))
+}
+
+#[tokio::test]
+async fn a_snapshot_that_failed_partway_is_taken_again_after_a_backoff_and_completed() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    // The Secret's snapshot cannot be created the first time (as when the Role lacks
+    // create on secrets until someone fixes it): the ConfigMap's is.
+    fake.inject(
+        axum::http::Method::POST,
+        "/api/v1/namespaces/shop/secrets",
+        1,
+        crate::kube_fake::Effect::Respond(403),
+    );
+    let dir = support::temp_dir();
+    let d = baking_daemon(&fake, &dir, "enforce");
+    // The first try fails after the ConfigMap; the retry, 10 s later, completes the set.
+    support::poll_until(Duration::from_secs(40), || {
+        fake.get("secrets", NS, "web-r1-web-secret").is_some()
+    })
+    .await
+    .expect("the failed snapshot is taken again");
+    let posts = |path: &str| fake.requests_to(&axum::http::Method::POST, path);
+    let secrets = posts("/api/v1/namespaces/shop/secrets");
+    assert_eq!(
+        secrets.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [403, 201],
+        "one failed try, then one that created it"
+    );
+    // The ConfigMap created by the first try met 409 with the same content on the second.
+    let maps = posts("/api/v1/namespaces/shop/configmaps");
+    assert_eq!(
+        maps.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [201, 409]
+    );
+    assert_eq!(password(&fake, "web-r1-web-secret"), GOOD_PASSWORD);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn in_shadow_mode_a_baked_revision_is_not_snapshotted() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    let dir = support::temp_dir();
+    let mut d = baking_daemon(&fake, &dir, "shadow");
+    d.wait_for(
+        "the bake",
+        10,
+        |e| matches!(e, Event::Effect(_, Effect::Baked { revision, .. }) if revision == "1"),
+    )
+    .await;
+    // The snapshot task, when there is one, runs on the tracker that the drain waits
+    // for; after the stop nothing more can be written.
+    d.stop().await;
+    let writes: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == axum::http::Method::POST || r.method == axum::http::Method::DELETE)
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+    let lists: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.query.contains("rearguard.io%2Fsnapshot-of"))
+        .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+        .collect();
+    assert!(lists.is_empty(), "no snapshot listed either: {lists:?}");
+    assert!(snapshot_names(&fake, "configmaps").is_empty());
 }

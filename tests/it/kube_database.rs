@@ -16,7 +16,8 @@ use crate::recipes::{Postgres, require, run, scripts_dir};
 use crate::support;
 
 /// Plays the deployment controller: the status follows the spec (every replica updated
-/// and available, the generation observed) a moment after each change. Stops when
+/// and available, the generation observed) a moment after each change, and at zero
+/// replicas the Deployment's pods go away (as the kubelet ends them). Stops when
 /// dropped.
 struct Controller(tokio::task::JoinHandle<()>);
 
@@ -36,6 +37,17 @@ impl Controller {
                     if d["status"] != status {
                         d["status"] = status;
                         s.force_status(d);
+                    }
+                    if replicas == json!(0) {
+                        let ours: Vec<String> = s
+                            .list("pods", Some(NS))
+                            .iter()
+                            .filter(|p| p["metadata"]["labels"]["app"] == "web")
+                            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+                            .collect();
+                        for name in ours {
+                            s.remove("pods", NS, &name);
+                        }
                     }
                 });
                 tokio::time::sleep(Duration::from_millis(20)).await;

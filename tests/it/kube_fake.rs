@@ -415,6 +415,15 @@ impl Store {
             .expect("a valid status")
     }
 
+    /// Deletes an object as another client would (a DELETED watch event); `false` when
+    /// there was none.
+    pub fn remove(&mut self, plural: &str, namespace: &str, name: &str) -> bool {
+        let Some(r) = RESOURCES.iter().find(|r| r.plural == plural) else {
+            return false;
+        };
+        self.delete(r, namespace, name, &Value::Null).is_ok()
+    }
+
     /// Ends every open watch, as when the apiserver restarts or a connection drops.
     pub fn end_watches(&mut self) {
         self.epoch.send_modify(|e| *e += 1);
