@@ -280,7 +280,9 @@ impl KubeRolloutUndo {
                     }
                     StepError::NotFound(d) => Err(UndoError::NotFound(d)),
                     StepError::Kube(k) => Err(k.into()),
-                    StepError::Refused(text) => Err(KubeError::Config(text).into()),
+                    StepError::Refused(text) | StepError::NotYet(text) => {
+                        Err(KubeError::Config(text).into())
+                    }
                 }
             }
         }

@@ -141,6 +141,17 @@ pub async fn take(
             "deployment {shown} is at revision {current}, no longer {revision}: its configuration is not snapshotted as revision {revision}'s"
         )));
     }
+    // Healthy signals while old pods still serve say nothing of the new revision's
+    // configuration: only a finished rollout is snapshotted.
+    match super::kube_rollout_status::rollout(&d) {
+        super::kube_rollout_status::Rollout::Done(_) => {}
+        super::kube_rollout_status::Rollout::Waiting(why)
+        | super::kube_rollout_status::Rollout::Failed(why) => {
+            return Err(StepError::NotYet(format!(
+                "the rollout of revision {revision} of deployment {shown} is not complete ({why}): no snapshot yet"
+            )));
+        }
+    }
     let spec = d
         .spec
         .as_ref()

@@ -171,13 +171,18 @@ pub enum StepError {
         "{object} changed while the step was writing it (resourceVersion {read} is no longer current); it was not changed, and the step may be retried"
     )]
     ObjectConflict { object: String, read: String },
+    /// The cluster is not there yet (a rollout still going); the text says what waits.
+    #[error("{0}")]
+    NotYet(String),
 }
 
 impl StepError {
     pub fn is_retryable(&self) -> bool {
         match self {
             StepError::Kube(e) => e.is_retryable(),
-            StepError::Conflict { .. } | StepError::ObjectConflict { .. } => true,
+            StepError::Conflict { .. }
+            | StepError::ObjectConflict { .. }
+            | StepError::NotYet(_) => true,
             StepError::NotFound(_) | StepError::Refused(_) => false,
         }
     }

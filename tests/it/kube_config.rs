@@ -293,6 +293,46 @@ async fn a_revisions_configmaps_and_secrets_are_snapshotted_once_and_old_revisio
 }
 
 #[tokio::test]
+async fn a_revision_whose_rollout_is_not_complete_is_not_snapshotted_yet() {
+    let fake = KubeFake::start().await;
+    seed(&fake);
+    // Revision 2's ReplicaSet exists, but its pods are not all updated and available:
+    // old pods may still be what keeps the signals healthy.
+    let mut d = fake.get("deployments", NS, NAME).unwrap();
+    d["spec"]["template"] = template(2, None);
+    fake.put(d);
+    add_replica_set(&fake, 2);
+    fake.with(|s| {
+        let mut d = s.get("deployments", NS, NAME).unwrap();
+        let generation = d["metadata"]["generation"].clone();
+        d["status"] = json!({"observedGeneration": generation, "replicas": 4,
+            "updatedReplicas": 1, "readyReplicas": 3, "availableReplicas": 3});
+        s.force_status(d);
+    });
+    let t = target(&fake);
+    let err = kube_snapshot::take(&t, &Handle::new(&t.access), "2", 3)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is not complete"), "{err}");
+    assert!(
+        err.is_retryable(),
+        "a rollout in progress is waited for: {err}"
+    );
+    assert!(snapshot_names(&fake, "configmaps").is_empty());
+    // Once the rollout completes, the snapshot is taken.
+    fake.with(|s| {
+        let mut d = s.get("deployments", NS, NAME).unwrap();
+        d["status"]["replicas"] = json!(3);
+        d["status"]["updatedReplicas"] = json!(3);
+        s.force_status(d);
+    });
+    kube_snapshot::take(&t, &Handle::new(&t.access), "2", 3)
+        .await
+        .unwrap();
+    assert_eq!(snapshot_names(&fake, "configmaps"), ["web-r2-web-config"]);
+}
+
+#[tokio::test]
 async fn a_required_configmap_that_is_missing_leaves_no_partial_snapshot() {
     let fake = KubeFake::start().await;
     seed(&fake);
@@ -304,6 +344,7 @@ async fn a_required_configmap_that_is_missing_leaves_no_partial_snapshot() {
     rs["spec"]["template"]["spec"]["containers"][0]["envFrom"] =
         json!([{"configMapRef": {"name": "web-config"}}, {"configMapRef": {"name": "gone"}}]);
     fake.put(rs);
+    complete_rollout(&fake);
     let t = target(&fake);
     let err = kube_snapshot::take(&t, &Handle::new(&t.access), "1", 3)
         .await
