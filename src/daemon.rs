@@ -550,6 +550,38 @@ impl Lead {
     }
 }
 
+/// Serves `app` on a clone of the daemon's listening socket until `stop` is cancelled,
+/// on a task of `tracker`. Whether it serves (a socket that cannot be cloned is logged).
+fn serve(
+    shared: &Shared,
+    app: axum::Router,
+    stop: &CancellationToken,
+    tracker: &TaskTracker,
+) -> bool {
+    let listener = shared
+        .listener
+        .try_clone()
+        .and_then(tokio::net::TcpListener::from_std);
+    match listener {
+        Ok(listener) => {
+            let stop = stop.clone();
+            tracker.spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the http listener failed");
+                }
+            });
+            true
+        }
+        Err(e) => {
+            tracing::error!(addr = %shared.listening, error = %e, "cannot serve on the listener");
+            false
+        }
+    }
+}
+
 /// How a standby's wait ended.
 enum Standby {
     /// This replica holds the Lease: the configuration to run (the latest reload's),
@@ -590,26 +622,7 @@ async fn standby(
     );
     let api_stop = CancellationToken::new();
     let serving = TaskTracker::new();
-    match shared
-        .listener
-        .try_clone()
-        .and_then(tokio::net::TcpListener::from_std)
-    {
-        Ok(listener) => {
-            let stop = api_stop.clone();
-            serving.spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "the http listener failed");
-                }
-            });
-        }
-        Err(e) => {
-            tracing::error!(addr = %shared.listening, error = %e, "cannot serve on the listener")
-        }
-    }
+    serve(shared, app, &api_stop, &serving);
     serving.close();
     let mut watchdog = systemd.and_then(|sd| sd.watchdog_interval()).map(|every| {
         let mut t = tokio::time::interval(every);
@@ -894,24 +907,8 @@ async fn generation(
         tracing::info!(addr = %listening, path = WEBHOOK_PATH, "receiving alertmanager webhooks");
         sources_tracker.spawn(resend_loop(hook, resend_every, sources_token.clone()));
     }
-    match shared
-        .listener
-        .try_clone()
-        .and_then(tokio::net::TcpListener::from_std)
-    {
-        Ok(listener) => {
-            let stop = api_stop.clone();
-            tracker.spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "the http listener failed");
-                }
-            });
-            tracing::info!(addr = %listening, "serving /metrics, /healthz and /readyz");
-        }
-        Err(e) => tracing::error!(addr = %listening, error = %e, "cannot serve on the listener"),
+    if serve(shared, app, &api_stop, &tracker) {
+        tracing::info!(addr = %listening, "serving /metrics, /healthz and /readyz");
     }
     for (i, source) in sources.iter().enumerate() {
         let Some(source) = source else { continue };

@@ -58,6 +58,13 @@ impl Service {
             .copied()
             .unwrap_or(0)
     }
+
+    /// Waits until `replica` has probed the service `n` times in all.
+    async fn wait_probed(&self, replica: &str, n: usize) {
+        support::poll_until(Duration::from_secs(10), || self.probes(replica) >= n)
+            .await
+            .unwrap_or_else(|_| panic!("replica {replica} does not probe the service"));
+    }
 }
 
 /// One rearguard process, killed by its PID when dropped.
@@ -322,6 +329,19 @@ impl Replica {
     }
 }
 
+/// Replica a, leading, and replica b, its standby.
+async fn leader_and_standby(
+    fake: &KubeFake,
+    server: &support::TestServer,
+    timing: &Timing,
+) -> (Replica, Replica) {
+    let a = Replica::start("a", fake, server, timing);
+    a.wait_leading(20).await;
+    let b = Replica::start("b", fake, server, timing);
+    b.wait_standby("rearguard-a", 20).await;
+    (a, b)
+}
+
 /// Waits until the plan's first step has started on `r` (its mark in the state
 /// directory).
 async fn step_started(r: &Replica, secs: u64) {
@@ -373,16 +393,11 @@ async fn one_replica_acts_and_after_a_kill_9_the_standby_takes_over_and_undoes_t
         renew: "500ms",
         retry: "200ms",
     };
-    let mut a = Replica::start("a", &fake, &server, &timing);
-    a.wait_leading(20).await;
-    let b = Replica::start("b", &fake, &server, &timing);
-    b.wait_standby("rearguard-a", 20).await;
+    let (mut a, b) = leader_and_standby(&fake, &server, &timing).await;
     assert_eq!(lease_holder(&fake), "rearguard-a");
 
     // Only the leader samples; the standby runs no source.
-    support::poll_until(Duration::from_secs(10), || probes.probes("a") >= 3)
-        .await
-        .expect("the leader probes the service");
+    probes.wait_probed("a", 3).await;
     deploy(&fake, 2);
     a.wait_rolled_back(1, 30).await;
     assert_eq!(image(&fake), "web:1");
@@ -404,9 +419,7 @@ async fn one_replica_acts_and_after_a_kill_9_the_standby_takes_over_and_undoes_t
     // The new leader watches revision 1 healthy for a while, then a second bad rollout
     // comes: it undoes it, once.
     let seen = probes.probes("b");
-    support::poll_until(Duration::from_secs(10), || probes.probes("b") >= seen + 5)
-        .await
-        .expect("the new leader probes the service");
+    probes.wait_probed("b", seen + 5).await;
     deploy(&fake, 3);
     b.wait_rolled_back(1, 30).await;
     assert_eq!(image(&fake), "web:1");
@@ -424,10 +437,7 @@ async fn a_leader_stopped_with_sigterm_releases_the_lease_and_the_standby_takes_
         renew: "10s",
         retry: "200ms",
     };
-    let mut a = Replica::start("a", &fake, &server, &timing);
-    a.wait_leading(20).await;
-    let b = Replica::start("b", &fake, &server, &timing);
-    b.wait_standby("rearguard-a", 20).await;
+    let (mut a, b) = leader_and_standby(&fake, &server, &timing).await;
     let stopped = Instant::now();
     a.terminate(15).await;
     assert!(a.log().contains("lease released"), "{}", a.log());
@@ -453,9 +463,7 @@ async fn a_step_is_not_started_once_another_replica_holds_the_lease() {
     };
     let a = Replica::start("a", &fake, &server, &timing);
     a.wait_leading(20).await;
-    support::poll_until(Duration::from_secs(10), || probes.probes("a") >= 3)
-        .await
-        .expect("the leader probes the service");
+    probes.wait_probed("a", 3).await;
     // Another replica takes the lease (as after a pause of this one past its lease).
     let mut lease = fake.get("leases", "shop", "rearguard").unwrap();
     lease["spec"]["holderIdentity"] = json!("rearguard-intruder");
@@ -525,9 +533,7 @@ async fn a_leader_whose_lease_is_taken_stops_acting_and_leads_again_once_the_lea
     assert_eq!(lease["spec"]["holderIdentity"], "rearguard-a");
     assert_eq!(lease["spec"]["leaseTransitions"], 2, "{lease:#}");
     let seen = probes.probes("a");
-    support::poll_until(Duration::from_secs(10), || probes.probes("a") >= seen + 3)
-        .await
-        .expect("the leader samples again");
+    probes.wait_probed("a", seen + 3).await;
 }
 
 /// Reads systemd notify datagrams until `want` holds for one, within `secs`.
@@ -759,14 +765,9 @@ async fn a_stopping_leader_keeps_its_lease_while_its_step_finishes_then_releases
         renew: "500ms",
         retry: "200ms",
     };
-    let mut a = Replica::start("a", &fake, &server, &timing);
-    a.wait_leading(20).await;
-    let b = Replica::start("b", &fake, &server, &timing);
-    b.wait_standby("rearguard-a", 20).await;
+    let (mut a, b) = leader_and_standby(&fake, &server, &timing).await;
     std::fs::write(a.dir.path().join("slow"), "").unwrap();
-    support::poll_until(Duration::from_secs(10), || probes.probes("a") >= 3)
-        .await
-        .expect("the leader probes the service");
+    probes.wait_probed("a", 3).await;
     deploy(&fake, 2);
     step_started(&a, 20).await;
     // SIGTERM while the step runs: the lease stays with a until its drain is over.
@@ -806,9 +807,7 @@ async fn a_leader_that_loses_its_lease_cancels_the_step_in_flight_at_once() {
     let a = Replica::start("a", &fake, &server, &timing);
     a.wait_leading(20).await;
     std::fs::write(a.dir.path().join("slow"), "").unwrap();
-    support::poll_until(Duration::from_secs(10), || probes.probes("a") >= 3)
-        .await
-        .expect("the leader probes the service");
+    probes.wait_probed("a", 3).await;
     deploy(&fake, 2);
     step_started(&a, 20).await;
     // Another replica holds the lease now (this one was partitioned past its lease).
@@ -849,9 +848,7 @@ async fn a_fence_check_the_api_server_fails_once_is_asked_again_and_the_step_run
     };
     let a = Replica::start("a", &fake, &server, &timing);
     a.wait_leading(20).await;
-    support::poll_until(Duration::from_secs(10), || probes.probes("a") >= 3)
-        .await
-        .expect("the leader probes the service");
+    probes.wait_probed("a", 3).await;
     let lease = "/apis/coordination.k8s.io/v1/namespaces/shop/leases/rearguard";
     fake.inject(
         Method::GET,
