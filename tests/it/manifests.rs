@@ -383,6 +383,14 @@ fn reference_config(fake: &KubeFake) {
         obj["spec"]["template"]["spec"]["containers"][0]["envFrom"] = from.clone();
         fake.put(obj);
     }
+    // The deployment controller's status: the rollout of that template is complete.
+    fake.with(|s| {
+        let mut d = s.get("deployments", NS, NAME).expect("seeded");
+        let generation = d["metadata"]["generation"].clone();
+        d["status"] = json!({"observedGeneration": generation, "replicas": 3,
+            "updatedReplicas": 3, "readyReplicas": 3, "availableReplicas": 3});
+        s.force_status(d);
+    });
 }
 
 /// Every kind of Kubernetes plan step, in an order that works on the seeded Deployment.
