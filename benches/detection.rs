@@ -30,6 +30,8 @@
 //! `CASES=error_rate,p95,health` picks cases (default all). Under `cargo test` it does
 //! nothing.
 
+mod common;
+
 #[path = "../tests/it/support.rs"]
 mod support;
 
@@ -52,12 +54,11 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
+use common::median;
 use rearguard::config::{self, Format};
-use rearguard::daemon::{self, Event};
+use rearguard::daemon::Event;
 use rearguard::engine::Effect;
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// Healthy traffic before onset: full rate windows in Prometheus, and several checks by
 /// every prober.
@@ -434,17 +435,11 @@ command = ["true"]
     );
     let cfg = config::load_str(&text, Format::Toml, std::iter::empty(), dir.path())
         .expect("bench config");
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(daemon::run(
-        cfg,
-        daemon::Options {
-            shutdown: shutdown.clone(),
-            observer: Some(tx),
-            systemd: None,
-            reload: None,
-        },
-    ));
+    let common::Daemon {
+        events: mut rx,
+        shutdown,
+        handle,
+    } = common::Daemon::spawn(cfg);
     tokio::time::sleep(WARMUP + Duration::from_secs_f64(phase)).await;
 
     // Before onset every path must be watching, and none may have acted.
@@ -531,19 +526,6 @@ command = ["true"]
         w,
     ));
     [rearguard, since(&hooks[1]), since(&hooks[0]), monit_at]
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
 }
 
 fn secs(d: Option<Duration>) -> String {

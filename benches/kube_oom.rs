@@ -20,17 +20,18 @@
 #[path = "../tests/it/kube_fake.rs"]
 mod kube_fake;
 
+mod common;
+
 #[path = "../tests/it/support.rs"]
 mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rearguard::daemon::{self, Event};
+use common::median;
+use rearguard::daemon::Event;
 use rearguard::engine::{Effect, Phase};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use kube_fake::KubeFake;
 
@@ -137,17 +138,11 @@ window = "1m"
         Path::new("."),
     )
     .expect("valid configuration");
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(daemon::run(
-        cfg,
-        daemon::Options {
-            shutdown: shutdown.clone(),
-            observer: Some(tx),
-            systemd: None,
-            reload: None,
-        },
-    ));
+    let common::Daemon {
+        events: mut rx,
+        shutdown,
+        handle,
+    } = common::Daemon::spawn(cfg);
     // Started, and the revision looked at twice (the first look saw v1); then v2 is
     // deployed and observed: a kill after it may be acted on.
     loop {
@@ -222,16 +217,6 @@ window = "1m"
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -261,12 +246,12 @@ fn main() {
     println!("|---|---:|---:|---:|");
     println!(
         "| pod status with OOMKilled recorded by the API server to rule firing | {:.1} ms | {:.1} ms | {runs} |",
-        median(firing.clone()),
+        median(firing.clone()).unwrap_or(f64::NAN),
         max(&firing)
     );
     println!(
         "| pod status with OOMKilled recorded by the API server to the rollback's first step | {:.1} ms | {:.1} ms | {runs} |",
-        median(step.clone()),
+        median(step.clone()).unwrap_or(f64::NAN),
         max(&step)
     );
 }

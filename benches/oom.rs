@@ -32,6 +32,8 @@
 //! `prometheus-node-exporter` and `monit`). `RUNS=N` sets the number of runs (default 3,
 //! about a minute each). Under `cargo test` it does nothing.
 
+mod common;
+
 #[path = "../tests/it/support.rs"]
 mod support;
 
@@ -51,10 +53,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
-use rearguard::daemon::{self, Event};
+use common::median;
+use rearguard::daemon::Event;
 use rearguard::engine::Effect;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 const V1_MEMORY: &str = "/sys/fs/cgroup/memory";
 
@@ -481,17 +482,11 @@ window = "1m"
         Path::new("."),
     )
     .expect("valid configuration");
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(daemon::run(
-        cfg,
-        daemon::Options {
-            shutdown: shutdown.clone(),
-            observer: Some(tx),
-            systemd: None,
-            reload: None,
-        },
-    ));
+    let common::Daemon {
+        events: mut rx,
+        shutdown,
+        handle,
+    } = common::Daemon::spawn(cfg);
     // Started, and the revision looked at twice (the first look saw v1).
     loop {
         if let Some(Event::Started) = rx.recv().await {
@@ -625,19 +620,6 @@ window = "1m"
         death_to_rearguard_ms: rearguard.map(|t| signed_secs(died, t) * 1000.0),
         foreign_kills,
     }
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
 }
 
 /// Milliseconds under a second, seconds above.

@@ -75,14 +75,6 @@ fn configuration_files(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// The errors of a configuration that must not validate, as `path: message` lines.
-fn errors_of(toml: &str) -> Vec<String> {
-    match load_str(toml, Format::Toml, Vec::new(), Path::new(".")) {
-        Ok(_) => panic!("expected errors from:\n{toml}"),
-        Err(errors) => errors.0.iter().map(|e| e.to_string()).collect(),
-    }
-}
-
 #[test]
 fn every_shipped_configuration_passes_check() {
     let files = configuration_files(&config_dir());
@@ -226,7 +218,7 @@ headers = { Authorization = { env = "STATUS_PAGE_TOKEN", prefix = "Bearer " } }
 
 #[test]
 fn error_paths_name_the_bad_key_of_the_right_item() {
-    let errors = errors_of(
+    let errors = crate::support::config_errors(
         r#"
 [[target]]
 nam = "typo"
@@ -498,7 +490,7 @@ fn the_reference_shows_every_key_of_the_schema() {
     ];
     let mut keys = BTreeSet::new();
     for probe in probes {
-        let errors = errors_of(probe);
+        let errors = crate::support::config_errors(probe);
         let known = errors
             .iter()
             .find_map(|e| {
@@ -679,7 +671,7 @@ window = "{verify}"
 "#
         )
     };
-    let errors = errors_of(&config("2m"));
+    let errors = crate::support::config_errors(&config("2m"));
     assert_eq!(
         errors,
         vec![
@@ -695,7 +687,7 @@ fn notifier_settings_are_checked_with_their_paths_and_secrets_stay_hidden() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("not-a-url");
     std::fs::write(&secret, "hooks-secret-value-1234\n").unwrap();
-    let errors = errors_of(&format!(
+    let errors = crate::support::config_errors(&format!(
         r#"
 [[notifier]]
 name = "both"
@@ -778,24 +770,24 @@ fn a_cgroup_oom_signal_takes_exactly_one_of_cgroup_and_unit_and_says_so() {
     };
     let one_of = "give exactly one of `cgroup` (a cgroup directory) and `unit` (a systemd unit, e.g. \"shop.service\")";
     assert_eq!(
-        errors_of(&signal("")),
+        crate::support::config_errors(&signal("")),
         vec![format!("signal[0]: {one_of}, got neither")]
     );
     assert_eq!(
-        errors_of(&signal(
+        crate::support::config_errors(&signal(
             "cgroup = \"/sys/fs/cgroup/shop\"\nunit = \"shop.service\""
         )),
         vec![format!("signal[0]: {one_of}, got both")]
     );
     assert_eq!(
-        errors_of(&signal("cgroup = \"shop\"\nslice = \"app.slice\"")),
+        crate::support::config_errors(&signal("cgroup = \"shop\"\nslice = \"app.slice\"")),
         vec![
             "signal[0].slice: goes with `unit`; with `cgroup` the directory already says where the cgroup is",
             "signal[0].cgroup: expected an absolute path to a cgroup directory, e.g. \"/sys/fs/cgroup/system.slice/shop.service\", got \"shop\"",
         ]
     );
     assert_eq!(
-        errors_of(&signal("unit = \"shop\"\nslice = \"apps\"")),
+        crate::support::config_errors(&signal("unit = \"shop\"\nslice = \"apps\"")),
         vec![
             "signal[0].unit: expected a systemd unit name with its type, e.g. \"shop.service\" (.service, .scope, .slice, .socket, .mount or .swap), got \"shop\"",
             "signal[0].slice: expected a systemd slice name, e.g. \"system.slice\" or \"-.slice\" for the root, got \"apps\"",

@@ -1107,17 +1107,7 @@ namespace = "shop"
 deployment = "web"
 to_revision = 3
 "#;
-    let errors: Vec<String> = rearguard::config::load_str(
-        text,
-        rearguard::config::Format::Toml,
-        std::iter::empty(),
-        std::path::Path::new("."),
-    )
-    .expect_err("invalid")
-    .0
-    .iter()
-    .map(|e| e.to_string())
-    .collect();
+    let errors: Vec<String> = support::config_errors(text);
     for expected in [
         "target[0].bake: only for a target whose change observer is kube_deployment",
         "target[1].bake: must be greater than zero",

@@ -387,17 +387,7 @@ namespace = "Shop"
 selector = "app in web"
 event = "oomkilled"
 "#;
-    let errors: Vec<String> = rearguard::config::load_str(
-        text,
-        rearguard::config::Format::Toml,
-        std::iter::empty(),
-        std::path::Path::new("."),
-    )
-    .expect_err("invalid")
-    .0
-    .iter()
-    .map(|e| e.to_string())
-    .collect();
+    let errors: Vec<String> = crate::support::config_errors(text);
     for expected in [
         "signal[0].selector: \"app in web\" is not a label requirement",
         "signal[0].namespace: \"Shop\" is not a Kubernetes name",

@@ -364,6 +364,14 @@ fn image(fake: &KubeFake) -> serde_json::Value {
         .clone()
 }
 
+/// The fake API server with the seeded Deployment, and the service the replicas probe.
+async fn cluster() -> (Arc<KubeFake>, support::TestServer, Service) {
+    let fake = Arc::new(KubeFake::start().await);
+    seed(&fake);
+    let (server, probes) = service(&fake).await;
+    (fake, server, probes)
+}
+
 async fn service(fake: &Arc<KubeFake>) -> (support::TestServer, Service) {
     let state = Service {
         fake: Arc::clone(fake),
@@ -385,9 +393,7 @@ fn lease_holder(fake: &KubeFake) -> serde_json::Value {
 #[tokio::test]
 async fn one_replica_acts_and_after_a_kill_9_the_standby_takes_over_and_undoes_the_next_bad_rollout_once()
  {
-    let fake = Arc::new(KubeFake::start().await);
-    seed(&fake);
-    let (server, probes) = service(&fake).await;
+    let (fake, server, probes) = cluster().await;
     let timing = Timing {
         duration: "2s",
         renew: "500ms",
@@ -452,9 +458,7 @@ async fn a_leader_stopped_with_sigterm_releases_the_lease_and_the_standby_takes_
 
 #[tokio::test]
 async fn a_step_is_not_started_once_another_replica_holds_the_lease() {
-    let fake = Arc::new(KubeFake::start().await);
-    seed(&fake);
-    let (server, probes) = service(&fake).await;
+    let (fake, server, probes) = cluster().await;
     // Renewals far apart: the fence, not the renewal, is what sees the lease taken.
     let timing = Timing {
         duration: "60s",
@@ -499,9 +503,7 @@ async fn a_step_is_not_started_once_another_replica_holds_the_lease() {
 
 #[tokio::test]
 async fn a_leader_whose_lease_is_taken_stops_acting_and_leads_again_once_the_lease_is_free() {
-    let fake = Arc::new(KubeFake::start().await);
-    seed(&fake);
-    let (server, probes) = service(&fake).await;
+    let (fake, server, probes) = cluster().await;
     let timing = Timing {
         duration: "3s",
         renew: "300ms",
@@ -564,9 +566,7 @@ async fn datagram(
 #[tokio::test]
 async fn a_standby_is_ready_for_systemd_with_its_status_keeps_the_watchdog_fed_and_refuses_a_reload_of_leader_election()
  {
-    let fake = Arc::new(KubeFake::start().await);
-    seed(&fake);
-    let (server, probes) = service(&fake).await;
+    let (fake, server, probes) = cluster().await;
     let timing = Timing {
         duration: "60s",
         renew: "10s",
@@ -756,9 +756,7 @@ fn check_shows_the_leader_election_settings_and_refuses_bad_ones_with_exit_64() 
 
 #[tokio::test]
 async fn a_stopping_leader_keeps_its_lease_while_its_step_finishes_then_releases_it() {
-    let fake = Arc::new(KubeFake::start().await);
-    seed(&fake);
-    let (server, probes) = service(&fake).await;
+    let (fake, server, probes) = cluster().await;
     // The step (4s) outlasts the lease (2s): only renewals during the drain keep it.
     let timing = Timing {
         duration: "2s",
@@ -796,9 +794,7 @@ async fn a_stopping_leader_keeps_its_lease_while_its_step_finishes_then_releases
 
 #[tokio::test]
 async fn a_leader_that_loses_its_lease_cancels_the_step_in_flight_at_once() {
-    let fake = Arc::new(KubeFake::start().await);
-    seed(&fake);
-    let (server, probes) = service(&fake).await;
+    let (fake, server, probes) = cluster().await;
     let timing = Timing {
         duration: "3s",
         renew: "200ms",
@@ -837,9 +833,7 @@ async fn a_leader_that_loses_its_lease_cancels_the_step_in_flight_at_once() {
 
 #[tokio::test]
 async fn a_fence_check_the_api_server_fails_once_is_asked_again_and_the_step_runs() {
-    let fake = Arc::new(KubeFake::start().await);
-    seed(&fake);
-    let (server, probes) = service(&fake).await;
+    let (fake, server, probes) = cluster().await;
     // Renewals far apart: the fence is the only reader of the lease meanwhile.
     let timing = Timing {
         duration: "60s",

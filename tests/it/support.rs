@@ -214,6 +214,20 @@ pub fn config(toml: &str) -> rearguard::config::Config {
     .unwrap_or_else(|e| panic!("the test configuration is invalid:\n{e}"))
 }
 
+/// The errors of a configuration that must not validate, as `path: message` lines;
+/// panics if it validates.
+pub fn config_errors(toml: &str) -> Vec<String> {
+    match rearguard::config::load_str(
+        toml,
+        rearguard::config::Format::Toml,
+        std::iter::empty(),
+        Path::new("."),
+    ) {
+        Ok(_) => panic!("expected errors from:\n{toml}"),
+        Err(errors) => errors.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
 /// A fresh temporary directory, removed when dropped.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("create a temporary directory")
