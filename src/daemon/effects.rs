@@ -1,0 +1,342 @@
+//! Carrying out what an engine step produced: its memory and decisions written to the
+//! store first (`persist`), counted in the metrics (`account`), the status published for
+//! the control API (`publish`), then every effect carried out in order (`dispatch`):
+//! notifications to the outbox, plan steps and snapshots started as tasks, reports
+//! written, transitions posted as Kubernetes Events, the rest logged.
+//!
+//! It must not wait: whatever takes time (a step, a snapshot, a delivery, an Event) runs
+//! on a task, so that the engine's loop keeps turning. It decides nothing the engine
+//! has not decided.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::Event;
+use super::generation::Generation;
+use super::steps::{self, Step};
+use crate::api::{Metrics, control};
+use crate::config::Config;
+use crate::engine::{Effect, Engine, Notification, Outcome, StepOrder, Ts};
+use crate::notify::outbox::Outbox;
+use crate::store::{Decision, StepRecord, Store};
+
+/// Whether an engine step publishes the status the control API reads.
+#[derive(Clone, Copy)]
+pub(super) enum Publish {
+    Always,
+    /// Only when the step had effects.
+    IfChanged,
+    /// Not now: the caller publishes once, later.
+    Never,
+}
+
+impl Generation<'_> {
+    /// What follows every engine step: its effects written to the store and counted,
+    /// the status published, then the effects carried out.
+    pub(super) fn settle(&mut self, effects: Vec<Effect>, now: Ts, publish: Publish) {
+        persist(&self.shared.store, &self.cfg, &self.engine, &effects, now);
+        account(&self.metrics, &self.engine, &effects, &mut self.counted);
+        let publish = match publish {
+            Publish::Always => true,
+            Publish::IfChanged => !effects.is_empty(),
+            Publish::Never => false,
+        };
+        if publish {
+            self.publish(now);
+        }
+        self.dispatch(effects, now);
+    }
+
+    /// Publishes what the control API's readers see.
+    pub(super) fn publish(&self, now: Ts) {
+        publish(&self.published, &self.cfg, &self.engine, now);
+    }
+
+    /// Carries out effects in order.
+    fn dispatch(&mut self, effects: Vec<Effect>, now: Ts) {
+        for effect in effects {
+            // Observers hear of an effect before what carrying it out produces (a report).
+            if self.shared.observer.is_some() {
+                self.shared.tell(Event::Effect(now, effect.clone()));
+            }
+            self.carry_out(&effect);
+        }
+    }
+
+    fn carry_out(&mut self, effect: &Effect) {
+        match effect {
+            Effect::RunStep(order) if self.draining => {
+                tracing::warn!(incident = %order.incident, step = order.step, "step not started: rearguard is stopping");
+            }
+            Effect::RunStep(order) => self.start_step(order),
+            Effect::IncidentClosed(inc) => {
+                self.in_flight.remove(&inc.id);
+                self.write_report(inc);
+            }
+            Effect::Notify(n) => notify(&self.cfg, &self.outbox, n),
+            Effect::Baked { target, revision } => {
+                log_effect(&self.cfg, effect);
+                let cancel = self.tasks.steps.child_token();
+                steps::snapshot(&self.cfg, *target, revision, &self.tasks.tracker, cancel);
+            }
+            Effect::Transition {
+                incident,
+                target,
+                occasion,
+                summary,
+            } => self
+                .kube_events
+                .record(*target, incident, *occasion, summary),
+            _ => log_effect(&self.cfg, effect),
+        }
+    }
+
+    /// Starts a plan step on the tracker, its drop guard held while it is in flight.
+    fn start_step(&mut self, order: &StepOrder) {
+        let cancel = self.tasks.steps.child_token();
+        let guard = cancel.clone().drop_guard();
+        self.in_flight.insert(order.incident.clone(), guard);
+        let step = Step {
+            action: Arc::clone(&self.actions[order.plan][order.step]),
+            order: order.clone(),
+            target: self.cfg.targets[order.target].name.clone(),
+            timeout: self.cfg.plans[order.plan].steps[order.step].timeout,
+            cancel,
+            fence: self.fence.clone(),
+            metrics: Arc::clone(&self.metrics),
+            clock: self.shared.clock,
+            done: self.tx.clone(),
+            unstarted: self.unstarted_tx.clone(),
+        };
+        self.tasks.tracker.spawn(step.run());
+    }
+
+    fn write_report(&self, inc: &crate::engine::Incident) {
+        match crate::report::write(&self.cfg.daemon.state_dir, inc, &self.cfg) {
+            Ok(path) => {
+                tracing::info!(incident = %inc.id, path = %path.display(), "incident report written");
+                self.shared.tell(Event::Report {
+                    incident: inc.id.clone(),
+                    path,
+                });
+            }
+            Err(e) => {
+                tracing::error!(incident = %inc.id, error = %e, "cannot write incident report")
+            }
+        }
+    }
+}
+
+/// Writes what an engine step leaves behind (its memory, the rule transitions, closed
+/// incidents) to the state store, before the step's effects are carried out. A failure
+/// is logged and the daemon goes on: acting is not held back by a broken disk.
+fn persist(store: &Store, cfg: &Config, engine: &Engine, effects: &[Effect], now: Ts) {
+    if effects.is_empty() {
+        return;
+    }
+    let mut record = StepRecord::default();
+    match serde_json::to_string(&engine.memory(now)) {
+        Ok(body) => record.memory = Some((now.0, body)),
+        Err(e) => tracing::error!(error = %e, "cannot encode the engine's state"),
+    }
+    let incident_of = |target: usize| {
+        engine
+            .incidents()
+            .iter()
+            .find(|i| i.target == target)
+            .map(|i| i.id.clone())
+            .or_else(|| {
+                effects.iter().find_map(|e| match e {
+                    Effect::IncidentClosed(i) if i.target == target => Some(i.id.clone()),
+                    _ => None,
+                })
+            })
+    };
+    for effect in effects {
+        match effect {
+            Effect::RuleChanged { rule, transition } => {
+                let r = &cfg.rules[*rule];
+                record.decisions.push(Decision {
+                    at_ms: now.0,
+                    rule: r.name.clone(),
+                    target: cfg.targets[r.target].name.clone(),
+                    incident: incident_of(r.target),
+                    from: transition.from.name().to_owned(),
+                    to: transition.to.name().to_owned(),
+                    evidence: transition.evidence.clone(),
+                });
+            }
+            Effect::IncidentClosed(inc) => match serde_json::to_string(inc) {
+                Ok(body) => record.closed.push((
+                    inc.id.clone(),
+                    inc.target_name.clone(),
+                    inc.opened_at.0,
+                    inc.closed_at.unwrap_or(now).0,
+                    inc.outcome
+                        .as_ref()
+                        .map_or("open", Outcome::name)
+                        .to_owned(),
+                    body,
+                )),
+                Err(e) => {
+                    tracing::error!(incident = %inc.id, error = %e, "cannot encode a closed incident")
+                }
+            },
+            _ => {}
+        }
+    }
+    if let Err(e) = store.record_step(&record) {
+        tracing::error!(error = %e, "cannot write the engine's state to the state store");
+    }
+}
+
+/// Counts what a step did in the metrics: rule phases, incidents opened and closed, and
+/// the outbox's backlog after notifications were queued.
+fn account(metrics: &Metrics, engine: &Engine, effects: &[Effect], counted: &mut HashSet<String>) {
+    for inc in engine.incidents() {
+        if counted.insert(inc.id.clone()) {
+            metrics.incident_opened(inc.target, inc.cause);
+        }
+    }
+    for effect in effects {
+        match effect {
+            Effect::RuleChanged { rule, transition } => metrics.rule_phase(*rule, transition.to),
+            Effect::IncidentClosed(inc) => {
+                // Opened and closed within one step, or opened in an earlier run.
+                if !counted.remove(&inc.id) {
+                    metrics.incident_opened(inc.target, inc.cause);
+                }
+                if let Some(outcome) = &inc.outcome {
+                    metrics.incident_closed(inc.target, outcome);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Publishes what the control API's readers see: targets, rules and open incidents.
+fn publish(
+    status: &tokio::sync::watch::Sender<Arc<control::Status>>,
+    cfg: &Config,
+    engine: &Engine,
+    now: Ts,
+) {
+    let memory = engine.memory(now);
+    let snapshot = control::Status {
+        mode: match cfg.daemon.mode {
+            crate::config::Mode::Enforce => "enforce",
+            crate::config::Mode::Shadow => "shadow",
+        }
+        .to_owned(),
+        paused_all: memory.paused_all,
+        targets: memory
+            .targets
+            .into_iter()
+            .map(|t| control::TargetStatus {
+                name: t.name,
+                revision: t.revision,
+                paused: t.paused,
+                breaker: t.breaker,
+                bad: t.bad.into_iter().collect(),
+            })
+            .collect(),
+        rules: cfg
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| control::RuleStatus {
+                name: r.name.clone(),
+                target: cfg.targets[r.target].name.clone(),
+                phase: engine.rule_phase(i).name().to_owned(),
+                silenced_until: engine.silenced_until(i).map(Ts::rfc3339),
+            })
+            .collect(),
+        incidents: engine.incidents().to_vec(),
+    };
+    status.send_replace(Arc::new(snapshot));
+}
+
+/// Sets the outbox backlog gauge of every notifier (zero for those with nothing queued).
+pub(super) fn count_pending(store: &Store, metrics: &Metrics, names: &[String]) {
+    match store.pending_notifiers() {
+        Ok(waiting) => {
+            for name in names {
+                let n = waiting
+                    .iter()
+                    .find(|(w, _)| w == name)
+                    .map_or(0, |(_, n)| *n);
+                metrics.outbox_pending(name, n);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot count the outbox"),
+    }
+}
+
+/// Writes a notification's messages to the outbox. A notification with no notifier (none
+/// is configured) and one the store cannot take are logged in full, so that it is never
+/// lost without a trace.
+fn notify(cfg: &Config, outbox: &Outbox, n: &Notification) {
+    let level = n.level.map(|l| cfg.escalation[l].name.as_str());
+    if n.notifiers.is_empty() {
+        return log_notification(n);
+    }
+    match outbox.enqueue(n, level) {
+        Ok(messages) => {
+            let to: Vec<&str> = n
+                .notifiers
+                .iter()
+                .map(|&i| cfg.notifiers[i].name.as_str())
+                .collect();
+            tracing::debug!(incident = %n.incident, occasion = n.occasion.name(), messages = messages.len(), notifiers = ?to, "notification queued");
+        }
+        Err(e) => {
+            tracing::error!(incident = %n.incident, error = %e, "cannot write a notification to the outbox; it is not sent");
+            log_notification(n);
+        }
+    }
+}
+
+fn log_notification(n: &Notification) {
+    crate::notify::log(&n.incident, n.occasion, &n.summary);
+}
+
+/// Logs what the engine decided.
+fn log_effect(cfg: &Config, effect: &Effect) {
+    match effect {
+        Effect::RuleChanged { rule, transition } => tracing::info!(
+            rule = %cfg.rules[*rule].name,
+            from = transition.from.name(),
+            to = transition.to.name(),
+            evidence = %transition.evidence,
+            "rule changed"
+        ),
+        Effect::ChangeObserved {
+            target,
+            from,
+            to,
+            previous_healthy,
+        } => tracing::info!(
+            target = %cfg.targets[*target].name,
+            from = %from,
+            to = %to,
+            previous_healthy,
+            "revision changed"
+        ),
+        Effect::Timeline {
+            incident, entry, ..
+        } => {
+            tracing::info!(incident = %incident, "{}", entry.text)
+        }
+        Effect::CommandRejected { reason } => tracing::warn!(reason = %reason, "command rejected"),
+        Effect::Baked { target, revision } => tracing::info!(
+            target = %cfg.targets[*target].name,
+            revision = %revision,
+            "revision baked: its configuration is known good"
+        ),
+        Effect::Notify(_)
+        | Effect::RunStep(_)
+        | Effect::IncidentClosed(_)
+        | Effect::Transition { .. } => {}
+    }
+}
