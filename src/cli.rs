@@ -60,6 +60,11 @@ pub enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Start with an empty state when the state store cannot be read (a damaged
+        /// database, engine memory that does not decode), which otherwise stops the
+        /// start. What cannot be read is kept aside, not deleted.
+        #[arg(long)]
+        discard_state: bool,
     },
     /// Replay recorded readings through a configuration's rules, with no side effects,
     /// and print what would have happened.
@@ -221,9 +226,12 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { files } => check(&files, &mut std::io::stdout()),
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            discard_state,
+        } => {
             init_logging(cli.log_format, "info");
-            run(&config)
+            run(&config, discard_state)
         }
         Command::Replay {
             config,
@@ -842,11 +850,14 @@ fn record(path: &Path, out: &Path, duration: Option<&str>) -> ExitCode {
     })
 }
 
-fn run(path: &Path) -> ExitCode {
+fn run(path: &Path, discard_state: bool) -> ExitCode {
     let cfg = match load_or_exit(path) {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
+    if discard_state && let Err(code) = discard_unreadable_state(&cfg.daemon.state_dir) {
+        return code;
+    }
     let path = path.to_owned();
     runtime().block_on(async move {
         let shutdown = CancellationToken::new();
@@ -874,6 +885,30 @@ fn run(path: &Path) -> ExitCode {
             }
         }
     })
+}
+
+/// `--discard-state`: moves aside what the state store cannot read, before the daemon
+/// opens it, and says so at error level: the breakers, bad marks and open incidents it
+/// held are forgotten.
+fn discard_unreadable_state(state_dir: &Path) -> Result<(), ExitCode> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    match crate::store::discard_unreadable(state_dir, now_ms) {
+        Ok(discarded) => {
+            if discarded.is_empty() {
+                tracing::info!("--discard-state: the state store is readable, nothing discarded");
+            }
+            for d in &discarded {
+                tracing::error!(discarded = %d, "state discarded at the operator's request (--discard-state); rearguard starts without it");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot discard the unreadable state");
+            Err(ExitCode::from(1))
+        }
+    }
 }
 
 /// On every SIGHUP, reads and validates the configuration file again and hands the

@@ -12,17 +12,38 @@
 //! step that had effects and before they are carried out; the audit trail of decisions
 //! (every rule transition with the evidence behind it); and every closed incident.
 //!
-//! The store runs SQL and nothing else: it does not send, decide or read the clock.
+//! One process at a time owns a state directory: [`Store::open`] takes an exclusive lock
+//! on `<state_dir>/rearguard.lock` (with the owner's PID in it) for the store's life, so
+//! a second daemon on the same directory refuses to start rather than act on the same
+//! incidents twice. [`Store::open_read_only`] takes no lock, for readers beside a daemon.
+//!
+//! It refuses a store it cannot trust: a damaged database, or engine memory that does
+//! not decode (starting without it would forget breakers, bad marks and open incidents).
+//! Only the operator discards them ([`discard_unreadable`], `rearguard run
+//! --discard-state`), and what is discarded is kept aside, never deleted.
+//!
+//! The store runs SQL and nothing else: it does not send, decide, log or read the clock.
 //! Calls block for the length of one small transaction; the connection sits behind a
 //! mutex that is never held across an `.await`.
 
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
+
+use crate::engine::Memory;
 
 /// The file name of the database inside the state directory.
 pub const FILE: &str = "rearguard.db";
+
+/// The file name of the lock inside the state directory; it holds the owner's PID.
+pub const LOCK_FILE: &str = "rearguard.lock";
+
+/// The table where `discard_unreadable` keeps an engine memory that cannot be read.
+pub const DISCARDED_MEMORY: &str = "memory_discarded";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,6 +56,55 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("state store: a stored message cannot be read: {0}")]
     Corrupt(String),
+    #[error("cannot lock the state directory through {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Another process holds the state directory.
+    #[error(
+        "the state directory {dir} is in use by another rearguard ({}); two daemons on one state directory would both act on the same incidents, so this one does not start",
+        .holder.map_or_else(|| "its pid is not recorded".to_owned(), |pid| format!("pid {pid}"))
+    )]
+    Locked { dir: PathBuf, holder: Option<u32> },
+    #[error(
+        "the state store {path} is damaged ({reason}); rearguard does not start on it: run `rearguard run --discard-state` to keep it aside as {path}.corrupt-<ms> and start with an empty state"
+    )]
+    Damaged { path: PathBuf, reason: String },
+    #[error(
+        "the state store {path} holds engine memory that cannot be read ({reason}); starting without it would forget the breakers, revisions marked bad and open incidents, so rearguard does not start: run `rearguard run --discard-state` to keep it aside (table memory_discarded) and start with an empty memory"
+    )]
+    UnreadableMemory { path: PathBuf, reason: String },
+    #[error("cannot keep the damaged state store {path} aside: {source}")]
+    KeepAside {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What [`discard_unreadable`] moved aside.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Discarded {
+    /// The whole database, renamed (with its WAL) to `kept_as`.
+    Database { kept_as: PathBuf, reason: String },
+    /// The engine's memory, moved to the table [`DISCARDED_MEMORY`].
+    Memory { reason: String },
+}
+
+impl std::fmt::Display for Discarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Discarded::Database { kept_as, reason } => write!(
+                f,
+                "the damaged database ({reason}), kept as {}",
+                kept_as.display()
+            ),
+            Discarded::Memory { reason } => write!(
+                f,
+                "the engine memory that cannot be read ({reason}), kept in table {DISCARDED_MEMORY}"
+            ),
+        }
+    }
 }
 
 /// Where a message is in its delivery.
@@ -126,6 +196,9 @@ pub struct StepRecord {
 pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// The state directory's lock, released when the store is dropped; none when
+    /// read-only.
+    _lock: Option<DirLock>,
 }
 
 const SCHEMA: &str = "
@@ -175,6 +248,13 @@ CREATE TABLE IF NOT EXISTS audit (
     action   TEXT NOT NULL,
     result   TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS memory_discarded (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    discarded_at_ms INTEGER NOT NULL,
+    reason          TEXT NOT NULL,
+    at_ms,
+    body
+);
 CREATE TABLE IF NOT EXISTS threads (
     notifier  TEXT NOT NULL,
     incident  TEXT NOT NULL,
@@ -186,26 +266,46 @@ CREATE TABLE IF NOT EXISTS threads (
 const COLUMNS: &str = "seq, id, notifier, incident, body, state, attempts, next_at_ms, created_at_ms, last_error, answer";
 
 impl Store {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir`, owning the directory while the
+    /// store lives. Fails if another process owns it (naming its PID), if the database
+    /// is damaged, or if the engine's memory cannot be read (see [`discard_unreadable`]).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let lock = DirLock::take(dir)?;
         let path = dir.join(FILE);
-        let open = |path: &Path| -> rusqlite::Result<Connection> {
-            let conn = Connection::open(path)?;
-            conn.busy_timeout(std::time::Duration::from_secs(5))?;
-            // WAL keeps readers off the writer's back; FULL syncs the log on every
-            // commit, so a committed message survives a power cut, not only a crash.
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "FULL")?;
-            conn.execute_batch(SCHEMA)?;
-            Ok(conn)
+        let conn = match open_checked(&path)? {
+            Opened::Sound(conn) => conn,
+            Opened::Damaged(reason) => return Err(StoreError::Damaged { path, reason }),
+            Opened::BadMemory(_, reason) => {
+                return Err(StoreError::UnreadableMemory { path, reason });
+            }
         };
-        let conn = open(&path).map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
-        })?;
         Ok(Store {
             conn: Mutex::new(conn),
             path,
+            _lock: Some(lock),
+        })
+    }
+
+    /// Opens the existing store in `dir` to read it beside the process that owns it
+    /// (tests, inspection): no lock, no check, no write.
+    pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join(FILE);
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags)
+            .and_then(|conn| {
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                Ok(conn)
+            })
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path,
+            _lock: None,
         })
     }
 
@@ -482,6 +582,176 @@ impl Store {
     }
 }
 
+/// At the operator's request (`rearguard run --discard-state`): moves aside what the
+/// store in `dir` holds that cannot be read, so that the next [`Store::open`] starts
+/// without it. A damaged database is renamed (`rearguard.db.corrupt-<now_ms>`, its WAL
+/// beside it) and a new one begins; an engine memory that cannot be read goes to the
+/// table [`DISCARDED_MEMORY`]. Takes the directory's lock for its length, so it refuses
+/// while a daemon owns it. Returns what it moved, for the caller to log.
+pub fn discard_unreadable(dir: &Path, now_ms: u64) -> Result<Vec<Discarded>, StoreError> {
+    let path = dir.join(FILE);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let _lock = DirLock::take(dir)?;
+    let mut discarded = Vec::new();
+    let mut opened = open_checked(&path)?;
+    if let Opened::Damaged(reason) = opened {
+        let kept_as = keep_aside(&path, now_ms).map_err(|source| StoreError::KeepAside {
+            path: path.clone(),
+            source,
+        })?;
+        discarded.push(Discarded::Database { kept_as, reason });
+        opened = open_checked(&path)?;
+    }
+    match opened {
+        Opened::Sound(_) => {}
+        Opened::BadMemory(mut conn, reason) => {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO memory_discarded (discarded_at_ms, reason, at_ms, body)
+                 SELECT ?1, ?2, at_ms, body FROM memory WHERE id = 1",
+                params![now_ms as i64, reason],
+            )?;
+            tx.execute("DELETE FROM memory WHERE id = 1", [])?;
+            tx.commit()?;
+            discarded.push(Discarded::Memory { reason });
+        }
+        Opened::Damaged(reason) => return Err(StoreError::Damaged { path, reason }),
+    }
+    Ok(discarded)
+}
+
+/// The exclusive lock on a state directory: `flock` on its lock file, released by the
+/// kernel when the file is closed (the store dropped, the process gone, even by
+/// `kill -9`). The file is opened close-on-exec, so commands the daemon runs never
+/// inherit it.
+#[derive(Debug)]
+struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    fn take(dir: &Path) -> Result<DirLock, StoreError> {
+        let path = dir.join(LOCK_FILE);
+        let failed = |source| StoreError::Lock {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(failed)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok());
+                return Err(StoreError::Locked {
+                    dir: dir.to_owned(),
+                    holder,
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(failed(e)),
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .map_err(failed)?;
+        Ok(DirLock { _file: file })
+    }
+}
+
+/// A database opened and checked.
+enum Opened {
+    Sound(Connection),
+    /// The file is not a database, or fails SQLite's integrity check.
+    Damaged(String),
+    /// The database is sound but the engine's memory in it cannot be read.
+    BadMemory(Connection, String),
+}
+
+/// Opens the database at `path` (creating it if needed) and checks what a start relies
+/// on; an error is a failure to open that is not damage (permissions, a missing
+/// directory).
+fn open_checked(path: &Path) -> Result<Opened, StoreError> {
+    let checked = (|| {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // WAL keeps readers off the writer's back; FULL syncs the log on every
+        // commit, so a committed message survives a power cut, not only a crash.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        if let Some(problem) = integrity_problem(&conn)? {
+            return Ok(Opened::Damaged(problem));
+        }
+        conn.execute_batch(SCHEMA)?;
+        Ok(match memory_problem(&conn)? {
+            None => Opened::Sound(conn),
+            Some(reason) => Opened::BadMemory(conn, reason),
+        })
+    })();
+    match checked {
+        Ok(opened) => Ok(opened),
+        Err(e) if is_damage(&e) => Ok(Opened::Damaged(e.to_string())),
+        Err(source) => Err(StoreError::Open {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
+    )
+}
+
+/// What SQLite's `quick_check` finds wrong, if anything (its first lines).
+fn integrity_problem(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    let mut stmt = conn.prepare("PRAGMA quick_check")?;
+    let lines = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .take(3)
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok((lines != ["ok"]).then(|| format!("integrity check: {}", lines.join("; "))))
+}
+
+/// Why the engine's memory cannot be read, if it cannot.
+fn memory_problem(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    let problem = conn
+        .query_row("SELECT body FROM memory WHERE id = 1", [], |r| {
+            Ok(match r.get_ref(0)? {
+                ValueRef::Text(bytes) => match std::str::from_utf8(bytes) {
+                    Ok(json) => Memory::decode(json).err(),
+                    Err(e) => Some(format!("not UTF-8 text: {e}")),
+                },
+                other => Some(format!("stored as {} instead of text", other.data_type())),
+            })
+        })
+        .optional()?;
+    Ok(problem.flatten())
+}
+
+/// Renames the database at `path`, with its WAL and shared-memory files, to
+/// `<path>.corrupt-<now_ms>`; returns the new name.
+fn keep_aside(path: &Path, now_ms: u64) -> std::io::Result<PathBuf> {
+    let kept_as = PathBuf::from(format!("{}.corrupt-{now_ms}", path.display()));
+    std::fs::rename(path, &kept_as)?;
+    for suffix in ["-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", path.display()));
+        if from.exists() {
+            std::fs::rename(&from, format!("{}{suffix}", kept_as.display()))?;
+        }
+    }
+    Ok(kept_as)
+}
+
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Row, StoreError>> {
     let state: String = r.get(5)?;
     let Some(state) = State::parse(&state) else {
@@ -516,6 +786,152 @@ mod tests {
             incident: incident.to_owned(),
             body: format!("{{\"id\":\"{id}\"}}"),
         }
+    }
+
+    /// A store in a fresh directory whose engine memory is `body`, closed again.
+    fn with_memory(body: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let record = StepRecord {
+            memory: Some((7, body.to_owned())),
+            ..StepRecord::default()
+        };
+        Store::open(dir.path())
+            .unwrap()
+            .record_step(&record)
+            .unwrap();
+        dir
+    }
+
+    fn memory_json(version: u32) -> String {
+        serde_json::to_string(&Memory {
+            version,
+            at: crate::engine::Ts(7),
+            paused_all: true,
+            targets: Vec::new(),
+            incidents: Vec::new(),
+            pending: Vec::new(),
+            silenced: Vec::new(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_fails_naming_the_holders_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Locked { holder: Some(pid), .. } if pid == std::process::id()),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        // Readers beside the owner are not blocked.
+        let reader = Store::open_read_only(dir.path()).unwrap();
+        owner.audit(1, "ops", "pause", "ok").unwrap();
+        assert_eq!(reader.audit_trail().unwrap().len(), 1);
+        drop(owner);
+        Store::open(dir.path()).expect("the lock ends with its store");
+    }
+
+    #[test]
+    fn engine_memory_that_cannot_be_read_stops_the_open_until_discarded() {
+        let dir = with_memory("{\"version\": 1, \"targets\": [tru");
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::UnreadableMemory { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("--discard-state"), "{err}");
+        Store::open(dir.path()).expect_err("refused again: nothing was dropped");
+
+        let discarded = discard_unreadable(dir.path(), 99).unwrap();
+        assert!(
+            matches!(&discarded[..], [Discarded::Memory { reason }] if reason.contains("JSON")),
+            "{discarded:?}"
+        );
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.memory().unwrap(), None);
+        let kept: (i64, i64, String) = store
+            .conn()
+            .query_row(
+                "SELECT discarded_at_ms, at_ms, body FROM memory_discarded",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            kept,
+            (99, 7, "{\"version\": 1, \"targets\": [tru".to_owned())
+        );
+    }
+
+    #[test]
+    fn memory_of_another_layout_version_is_refused_and_readable_memory_kept() {
+        let dir = with_memory(&memory_json(VERSION_OTHER));
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("layout version"), "{err}");
+
+        let dir = with_memory(&memory_json(Memory::VERSION));
+        assert_eq!(discard_unreadable(dir.path(), 1).unwrap(), Vec::new());
+        let (at, body) = Store::open(dir.path()).unwrap().memory().unwrap().unwrap();
+        assert_eq!((at, body), (7, memory_json(Memory::VERSION)));
+    }
+
+    const VERSION_OTHER: u32 = Memory::VERSION + 1;
+
+    #[test]
+    fn a_file_that_is_not_a_database_stops_the_open_until_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = "not a database ".repeat(100);
+        std::fs::write(dir.path().join(FILE), &junk).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
+        assert!(err.to_string().contains("--discard-state"), "{err}");
+
+        let discarded = discard_unreadable(dir.path(), 1234).unwrap();
+        let kept_as = dir.path().join(format!("{FILE}.corrupt-1234"));
+        assert!(
+            matches!(&discarded[..], [Discarded::Database { kept_as: k, .. }] if *k == kept_as),
+            "{discarded:?}"
+        );
+        assert_eq!(std::fs::read_to_string(&kept_as).unwrap(), junk);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.memory().unwrap(), None);
+    }
+
+    #[test]
+    fn a_database_with_a_damaged_page_stops_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let many: Vec<NewMessage> = (0..200)
+                .map(|i| message(&format!("m{i}"), "s", "i"))
+                .collect();
+            store.enqueue(&many, 1).unwrap();
+        }
+        // Page 2 onwards (page size 4096) overwritten with garbage; the header is intact.
+        let path = dir.path().join(FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 3 * 4096, "{}", bytes.len());
+        bytes[4096..3 * 4096].fill(0xA5);
+        std::fs::write(&path, bytes).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn discarding_refuses_while_another_process_owns_the_directory() {
+        let dir = with_memory("garbage");
+        let _owner = Store::open_read_only(dir.path()).unwrap();
+        let lock = DirLock::take(dir.path()).unwrap();
+        let err = discard_unreadable(dir.path(), 1).unwrap_err();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+        drop(lock);
+        assert_eq!(discard_unreadable(dir.path(), 1).unwrap().len(), 1);
     }
 
     #[test]

@@ -90,6 +90,26 @@ pub struct PendingMemory {
     pub due: Ts,
 }
 
+impl Memory {
+    /// The layout version this rearguard writes and reads.
+    pub const VERSION: u32 = VERSION;
+
+    /// Reads memory as the state store keeps it (JSON), refusing what this version of
+    /// rearguard cannot take back whole: text that is not the memory's JSON, or memory
+    /// of another layout version. The reason says which.
+    pub fn decode(json: &str) -> Result<Memory, String> {
+        let memory: Memory =
+            serde_json::from_str(json).map_err(|e| format!("not valid memory JSON: {e}"))?;
+        if memory.version != VERSION {
+            return Err(format!(
+                "memory of layout version {}, this rearguard reads version {VERSION}",
+                memory.version
+            ));
+        }
+        Ok(memory)
+    }
+}
+
 impl Engine {
     /// The engine's durable state now.
     pub fn memory(&self, at: Ts) -> Memory {

@@ -490,7 +490,7 @@ async fn a_step_is_not_started_once_another_replica_holds_the_lease() {
     );
     // The step is left unrecorded: ordered, never finished, so that this store's next
     // restore escalates it rather than running it (or counting a failed rollback).
-    let (_, body) = rearguard::store::Store::open(a.dir.path())
+    let (_, body) = rearguard::store::Store::open_read_only(a.dir.path())
         .unwrap()
         .memory()
         .unwrap()

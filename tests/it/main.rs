@@ -44,6 +44,7 @@ mod scenarios;
 mod scrape;
 mod smtp;
 mod sources;
+mod state_lock;
 mod support;
 mod systemd;
 mod unit;

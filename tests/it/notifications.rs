@@ -279,7 +279,7 @@ timeout = "1s"
     let accepted_before = hook.requests().len();
     let mut second = run("second.log");
     support::poll_until(Duration::from_secs(20), || {
-        Store::open(&state).is_ok_and(|s| {
+        Store::open_read_only(&state).is_ok_and(|s| {
             let ids: Vec<&str> = before.iter().map(|m| m.id.as_str()).collect();
             s.messages().is_ok_and(|all| {
                 all.iter()

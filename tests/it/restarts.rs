@@ -55,7 +55,7 @@ fn spawn(cfg: &Path) -> tokio::process::Child {
 
 /// The engine's memory as the state store has it.
 fn memory(state: &Path) -> Memory {
-    let (_, body) = Store::open(state)
+    let (_, body) = Store::open_read_only(state)
         .unwrap()
         .memory()
         .unwrap()
@@ -70,7 +70,10 @@ fn latest_incident(state: &Path) -> Option<rearguard::engine::Incident> {
         return Some(open.incident.clone());
     }
     let id = m.targets[0].last_incident_id.clone()?;
-    let body = Store::open(state).unwrap().closed_incident(&id).unwrap()?;
+    let body = Store::open_read_only(state)
+        .unwrap()
+        .closed_incident(&id)
+        .unwrap()?;
     Some(serde_json::from_str(&body).unwrap())
 }
 
@@ -175,7 +178,7 @@ async fn kill_9_during_verification_resumes_it_and_the_rollback_completes() {
     std::fs::write(&cfg, text).unwrap();
     let state = f.path().join("state");
     let verifying = || {
-        Store::open(&state)
+        Store::open_read_only(&state)
             .ok()
             .and_then(|s| s.memory().ok().flatten())
             .and_then(|(_, body)| serde_json::from_str::<Memory>(&body).ok())
@@ -209,7 +212,7 @@ async fn kill_9_during_verification_resumes_it_and_the_rollback_completes() {
         .filter(|l| l.ends_with("start"))
         .count();
     assert_eq!(starts, 3, "every step ran once: {:?}", log_lines(f.path()));
-    let closed = Store::open(&state)
+    let closed = Store::open_read_only(&state)
         .unwrap()
         .closed_incident(&report_id(&report))
         .unwrap()
