@@ -202,12 +202,15 @@ struct Shared {
 }
 
 impl Shared {
-    /// Binds `daemon.listen` and opens the state store of `cfg`.
+    /// Opens the state store of `cfg` (locking its directory), then binds `daemon.listen`.
     async fn open(
         cfg: &Config,
         client: reqwest::Client,
         opts: &mut Options,
     ) -> Result<Shared, StartError> {
+        // The store first: its lock on the state directory names the daemon already
+        // running there, which a busy port would otherwise hide.
+        let store = Arc::new(Store::open(&cfg.daemon.state_dir)?);
         let listen = cfg.daemon.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -217,7 +220,6 @@ impl Shared {
                 source,
             })?;
         let listening = listener.local_addr().unwrap_or(listen);
-        let store = Arc::new(Store::open(&cfg.daemon.state_dir)?);
         Ok(Shared {
             client,
             store,
