@@ -493,22 +493,27 @@ pub fn describe_span(from: Ts, to: Ts) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::time::Duration;
 
-    fn cfg() -> Config {
-        crate::config::load_str(
-            r#"
-[[target]]
-name = "shop"
+    /// A Prometheus error-rate signal `errors` of the target `shop`, as TOML.
+    pub(crate) const ERRORS_SIGNAL: &str = r#"
 [[signal]]
 name = "errors"
 target = "shop"
 type = "prometheus"
 url = "http://127.0.0.1:9090"
 error_rate = { requests = "http_requests_total", errors = 'code=~"5.."' }
+"#;
+
+    fn cfg() -> Config {
+        let text = format!(
+            r#"
+[[target]]
+name = "shop"
+{ERRORS_SIGNAL}
 [[signal]]
 name = "health"
 target = "shop"
@@ -524,8 +529,11 @@ name = "p95"
 target = "shop"
 type = "prometheus"
 url = "http://127.0.0.1:9090"
-latency = { histogram = "h_bucket" }
-"#,
+latency = {{ histogram = "h_bucket" }}
+"#
+        );
+        crate::config::load_str(
+            &text,
             crate::config::Format::Toml,
             std::iter::empty(),
             std::path::Path::new("."),

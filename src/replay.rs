@@ -1051,21 +1051,17 @@ notify = ["log"]
 
     #[test]
     fn a_recording_replays_the_decisions_and_evidence_of_the_readings_it_was_made_from() {
-        let cfg = cfg(r#"
-[[signal]]
-name = "errors"
-target = "shop"
-type = "prometheus"
-url = "http://127.0.0.1:9090"
-error_rate = { requests = "http_requests_total", errors = 'code=~"5.."' }
-interval = "1s"
+        let errors = crate::recording::tests::ERRORS_SIGNAL;
+        let cfg = cfg(&format!(
+            r#"{errors}interval = "1s"
 
 [[rule]]
 name = "errors-high"
 signal = "errors"
 when = "> 5%"
 consecutive = 1
-"#);
+"#
+        ));
         let rows = vec![
             change(0, "v1").unwrap(),
             // 10 of 202 is 4.95%: not above 5%, live or replayed.
