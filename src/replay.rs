@@ -632,10 +632,57 @@ impl Summary {
     }
 }
 
+/// Test support: replaying inputs the way the daemon's engine took them, and the way
+/// `rearguard replay` takes them after `rearguard record` wrote them.
+#[cfg(test)]
+pub(crate) mod support {
+    use super::*;
+
+    /// Every effect of a replay with its time, and the summary.
+    pub(crate) type Replayed = (Summary, Vec<(Ts, Effect)>);
+
+    /// Replays `rows` (readings and changes in time order) as they are, with the
+    /// daemon's ticks between them.
+    pub(crate) fn replay_inputs(cfg: &Config, rows: &[(Ts, Input)], opts: &Options) -> Replayed {
+        let mut seen = Vec::new();
+        let summary = run(cfg, rows.iter().cloned().map(Ok), opts, &mut |t, e| {
+            seen.push((t, e.clone()))
+        })
+        .expect("rows given as inputs have no row errors");
+        (summary, seen)
+    }
+
+    /// Writes `rows` as a recording (each at its time, as `record` does), reads it
+    /// back and replays it; a row that does not read back is the error.
+    pub(crate) fn replay_recorded(
+        cfg: &Config,
+        rows: &[(Ts, Input)],
+        opts: &Options,
+    ) -> Result<Replayed, RowError> {
+        let mut csv = Vec::new();
+        let mut writer = crate::recording::Writer::new(&mut csv).expect("writes to memory");
+        for (at, input) in rows {
+            writer
+                .input(cfg, *at, input)
+                .expect("a reading or a change");
+        }
+        writer.flush().expect("writes to memory");
+        drop(writer);
+        let mut seen = Vec::new();
+        let summary = run(
+            cfg,
+            crate::recording::read(cfg, csv.as_slice()),
+            opts,
+            &mut |t, e| seen.push((t, e.clone())),
+        )?;
+        Ok((summary, seen))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Measure, Reading, ReadingState};
+    use crate::engine::{Measure, Phase, Reading, ReadingState};
 
     /// 2026-11-22T10:00:00Z.
     const T0: u64 = 1_795_341_600;
@@ -962,5 +1009,100 @@ notify = ["log"]
         );
         let err = run(&cfg, rows.into_iter(), &Options::default(), &mut |_, _| {}).unwrap_err();
         assert_eq!(err.line, 4);
+    }
+
+    fn rate(s: u64, errors: f64, requests: f64) -> (Ts, Input) {
+        (
+            at(s),
+            Input::Reading(Reading {
+                signal: 1,
+                state: ReadingState::Value(Measure::Rate { errors, requests }),
+            }),
+        )
+    }
+
+    fn failed_probe(s: u64, detail: &str) -> (Ts, Input) {
+        (
+            at(s),
+            Input::Reading(Reading {
+                signal: 0,
+                state: ReadingState::Value(Measure::Check {
+                    ok: false,
+                    detail: Some(detail.to_owned()),
+                }),
+            }),
+        )
+    }
+
+    /// Each change of a rule: when, to which phase, and the evidence.
+    fn rule_changes(cfg: &Config, seen: &[(Ts, Effect)], rule: &str) -> Vec<(Ts, Phase, String)> {
+        seen.iter()
+            .filter_map(|(t, e)| match e {
+                Effect::RuleChanged {
+                    rule: r,
+                    transition,
+                } if cfg.rules[*r].name == rule => {
+                    Some((*t, transition.to, transition.evidence.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_recording_replays_the_decisions_and_evidence_of_the_readings_it_was_made_from() {
+        let errors = crate::recording::tests::ERRORS_SIGNAL;
+        let cfg = cfg(&format!(
+            r#"{errors}interval = "1s"
+
+[[rule]]
+name = "errors-high"
+signal = "errors"
+when = "> 5%"
+consecutive = 1
+"#
+        ));
+        let rows = vec![
+            change(0, "v1").unwrap(),
+            // 10 of 202 is 4.95%: not above 5%, live or replayed.
+            rate(1, 10.0, 202.0),
+            // Prometheus's increase() counts are fractional: 54.5 of 200. A ratio times
+            // the requests gave back 54.50000000000001, which the evidence rounds to 55.
+            rate(2, 54.5, 200.0),
+            rate(3, 0.0, 200.0),
+            // Errors above requests, when the two increase()s extrapolate differently
+            // in an outage: a ratio above 1, which a recording of ratios refused.
+            rate(4, 203.5, 202.9),
+            failed_probe(5, "HTTP 503 Service Unavailable"),
+            failed_probe(6, "HTTP 503 Service Unavailable"),
+        ];
+        let opts = Options::default();
+        let (live_summary, live) = support::replay_inputs(&cfg, &rows, &opts);
+        let errors_high = rule_changes(&cfg, &live, "errors-high");
+        let when: Vec<(Ts, Phase)> = errors_high.iter().map(|(t, p, _)| (*t, *p)).collect();
+        assert_eq!(
+            when,
+            [
+                (at(2), Phase::Firing),
+                (at(3), Phase::Ok),
+                (at(4), Phase::Firing)
+            ],
+            "{errors_high:#?}"
+        );
+        assert!(
+            errors_high[0].2.contains("(54/200 requests)"),
+            "{errors_high:?}"
+        );
+        let down = rule_changes(&cfg, &live, "down");
+        assert!(
+            down.iter()
+                .any(|(_, _, e)| e.contains("check failed: HTTP 503 Service Unavailable")),
+            "{down:#?}"
+        );
+
+        let (summary, replayed) = support::replay_recorded(&cfg, &rows, &opts)
+            .unwrap_or_else(|e| panic!("the recording does not replay: {e}"));
+        assert_eq!(replayed, live);
+        assert_eq!(summary, live_summary);
     }
 }

@@ -12,7 +12,7 @@ import os
 HERE = os.path.dirname(os.path.abspath(__file__))
 # 2026-11-22T10:00:00Z
 T0 = 1795341600
-HEADER = "time,kind,target,signal,state,value,requests"
+HEADER = "time,kind,target,signal,state,value,requests,detail"
 
 
 def ts(s):
@@ -28,22 +28,24 @@ class Recording:
         self.target = target
 
     def change(self, s, rev):
-        self.rows.append((s, f"{ts(s)},change,{self.target},,,{rev},"))
+        self.rows.append((s, f"{ts(s)},change,{self.target},,,{rev},,"))
 
-    def rate(self, s, signal, ratio, requests):
-        self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},value,{ratio:g},{requests}"))
+    def rate(self, s, signal, errors, requests):
+        # Counts, as the engine judges them: `errors` of `requests`.
+        self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},value,{errors},{requests},"))
 
     def number(self, s, signal, v):
-        self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},value,{v:.4f},"))
+        self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},value,{v:.4f},,"))
 
     def check(self, s, signal, ok):
-        self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},value,{1 if ok else 0},"))
+        detail = "" if ok else "HTTP 503 Service Unavailable"
+        self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},value,{1 if ok else 0},,{detail}"))
 
     def event(self, s, signal, key):
-        self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},value,{key},"))
+        self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},value,{key},,"))
 
     def error(self, s, signal, why):
-        self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},error,{why},"))
+        self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},error,{why},,"))
 
     def write(self, name):
         # A stable sort keeps rows of the same second in the order they were added.
@@ -55,31 +57,31 @@ class Recording:
                 f.write(line + "\n")
 
 
-def errors_with_rollback(name, after_rollback_ratio):
-    """v2 serves 8% errors from its deploy at 5m; whoever rolls back switches to v1 at
-    6m30s (the recording shows the revision going back); after it the error ratio is
-    `after_rollback_ratio`."""
+def errors_with_rollback(name, after_rollback_errors):
+    """v2 serves 8% errors (80 of 1000 requests) from its deploy at 5m; whoever rolls back
+    switches to v1 at 6m30s (the recording shows the revision going back); after it
+    `after_rollback_errors` of 1000 requests fail."""
     r = Recording()
     r.change(0, "v1")
     for s in range(5, 12 * 60 + 1, 5):
         if s <= 5 * 60:
-            ratio = 0.003
+            errors = 3
         elif s <= 6 * 60 + 30:
-            ratio = 0.08
+            errors = 80
         else:
-            ratio = after_rollback_ratio
-        r.rate(s, "errors", ratio, 1000)
+            errors = after_rollback_errors
+        r.rate(s, "errors", errors, 1000)
     r.change(5 * 60, "v2")
     r.change(6 * 60 + 30, "v1")
     r.write(name)
 
 
 def bad_deploy():
-    errors_with_rollback("bad-deploy-8pct-errors", 0.002)
+    errors_with_rollback("bad-deploy-8pct-errors", 2)
 
 
 def rollback_does_not_fix():
-    errors_with_rollback("rollback-does-not-fix", 0.08)
+    errors_with_rollback("rollback-does-not-fix", 80)
 
 
 def night_small_samples():
@@ -91,9 +93,9 @@ def night_small_samples():
     r.change(60, "v42")
     for i, s in enumerate(range(90, 15 * 60 + 1, 30)):
         if i % 2 == 0:
-            r.rate(s, "errors", 1 / 3, 3)
+            r.rate(s, "errors", 1, 3)
         else:
-            r.rate(s, "errors", 0.08, 25)
+            r.rate(s, "errors", 2, 25)
     r.write("night-one-error-in-three")
 
 
@@ -103,7 +105,7 @@ def spike_inside_for():
     r.change(60, "v2")
     for s in range(5, 12 * 60 + 1, 5):
         spike = 4 * 60 <= s < 4 * 60 + 30
-        r.rate(s, "errors", 0.20 if spike else 0.004, 1000)
+        r.rate(s, "errors", 200 if spike else 4, 1000)
     r.write("spike-30s-inside-5m-for")
 
 
@@ -115,7 +117,7 @@ def prometheus_down():
         if 5 * 60 <= s < 15 * 60:
             r.error(s, "errors", "Get http://prometheus:9090/api/v1/query: connection refused")
         else:
-            r.rate(s, "errors", 0.003, 1000)
+            r.rate(s, "errors", 3, 1000)
     r.write("prometheus-down-10m")
 
 
