@@ -32,6 +32,9 @@
 
 mod common;
 
+#[path = "common/alerting.rs"]
+mod alerting;
+
 #[path = "../tests/it/support.rs"]
 mod support;
 
@@ -44,18 +47,16 @@ mod workload;
 mod promstack;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::{get, post};
+use axum::routing::get;
 use common::median;
-use rearguard::config::{self, Format};
 use rearguard::daemon::Event;
 use rearguard::engine::Effect;
 use tokio::process::{Child, Command};
@@ -116,40 +117,36 @@ impl Case {
 
     /// rearguard's `[[signal]]` and `[[rule]]` for this case.
     fn rearguard(self, prom: &str, health: &str) -> String {
+        // Both Prometheus cases query every 1 s over a 3 s window and hold for 10 s.
+        let prometheus = |query: &str, rule: &str, when: &str| {
+            format!(
+                r#"[[signal]]
+name = "s"
+target = "bench"
+type = "prometheus"
+url = "{prom}"
+interval = "1s"
+timeout = "900ms"
+window = "3s"
+{query}
+[[rule]]
+name = "{rule}"
+signal = "s"
+when = "{when}"
+for = "10s"
+"#
+            )
+        };
         match self {
-            Case::ErrorRate => format!(
-                r#"[[signal]]
-name = "s"
-target = "bench"
-type = "prometheus"
-url = "{prom}"
-interval = "1s"
-timeout = "900ms"
-window = "3s"
-error_rate = {{ requests = "http_requests_total", errors = 'code="500"' }}
-[[rule]]
-name = "error-rate"
-signal = "s"
-when = "> 5%"
-for = "10s"
-"#
+            Case::ErrorRate => prometheus(
+                r#"error_rate = { requests = "http_requests_total", errors = 'code="500"' }"#,
+                "error-rate",
+                "> 5%",
             ),
-            Case::P95 => format!(
-                r#"[[signal]]
-name = "s"
-target = "bench"
-type = "prometheus"
-url = "{prom}"
-interval = "1s"
-timeout = "900ms"
-window = "3s"
-latency = {{ histogram = "http_request_duration_seconds_bucket", quantile = 0.95 }}
-[[rule]]
-name = "p95"
-signal = "s"
-when = "> 200ms"
-for = "10s"
-"#
+            Case::P95 => prometheus(
+                r#"latency = { histogram = "http_request_duration_seconds_bucket", quantile = 0.95 }"#,
+                "p95",
+                "> 200ms",
             ),
             Case::Health => format!(
                 r#"[[signal]]
@@ -238,20 +235,6 @@ const AM_DEFAULT: &str = "route:\n  receiver: hook\nreceivers:\n  - name: hook\n
 /// Tuned for speed: no grouping wait.
 const AM_TUNED: &str = "route:\n  receiver: hook\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: URL\n";
 
-/// Records when the first firing webhook arrived.
-#[derive(Clone, Default)]
-struct Hook {
-    first: Arc<Mutex<Option<Instant>>>,
-}
-
-async fn receive(State(hook): State<Hook>, body: String) -> &'static str {
-    if body.contains("\"firing\"") {
-        let mut first = hook.first.lock().unwrap();
-        first.get_or_insert_with(Instant::now);
-    }
-    "ok"
-}
-
 /// The health endpoint (`/health`, and `/metrics` for Prometheus's scrape): 200 with an
 /// empty body while healthy, 503 after the fault. Counts requests by prober.
 #[derive(Default)]
@@ -282,19 +265,6 @@ async fn health(State(h): State<Arc<Health>>, headers: HeaderMap) -> StatusCode 
     }
 }
 
-/// The path of an installed program, or a panic that says how to install it.
-fn binary(name: &str, package: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
-        let p = PathBuf::from(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!(
-        "{name} is not installed; install it with `apt-get install -y {package}` (scripts/bench does this)"
-    );
-}
-
 /// monit in the foreground with its own control file, pid, state and id files in a
 /// temporary directory; killed by PID when dropped.
 struct Monit {
@@ -306,7 +276,7 @@ impl Monit {
     /// Checks `GET /health` on `port` every second; after 3 failed cycles it runs a script
     /// that writes the wall-clock time to `fired`.
     fn start(port: u16) -> Monit {
-        let bin = binary("monit", "monit");
+        let bin = common::installed("monit", "monit");
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path().display();
         let script = dir.path().join("fired.sh");
@@ -385,24 +355,25 @@ async fn one_run(case: Case, phase: f64) -> Times {
             .with_state(Arc::clone(&health_state)),
     )
     .await;
-    let hooks = [Hook::default(), Hook::default()];
-    let mut servers = Vec::new();
-    for hook in &hooks {
-        let app = Router::new()
-            .route("/hook", post(receive))
-            .with_state(hook.clone());
-        servers.push(support::serve(app).await);
-    }
-    let am_default =
-        promstack::alertmanager(&AM_DEFAULT.replace("URL", &servers[0].url("/hook"))).await;
-    let am_tuned =
-        promstack::alertmanager(&AM_TUNED.replace("URL", &servers[1].url("/hook"))).await;
+    let default = alerting::start(AM_DEFAULT).await;
+    let tuned = alerting::start(AM_TUNED).await;
     let health_instance = health_server.addr.to_string();
     let rules = case.prometheus_rule(&health_instance);
     let targets = [w.target(), health_instance.clone()];
-    let prom = promstack::prometheus(&targets, "1s", Some(&rules), Some(&am_default.addr())).await;
-    let prom_tuned =
-        promstack::prometheus(&targets, "1s", Some(&rules), Some(&am_tuned.addr())).await;
+    let prom = promstack::prometheus(
+        &targets,
+        "1s",
+        Some(&rules),
+        Some(&default.alertmanager.addr()),
+    )
+    .await;
+    let prom_tuned = promstack::prometheus(
+        &targets,
+        "1s",
+        Some(&rules),
+        Some(&tuned.alertmanager.addr()),
+    )
+    .await;
     let monit = Path::Monit
         .applies(case)
         .then(|| Monit::start(health_server.addr.port()));
@@ -433,23 +404,18 @@ command = ["true"]
         dir = dir.path().display(),
         signal = case.rearguard(&prom.url(), &health_server.url("/health")),
     );
-    let cfg = config::load_str(&text, Format::Toml, std::iter::empty(), dir.path())
-        .expect("bench config");
-    let common::Daemon {
-        events: mut rx,
-        shutdown,
-        handle,
-    } = common::Daemon::spawn(cfg);
+    let mut daemon = common::Daemon::spawn(support::config(&text));
     tokio::time::sleep(WARMUP + Duration::from_secs_f64(phase)).await;
 
     // Before onset every path must be watching, and none may have acted.
     let mut early = Vec::new();
-    while let Ok(event) = rx.try_recv() {
+    while let Ok(event) = daemon.events.try_recv() {
         if let Event::Effect(_, Effect::RunStep(_)) = event {
             early.push("rearguard");
         }
     }
-    if hooks.iter().any(|h| h.first.lock().unwrap().is_some()) {
+    let hooks = [&default.hook, &tuned.hook];
+    if hooks.iter().any(|h| h.first().is_some()) {
         early.push("an Alertmanager webhook");
     }
     if monit.as_ref().is_some_and(|m| m.fired().is_some()) {
@@ -494,12 +460,12 @@ command = ["true"]
                 .map(|t| Duration::from_secs_f64((t - onset_wall).max(0.0)));
         }
         let done = rearguard.is_some()
-            && hooks.iter().all(|h| h.first.lock().unwrap().is_some())
+            && hooks.iter().all(|h| h.first().is_some())
             && (monit.is_none() || monit_at.is_some());
         if done || Instant::now() >= deadline {
             break;
         }
-        match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
+        match tokio::time::timeout(Duration::from_millis(50), daemon.events.recv()).await {
             Ok(Some(Event::Effect(_, Effect::RunStep(_)))) if rearguard.is_none() => {
                 rearguard = Some(onset.elapsed());
             }
@@ -507,25 +473,22 @@ command = ["true"]
             Ok(None) => break,
         }
     }
-    shutdown.cancel();
-    let _ = handle.await;
+    daemon.stop().await;
     if let Some(m) = monit {
         if monit_at.is_none() {
             println!("  monit did not act; its log:\n{}", m.log());
         }
         m.kill().await;
     }
-    let since = |h: &Hook| h.first.lock().unwrap().map(|t| t.duration_since(onset));
-    drop((
-        prom,
-        prom_tuned,
-        am_default,
-        am_tuned,
-        servers,
-        health_server,
-        w,
-    ));
-    [rearguard, since(&hooks[1]), since(&hooks[0]), monit_at]
+    let since = |h: &alerting::Hook| h.first().map(|t| t.duration_since(onset));
+    let times = [
+        rearguard,
+        since(&tuned.hook),
+        since(&default.hook),
+        monit_at,
+    ];
+    drop((prom, prom_tuned, default, tuned, health_server, w));
+    times
 }
 
 fn secs(d: Option<Duration>) -> String {
@@ -607,13 +570,9 @@ fn report(case: Case, results: &[Times]) {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runs) = common::runs(3) else {
         return;
-    }
-    let runs: usize = std::env::var("RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    };
     let cases: Vec<Case> = match std::env::var("CASES") {
         Ok(list) => list
             .split(',')
@@ -629,10 +588,10 @@ fn main() {
         Err(_) => Case::ALL.to_vec(),
     };
     // Check for every program before the first run, not minutes into it.
-    binary("prometheus", "prometheus");
-    binary("prometheus-alertmanager", "prometheus-alertmanager");
+    common::installed("prometheus", "prometheus");
+    common::installed("prometheus-alertmanager", "prometheus-alertmanager");
     if cases.contains(&Case::Health) {
-        binary("monit", "monit");
+        common::installed("monit", "monit");
     }
     let started = Instant::now();
     let rt = tokio::runtime::Runtime::new().unwrap();

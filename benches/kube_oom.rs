@@ -25,12 +25,9 @@ mod common;
 #[path = "../tests/it/support.rs"]
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::median;
-use rearguard::daemon::Event;
-use rearguard::engine::{Effect, Phase};
 use serde_json::{Value, json};
 
 use kube_fake::KubeFake;
@@ -86,87 +83,23 @@ async fn one_run() -> RunResult {
         set(&fake, pod(name, false));
     }
     let dir = tempfile::tempdir().unwrap();
-    let revision = dir.path().join("revision");
-    std::fs::write(&revision, "v1\n").unwrap();
-    let toml = format!(
-        r#"
-[daemon]
-state_dir = "{dir}/state"
-listen = "127.0.0.1:0"
-tick = "1s"
-
-[kubernetes]
-kubeconfig = "{kubeconfig}"
-
-[[target]]
-name = "web"
-plan = "back"
-blame_window = "5m"
-change = {{ type = "exec", command = ["/bin/sh", "-c", "touch {dir}/looked; cat {dir}/revision"], interval = "100ms" }}
-
-[[signal]]
-name = "oom"
-target = "web"
-type = "kube_pods"
+    let revision = common::Revision::new(dir.path());
+    let kubernetes = format!(
+        r#"[kubernetes]
+kubeconfig = "{}""#,
+        fake.kubeconfig().display()
+    );
+    let signal = format!(
+        r#"type = "kube_pods"
 namespace = "{NS}"
 selector = "app=web"
 event = "oom_killed"
-interval = "1h"
-
-[[rule]]
-name = "oom"
-signal = "oom"
-when = "> 2"
-within = "1m"
-
-[[plan]]
-name = "back"
-[[plan.step]]
-name = "noop"
-type = "exec"
-command = ["/bin/true"]
-[plan.verify]
-window = "1m"
-"#,
-        dir = dir.path().display(),
-        kubeconfig = fake.kubeconfig().display(),
+interval = "1h""#
     );
-    let cfg = rearguard::config::load_str(
-        &toml,
-        rearguard::config::Format::Toml,
-        std::iter::empty(),
-        Path::new("."),
-    )
-    .expect("valid configuration");
-    let common::Daemon {
-        events: mut rx,
-        shutdown,
-        handle,
-    } = common::Daemon::spawn(cfg);
-    // Started, and the revision looked at twice (the first look saw v1); then v2 is
-    // deployed and observed: a kill after it may be acted on.
-    loop {
-        match rx.recv().await {
-            Some(Event::Started) => break,
-            Some(_) => {}
-            None => panic!("the daemon stopped"),
-        }
-    }
-    let looked = dir.path().join("looked");
-    for _ in 0..2 {
-        let _ = std::fs::remove_file(&looked);
-        support::poll_until(Duration::from_secs(10), || looked.exists())
-            .await
-            .expect("the daemon looks at the revision");
-    }
-    std::fs::write(&revision, "v2\n").unwrap();
-    loop {
-        match rx.recv().await {
-            Some(Event::Effect(_, Effect::ChangeObserved { to, .. })) if to == "v2" => break,
-            Some(_) => {}
-            None => panic!("the daemon stopped"),
-        }
-    }
+    let cfg = common::oom_config(dir.path(), &revision, &kubernetes, &signal);
+    let mut daemon = common::Daemon::spawn(cfg);
+    daemon.started().await;
+    revision.deploy(&mut daemon).await;
     support::poll_until(Duration::from_secs(10), || {
         fake.requests()
             .iter()
@@ -174,23 +107,7 @@ window = "1m"
     })
     .await
     .expect("the daemon watches the pods");
-    let decided = tokio::spawn(async move {
-        let mut firing = None;
-        loop {
-            match rx.recv().await {
-                Some(Event::Effect(_, Effect::RuleChanged { transition, .. }))
-                    if transition.to == Phase::Firing =>
-                {
-                    firing.get_or_insert(Instant::now());
-                }
-                Some(Event::Effect(_, Effect::RunStep(_))) => {
-                    return (firing.expect("the rule fired first"), Instant::now());
-                }
-                Some(_) => {}
-                None => panic!("the daemon stopped before deciding"),
-            }
-        }
-    });
+    let decided = daemon.decision();
     let mut third = None;
     for (i, name) in names.iter().enumerate() {
         if i > 0 {
@@ -202,30 +119,25 @@ window = "1m"
         third = Some(at);
     }
     let third = third.unwrap();
-    let (firing, step) = tokio::time::timeout(Duration::from_secs(30), decided)
+    let decision = tokio::time::timeout(Duration::from_secs(30), decided)
         .await
         .expect("rearguard decides within 30 s")
         .expect("the observer task");
-    shutdown.cancel();
-    let _ = handle.await;
+    daemon.stop().await;
+    let firing = decision.firing.expect("the rule fired first");
     // A rule that fired before the third kill would be a wrong measurement, not a fast one.
     assert!(firing >= third, "the rule fired before the third kill");
     let ms = |t: Instant| t.duration_since(third).as_secs_f64() * 1000.0;
     RunResult {
         to_firing: ms(firing),
-        to_step: ms(step),
+        to_step: ms(decision.step),
     }
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runs) = common::runs(20) else {
         return;
-    }
-    let runs: usize = std::env::var("RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(20);
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut results = Vec::new();
     for i in 0..runs {

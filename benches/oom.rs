@@ -34,6 +34,9 @@
 
 mod common;
 
+#[path = "common/alerting.rs"]
+mod alerting;
+
 #[path = "../tests/it/support.rs"]
 mod support;
 
@@ -41,7 +44,6 @@ mod support;
 #[path = "../tests/it/promstack.rs"]
 mod promstack;
 
-use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -50,12 +52,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::State;
-use axum::routing::post;
 use common::median;
-use rearguard::daemon::Event;
-use rearguard::engine::Effect;
 
 const V1_MEMORY: &str = "/sys/fs/cgroup/memory";
 
@@ -182,17 +179,6 @@ fn host_kills() -> u64 {
         .expect("/proc/vmstat has oom_kill")
 }
 
-/// The path of an installed program, or a panic that says how to install it.
-fn installed(name: &str, package: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} is not installed; install it with `apt-get install -y {package}`");
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -239,7 +225,7 @@ impl Helper {
 /// The node exporter on a free loopback port with only the vmstat collector, ready when
 /// it serves `node_vmstat_oom_kill`.
 async fn node_exporter(dir: &Path) -> (Helper, String) {
-    let bin = installed("prometheus-node-exporter", "prometheus-node-exporter");
+    let bin = common::installed("prometheus-node-exporter", "prometheus-node-exporter");
     let addr = format!("127.0.0.1:{}", free_port());
     let mut helper = Helper::spawn(
         &bin,
@@ -276,7 +262,7 @@ async fn node_exporter(dir: &Path) -> (Helper, String) {
 /// monit in the foreground with a 1 s cycle: its `check program` fails once the cgroup
 /// has counted `KILLS` kills, and the failure's action touches `fired`.
 fn monit(dir: &Path, cgroup: &Path, fired: &Path) -> Helper {
-    let bin = installed("monit", "monit");
+    let bin = common::installed("monit", "monit");
     let check = dir.join("oom-check.sh");
     std::fs::write(
         &check,
@@ -320,34 +306,6 @@ async fn samples(client: &reqwest::Client, prom: &str) -> f64 {
         .as_str()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
-}
-
-/// Records when each alert's first firing webhook arrived.
-#[derive(Clone, Default)]
-struct Hook {
-    first: Arc<Mutex<HashMap<String, Instant>>>,
-}
-
-impl Hook {
-    fn at(&self, alert: &str) -> Option<Instant> {
-        self.first.lock().unwrap().get(alert).copied()
-    }
-}
-
-async fn receive(State(hook): State<Hook>, body: String) -> &'static str {
-    let now = Instant::now();
-    let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| {
-        panic!("alertmanager's webhook body is not JSON ({e}): {body}");
-    });
-    let mut first = hook.first.lock().unwrap();
-    for alert in body["alerts"].as_array().into_iter().flatten() {
-        if alert["status"] == "firing"
-            && let Some(name) = alert["labels"]["alertname"].as_str()
-        {
-            first.entry(name.to_owned()).or_insert(now);
-        }
-    }
-    "ok"
 }
 
 /// What the 1 ms watcher thread has seen.
@@ -410,110 +368,42 @@ async fn one_run(run: usize) -> RunResult {
     let client = rearguard::http::client();
 
     // The alternative: node exporter, Prometheus, Alertmanager, webhook receivers.
-    let hooks = [Hook::default(), Hook::default()];
-    let mut receivers = Vec::new();
-    for hook in &hooks {
-        let app = Router::new()
-            .route("/hook", post(receive))
-            .with_state(hook.clone());
-        receivers.push(support::serve(app).await);
-    }
-    let am_tuned =
-        promstack::alertmanager(&AM_TUNED.replace("URL", &receivers[0].url("/hook"))).await;
-    let am_default =
-        promstack::alertmanager(&AM_DEFAULT.replace("URL", &receivers[1].url("/hook"))).await;
+    let tuned = alerting::start(AM_TUNED).await;
+    let default = alerting::start(AM_DEFAULT).await;
     let host_before = host_kills();
     let (exporter, exporter_addr) = node_exporter(dir.path()).await;
     let targets = [exporter_addr];
-    let prom_tuned =
-        promstack::prometheus(&targets, "1s", Some(RULES), Some(&am_tuned.addr())).await;
-    let prom_default =
-        promstack::prometheus(&targets, "1s", Some(RULES), Some(&am_default.addr())).await;
+    let prom_tuned = promstack::prometheus(
+        &targets,
+        "1s",
+        Some(RULES),
+        Some(&tuned.alertmanager.addr()),
+    )
+    .await;
+    let prom_default = promstack::prometheus(
+        &targets,
+        "1s",
+        Some(RULES),
+        Some(&default.alertmanager.addr()),
+    )
+    .await;
 
     let fired = dir.path().join("monit-fired");
     let mut monit = monit(dir.path(), &cg.0, &fired);
 
     // rearguard.
-    let looked = dir.path().join("looked");
-    let revision = dir.path().join("revision");
-    std::fs::write(&revision, "v1\n").unwrap();
-    let toml = format!(
-        r#"
-[daemon]
-state_dir = "{dir}/state"
-listen = "127.0.0.1:0"
-tick = "1s"
-
-[[target]]
-name = "svc"
-plan = "back"
-blame_window = "5m"
-change = {{ type = "exec", command = ["/bin/sh", "-c", "touch {dir}/looked; cat {dir}/revision"], interval = "100ms" }}
-
-[[signal]]
-name = "oom"
-target = "svc"
-type = "cgroup_oom"
-cgroup = "{cg}"
-interval = "1h"
-
-[[rule]]
-name = "oom"
-signal = "oom"
-when = "> 2"
-within = "1m"
-
-[[plan]]
-name = "back"
-[[plan.step]]
-name = "noop"
-type = "exec"
-command = ["/bin/true"]
-[plan.verify]
-window = "1m"
-"#,
-        dir = dir.path().display(),
-        cg = cg.0.display()
+    let revision = common::Revision::new(dir.path());
+    let signal = format!(
+        r#"type = "cgroup_oom"
+cgroup = "{}"
+interval = "1h""#,
+        cg.0.display()
     );
-    let cfg = rearguard::config::load_str(
-        &toml,
-        rearguard::config::Format::Toml,
-        std::iter::empty(),
-        Path::new("."),
-    )
-    .expect("valid configuration");
-    let common::Daemon {
-        events: mut rx,
-        shutdown,
-        handle,
-    } = common::Daemon::spawn(cfg);
-    // Started, and the revision looked at twice (the first look saw v1).
-    loop {
-        if let Some(Event::Started) = rx.recv().await {
-            break;
-        }
-    }
-    for _ in 0..2 {
-        let _ = std::fs::remove_file(&looked);
-        support::poll_until(Duration::from_secs(10), || looked.exists())
-            .await
-            .expect("the daemon looks at the revision");
-    }
-    std::fs::write(&revision, "v2\n").unwrap();
-    loop {
-        if let Some(Event::Effect(_, Effect::ChangeObserved { .. })) = rx.recv().await {
-            break;
-        }
-    }
-    let decided = tokio::spawn(async move {
-        loop {
-            match rx.recv().await {
-                Some(Event::Effect(_, Effect::RunStep(_))) => return Instant::now(),
-                Some(_) => {}
-                None => panic!("the daemon stopped before deciding"),
-            }
-        }
-    });
+    let cfg = common::oom_config(dir.path(), &revision, "", &signal);
+    let mut daemon = common::Daemon::spawn(cfg);
+    daemon.started().await;
+    revision.deploy(&mut daemon).await;
+    let decided = daemon.decision();
 
     // Warm-up: enough samples in each Prometheus that only a third kill reaches 3.
     for prom in [&prom_tuned, &prom_default] {
@@ -575,7 +465,7 @@ window = "1m"
         let s = seen.lock().unwrap();
         decided.is_finished()
             && s.monit.is_some()
-            && hooks
+            && [&tuned.hook, &default.hook]
                 .iter()
                 .all(|h| h.at("OomKillsAbove2").is_some() && h.at("OomKillsAtLeast3").is_some())
     };
@@ -585,16 +475,15 @@ window = "1m"
     let host_after = host_kills();
 
     let rearguard = if decided.is_finished() {
-        Some(decided.await.expect("the observer task"))
+        Some(decided.await.expect("the observer task").step)
     } else {
         decided.abort();
         None
     };
-    shutdown.cancel();
-    let _ = handle.await;
+    daemon.stop().await;
     monit.stop().await;
     exporter.stop().await;
-    drop((prom_tuned, prom_default, am_tuned, am_default, receivers));
+    drop((prom_tuned, prom_default));
 
     let seen = seen.lock().unwrap();
     let second = seen.kills[KILLS as usize - 2].expect("the second kill was seen");
@@ -611,10 +500,10 @@ window = "1m"
         paths: [
             rearguard.map(|t| signed_secs(third, t)),
             seen.monit.map(|t| signed_secs(third, t)),
-            prom(hooks[0].at("OomKillsAtLeast3")),
-            prom(hooks[1].at("OomKillsAtLeast3")),
-            prom(hooks[0].at("OomKillsAbove2")),
-            prom(hooks[1].at("OomKillsAbove2")),
+            prom(tuned.hook.at("OomKillsAtLeast3")),
+            prom(default.hook.at("OomKillsAtLeast3")),
+            prom(tuned.hook.at("OomKillsAbove2")),
+            prom(default.hook.at("OomKillsAbove2")),
         ],
         second_to_third: signed_secs(second, third),
         death_to_rearguard_ms: rearguard.map(|t| signed_secs(died, t) * 1000.0),
@@ -632,13 +521,9 @@ fn time(secs: Option<f64>) -> String {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runs) = common::runs(3) else {
         return;
-    }
-    let runs: usize = std::env::var("RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut results = Vec::new();
     for i in 0..runs {

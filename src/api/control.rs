@@ -12,9 +12,10 @@
 //!
 //! Every call needs `Authorization: Bearer <daemon.control_token>`; reads are open
 //! without it when `daemon.read_open` is set. Without a configured token the control API
-//! answers 403. Who asked comes from `X-Rearguard-Operator` (default `api`), and every
-//! call that acts is audited: logged, and recorded in the state store, with who, what and
-//! the result.
+//! answers 403. Who asked comes from `X-Rearguard-Operator` (default `api`): printable
+//! UTF-8 of at most 128 bytes, or the call is refused with 400 before anything is done.
+//! Every call that acts is audited: logged (who, what and the result as escaped fields,
+//! never in the message), and recorded in the state store.
 //!
 //! This module decides nothing: commands go to the engine's loop through a channel and
 //! the answer is the engine's; state comes from the snapshot the loop publishes after
@@ -24,7 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -102,8 +104,17 @@ pub fn router(control: Arc<Control>) -> Router {
         .with_state(control)
 }
 
-fn refuse(status: StatusCode, text: &str) -> Response {
-    (status, format!("{text}\n")).into_response()
+/// An answer as one line of text: why a call was refused, or what it did.
+struct Answer(StatusCode, String);
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        (self.0, format!("{}\n", self.1)).into_response()
+    }
+}
+
+fn refuse(status: StatusCode, text: &str) -> Answer {
+    Answer(status, text.to_owned())
 }
 
 /// Checks the bearer token; `read` calls pass without it when reads are open.
@@ -143,34 +154,83 @@ fn authorize(
     }
 }
 
-/// Who asked: the operator header, cut to 64 printable characters, or `api`.
-fn operator(headers: &HeaderMap) -> String {
-    let who: String = headers
-        .get(OPERATOR_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect();
-    let who = who.trim();
-    if who.is_empty() {
-        "api".to_owned()
-    } else {
-        who.to_owned()
+/// The longest operator name taken, in bytes.
+pub const OPERATOR_MAX_BYTES: usize = 128;
+
+/// Who asked: the operator header without surrounding white space, or `api` when it is
+/// absent or blank. A name is printable UTF-8 of at most [`OPERATOR_MAX_BYTES`]; anything
+/// else is refused, never cut or cleaned, so that the logs, the audit trail, timelines
+/// and notifications name exactly who acted and nobody can write lines or fields there.
+fn operator(headers: &HeaderMap) -> Result<String, String> {
+    let mut values = headers.get_all(OPERATOR_HEADER).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        if headers.contains_key(OPERATOR_HEADER) {
+            return Err(format!("{OPERATOR_HEADER}: give one operator, not several"));
+        }
+        return Ok("api".to_owned());
+    };
+    let who = std::str::from_utf8(value.as_bytes())
+        .map_err(|_| format!("{OPERATOR_HEADER}: the operator name is not UTF-8"))?
+        .trim();
+    if who.len() > OPERATOR_MAX_BYTES {
+        return Err(format!(
+            "{OPERATOR_HEADER}: the operator name is longer than {OPERATOR_MAX_BYTES} bytes"
+        ));
+    }
+    if let Some(c) = who.chars().find(|&c| !printable(c)) {
+        return Err(format!(
+            "{OPERATOR_HEADER}: the operator name has the unprintable character {}",
+            c.escape_unicode()
+        ));
+    }
+    Ok(if who.is_empty() { "api" } else { who }.to_owned())
+}
+
+/// Not a control character, a line or paragraph separator, or a bidirectional
+/// formatting character (which can make a name read as something else).
+fn printable(c: char) -> bool {
+    !c.is_control()
+        && !matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
+        && !('\u{202a}'..='\u{202e}').contains(&c)
+        && !('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+/// A caller the token lets read (or any caller, when reads are open).
+struct Reader;
+
+impl FromRequestParts<Arc<Control>> for Reader {
+    type Rejection = Answer;
+
+    async fn from_request_parts(parts: &mut Parts, control: &Arc<Control>) -> Result<Self, Answer> {
+        authorize(control, &parts.headers, true).map_err(|(code, why)| refuse(code, why))?;
+        Ok(Reader)
     }
 }
 
-async fn status(State(control): State<Arc<Control>>, headers: HeaderMap) -> Response {
-    if let Err((code, why)) = authorize(&control, &headers, true) {
-        return refuse(code, why);
+/// A caller the token lets act, and the operator's name (see [`operator`]).
+struct Operator(String);
+
+impl FromRequestParts<Arc<Control>> for Operator {
+    type Rejection = Answer;
+
+    async fn from_request_parts(parts: &mut Parts, control: &Arc<Control>) -> Result<Self, Answer> {
+        authorize(control, &parts.headers, false).map_err(|(code, why)| refuse(code, why))?;
+        let who = operator(&parts.headers).map_err(|why| refuse(StatusCode::BAD_REQUEST, &why))?;
+        Ok(Operator(who))
     }
+}
+
+async fn status(State(control): State<Arc<Control>>, _: Reader) -> Response {
     let status = Arc::clone(&control.status.borrow());
     axum::Json(status.as_ref().clone()).into_response()
 }
 
-/// An incident by id: open (from the latest status) or closed (from the store).
-fn find(control: &Control, id: &str) -> Result<Option<Incident>, String> {
+/// An incident by id: open (from the latest status) or closed (from the store); 404
+/// when there is none.
+fn find(control: &Control, id: &str) -> Result<Incident, Answer> {
     if let Some(open) = control
         .status
         .borrow()
@@ -178,14 +238,17 @@ fn find(control: &Control, id: &str) -> Result<Option<Incident>, String> {
         .iter()
         .find(|i| i.id == id)
     {
-        return Ok(Some(open.clone()));
+        return Ok(open.clone());
     }
+    let internal = |e: String| refuse(StatusCode::INTERNAL_SERVER_ERROR, &e);
     match control.store.closed_incident(id) {
         Ok(Some(body)) => serde_json::from_str(&body)
-            .map(Some)
-            .map_err(|e| format!("the stored incident cannot be read: {e}")),
-        Ok(None) => Ok(None),
-        Err(e) => Err(e.to_string()),
+            .map_err(|e| internal(format!("the stored incident cannot be read: {e}"))),
+        Ok(None) => Err(refuse(
+            StatusCode::NOT_FOUND,
+            &format!("no incident has the id {id:?}"),
+        )),
+        Err(e) => Err(internal(e.to_string())),
     }
 }
 
@@ -222,57 +285,35 @@ struct DecisionView {
 
 async fn incident(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    _: Reader,
     Path(id): Path<String>,
-) -> Response {
-    if let Err((code, why)) = authorize(&control, &headers, true) {
-        return refuse(code, why);
-    }
-    match find(&control, &id) {
-        Ok(Some(incident)) => {
-            let decisions = decisions_of(&control, &incident)
-                .into_iter()
-                .map(|d| DecisionView {
-                    at: crate::engine::Ts(d.at_ms).rfc3339(),
-                    rule: d.rule,
-                    from: d.from,
-                    to: d.to,
-                    evidence: d.evidence,
-                })
-                .collect();
-            axum::Json(IncidentView {
-                incident,
-                decisions,
-            })
-            .into_response()
-        }
-        Ok(None) => refuse(
-            StatusCode::NOT_FOUND,
-            &format!("no incident has the id {id:?}"),
-        ),
-        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e),
-    }
+) -> Result<Response, Answer> {
+    let incident = find(&control, &id)?;
+    let decisions = decisions_of(&control, &incident)
+        .into_iter()
+        .map(|d| DecisionView {
+            at: crate::engine::Ts(d.at_ms).rfc3339(),
+            rule: d.rule,
+            from: d.from,
+            to: d.to,
+            evidence: d.evidence,
+        })
+        .collect();
+    Ok(axum::Json(IncidentView {
+        incident,
+        decisions,
+    })
+    .into_response())
 }
 
 async fn why(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    _: Reader,
     Path(id): Path<String>,
-) -> Response {
-    if let Err((code, why)) = authorize(&control, &headers, true) {
-        return refuse(code, why);
-    }
-    match find(&control, &id) {
-        Ok(Some(inc)) => {
-            let decisions = decisions_of(&control, &inc);
-            (StatusCode::OK, explain(&inc, &decisions)).into_response()
-        }
-        Ok(None) => refuse(
-            StatusCode::NOT_FOUND,
-            &format!("no incident has the id {id:?}"),
-        ),
-        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e),
-    }
+) -> Result<Response, Answer> {
+    let inc = find(&control, &id)?;
+    let decisions = decisions_of(&control, &inc);
+    Ok((StatusCode::OK, explain(&inc, &decisions)).into_response())
 }
 
 /// The chain behind an incident as text: the rule transitions with their evidence, then
@@ -331,94 +372,114 @@ async fn ask(control: &Control, command: Command, what: &str, who: &str) -> Resp
         Ok(done) => done.clone(),
         Err(why) => format!("refused: {why}"),
     };
-    tracing::info!(operator = %who, action = %what, result = %outcome, "control api call");
+    audit(control, who, what, &outcome);
+    match result {
+        Ok(done) => Answer(StatusCode::OK, done),
+        Err(why) if why == "rearguard is stopping" => Answer(StatusCode::SERVICE_UNAVAILABLE, why),
+        Err(why) => Answer(StatusCode::CONFLICT, why),
+    }
+    .into_response()
+}
+
+/// Logs a call that acted and records it in the audit trail. What the caller wrote (the
+/// path's id, and so the outcome) goes into the log as quoted, escaped fields.
+fn audit(control: &Control, who: &str, what: &str, outcome: &str) {
+    log_call(who, what, outcome);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    if let Err(e) = control.store.audit(now, who, what, &outcome) {
+    if let Err(e) = control.store.audit(now, who, what, outcome) {
         tracing::error!(error = %e, "cannot record a control api call in the audit trail");
     }
-    match result {
-        Ok(done) => (StatusCode::OK, format!("{done}\n")).into_response(),
-        Err(why) if why == "rearguard is stopping" => refuse(StatusCode::SERVICE_UNAVAILABLE, &why),
-        Err(why) => refuse(StatusCode::CONFLICT, &why),
+}
+
+fn log_call(who: &str, what: &str, outcome: &str) {
+    tracing::info!(operator = ?who, action = ?what, result = ?outcome, "control api call");
+}
+
+/// The command that `action` names in `known`, or 404 listing the known actions.
+fn pick<F: Copy>(known: &[(&str, F)], action: &str) -> Result<F, Answer> {
+    match known.iter().find(|(name, _)| *name == action) {
+        Some((_, make)) => Ok(*make),
+        None => {
+            let names: Vec<&str> = known.iter().map(|(name, _)| *name).collect();
+            let text = format!("unknown action; known: {}", names.join(", "));
+            Err(refuse(StatusCode::NOT_FOUND, &text))
+        }
     }
 }
+
+/// Where `name` stands among the `kind`s of the latest status, or 404.
+fn index_of<'a>(
+    mut names: impl Iterator<Item = &'a str>,
+    kind: &str,
+    name: &str,
+) -> Result<usize, Answer> {
+    names.position(|n| n == name).ok_or_else(|| {
+        refuse(
+            StatusCode::NOT_FOUND,
+            &format!("no {kind} is named {name:?}"),
+        )
+    })
+}
+
+type IncidentCommand = fn(String, String) -> Command;
+
+const INCIDENT_ACTIONS: [(&str, IncidentCommand); 3] = [
+    ("acknowledge", |incident, by| Command::Acknowledge {
+        incident,
+        by,
+    }),
+    ("resolve", |incident, by| Command::Resolve { incident, by }),
+    ("rollback", |incident, by| Command::Rollback {
+        incident,
+        by,
+    }),
+];
 
 async fn incident_action(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    Operator(by): Operator,
     Path((id, action)): Path<(String, String)>,
-) -> Response {
-    if let Err((code, why)) = authorize(&control, &headers, false) {
-        return refuse(code, why);
-    }
-    let by = operator(&headers);
-    let command = match action.as_str() {
-        "acknowledge" => Command::Acknowledge {
-            incident: id.clone(),
-            by: by.clone(),
-        },
-        "resolve" => Command::Resolve {
-            incident: id.clone(),
-            by: by.clone(),
-        },
-        "rollback" => Command::Rollback {
-            incident: id.clone(),
-            by: by.clone(),
-        },
-        _ => {
-            return refuse(
-                StatusCode::NOT_FOUND,
-                "unknown action; known: acknowledge, resolve, rollback",
-            );
-        }
-    };
-    ask(&control, command, &format!("{action} {id}"), &by).await
+) -> Result<Response, Answer> {
+    let make = pick(&INCIDENT_ACTIONS, &action)?;
+    let what = format!("{action} {id}");
+    Ok(ask(&control, make(id, by.clone()), &what, &by).await)
 }
+
+type TargetCommand = fn(usize, String) -> Command;
+
+const TARGET_ACTIONS: [(&str, TargetCommand); 3] = [
+    ("pause", |target, by| Command::Pause {
+        target: Some(target),
+        by,
+    }),
+    ("resume", |target, by| Command::Resume {
+        target: Some(target),
+        by,
+    }),
+    ("clear-breaker", |target, by| Command::ClearBreaker {
+        target,
+        by,
+    }),
+];
 
 async fn target_action(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    Operator(by): Operator,
     Path((name, action)): Path<(String, String)>,
-) -> Response {
-    if let Err((code, why)) = authorize(&control, &headers, false) {
-        return refuse(code, why);
-    }
-    let by = operator(&headers);
-    let index = control
-        .status
-        .borrow()
-        .targets
-        .iter()
-        .position(|t| t.name == name);
-    let Some(target) = index else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            &format!("no target is named {name:?}"),
-        );
+) -> Result<Response, Answer> {
+    let target = {
+        let status = control.status.borrow();
+        index_of(
+            status.targets.iter().map(|t| t.name.as_str()),
+            "target",
+            &name,
+        )?
     };
-    let command = match action.as_str() {
-        "pause" => Command::Pause {
-            target: Some(target),
-            by: by.clone(),
-        },
-        "resume" => Command::Resume {
-            target: Some(target),
-            by: by.clone(),
-        },
-        "clear-breaker" => Command::ClearBreaker {
-            target,
-            by: by.clone(),
-        },
-        _ => {
-            return refuse(
-                StatusCode::NOT_FOUND,
-                "unknown action; known: pause, resume, clear-breaker",
-            );
-        }
-    };
-    ask(&control, command, &format!("{action} {name}"), &by).await
+    let make = pick(&TARGET_ACTIONS, &action)?;
+    let what = format!("{action} {name}");
+    Ok(ask(&control, make(target, by.clone()), &what, &by).await)
 }
 
 #[derive(Deserialize)]
@@ -429,77 +490,138 @@ struct SilenceQuery {
 
 async fn rule_action(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    Operator(by): Operator,
     Path((name, action)): Path<(String, String)>,
     axum::extract::Query(query): axum::extract::Query<SilenceQuery>,
-) -> Response {
-    if let Err((code, why)) = authorize(&control, &headers, false) {
-        return refuse(code, why);
-    }
-    let by = operator(&headers);
-    let index = control
-        .status
-        .borrow()
-        .rules
-        .iter()
-        .position(|r| r.name == name);
-    let Some(rule) = index else {
-        return refuse(StatusCode::NOT_FOUND, &format!("no rule is named {name:?}"));
+) -> Result<Response, Answer> {
+    let rule = {
+        let status = control.status.borrow();
+        index_of(status.rules.iter().map(|r| r.name.as_str()), "rule", &name)?
     };
     let (for_, what) = match (action.as_str(), query.for_.as_deref()) {
         ("silence", Some(text)) => match crate::config::units::parse_duration(text) {
             Ok(d) if !d.is_zero() => (d, format!("silence {name} for {text}")),
-            Ok(_) => return refuse(StatusCode::BAD_REQUEST, "`for` must be greater than zero"),
-            Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("`for`: {e}")),
+            Ok(_) => {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "`for` must be greater than zero",
+                ));
+            }
+            Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, &format!("`for`: {e}"))),
         },
         ("silence", None) => {
-            return refuse(StatusCode::BAD_REQUEST, "silence needs `for`, e.g. ?for=1h");
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "silence needs `for`, e.g. ?for=1h",
+            ));
         }
         ("unsilence", _) => (Duration::ZERO, format!("unsilence {name}")),
         _ => {
-            return refuse(
+            return Err(refuse(
                 StatusCode::NOT_FOUND,
                 "unknown action; known: silence, unsilence",
-            );
+            ));
         }
     };
-    ask(
-        &control,
-        Command::Silence {
-            rule,
-            for_,
-            by: by.clone(),
-        },
-        &what,
-        &by,
-    )
-    .await
+    let command = Command::Silence {
+        rule,
+        for_,
+        by: by.clone(),
+    };
+    Ok(ask(&control, command, &what, &by).await)
 }
+
+type GlobalCommand = fn(String) -> Command;
+
+const GLOBAL_ACTIONS: [(&str, GlobalCommand); 2] = [
+    ("pause", |by| Command::Pause { target: None, by }),
+    ("resume", |by| Command::Resume { target: None, by }),
+];
 
 async fn global_action(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    Operator(by): Operator,
     Path(action): Path<String>,
-) -> Response {
-    if let Err((code, why)) = authorize(&control, &headers, false) {
-        return refuse(code, why);
-    }
-    let by = operator(&headers);
-    let command = match action.as_str() {
-        "pause" => Command::Pause {
-            target: None,
-            by: by.clone(),
-        },
-        "resume" => Command::Resume {
-            target: None,
-            by: by.clone(),
-        },
-        _ => {
-            return refuse(
-                StatusCode::NOT_FOUND,
-                "unknown action; known: pause, resume",
-            );
+) -> Result<Response, Answer> {
+    let make = pick(&GLOBAL_ACTIONS, &action)?;
+    Ok(ask(&control, make(by.clone()), &format!("{action} all"), &by).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// What a plain-text log shows of one control call.
+    fn logged(who: &str, what: &str, outcome: &str) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
         }
-    };
-    ask(&control, command, &format!("{action} all"), &by).await
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .finish();
+        tracing::subscriber::with_default(subscriber, || log_call(who, what, outcome));
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn what_a_caller_wrote_is_logged_as_quoted_fields_on_one_line() {
+        let line = logged(
+            "bob result=done",
+            "acknowledge x\nINFO control api call operator=alice",
+            "refused: no open incident",
+        );
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(line.contains(r#"operator="bob result=done""#), "{line}");
+        assert!(
+            line.contains(r#"action="acknowledge x\nINFO control api call operator=alice""#),
+            "{line}"
+        );
+    }
+
+    fn operator_of(value: &[u8]) -> Result<String, String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            OPERATOR_HEADER,
+            axum::http::HeaderValue::from_bytes(value).unwrap(),
+        );
+        operator(&headers)
+    }
+
+    #[test]
+    fn an_operator_is_printable_utf8_of_at_most_128_bytes() {
+        assert_eq!(operator(&HeaderMap::new()), Ok("api".to_owned()));
+        assert_eq!(operator_of(b"  "), Ok("api".to_owned()));
+        assert_eq!(operator_of(" Zoë ".as_bytes()), Ok("Zoë".to_owned()));
+        let longest = "é".repeat(OPERATOR_MAX_BYTES / 2);
+        assert_eq!(operator_of(longest.as_bytes()), Ok(longest.clone()));
+        for refused in [
+            format!("{longest}a").into_bytes(),
+            b"a\tb".to_vec(),
+            "a\u{85}b".as_bytes().to_vec(),
+            "a\u{2028}b".as_bytes().to_vec(),
+            "a\u{202e}b".as_bytes().to_vec(),
+            b"\xff".to_vec(),
+        ] {
+            let shown = String::from_utf8_lossy(&refused).into_owned();
+            assert!(operator_of(&refused).is_err(), "{shown:?} was taken");
+        }
+        let mut two = HeaderMap::new();
+        two.append(OPERATOR_HEADER, "alice".parse().unwrap());
+        two.append(OPERATOR_HEADER, "bob".parse().unwrap());
+        assert!(operator(&two).is_err());
+    }
 }

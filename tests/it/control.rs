@@ -1,16 +1,21 @@
 //! The control API and its command line, end to end: the real binary runs the daemon, and
 //! the real binary's `status`, `ack`, `pause`, `why` and `resolve` talk to it over HTTP
 //! with the token from the configuration. Calls without the token, or with a wrong one,
-//! are refused; every call that acts is in the audit trail with who made it.
+//! are refused; every call that acts is in the audit trail with who made it, and an
+//! operator name that is not printable UTF-8 of at most 128 bytes is refused before
+//! anything is done.
 
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use rearguard::api::control::Status;
+use rearguard::daemon::Event;
 use rearguard::store::Store;
+use reqwest::header::HeaderValue;
 
-use crate::daemon::{Fixture, binary, switch_back};
+use crate::daemon::{Fixture, binary, load, switch_back};
 use crate::support;
 
 const TOKEN: &str = "control-token-6d1f";
@@ -196,4 +201,99 @@ async fn operators_control_rearguard_through_the_api_with_a_token_and_are_audite
             ("alice".to_owned(), format!("resolve {id}"), false),
         ]
     );
+}
+
+/// The daemon in-process with the control API on, and the address it listens on.
+async fn in_process(f: &Fixture) -> (crate::running::Running, String) {
+    std::fs::write(f.path().join("control.token"), TOKEN).unwrap();
+    let extra = format!(
+        "control_token = {{ file = \"{}/control.token\" }}",
+        f.path().display()
+    );
+    let mut d = crate::running::start(load(&f.config(&switch_back(f), &extra)));
+    d.wait_for("start", 10, |e| matches!(e, Event::Started))
+        .await;
+    // The listener is bound before the sources start.
+    let addr = d
+        .seen
+        .iter()
+        .find_map(|e| match e {
+            Event::Listening(addr) => Some(*addr),
+            _ => None,
+        })
+        .expect("the daemon said where it listens");
+    (d, format!("http://{addr}"))
+}
+
+/// `POST /v1/pause` as the operator whose header is `operator`, as raw bytes: the answer's
+/// status and body.
+async fn pause_as(base: &str, operator: &[u8]) -> (u16, String) {
+    let response = rearguard::http::client()
+        .post(format!("{base}/v1/pause"))
+        .bearer_auth(TOKEN)
+        .header(
+            rearguard::api::control::OPERATOR_HEADER,
+            HeaderValue::from_bytes(operator).expect("a value HTTP can carry"),
+        )
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn paused_all(base: &str) -> bool {
+    let request = rearguard::http::client()
+        .get(format!("{base}/v1/status"))
+        .bearer_auth(TOKEN);
+    let status: Status = request.send().await.unwrap().json().await.unwrap();
+    status.paused_all
+}
+
+#[tokio::test]
+async fn an_operator_name_that_could_forge_log_lines_is_refused_and_nothing_is_done() {
+    let f = Fixture::new().await;
+    let (d, base) = in_process(&f).await;
+    let forged: [&[u8]; 4] = [
+        // U+2028 LINE SEPARATOR and U+0085 NEXT LINE: a new line, then a forged field.
+        "mallory\u{2028}result=\"paused by alice\"".as_bytes(),
+        "mallory\u{85}operator=alice".as_bytes(),
+        b"mallory\toperator=alice",
+        &[b'm'; 129],
+    ];
+    for operator in forged {
+        let (status, body) = pause_as(&base, operator).await;
+        let shown = String::from_utf8_lossy(operator);
+        assert_eq!(status, 400, "{shown:?} was answered {status}: {body}");
+        assert!(body.contains("x-rearguard-operator"), "{shown:?}: {body}");
+    }
+    assert!(!paused_all(&base).await, "a refused call paused rearguard");
+    d.stop().await;
+    let trail = Store::open(&f.path().join("state"))
+        .unwrap()
+        .audit_trail()
+        .unwrap();
+    assert!(
+        trail.is_empty(),
+        "refused calls reached the engine: {trail:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_printable_operator_name_is_taken_whole_into_the_audit_trail() {
+    let f = Fixture::new().await;
+    let (d, base) = in_process(&f).await;
+    let name = "Zoë O'Neil (on call)";
+    let (status, body) = pause_as(&base, format!("  {name} ").as_bytes()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(paused_all(&base).await, "the call did not pause rearguard");
+    d.stop().await;
+    let trail = Store::open(&f.path().join("state"))
+        .unwrap()
+        .audit_trail()
+        .unwrap();
+    let calls: Vec<(String, String)> = trail
+        .into_iter()
+        .map(|(_, who, what, _)| (who, what))
+        .collect();
+    assert_eq!(calls, [(name.to_owned(), "pause all".to_owned())]);
 }
