@@ -10,7 +10,7 @@ use figment::value::Value;
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 
-use super::load::figment_errors;
+use super::errors::figment_errors;
 use super::raw::*;
 use super::units::{Condition, Threshold, Unit, parse_condition, parse_duration, parse_percent};
 use super::*;
