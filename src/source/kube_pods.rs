@@ -38,6 +38,9 @@ use crate::config::{KubePodsSpec, PodEvent};
 use crate::engine::{Measure, ReadingState};
 use crate::kube::{Handle, KubeError};
 
+/// What a heartbeat says before the first list has answered.
+const NOT_LISTED: &str = "the pods have not been listed yet";
+
 /// How long one watch request stays open before it is renewed.
 const WATCH_SECONDS: u32 = 290;
 
@@ -156,7 +159,10 @@ pub async fn watch(
     let kept = |known: HashMap<String, Memo>, first: bool| PodMemory {
         known: (!first).then_some(known),
     };
-    let error: std::sync::Mutex<Option<String>> = Default::default();
+    // Until the first list answers, the source has seen nothing: a heartbeat then says
+    // so (a source error), never "no data", which would claim the pods were seen calm.
+    let error: std::sync::Mutex<Option<String>> =
+        std::sync::Mutex::new(first.then(|| NOT_LISTED.to_string()));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first heartbeat comes an interval after the start, when the first list has

@@ -94,6 +94,16 @@ fn watch(fake: &KubeFake, event: PodEvent) -> Watching {
     watch_from(fake, event, PodMemory::default())
 }
 
+/// A heartbeat: "no data" while the source sees, or, before its first list has
+/// answered, the source error saying it has not listed yet.
+fn heartbeat(state: &ReadingState) -> bool {
+    match state {
+        ReadingState::NoData => true,
+        ReadingState::SourceError(e) => e == "the pods have not been listed yet",
+        _ => false,
+    }
+}
+
 /// A watch that starts from what an earlier one knew (as after a reload).
 fn watch_from(fake: &KubeFake, event: PodEvent, memory: PodMemory) -> Watching {
     let (tx, rx) = mpsc::channel(64);
@@ -115,14 +125,13 @@ impl Watching {
         (&mut self.task).await.expect("the watch stops cleanly")
     }
 
-    /// The next event's key, skipping the heartbeat's "no data"; fails at a source error
-    /// or after `secs`.
+    /// The next event's key, skipping heartbeats; fails at a source error or after `secs`.
     async fn event(&mut self, secs: u64) -> String {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some(ReadingState::Value(Measure::Event { key }))) => return key,
-                Ok(Some(ReadingState::NoData)) => {}
+                Ok(Some(state)) if heartbeat(&state) => {}
                 Ok(other) => panic!("expected an event, got {other:?}"),
                 Err(_) => panic!("no event within {secs}s"),
             }
@@ -134,7 +143,7 @@ impl Watching {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(millis);
         loop {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(ReadingState::NoData)) => {}
+                Ok(Some(state)) if heartbeat(&state) => {}
                 Ok(other) => panic!("expected no event, got {other:?}"),
                 Err(_) => return,
             }
@@ -296,13 +305,19 @@ async fn a_source_that_cannot_list_reports_a_source_error_every_interval() {
         crate::kube_fake::Effect::Respond(403),
     );
     let mut w = watch(&fake, PodEvent::OomKilled);
-    let state = tokio::time::timeout(Duration::from_secs(5), w.rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    match state {
-        ReadingState::SourceError(e) => assert!(e.contains("403"), "{e}"),
-        other => panic!("expected a source error, got {other:?}"),
+    // Before the first list fails, a heartbeat may say the pods were not listed yet; it
+    // never says "no data", which would claim they were seen.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = tokio::time::timeout_at(deadline, w.rx.recv())
+            .await
+            .expect("a source error within 5s")
+            .unwrap();
+        match state {
+            ReadingState::SourceError(e) if e.contains("403") => break,
+            ReadingState::SourceError(e) => assert!(e.contains("not been listed"), "{e}"),
+            other => panic!("expected a source error, got {other:?}"),
+        }
     }
 }
 
