@@ -78,25 +78,16 @@ fn check_cases(cases: &[(&str, Config, &str, &str, &[&str])]) {
         let mut run = Run::new(cfg.clone());
         run.script(script);
         let out = run.output();
-        let mut want: Vec<&str> = expected
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        let mut got: Vec<&str> = out.lines().collect();
-        if want.first() == Some(&"...") {
-            want.remove(0);
-            got = got.split_off(got.len().saturating_sub(want.len()));
-        }
-        let matches = |w: &str, g: &str| match w.strip_suffix("...") {
-            Some(prefix) => g.starts_with(prefix),
-            None => w == g,
+        let (expected, actual) = match expected.trim_start().strip_prefix("...\n") {
+            Some(tail) => {
+                let n = tail.lines().filter(|l| !l.trim().is_empty()).count();
+                let lines: Vec<&str> = out.lines().collect();
+                (tail, lines[lines.len().saturating_sub(n)..].join("\n"))
+            }
+            None => (*expected, out.clone()),
         };
-        assert!(
-            want.len() == got.len() && want.iter().zip(&got).all(|(w, g)| matches(w, g)),
-            "case {name}: effects differ\n--- expected\n{}\n--- actual\n{out}\n",
-            want.join("\n")
-        );
+        eprintln!("case {name}");
+        assert_lines(&actual, expected);
         for text in *says {
             assert!(
                 !timeline_with(&run, text).is_empty(),
@@ -206,19 +197,40 @@ fn a_revision_marked_bad_deployed_again_is_announced_at_once() {
 // Class 8: healthy means healthy for a while.
 // ---------------------------------------------------------------------------------------
 
+/// Latency noise on v1 (pending at 8m, broken at 9m), v2 deployed at `deploy` minutes,
+/// and v2 breaching from two minutes after.
+fn noise_then_deploy(deploy: u64) -> String {
+    format!(
+        "0 change v1\n8m latency 0.5\n9m latency 0.1\n{deploy}m change v2\n{}m..{}m/1m errors 10/100",
+        deploy + 2,
+        deploy + 4
+    )
+}
+
+/// What follows [`noise_then_deploy`] when v1 counts as healthy: the rollback.
+fn noise_then_rollback(deploy: u64) -> String {
+    let (p, f) = (deploy + 2, deploy + 4);
+    format!(
+        "
+        8m rule slow ok -> pending
+        9m rule slow pending -> ok
+        {deploy}m change v1 -> v2 (v1 healthy)
+        {p}m rule errors-high ok -> pending
+        {f}m rule errors-high pending -> firing
+        {f}m notify opened (team)
+        {f}m notify rollback_started (team)
+        {f}m run step 0 attempt 1 (v2 -> v1)
+        "
+    )
+}
+
 #[test]
 fn the_previous_revision_is_healthy_only_without_unrest_for_healthy_for() {
     check_cases(&[
         (
             "noise broke a latency streak a minute before the deploy",
             judged("", false),
-            "
-            0 change v1
-            8m latency 0.5
-            9m latency 0.1
-            10m change v2
-            12m..14m/1m errors 10/100
-            ",
+            &noise_then_deploy(10),
             "
             8m rule slow ok -> pending
             9m rule slow pending -> ok
@@ -234,45 +246,15 @@ fn the_previous_revision_is_healthy_only_without_unrest_for_healthy_for() {
         (
             "the same noise eleven minutes before the deploy",
             judged("", false),
-            "
-            0 change v1
-            8m latency 0.5
-            9m latency 0.1
-            20m change v2
-            22m..24m/1m errors 10/100
-            ",
-            "
-            8m rule slow ok -> pending
-            9m rule slow pending -> ok
-            20m change v1 -> v2 (v1 healthy)
-            22m rule errors-high ok -> pending
-            24m rule errors-high pending -> firing
-            24m notify opened (team)
-            24m notify rollback_started (team)
-            24m run step 0 attempt 1 (v2 -> v1)
-            ",
+            &noise_then_deploy(20),
+            &noise_then_rollback(20),
             &["the previous revision v1 was healthy: no rule pending or firing in the 10m before the change"],
         ),
         (
             "a shorter healthy_for looks at less",
             judged("healthy_for = \"30s\"\n", false),
-            "
-            0 change v1
-            8m latency 0.5
-            9m latency 0.1
-            10m change v2
-            12m..14m/1m errors 10/100
-            ",
-            "
-            8m rule slow ok -> pending
-            9m rule slow pending -> ok
-            10m change v1 -> v2 (v1 healthy)
-            12m rule errors-high ok -> pending
-            14m rule errors-high pending -> firing
-            14m notify opened (team)
-            14m notify rollback_started (team)
-            14m run step 0 attempt 1 (v2 -> v1)
-            ",
+            &noise_then_deploy(10),
+            &noise_then_rollback(10),
             &["the previous revision v1 was healthy: no rule pending or firing in the 30s before the change"],
         ),
     ]);
@@ -294,18 +276,22 @@ fn healthy_for_defaults_to_ten_minutes_and_may_be_zero() {
 // Class 9: an old incident does not swallow a new deploy.
 // ---------------------------------------------------------------------------------------
 
+/// v1 breaks with nothing to blame (escalated at 3m), v2 is deployed at 10m over the open
+/// incident, and latency breaks after it (firing at 12m).
+const OLD_THEN_DEPLOY: &str = "
+    0 change v1
+    1m..3m/1m errors 10/100
+    10m change v2
+    11m..12m/1m latency 0.5
+";
+
 #[test]
 fn a_breach_after_a_change_is_judged_apart_from_an_incident_opened_before_it() {
     check_cases(&[
         (
             "escalated before the deploy, latency breaks after it: a new incident",
             judged("", false),
-            "
-            0 change v1
-            1m..3m/1m errors 10/100
-            10m change v2
-            11m..12m/1m latency 0.5
-            ",
+            OLD_THEN_DEPLOY,
             "
             1m rule errors-high ok -> pending
             3m rule errors-high pending -> firing
@@ -328,13 +314,7 @@ fn a_breach_after_a_change_is_judged_apart_from_an_incident_opened_before_it() {
         (
             "the old incident's rules clear: it ends, the new one goes on",
             judged("", false),
-            "
-            0 change v1
-            1m..3m/1m errors 10/100
-            10m change v2
-            11m..12m/1m latency 0.5
-            13m errors 0/100
-            ",
+            &format!("{OLD_THEN_DEPLOY}\n13m errors 0/100"),
             "
             ...
             13m rule errors-high firing -> ok
@@ -349,14 +329,7 @@ fn a_breach_after_a_change_is_judged_apart_from_an_incident_opened_before_it() {
 #[test]
 fn a_new_judgement_keeps_both_incidents_open_and_linked() {
     let mut run = Run::new(judged("", false));
-    run.script(
-        "
-        0 change v1
-        1m..3m/1m errors 10/100
-        10m change v2
-        11m..12m/1m latency 0.5
-        ",
-    );
+    run.script(OLD_THEN_DEPLOY);
     let open: Vec<(&str, Option<&str>)> = run
         .engine
         .incidents()
