@@ -110,6 +110,9 @@ pub struct Target {
     pub bake: Option<Duration>,
     /// How many revisions' snapshots are kept per Deployment (the newest).
     pub keep_snapshots: u32,
+    /// How long before a change none of the target's rules may have been pending or
+    /// firing for the replaced revision to count as healthy (a rollback destination).
+    pub healthy_for: Duration,
 }
 
 /// How a change of a target is detected.
@@ -759,10 +762,14 @@ pub enum Occasion {
     Blind,
     Acknowledged,
     Resolved,
+    /// Another rule fired into an incident already decided on (or fired again in it).
+    RuleJoined,
+    /// A revision rearguard marked bad (rolled back from) is deployed again.
+    BadRevisionDeployed,
 }
 
 impl Occasion {
-    pub const ALL: [Occasion; 11] = [
+    pub const ALL: [Occasion; 13] = [
         Occasion::Opened,
         Occasion::RollbackStarted,
         Occasion::RollbackSlow,
@@ -774,6 +781,8 @@ impl Occasion {
         Occasion::Blind,
         Occasion::Acknowledged,
         Occasion::Resolved,
+        Occasion::RuleJoined,
+        Occasion::BadRevisionDeployed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -789,6 +798,8 @@ impl Occasion {
             Occasion::Blind => "blind",
             Occasion::Acknowledged => "acknowledged",
             Occasion::Resolved => "resolved",
+            Occasion::RuleJoined => "rule_joined",
+            Occasion::BadRevisionDeployed => "bad_revision_deployed",
         }
     }
 
@@ -806,6 +817,8 @@ impl Occasion {
             Occasion::Blind => "watchdog is blind",
             Occasion::Acknowledged => "acknowledged",
             Occasion::Resolved => "incident resolved",
+            Occasion::RuleJoined => "another rule fired",
+            Occasion::BadRevisionDeployed => "a revision marked bad is deployed again",
         }
     }
 
@@ -813,6 +826,14 @@ impl Occasion {
     /// incident, at once, whatever the levels say.
     pub fn closes_loop(self) -> bool {
         matches!(self, Occasion::Acknowledged | Occasion::Resolved)
+    }
+
+    /// Occasions that are news for whoever already knows of the incident: told at once
+    /// to every notifier already told of it and to the levels that list them, never
+    /// delayed nor repeated (the acknowledgement, the resolution, another rule firing
+    /// into it, a revision marked bad deployed again).
+    pub fn told_at_once(self) -> bool {
+        self.closes_loop() || matches!(self, Occasion::RuleJoined | Occasion::BadRevisionDeployed)
     }
 }
 

@@ -92,6 +92,7 @@ pub struct RawTarget {
     pub change: Option<RawChange>,
     pub bake: Option<String>,
     pub keep_snapshots: Option<u32>,
+    pub healthy_for: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,9 @@
 //! The escalation ladder: escalating an incident to people, and which notifiers hear of
 //! each occasion when (at once, after a level's delay, repeated until acknowledged;
-//! acknowledgement and resolution to everyone already told).
+//! acknowledgement, resolution, another rule joining and a bad revision deployed again
+//! at once to everyone already told and to the levels that list them). A bad revision
+//! deployed again while no incident of its target is open is told under the incident
+//! that marked it bad.
 //!
 //! It does no I/O and reads no clock: notices are returned as [`Effect::Notify`] and the
 //! delayed ones are sent by a later tick. What a notice says is in `facts.rs`.
@@ -8,8 +11,8 @@
 use std::collections::BTreeSet;
 
 use super::{
-    Cause, Effect, Engine, EntryKind, IncidentState, Notification, Outcome, PendingNotice, Phase,
-    Ts,
+    Cause, Effect, Engine, Entry, EntryKind, Facts, IncidentState, Notification, Outcome,
+    PendingNotice, Phase, Ts,
 };
 use crate::config::Occasion;
 
@@ -59,8 +62,8 @@ impl Engine {
             let all = (0..self.cfg.notifiers.len()).collect();
             return self.emit_notice(idx, occasion, None, all, now);
         }
-        if occasion.closes_loop() {
-            return self.close_loop(idx, occasion, now);
+        if occasion.told_at_once() {
+            return self.tell_at_once(idx, occasion, now);
         }
         self.climb_ladder(idx, occasion, now);
     }
@@ -77,8 +80,10 @@ impl Engine {
         });
     }
 
-    /// Everyone already told hears that it is acknowledged or over, at once.
-    fn close_loop(&mut self, idx: usize, occasion: Occasion, now: Ts) {
+    /// Everyone already told, and the levels that list the occasion, hear it at once:
+    /// that it is acknowledged or over, that another rule fired into it, that a revision
+    /// marked bad is deployed again.
+    fn tell_at_once(&mut self, idx: usize, occasion: Occasion, now: Ts) {
         let mut to: BTreeSet<usize> = self.incidents[idx].notified.clone();
         for level in &self.cfg.escalation {
             if level.on.contains(&occasion) {
@@ -196,5 +201,83 @@ impl Engine {
             ),
         );
         self.out.push(Effect::Notify(Box::new(notice)));
+    }
+
+    /// Tells of a revision marked bad deployed again while no incident of its target is
+    /// open: under the id of the incident that marked it bad (its thread, its alert), at
+    /// once, to the notifiers of the levels that list the occasion (every notifier
+    /// without a ladder). The line is logged under that id.
+    pub(super) fn announce_bad_revision(
+        &mut self,
+        target: usize,
+        revision: &str,
+        marked_by: Option<String>,
+        text: String,
+        now: Ts,
+    ) {
+        let occasion = Occasion::BadRevisionDeployed;
+        let name = self.cfg.targets[target].name.clone();
+        let incident = marked_by.unwrap_or_else(|| format!("{name}-{revision}-deployed-again"));
+        let entry = Entry {
+            at: now,
+            kind: EntryKind::Decision,
+            text: text.clone(),
+        };
+        self.out.push(Effect::Timeline {
+            incident: incident.clone(),
+            target,
+            entry,
+        });
+        let summary = format!(
+            "{name}: {}: {text} (incident {incident})",
+            occasion.headline()
+        );
+        self.out.push(Effect::Transition {
+            incident: incident.clone(),
+            target,
+            occasion,
+            summary: summary.clone(),
+        });
+        // As `notify` does: without a ladder every notifier hears (a notice with none is
+        // logged in full); with one, only the levels that list the occasion.
+        let ladder = !self.cfg.escalation.is_empty();
+        let notifiers: BTreeSet<usize> = if ladder {
+            self.cfg
+                .escalation
+                .iter()
+                .filter(|l| l.on.contains(&occasion))
+                .flat_map(|l| l.notify.iter().copied())
+                .collect()
+        } else {
+            (0..self.cfg.notifiers.len()).collect()
+        };
+        if ladder && notifiers.is_empty() {
+            return;
+        }
+        let facts = Facts {
+            target: name,
+            state: "closed".to_owned(),
+            opened_at_ms: now.0,
+            at_ms: now.0,
+            rules: Vec::new(),
+            blind_signals: Vec::new(),
+            plan: None,
+            from_revision: None,
+            to_revision: Some(revision.to_owned()),
+            steps: Vec::new(),
+            reason: Some(text),
+            next: format!(
+                "people must check why {revision} runs again: rearguard never rolls back to a revision marked bad"
+            ),
+        };
+        self.out.push(Effect::Notify(Box::new(Notification {
+            incident,
+            target,
+            occasion,
+            level: None,
+            notifiers: notifiers.into_iter().collect(),
+            summary,
+            facts,
+        })));
     }
 }

@@ -1,4 +1,6 @@
-//! Incidents: one per target and cause, with their state and timeline.
+//! Incidents, with their state and timeline: one per target and cause at a time, except
+//! that a breach after a change gets an incident of its own (which `follows` the older)
+//! when the open one was opened before the change and never acted on.
 
 use super::reading::Ts;
 
@@ -131,6 +133,10 @@ pub struct Incident {
     pub failed_attempts: u32,
     /// Notifiers told of this incident; acknowledgement and resolution reach all of them.
     pub notified: std::collections::BTreeSet<usize>,
+    /// The incident this one follows: opened before the target's latest change and never
+    /// acted on, it stays with the old revision while this one judges the new.
+    #[serde(default)]
+    pub follows: Option<String>,
 }
 
 impl Incident {

@@ -2,6 +2,11 @@
 //! resolving it, and what a rule's transition does to the incidents of its target (a
 //! firing rule opens or joins one, a cleared rule may end one).
 //!
+//! A firing joins the target's newest open breach incident, logged and announced
+//! (`rule_joined`), unless that incident was never acted on and its breach began before
+//! the target's latest change while this one began at or after it: then the new
+//! revision gets a judgement of its own, a new incident that follows the old one.
+//!
 //! It does no I/O and reads no clock; it does not decide whether to act (see `gate.rs`)
 //! nor whom to tell (see `escalation.rs`).
 
@@ -46,6 +51,7 @@ impl Engine {
             steps: Vec::new(),
             failed_attempts: 0,
             notified: BTreeSet::new(),
+            follows: None,
         });
         self.incidents.len() - 1
     }
@@ -73,10 +79,38 @@ impl Engine {
         id
     }
 
+    /// The target's newest open incident of this cause.
     pub(super) fn open_incident(&self, target: usize, cause: Cause) -> Option<usize> {
         self.incidents
             .iter()
-            .position(|i| i.target == target && i.cause == cause)
+            .rposition(|i| i.target == target && i.cause == cause)
+    }
+
+    /// The target's open breach incidents, oldest first, by id (handling one may close
+    /// another and move the rest).
+    pub(super) fn breach_incidents(&self, target: usize) -> Vec<String> {
+        self.incidents
+            .iter()
+            .filter(|i| i.target == target && i.cause == Cause::Breach)
+            .map(|i| i.id.clone())
+            .collect()
+    }
+
+    /// Where a firing of the target whose breach began at `breach` is judged: in the
+    /// newest open breach incident (`Ok`), or in a new one (`Err`, with the incident it
+    /// follows when the change started a new judgement).
+    fn judged_in(&self, target: usize, breach: Ts) -> Result<usize, Option<usize>> {
+        let Some(idx) = self.open_incident(target, Cause::Breach) else {
+            return Err(None);
+        };
+        let inc = &self.incidents[idx];
+        let never_acted = inc.plan.is_none() && inc.state == IncidentState::Escalated;
+        match self.targets[target].changed_at {
+            Some(change) if never_acted && inc.breach_started < change && breach >= change => {
+                Err(Some(idx))
+            }
+            _ => Ok(idx),
+        }
     }
 
     pub(super) fn find(&self, id: &str) -> Option<usize> {
@@ -127,9 +161,14 @@ impl Engine {
             t.to.name(),
             t.evidence
         );
-        if let Some(idx) = self.open_incident(target, Cause::Breach) {
+        let holding = self
+            .incidents
+            .iter()
+            .rposition(|i| i.target == target && i.cause == Cause::Breach && i.rules.contains(&ri));
+        if let Some(idx) = holding.or_else(|| self.open_incident(target, Cause::Breach)) {
             self.log(idx, now, EntryKind::Rule, text);
         }
+        self.unrest[ri].note(&t, now);
         let (to, from, breach_since) = (t.to, t.from, t.breach_since);
         self.out.push(Effect::RuleChanged {
             rule: ri,
@@ -142,8 +181,8 @@ impl Engine {
         }
     }
 
-    /// A rule fired: it joins the target's open breach incident (failing a verification
-    /// it is part of) or opens one, which the gate decides on.
+    /// A rule fired: it joins the incident it is judged in (failing a verification it is
+    /// part of) or opens one, which the gate decides on.
     pub(super) fn rule_fired(&mut self, ri: usize, breach_since: Ts, now: Ts) {
         if self.silenced[ri]
             .as_ref()
@@ -153,9 +192,10 @@ impl Engine {
             return;
         }
         let target = self.cfg.rules[ri].target;
-        if let Some(idx) = self.open_incident(target, Cause::Breach) {
-            return self.rule_joined(idx, ri, now);
-        }
+        let follows = match self.judged_in(target, breach_since) {
+            Ok(idx) => return self.rule_joined(idx, ri, now),
+            Err(follows) => follows,
+        };
         let idx = self.open(target, Cause::Breach, breach_since, now);
         self.incidents[idx].rules.push(ri);
         let rule = &self.cfg.rules[ri];
@@ -165,45 +205,90 @@ impl Engine {
             self.rules[ri].evidence(rule, false)
         );
         self.log(idx, now, EntryKind::Rule, text);
+        if let Some(old) = follows {
+            self.link(old, idx, ri, now);
+        }
         self.notify(idx, Occasion::Opened, now);
         self.decide(idx, now);
     }
 
+    /// Writes into both timelines that incident `new`, opened by rule `ri` after the
+    /// target's latest change, judges the new revision apart from `old`, which was opened
+    /// before the change and never acted on.
+    fn link(&mut self, old: usize, new: usize, ri: usize, now: Ts) {
+        let t = self.incidents[new].target;
+        let revision = self.targets[t].revision.clone().unwrap_or_default();
+        let (old_id, new_id) = (
+            self.incidents[old].id.clone(),
+            self.incidents[new].id.clone(),
+        );
+        self.incidents[new].follows = Some(old_id.clone());
+        let rule = self.cfg.rules[ri].name.clone();
+        self.log(
+            old,
+            now,
+            EntryKind::Decision,
+            format!("rule {rule} fired after the change to {revision}: it is judged in incident {new_id}, not in this one"),
+        );
+        self.log(
+            new,
+            now,
+            EntryKind::Decision,
+            format!("this breach began after the change to {revision}, while incident {old_id} (opened before it, never acted on) is still open: it is judged on its own"),
+        );
+    }
+
+    /// A rule fired into an open incident (or fired again in it): logged, and announced
+    /// to everyone already told, unless it fails the incident's verification, which is
+    /// announced as such.
     fn rule_joined(&mut self, idx: usize, ri: usize, now: Ts) {
         let inc = &mut self.incidents[idx];
-        if !inc.rules.contains(&ri) {
+        let again = inc.rules.contains(&ri);
+        if !again {
             inc.rules.push(ri);
         }
-        if let IncidentState::Verifying { .. } = inc.state
+        let rule = &self.cfg.rules[ri];
+        let text = format!(
+            "rule {} {} this incident: {}",
+            rule.name,
+            if again { "fired again in" } else { "joined" },
+            self.rules[ri].evidence(rule, false)
+        );
+        self.log(idx, now, EntryKind::Rule, text);
+        if let IncidentState::Verifying { .. } = self.incidents[idx].state
             && self.verification_rules(idx).contains(&ri)
         {
             let reason = format!(
                 "rule {} fired again during verification: the rollback did not fix the problem",
                 self.cfg.rules[ri].name
             );
-            self.verification_failed(idx, reason, now);
+            return self.verification_failed(idx, reason, now);
         }
+        self.notify(idx, Occasion::RuleJoined, now);
     }
 
-    /// A rule cleared: a breach incident not acting whose rules are all clear is over.
+    /// A rule cleared: each breach incident of the target not acting whose rules are all
+    /// clear is over.
     fn rule_cleared(&mut self, ri: usize, now: Ts) {
         let target = self.cfg.rules[ri].target;
-        let Some(idx) = self.open_incident(target, Cause::Breach) else {
-            return;
-        };
-        let inc = &self.incidents[idx];
-        let all_clear = inc
-            .rules
-            .iter()
-            .all(|&r| self.rules[r].phase != Phase::Firing);
-        if all_clear && matches!(inc.state, IncidentState::Escalated | IncidentState::Open) {
-            self.log(
-                idx,
-                now,
-                EntryKind::Decision,
-                "every rule of the incident has cleared",
-            );
-            self.resolve(idx, Outcome::Recovered, now);
+        for id in self.breach_incidents(target) {
+            let Some(idx) = self.find(&id) else {
+                continue;
+            };
+            let inc = &self.incidents[idx];
+            let all_clear = inc
+                .rules
+                .iter()
+                .all(|&r| self.rules[r].phase != Phase::Firing);
+            if all_clear && matches!(inc.state, IncidentState::Escalated | IncidentState::Open) {
+                self.log(
+                    idx,
+                    now,
+                    EntryKind::Decision,
+                    "every rule of the incident has cleared",
+                );
+                self.resolve(idx, Outcome::Recovered, now);
+            }
         }
     }
 }

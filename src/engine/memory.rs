@@ -19,7 +19,7 @@
 //!
 //! Readings and rule windows are not remembered: they are rebuilt from fresh readings.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -62,7 +62,13 @@ pub struct TargetMemory {
     pub revision: Option<String>,
     pub changed_at: Option<Ts>,
     pub previous: Option<(String, bool)>,
+    /// Why the previous revision counts as healthy or not, in the gate's words.
+    #[serde(default)]
+    pub previous_health: Option<String>,
     pub bad: BTreeSet<String>,
+    /// The incident that marked each bad revision bad.
+    #[serde(default)]
+    pub bad_by: BTreeMap<String, String>,
     pub paused: bool,
     pub breaker: Option<String>,
     pub rollbacks: Vec<Ts>,
@@ -123,7 +129,9 @@ impl Engine {
                 revision: t.revision.clone(),
                 changed_at: t.changed_at,
                 previous: t.previous.clone(),
+                previous_health: t.previous_health.clone(),
                 bad: t.bad.clone(),
+                bad_by: t.bad_by.clone(),
                 paused: t.paused,
                 breaker: t.breaker.clone(),
                 rollbacks: t.rollbacks.iter().copied().collect(),
@@ -215,7 +223,9 @@ impl Engine {
             state.revision = t.revision;
             state.changed_at = t.changed_at;
             state.previous = t.previous;
+            state.previous_health = t.previous_health;
             state.bad = t.bad;
+            state.bad_by = t.bad_by;
             state.paused = t.paused;
             state.breaker = t.breaker;
             state.rollbacks = t.rollbacks.into_iter().collect();

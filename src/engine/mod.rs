@@ -35,7 +35,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::config::{Condition, Config, Occasion, Rule, RuleMode, Threshold};
 
@@ -220,8 +220,13 @@ struct TargetState {
     changed_at: Option<Ts>,
     /// The revision before the current one, and whether it was healthy when replaced.
     previous: Option<(String, bool)>,
+    /// Why the previous revision counts as healthy or not, in the gate's words.
+    previous_health: Option<String>,
     /// Revisions rearguard rolled back from: never a rollback destination.
     bad: BTreeSet<String>,
+    /// The incident that marked each bad revision bad, for the notice when one is
+    /// deployed again.
+    bad_by: BTreeMap<String, String>,
     paused: bool,
     /// Why automatic action is stopped until an operator clears it.
     breaker: Option<String>,
@@ -260,6 +265,8 @@ pub struct Engine {
     paused_all: bool,
     /// Rules silenced by an operator: until when, and by whom.
     silenced: Vec<Option<(Ts, String)>>,
+    /// Per rule, when it was last away from `ok`, for `healthy_for`.
+    unrest: Vec<gate::Unrest>,
     out: Vec<Effect>,
 }
 
@@ -291,6 +298,7 @@ impl Engine {
             pending: Vec::new(),
             paused_all: false,
             silenced: vec![None; rule_count],
+            unrest: vec![gate::Unrest::default(); rule_count],
             out: Vec::new(),
         }
     }

@@ -45,8 +45,10 @@ impl Engine {
         let plan = self.cfg.targets[t].plan.expect("checked by decide");
         let period = self.cfg.targets[t].rollback_period;
         let (from, to) = self.rollback_revisions(t);
+        let id = self.incidents[idx].id.clone();
         let ts = &mut self.targets[t];
         ts.bad.insert(from.clone());
+        ts.bad_by.insert(from.clone(), id);
         // Only starts within the period count, and at most `max_rollbacks` of them can be
         // there, so dropping the older ones bounds the list without loosening the limit.
         while ts

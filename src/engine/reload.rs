@@ -36,6 +36,7 @@ impl Engine {
                 && same_rule(old, a, new, b)
             {
                 next.rules[b] = self.rules[a].clone();
+                next.unrest[b] = self.unrest[a];
             }
         }
         for (b, signal) in new.signals.iter().enumerate() {

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
+mod judgement;
+
 use super::*;
 use crate::config::units::{format_duration, parse_duration};
 use crate::config::{self, Format, SignalKind};
@@ -1034,7 +1036,7 @@ fn breach_that_began_before_the_change_escalates() {
         ",
         "
         9m rule errors-high ok -> pending
-        10m change v1 -> v2 (v1 healthy)
+        10m change v1 -> v2 (v1 unhealthy)
         11m rule errors-high pending -> firing
         11m notify opened
         11m escalated: the breach began at 11:15:40.000 before the latest change (to v2 at 11:16:40.000), so the change is not to blame
@@ -1274,8 +1276,8 @@ fn breaker_refuses_the_next_rollback_until_an_operator_clears_it() {
             1h4m errors 0/100
             1h5m clear-breaker
             1h5m clear-breaker        # already closed: rejected
-            1h10m change v4
-            1h11m..1h13m/1m errors 10/100
+            1h15m change v4
+            1h16m..1h18m/1m errors 10/100
             "
         ),
         &format!(
@@ -1293,12 +1295,12 @@ fn breaker_refuses_the_next_rollback_until_an_operator_clears_it() {
             1h4m notify resolved
             1h4m closed Breach incident: recovered
             1h5m rejected: the circuit breaker of this target is not open
-            1h10m change v3 -> v4 (v3 healthy)
-            1h11m rule errors-high ok -> pending
-            1h13m rule errors-high pending -> firing
-            1h13m notify opened
-            1h13m notify rollback_started
-            1h13m run step 0 attempt 1 (v4 -> v3)
+            1h15m change v3 -> v4 (v3 healthy)
+            1h16m rule errors-high ok -> pending
+            1h18m rule errors-high pending -> firing
+            1h18m notify opened
+            1h18m notify rollback_started
+            1h18m run step 0 attempt 1 (v4 -> v3)
             "
         ),
     );
@@ -1480,6 +1482,7 @@ fn revision_rolled_back_from_is_marked_bad_and_never_a_destination() {
         &run.output(),
         "
         30m change v1 -> v2 (v1 healthy)
+        30m notify bad_revision_deployed
         40m change v2 -> v3 (v2 unhealthy)
         42m rule errors-high ok -> pending
         44m rule errors-high pending -> firing
@@ -1514,7 +1517,7 @@ fn previous_revision_that_was_firing_when_replaced_is_not_a_destination() {
         6m rule errors-high ok -> pending
         8m rule errors-high pending -> firing
         8m notify opened
-        8m escalated: the previous revision v1 was not healthy when it was replaced
+        8m escalated: the previous revision v1 was not healthy: rule errors-high was firing since 11:07:40.000 when it was replaced
         8m notify not_rolled_back
         ",
     );
@@ -1533,8 +1536,8 @@ fn paused_target_escalates_instead_of_acting_until_resumed() {
                 12m..14m/1m errors 10/100
                 15m errors 0/100
                 16m {resume}
-                20m change v3
-                22m..24m/1m errors 10/100
+                26m change v3
+                28m..30m/1m errors 10/100
                 "
             ),
             "
@@ -1547,12 +1550,12 @@ fn paused_target_escalates_instead_of_acting_until_resumed() {
             15m rule errors-high firing -> ok
             15m notify resolved
             15m closed Breach incident: recovered
-            20m change v2 -> v3 (v2 healthy)
-            22m rule errors-high ok -> pending
-            24m rule errors-high pending -> firing
-            24m notify opened
-            24m notify rollback_started
-            24m run step 0 attempt 1 (v3 -> v2)
+            26m change v2 -> v3 (v2 healthy)
+            28m rule errors-high ok -> pending
+            30m rule errors-high pending -> firing
+            30m notify opened
+            30m notify rollback_started
+            30m run step 0 attempt 1 (v3 -> v2)
             ",
         );
     }

@@ -58,6 +58,8 @@ pub fn reason(occasion: Occasion) -> Option<(&'static str, &'static str)> {
         Occasion::Blind => ("WatchdogBlind", "Warning"),
         Occasion::Acknowledged => ("IncidentAcknowledged", "Normal"),
         Occasion::Resolved => ("IncidentResolved", "Normal"),
+        Occasion::RuleJoined => ("RuleJoined", "Warning"),
+        Occasion::BadRevisionDeployed => ("BadRevisionDeployed", "Warning"),
         Occasion::RollbackSlow | Occasion::AttemptsFailed => return None,
     })
 }

@@ -61,7 +61,8 @@ pub fn event(occasion: Occasion) -> Event {
         | Occasion::VerificationFailed
         | Occasion::AttemptsFailed
         | Occasion::RollbackSlow => trigger("critical"),
-        Occasion::Opened | Occasion::NotRolledBack => trigger("error"),
+        Occasion::Opened | Occasion::NotRolledBack | Occasion::RuleJoined => trigger("error"),
+        Occasion::BadRevisionDeployed => trigger("warning"),
         Occasion::RollbackSucceeded => trigger("info"),
     }
 }

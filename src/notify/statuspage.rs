@@ -37,17 +37,20 @@ pub fn incident_status(occasion: Occasion) -> &'static str {
         | Occasion::AttemptsFailed
         | Occasion::RollbackFailed
         | Occasion::VerificationFailed
-        | Occasion::Acknowledged => "identified",
+        | Occasion::Acknowledged
+        | Occasion::RuleJoined
+        | Occasion::BadRevisionDeployed => "identified",
         Occasion::RollbackSucceeded => "monitoring",
         Occasion::Resolved => "resolved",
     }
 }
 
-/// The component status an occasion sets. An acknowledgement says nothing about the
-/// component's health, so it leaves the component as it is (`None`).
+/// The component status an occasion sets. An acknowledgement, another rule joining and
+/// a bad revision deployed again say nothing new about the component's health, so they
+/// leave the component as it is (`None`).
 pub fn component_status(occasion: Occasion) -> Option<&'static str> {
     match occasion {
-        Occasion::Acknowledged => None,
+        Occasion::Acknowledged | Occasion::RuleJoined | Occasion::BadRevisionDeployed => None,
         Occasion::Resolved => Some("operational"),
         Occasion::RollbackSucceeded => Some("degraded_performance"),
         Occasion::RollbackFailed | Occasion::VerificationFailed | Occasion::Blind => {

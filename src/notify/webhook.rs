@@ -43,9 +43,9 @@
 //! - `incident`: the incident's id, shared by every message about it.
 //! - `occasion`: one of `opened`, `rollback_started`, `rollback_slow`, `attempts_failed`,
 //!   `rollback_succeeded`, `rollback_failed`, `verification_failed`, `not_rolled_back`,
-//!   `blind`, `acknowledged`, `resolved`.
-//! - `level`: the escalation level that sent it; `null` for acknowledgement, resolution
-//!   and tests.
+//!   `blind`, `acknowledged`, `resolved`, `rule_joined`, `bad_revision_deployed`.
+//! - `level`: the escalation level that sent it; `null` for acknowledgement, resolution,
+//!   `rule_joined`, `bad_revision_deployed` and tests.
 //! - `summary`: one line for people.
 //! - `truncated`: `true` when long texts in `facts` were cut (ending in `…`) or long lists
 //!   shortened to keep the body under 256 KB.

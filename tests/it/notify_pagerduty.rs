@@ -301,6 +301,8 @@ async fn every_occasion_is_a_valid_event_with_its_severity() {
         ("verification_failed", "critical"),
         ("not_rolled_back", "error"),
         ("blind", "critical"),
+        ("rule_joined", "error"),
+        ("bad_revision_deployed", "warning"),
     ]
     .map(|(c, s)| (c.to_owned(), json!(s)));
     assert_eq!(severities, expected);

@@ -11,7 +11,8 @@
 //! - optional `by` (RFC 3339), `incidents` (exact count), `breaker` (a circuit breaker
 //!   is open at the end), `verified` (an incident ended rolled back and verified),
 //!   `escalated` (an incident was escalated), `blind` (a blind incident opened),
-//!   `steps` (`"succeed"` or `"fail"`, how replay answers steps; default succeed).
+//!   `steps` (`"succeed"` or `"fail"`, how replay answers steps; default succeed),
+//!   `timeline` (texts the replay's text timeline must contain).
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,8 @@ struct Expect {
     escalated: Option<bool>,
     blind: Option<bool>,
     steps: Option<String>,
+    /// Texts the replay's text timeline must contain.
+    timeline: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -179,7 +182,12 @@ fn every_scenario_of_the_corpus_ends_as_expected() {
     for dir in &dirs {
         let expect = load_expect(dir);
         let run = replay_scenario(dir, step_outcome(&expect));
-        let bad = mismatches(&expect, &run.summary);
+        let mut bad = mismatches(&expect, &run.summary);
+        for text in expect.timeline.iter().flatten() {
+            if !run.timeline.contains(text.as_str()) {
+                bad.push(format!("expected the timeline to say {text:?}"));
+            }
+        }
         if !bad.is_empty() {
             failures.push_str(&format!(
                 "\n=== {}: {}\n{}\n{}",

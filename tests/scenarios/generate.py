@@ -174,6 +174,52 @@ def flapping_health():
     r.write("flapping-health-check")
 
 
+def bad_revision_redeployed():
+    # v2 serves 8% errors and is rolled back to v1 (6m30s); at 15m someone deploys v2
+    # again, and rearguard says so at once, before v2 breaks anything.
+    r = Recording()
+    r.change(0, "v1")
+    for s in range(5, 18 * 60 + 1, 5):
+        bad = 5 * 60 < s <= 6 * 60 + 30
+        r.rate(s, "errors", 0.08 if bad else 0.002, 1000)
+    r.change(5 * 60, "v2")
+    r.change(6 * 60 + 30, "v1")
+    r.change(15 * 60, "v2")
+    r.write("bad-revision-redeployed")
+
+
+def p95_noise_before_deploy():
+    # p95 hovers around its 200ms bar on v1: 70s above, 20s below, over and over, so the
+    # rule is pending again and again but never fires (for = 2m); the last streak breaks
+    # at 9m, a minute before v2 is deployed. v2 serves 8% errors from its deploy.
+    r = Recording()
+    r.change(0, "v1")
+    for s in range(10, 14 * 60 + 1, 10):
+        if s < 9 * 60:
+            v = 0.215 if (s // 10) % 9 < 7 else 0.185
+        else:
+            v = 0.150
+        r.number(s, "p95", v)
+    for s in range(5, 14 * 60 + 1, 5):
+        r.rate(s, "errors", 0.08 if s > 10 * 60 else 0.002, 1000)
+    r.change(10 * 60, "v2")
+    r.write("p95-noise-before-deploy")
+
+
+def old_incident_then_deploy():
+    # v1 serves 8% errors from 1m: an incident opens with nothing to blame (no change
+    # seen) and is escalated. v2 is deployed at 10m over it; errors stay, and p95 breaks
+    # from 11m: that breach is v2's, judged in an incident of its own.
+    r = Recording()
+    r.change(0, "v1")
+    for s in range(5, 16 * 60 + 1, 5):
+        r.rate(s, "errors", 0.08 if s > 60 else 0.002, 1000)
+    for s in range(10, 16 * 60 + 1, 10):
+        r.number(s, "p95", 0.5 if s > 11 * 60 else 0.12)
+    r.change(10 * 60, "v2")
+    r.write("old-incident-then-deploy")
+
+
 if __name__ == "__main__":
     bad_deploy()
     rollback_does_not_fix()
@@ -184,3 +230,6 @@ if __name__ == "__main__":
     oom_loop()
     outage_days_after_deploy()
     flapping_health()
+    bad_revision_redeployed()
+    p95_noise_before_deploy()
+    old_incident_then_deploy()

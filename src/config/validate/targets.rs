@@ -71,6 +71,7 @@ fn target(
             Duration::from_secs(3600),
         ),
         bake: kube_bake(ctx, &p, raw, change.as_ref()),
+        healthy_for: healthy_for(ctx, &p, raw, change.as_ref()),
         keep_snapshots: match raw.keep_snapshots {
             Some(0) => {
                 ctx.err(format!("{p}.keep_snapshots"), "must be at least 1");
@@ -149,4 +150,17 @@ fn kube_bake(
     kube.then(|| {
         ctx.positive_duration(format!("{p}.bake"), &raw.bake, Duration::from_secs(10 * 60))
     })
+}
+
+/// A target's `healthy_for`: how long before a change its rules must have been quiet
+/// for the replaced revision to count as healthy. Default: the target's `bake` (10
+/// minutes unless set), zero allowed (the instant of the change only).
+fn healthy_for(ctx: &mut Ctx, p: &str, raw: &RawTarget, change: Option<&ChangeSpec>) -> Duration {
+    let kube = matches!(change, Some(ChangeSpec::KubeDeployment(_)));
+    let bake = match &raw.bake {
+        Some(text) if kube => crate::config::units::parse_duration(text).ok(),
+        _ => None,
+    };
+    let default = bake.unwrap_or(Duration::from_secs(10 * 60));
+    ctx.duration(format!("{p}.healthy_for"), &raw.healthy_for, default)
 }
