@@ -1,5 +1,6 @@
 //! systemd's notify protocol (`Type=notify`): `READY=1` once rearguard is up, `STATUS=`
-//! lines saying what it is doing, `WATCHDOG=1` from the engine's loop, `STOPPING=1` when
+//! lines saying what it is doing (led by "state store failing: ..." while it cannot write
+//! its state), `WATCHDOG=1` from the engine's loop, `STOPPING=1` when
 //! it begins to stop. Datagrams go to the socket systemd names in `NOTIFY_SOCKET`.
 //!
 //! The environment is read once, by the command line, before the daemon starts; the

@@ -156,6 +156,8 @@ pub struct Metrics {
     notifiers: HashMap<String, NotifierSeries>,
     engine_step: Histogram,
     leader: Gauge,
+    outbox_unwritten: Gauge,
+    store_write_failures: Counter,
 }
 
 impl Metrics {
@@ -219,6 +221,18 @@ impl Metrics {
             "outbox_pending",
             "Messages in the outbox waiting for delivery",
             pending.clone(),
+        );
+        let outbox_unwritten = Gauge::default();
+        registry.register(
+            "outbox_unwritten",
+            "Notification messages kept in memory because the state store cannot take them yet",
+            outbox_unwritten.clone(),
+        );
+        let store_write_failures = Counter::default();
+        registry.register(
+            "store_write_failures",
+            "Writes to the state store that failed: the engine's state, outbox messages, delivery records",
+            store_write_failures.clone(),
         );
         let engine_step = Histogram::new(STEP_BUCKETS);
         registry.register_with_unit(
@@ -353,6 +367,8 @@ impl Metrics {
             notifiers,
             engine_step,
             leader,
+            outbox_unwritten,
+            store_write_failures,
         }
     }
 
@@ -458,6 +474,21 @@ impl Metrics {
             series
                 .pending
                 .set(i64::try_from(messages).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// `messages` notification messages wait in memory for the state store.
+    pub fn outbox_unwritten(&self, messages: u64) {
+        self.outbox_unwritten
+            .set(i64::try_from(messages).unwrap_or(i64::MAX));
+    }
+
+    /// The state store's failed writes since the start are `total` (a count the daemon
+    /// and the outbox keep); the counter catches up with it and never goes back.
+    pub fn store_write_failures(&self, total: u64) {
+        let counted = self.store_write_failures.get();
+        if total > counted {
+            self.store_write_failures.inc_by(total - counted);
         }
     }
 
@@ -786,6 +817,38 @@ type = "log"
         );
         m.outbox_pending("hook", 0);
         check(&m, &[r#"rearguard_outbox_pending{notifier="hook"} 0"#]);
+    }
+
+    #[test]
+    fn unwritten_messages_and_store_write_failures_are_exposed_and_failures_never_go_back() {
+        let m = metrics();
+        check(
+            &m,
+            &[
+                "rearguard_outbox_unwritten 0",
+                "rearguard_store_write_failures_total 0",
+                "# TYPE rearguard_store_write_failures counter",
+            ],
+        );
+        m.outbox_unwritten(4);
+        m.store_write_failures(3);
+        check(
+            &m,
+            &[
+                "rearguard_outbox_unwritten 4",
+                "rearguard_store_write_failures_total 3",
+            ],
+        );
+        m.outbox_unwritten(0);
+        m.store_write_failures(2);
+        m.store_write_failures(5);
+        check(
+            &m,
+            &[
+                "rearguard_outbox_unwritten 0",
+                "rearguard_store_write_failures_total 5",
+            ],
+        );
     }
 
     #[test]

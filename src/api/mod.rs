@@ -1,5 +1,6 @@
 //! rearguard's own HTTP endpoints: `/metrics` (OpenMetrics), `/healthz` (is the engine
-//! loop turning) and `/readyz` (has the daemon finished starting, is it stopping).
+//! loop turning) and `/readyz` (has the daemon finished starting, is it stopping, can it
+//! write its state store).
 //!
 //! These endpoints only read: they take no token and change nothing. What they report is
 //! pushed into [`Metrics`] and [`Health`] by the daemon; this module decides nothing
@@ -41,6 +42,8 @@ pub struct Health {
     /// Why this replica is a standby (leader election: another holds the lease); `None`
     /// while it acts.
     standby: std::sync::Mutex<Option<String>>,
+    /// Why the state store cannot be written, while it cannot.
+    store_failing: std::sync::Mutex<Option<String>>,
     wall_ms: u64,
     start: Instant,
 }
@@ -52,6 +55,8 @@ pub enum Readiness {
     Ready,
     /// Leader election: another replica holds the lease; this one serves and waits.
     Standby,
+    /// The state store cannot be written (a full disk): no step starts until it can.
+    StoreFailing,
     Stopping,
 }
 
@@ -61,6 +66,7 @@ impl Readiness {
             Readiness::Starting => "starting",
             Readiness::Ready => "ready",
             Readiness::Standby => "standby",
+            Readiness::StoreFailing => "store_failing",
             Readiness::Stopping => "stopping",
         }
     }
@@ -83,6 +89,7 @@ impl Health {
             stopping: AtomicBool::new(false),
             last_turn_ms: AtomicU64::new(0),
             standby: std::sync::Mutex::new(None),
+            store_failing: std::sync::Mutex::new(None),
             wall_ms,
             start: Instant::now(),
         }
@@ -118,6 +125,20 @@ impl Health {
             .clone()
     }
 
+    /// The state store cannot be written, for the reason given (`/readyz` answers 503
+    /// with it), or can again (`None`).
+    pub fn set_store_failing(&self, why: Option<String>) {
+        *self.store_failing.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// Why the state store cannot be written, while it cannot.
+    pub fn store_failing(&self) -> Option<String> {
+        self.store_failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The engine loop turned at `now_ms`.
     pub fn engine_turned(&self, now_ms: u64) {
         self.last_turn_ms.store(now_ms, Ordering::Release);
@@ -126,6 +147,8 @@ impl Health {
     pub fn readiness(&self) -> Readiness {
         if self.stopping.load(Ordering::Acquire) {
             Readiness::Stopping
+        } else if self.store_failing().is_some() {
+            Readiness::StoreFailing
         } else if self.standby().is_some() {
             Readiness::Standby
         } else if self.ready.load(Ordering::Acquire) {
@@ -199,12 +222,22 @@ async fn readyz(State(api): State<Api>) -> (StatusCode, String) {
         // A standby is ready: it serves, and a rolling update must be able to proceed
         // while another replica holds the lease.
         Readiness::Ready | Readiness::Standby => StatusCode::OK,
-        Readiness::Starting | Readiness::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+        Readiness::Starting | Readiness::StoreFailing | Readiness::Stopping => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     };
-    match (readiness, api.health.standby()) {
-        (Readiness::Standby, Some(why)) => (status, format!("standby: {why}\n")),
-        _ => (status, format!("{}\n", readiness.name())),
-    }
+    let why = match readiness {
+        Readiness::Standby => api.health.standby().map(|why| format!("standby: {why}")),
+        Readiness::StoreFailing => api
+            .health
+            .store_failing()
+            .map(|why| format!("state store failing: {why}")),
+        _ => None,
+    };
+    (
+        status,
+        format!("{}\n", why.as_deref().unwrap_or(readiness.name())),
+    )
 }
 
 #[cfg(test)]
@@ -239,6 +272,23 @@ mod tests {
         assert_eq!(h.readiness(), Readiness::Ready);
         assert!(h.liveness(t + 60_000, STALL).is_err());
         h.set_standby(Some("again".to_owned()));
+        h.set_stopping();
+        assert_eq!(h.readiness(), Readiness::Stopping, "stopping wins");
+    }
+
+    #[test]
+    fn a_failing_state_store_is_not_ready_until_it_works_again_and_stopping_wins() {
+        let h = Health::new();
+        h.set_ready();
+        h.set_store_failing(Some("database or disk is full".to_owned()));
+        assert_eq!(h.readiness(), Readiness::StoreFailing);
+        assert_eq!(
+            h.store_failing().as_deref(),
+            Some("database or disk is full")
+        );
+        h.set_store_failing(None);
+        assert_eq!(h.readiness(), Readiness::Ready);
+        h.set_store_failing(Some("again".to_owned()));
         h.set_stopping();
         assert_eq!(h.readiness(), Readiness::Stopping, "stopping wins");
     }

@@ -33,6 +33,7 @@ impl Generation<'_> {
         for inc in self.engine.incidents() {
             tracing::warn!(incident = %inc.id, state = inc.state.name(), "incident left open; the next start resumes it");
         }
+        self.last_write();
         drop(self.tx);
         self.tasks.flush_outbox(&self.cfg).await;
         self.tasks.stop_all().await;

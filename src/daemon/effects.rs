@@ -1,6 +1,7 @@
-//! Carrying out what an engine step produced: its memory and decisions written to the
-//! store first (`persist`), counted in the metrics (`account`), the status published for
-//! the control API (`publish`), then every effect carried out in order (`dispatch`):
+//! Carrying out what an engine step produced: counted in the metrics (`account`), the
+//! status published for the control API (`publish`), its memory and decisions written
+//! to the store (`step_record`, written by `held.rs`, which holds the effects while the
+//! store cannot take them), then every effect carried out in order (`dispatch`):
 //! notifications to the outbox, plan steps and snapshots started as tasks, reports
 //! written, transitions posted as Kubernetes Events, the rest logged.
 //!
@@ -13,11 +14,12 @@ use std::sync::Arc;
 
 use super::Event;
 use super::generation::Generation;
+use super::held::still_ordered;
 use super::steps::{self, Step};
 use crate::api::{Metrics, control};
 use crate::config::Config;
 use crate::engine::{Effect, Engine, Notification, Outcome, StepOrder, Ts};
-use crate::notify::outbox::Outbox;
+use crate::notify::outbox::{Outbox, Queued};
 use crate::store::{Decision, StepRecord, Store};
 
 /// Whether an engine step publishes the status the control API reads.
@@ -31,10 +33,11 @@ pub(super) enum Publish {
 }
 
 impl Generation<'_> {
-    /// What follows every engine step: its effects written to the store and counted,
-    /// the status published, then the effects carried out.
+    /// What follows every engine step: its effects counted, the status published, its
+    /// memory and audit trail written to the store (with whatever waits from before),
+    /// then the effects carried out; while the store cannot be written, they are held
+    /// (`held.rs`). Every turn comes through here, so every turn retries the write.
     pub(super) fn settle(&mut self, effects: Vec<Effect>, now: Ts, publish: Publish) {
-        persist(&self.shared.store, &self.cfg, &self.engine, &effects, now);
         account(&self.metrics, &self.engine, &effects, &mut self.counted);
         let publish = match publish {
             Publish::Always => true,
@@ -44,7 +47,11 @@ impl Generation<'_> {
         if publish {
             self.publish(now);
         }
-        self.dispatch(effects, now);
+        if !effects.is_empty() {
+            let record = step_record(&self.cfg, &self.engine, &effects, now);
+            self.unsaved.add(record, effects, now);
+        }
+        self.write_unsaved(now);
     }
 
     /// Publishes what the control API's readers see.
@@ -52,12 +59,12 @@ impl Generation<'_> {
         publish(&self.published, &self.cfg, &self.engine, now);
     }
 
-    /// Carries out effects in order.
-    fn dispatch(&mut self, effects: Vec<Effect>, now: Ts) {
-        for effect in effects {
+    /// Carries out effects in order, each produced at its engine time.
+    pub(super) fn dispatch(&mut self, effects: Vec<(Ts, Effect)>) {
+        for (at, effect) in effects {
             // Observers hear of an effect before what carrying it out produces (a report).
             if self.shared.observer.is_some() {
-                self.shared.tell(Event::Effect(now, effect.clone()));
+                self.shared.tell(Event::Effect(at, effect.clone()));
             }
             self.carry_out(&effect);
         }
@@ -67,6 +74,9 @@ impl Generation<'_> {
         match effect {
             Effect::RunStep(order) if self.draining => {
                 tracing::warn!(incident = %order.incident, step = order.step, "step not started: rearguard is stopping");
+            }
+            Effect::RunStep(order) if !still_ordered(&self.engine, order) => {
+                tracing::warn!(incident = %order.incident, step = order.step, "held step not started: its incident no longer waits for it");
             }
             Effect::RunStep(order) => self.start_step(order),
             Effect::IncidentClosed(inc) => {
@@ -127,18 +137,10 @@ impl Generation<'_> {
     }
 }
 
-/// Writes what an engine step leaves behind (its memory, the rule transitions, closed
-/// incidents) to the state store, before the step's effects are carried out. A failure
-/// is logged and the daemon goes on: acting is not held back by a broken disk.
-fn persist(store: &Store, cfg: &Config, engine: &Engine, effects: &[Effect], now: Ts) {
-    if effects.is_empty() {
-        return;
-    }
+/// What an engine step leaves for the store besides the engine's memory: the rule
+/// transitions for the audit trail and the incidents it closed.
+fn step_record(cfg: &Config, engine: &Engine, effects: &[Effect], now: Ts) -> StepRecord {
     let mut record = StepRecord::default();
-    match serde_json::to_string(&engine.memory(now)) {
-        Ok(body) => record.memory = Some((now.0, body)),
-        Err(e) => tracing::error!(error = %e, "cannot encode the engine's state"),
-    }
     let incident_of = |target: usize| {
         engine
             .incidents()
@@ -185,9 +187,7 @@ fn persist(store: &Store, cfg: &Config, engine: &Engine, effects: &[Effect], now
             _ => {}
         }
     }
-    if let Err(e) = store.record_step(&record) {
-        tracing::error!(error = %e, "cannot write the engine's state to the state store");
-    }
+    record
 }
 
 /// Counts what a step did in the metrics: rule phases, incidents opened and closed, and
@@ -274,15 +274,15 @@ pub(super) fn count_pending(store: &Store, metrics: &Metrics, names: &[String]) 
 }
 
 /// Writes a notification's messages to the outbox. A notification with no notifier (none
-/// is configured) and one the store cannot take are logged in full, so that it is never
-/// lost without a trace.
+/// is configured) and one the store cannot take yet (the outbox keeps it) are logged in
+/// full, so that people hear of it through what still works.
 fn notify(cfg: &Config, outbox: &Outbox, n: &Notification) {
     let level = n.level.map(|l| cfg.escalation[l].name.as_str());
     if n.notifiers.is_empty() {
         return log_notification(n);
     }
     match outbox.enqueue(n, level) {
-        Ok(messages) => {
+        Ok(Queued::Written(messages)) => {
             let to: Vec<&str> = n
                 .notifiers
                 .iter()
@@ -290,8 +290,12 @@ fn notify(cfg: &Config, outbox: &Outbox, n: &Notification) {
                 .collect();
             tracing::debug!(incident = %n.incident, occasion = n.occasion.name(), messages = messages.len(), notifiers = ?to, "notification queued");
         }
+        Ok(Queued::Kept(messages, e)) => {
+            tracing::error!(incident = %n.incident, error = %e, messages = messages.len(), "cannot write a notification to the outbox; it is kept in memory and written, in order, once the state store works again");
+            log_notification(n);
+        }
         Err(e) => {
-            tracing::error!(incident = %n.incident, error = %e, "cannot write a notification to the outbox; it is not sent");
+            tracing::error!(incident = %n.incident, error = %e, "cannot encode a notification; it is not sent");
             log_notification(n);
         }
     }

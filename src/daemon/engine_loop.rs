@@ -37,14 +37,19 @@ enum Turn {
 }
 
 impl Generation<'_> {
-    /// Turns until the generation stops, or until a new configuration waits and no step
-    /// is in flight and no incident is acting. Returns that configuration.
+    /// Turns until the generation stops, or until a new configuration waits, no step is
+    /// in flight, no incident is acting and nothing waits for the state store. Returns
+    /// that configuration.
     pub(super) async fn engine_loop(
         &mut self,
         mut reloads: Option<&mut mpsc::Receiver<Reload>>,
     ) -> Option<Box<Parts>> {
         loop {
-            if self.pending.is_some() && self.in_flight.is_empty() && !self.engine.acting() {
+            if self.pending.is_some()
+                && self.in_flight.is_empty()
+                && !self.engine.acting()
+                && self.nothing_unwritten()
+            {
                 break;
             }
             match self.next_turn(reloads.as_deref_mut()).await {
@@ -166,11 +171,12 @@ impl Generation<'_> {
     }
 
     /// After every turn: `/healthz` hears that the loop turned, and systemd's status
-    /// line follows the open incidents.
+    /// line follows the open incidents and a failing state store.
     fn turned(&mut self) {
         self.shared.health.engine_turned(self.shared.clock.now().0);
         if let Some(sd) = self.shared.systemd.as_ref() {
-            let now_status = status_line(&self.cfg, &self.engine);
+            let failing = self.shared.health.store_failing();
+            let now_status = status_line(&self.cfg, &self.engine, failing.as_deref());
             if now_status != self.status {
                 sd.status(&now_status);
                 self.status = now_status;
@@ -179,11 +185,18 @@ impl Generation<'_> {
     }
 }
 
-/// systemd's `STATUS=` line for what the engine has open.
-pub(super) fn status_line(cfg: &Config, engine: &Engine) -> String {
-    match engine.incidents() {
+/// systemd's `STATUS=` line for what the engine has open, led by why the state store
+/// fails while it does.
+pub(super) fn status_line(cfg: &Config, engine: &Engine, store_failing: Option<&str>) -> String {
+    let line = match engine.incidents() {
         [] => idle_status(cfg),
         open => incidents_status(open),
+    };
+    match store_failing {
+        Some(why) => {
+            format!("state store failing: {why}; no step starts until it is written; {line}")
+        }
+        None => line,
     }
 }
 

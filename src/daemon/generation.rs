@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use super::effects::{Publish, count_pending};
 use super::engine_loop::status_line;
+use super::held::Unsaved;
 use super::listener::{self, Hook};
 use super::parts::Parts;
 use super::reload::{Handed, Handover, Reload};
@@ -106,6 +107,8 @@ pub(super) struct Generation<'a> {
     pub(super) status: String,
     /// A new configuration that passed its checks and waits for the step in flight.
     pub(super) pending: Option<Box<Parts>>,
+    /// What waits for the state store: the engine's state and its held effects.
+    pub(super) unsaved: Unsaved,
     pub(super) told_waiting: bool,
 }
 
@@ -157,7 +160,7 @@ impl<'a> Generation<'a> {
         let resumed = resume(&cfg, resumed, shared);
         let (unstarted_tx, unstarted_rx) = mpsc::unbounded_channel();
         let mut generation = Generation {
-            status: status_line(&cfg, &resumed.engine),
+            status: status_line(&cfg, &resumed.engine, None),
             ticker: ticker(&cfg),
             watchdog: None,
             rules_of_signal: rules_of_signal(&cfg),
@@ -183,6 +186,7 @@ impl<'a> Generation<'a> {
             receiver,
             watches,
             pending: None,
+            unsaved: Unsaved::default(),
             told_waiting: false,
         };
         generation.announce(reloaded);

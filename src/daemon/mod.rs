@@ -24,6 +24,7 @@ mod drain;
 mod effects;
 mod engine_loop;
 mod generation;
+mod held;
 mod lead;
 mod listener;
 mod parts;

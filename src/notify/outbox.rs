@@ -14,11 +14,16 @@
 //!   accepted ones are marked before the worker moves on, so they are not sent again
 //!   (a crash between the provider's answer and that mark can repeat one message, which
 //!   the providers' dedup keys and the webhook's id make harmless).
+//! - A failing store (a full disk): a notification the store cannot take is kept in
+//!   memory, in order, and written by [`Outbox::write_kept`] once the store works again;
+//!   later notifications queue behind it. A worker whose delivery cannot be recorded
+//!   keeps trying to record it and sends nothing else meanwhile, so an accepted message
+//!   is not sent again and the order holds. Nothing is sent before it is written.
 //!
 //! Workers never hold the store's lock across a send.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, watch};
@@ -49,6 +54,16 @@ pub struct Attempt {
 /// deadline passes, and leave the rest in the store for the next run.
 pub type Flush = watch::Receiver<Option<tokio::time::Instant>>;
 
+/// What became of a notification's messages.
+#[derive(Debug)]
+pub enum Queued {
+    /// Written to the store; their workers are woken.
+    Written(Vec<Message>),
+    /// The store could not take them: kept in memory, in order, until
+    /// [`Outbox::write_kept`] writes them.
+    Kept(Vec<Message>, StoreError),
+}
+
 /// The outbox of one daemon run.
 pub struct Outbox {
     store: Arc<Store>,
@@ -56,6 +71,12 @@ pub struct Outbox {
     names: Vec<String>,
     wake: Vec<Arc<Notify>>,
     counter: AtomicU64,
+    /// Messages the store could not take yet, oldest first, with the latest error.
+    kept: Mutex<(Vec<NewMessage>, Option<String>)>,
+    /// By notifier index: why a delivery's outcome cannot be recorded, while it cannot.
+    unrecorded: Vec<Mutex<Option<String>>>,
+    /// Writes to the store that failed, since the start.
+    write_failures: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -75,17 +96,17 @@ impl Outbox {
                 .map(|_| Arc::new(Notify::new()))
                 .collect(),
             counter: AtomicU64::new(0),
+            kept: Mutex::new((Vec::new(), None)),
+            unrecorded: cfg.notifiers.iter().map(|_| Mutex::new(None)).collect(),
+            write_failures: AtomicU64::new(0),
         }
     }
 
-    /// Writes one message per notifier of a notification, in one transaction, then wakes
-    /// their workers. Returns the messages written.
-    pub fn enqueue(
-        &self,
-        n: &Notification,
-        level: Option<&str>,
-    ) -> Result<Vec<Message>, StoreError> {
-        let now = now_ms();
+    /// Writes one message per notifier of a notification, in one transaction, behind
+    /// any kept earlier, then wakes their workers. When the store cannot take them they
+    /// are kept in memory ([`Queued::Kept`]). Fails only when a message cannot be
+    /// encoded.
+    pub fn enqueue(&self, n: &Notification, level: Option<&str>) -> Result<Queued, StoreError> {
         let mut messages = Vec::with_capacity(n.notifiers.len());
         let mut rows = Vec::with_capacity(n.notifiers.len());
         for &i in &n.notifiers {
@@ -112,13 +133,68 @@ impl Outbox {
             });
             messages.push(msg);
         }
-        self.store.enqueue(&rows, now)?;
-        for &i in &n.notifiers {
-            if let Some(w) = self.wake.get(i) {
-                w.notify_one();
+        let mut kept = self.kept();
+        kept.0.extend(rows);
+        Ok(match self.write(&mut kept) {
+            Ok(()) => Queued::Written(messages),
+            Err(e) => Queued::Kept(messages, e),
+        })
+    }
+
+    /// Writes the messages kept while the store failed, in their order, and wakes their
+    /// workers. Returns how many were written.
+    pub fn write_kept(&self) -> Result<usize, StoreError> {
+        let mut kept = self.kept();
+        let n = kept.0.len();
+        self.write(&mut kept).map(|()| n)
+    }
+
+    /// How many messages are kept in memory, not yet written.
+    pub fn unwritten(&self) -> usize {
+        self.kept().0.len()
+    }
+
+    /// Why the outbox cannot write to the store, while it cannot: messages kept, or a
+    /// delivery whose outcome is not recorded.
+    pub fn failing(&self) -> Option<String> {
+        let kept = self.kept();
+        if !kept.0.is_empty() {
+            return kept.1.clone();
+        }
+        drop(kept);
+        self.unrecorded
+            .iter()
+            .find_map(|u| u.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// Writes to the store that failed since the start.
+    pub fn write_failures(&self) -> u64 {
+        self.write_failures.load(Ordering::Relaxed)
+    }
+
+    fn kept(&self) -> MutexGuard<'_, (Vec<NewMessage>, Option<String>)> {
+        // The list is consistent between statements, so a poisoned guard is safe to use.
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `kept` in one transaction; on success empties it and wakes the workers of
+    /// its notifiers.
+    fn write(&self, kept: &mut (Vec<NewMessage>, Option<String>)) -> Result<(), StoreError> {
+        if kept.0.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.store.enqueue(&kept.0, now_ms()) {
+            self.write_failures.fetch_add(1, Ordering::Relaxed);
+            kept.1 = Some(e.to_string());
+            return Err(e);
+        }
+        for row in kept.0.drain(..) {
+            if let Some(i) = self.names.iter().position(|n| *n == row.notifier) {
+                self.wake[i].notify_one();
             }
         }
-        Ok(messages)
+        kept.1 = None;
+        Ok(())
     }
 
     /// Starts one delivery worker per notifier on the tracker; messages left by an
@@ -237,20 +313,18 @@ impl Worker {
                 continue;
             }
             last_sent = Some(tokio::time::Instant::now());
-            self.deliver(row).await;
+            self.deliver(row, &mut flush).await;
         }
     }
 
-    async fn deliver(&mut self, row: Row) {
+    async fn deliver(&mut self, row: Row, flush: &mut Flush) {
         let name = self.name().to_owned();
         let msg: Message = match serde_json::from_str(&row.body) {
             Ok(m) => m,
             Err(e) => {
                 let reason = format!("the stored message cannot be read: {e}");
                 tracing::error!(notifier = %name, message = %row.id, reason = %reason, "message dropped");
-                if let Err(e) = self.outbox.store.rejected(row.seq, &reason, now_ms()) {
-                    tracing::error!(notifier = %name, error = %e, "cannot record a refused message");
-                }
+                self.record(&row, &Record::Rejected(&reason), flush).await;
                 return;
             }
         };
@@ -275,18 +349,16 @@ impl Worker {
                     crate::config::units::format_duration(bound)
                 ),
             });
-        let recorded = match &delivery {
+        let record = match &delivery {
             Delivery::Accepted { reference, answer } => {
                 if self.raised.take().is_some() {
                     tracing::info!(notifier = %name, "notifier accepts messages again");
                 }
                 tracing::debug!(notifier = %name, incident = %row.incident, message = %row.id, answer = %answer, "notification delivered");
-                let thread = reference
-                    .as_deref()
-                    .map(|r| (name.as_str(), row.incident.as_str(), r));
-                self.outbox
-                    .store
-                    .delivered(row.seq, answer, thread, now_ms())
+                Record::Delivered {
+                    answer,
+                    reference: reference.as_deref(),
+                }
             }
             Delivery::Retry { after, reason } => {
                 let delay = match after {
@@ -294,9 +366,7 @@ impl Worker {
                     None => backoff(row.attempts + 1),
                 };
                 tracing::warn!(notifier = %name, incident = %row.incident, message = %row.id, attempt = row.attempts + 1, retry_in_ms = delay.as_millis() as u64, reason = %reason, "notification not delivered; will retry");
-                self.outbox
-                    .store
-                    .retry_later(row.seq, reason, now_ms() + delay.as_millis() as u64)
+                Record::RetryAt(reason, now_ms() + delay.as_millis() as u64)
             }
             Delivery::Rejected { reason } => {
                 if self.raised.as_deref() != Some(reason.as_str()) {
@@ -305,12 +375,10 @@ impl Worker {
                 } else {
                     tracing::warn!(notifier = %name, incident = %row.incident, message = %row.id, "the provider refused a notification again");
                 }
-                self.outbox.store.rejected(row.seq, reason, now_ms())
+                Record::Rejected(reason)
             }
         };
-        if let Err(e) = recorded {
-            tracing::error!(notifier = %name, message = %row.id, error = %e, "cannot record a delivery attempt");
-        }
+        self.record(&row, &record, flush).await;
         if let Some(tx) = &self.attempts {
             let _ = tx.send(Attempt {
                 notifier: name,
@@ -318,6 +386,68 @@ impl Worker {
                 delivery,
             });
         }
+    }
+}
+
+/// What a worker writes to the store after an attempt.
+enum Record<'a> {
+    Delivered {
+        answer: &'a str,
+        /// The incident's thread reference the provider gave, if any.
+        reference: Option<&'a str>,
+    },
+    /// Not delivered: the reason, and when to try again.
+    RetryAt(&'a str, u64),
+    Rejected(&'a str),
+}
+
+impl Worker {
+    /// Records an attempt's outcome. While the store cannot take it, the worker tries
+    /// again every second and sends nothing: the message stays first in its queue, and
+    /// one the provider accepted must not be sent again. Gives up only at the flush
+    /// deadline (the message is then sent again by the next run, which the providers'
+    /// dedup keys make harmless).
+    async fn record(&self, row: &Row, record: &Record<'_>, flush: &mut Flush) {
+        let mut said = false;
+        loop {
+            let Err(e) = self.record_once(row, record) else {
+                if said {
+                    tracing::info!(notifier = %self.name(), message = %row.id, "delivery attempt recorded: the state store works again");
+                }
+                *self.unrecorded() = None;
+                return;
+            };
+            self.outbox.write_failures.fetch_add(1, Ordering::Relaxed);
+            if !said {
+                tracing::error!(notifier = %self.name(), message = %row.id, error = %e, "cannot record a delivery attempt; trying again every second, sending nothing meanwhile");
+                said = true;
+            }
+            *self.unrecorded() = Some(e.to_string());
+            let deadline = *flush.borrow();
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+                || wait(flush, Duration::from_secs(1)).await
+            {
+                return;
+            }
+        }
+    }
+
+    fn record_once(&self, row: &Row, record: &Record<'_>) -> Result<(), StoreError> {
+        let store = &self.outbox.store;
+        match *record {
+            Record::Delivered { answer, reference } => {
+                let thread = reference.map(|r| (self.name(), row.incident.as_str(), r));
+                store.delivered(row.seq, answer, thread, now_ms())
+            }
+            Record::RetryAt(reason, at) => store.retry_later(row.seq, reason, at),
+            Record::Rejected(reason) => store.rejected(row.seq, reason, now_ms()),
+        }
+    }
+
+    fn unrecorded(&self) -> MutexGuard<'_, Option<String>> {
+        self.outbox.unrecorded[self.index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }
 

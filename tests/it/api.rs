@@ -101,6 +101,26 @@ async fn readyz_is_starting_then_ready_then_stopping() {
 }
 
 #[tokio::test]
+async fn readyz_says_503_with_the_reason_while_the_state_store_fails() {
+    let app = app().await;
+    app.health.set_ready();
+    app.health
+        .set_store_failing(Some("database or disk is full".to_owned()));
+    assert_eq!(
+        get(&app, "/readyz").await,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state store failing: database or disk is full\n".to_owned()
+        )
+    );
+    app.health.set_store_failing(None);
+    assert_eq!(
+        get(&app, "/readyz").await,
+        (StatusCode::OK, "ready\n".to_owned())
+    );
+}
+
+#[tokio::test]
 async fn healthz_fails_with_the_reason_once_the_engine_loop_stops_turning() {
     let app = app().await;
     assert_eq!(

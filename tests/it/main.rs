@@ -10,6 +10,7 @@ mod cli;
 mod control;
 mod daemon;
 mod demo;
+mod disk_full;
 mod journal;
 mod kube_api;
 mod kube_change;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rearguard::config::{Config, Occasion};
 use rearguard::engine::Notification;
-use rearguard::notify::outbox::{Attempt, Limits, Outbox};
+use rearguard::notify::outbox::{Attempt, Limits, Outbox, Queued};
 use rearguard::notify::{Delivery, Message, Sink};
 use rearguard::store::{State, Store};
 use tokio::sync::mpsc;
@@ -26,9 +26,9 @@ fn accept(_: &Recorded, _: usize) -> Answer {
 }
 
 /// An outbox with one webhook notifier posting to `url`, its workers running.
-struct Running {
-    outbox: Arc<Outbox>,
-    store: Arc<Store>,
+pub(crate) struct Running {
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) store: Arc<Store>,
     attempts: mpsc::UnboundedReceiver<Attempt>,
     cfg: Config,
     _dir: tempfile::TempDir,
@@ -36,6 +36,12 @@ struct Running {
 }
 
 fn start(url: &str, per_minute: u32) -> Running {
+    start_in(url, per_minute, None)
+}
+
+/// [`start`] with the state store in `state` (a directory of the test's own) instead of
+/// a temporary directory.
+pub(crate) fn start_in(url: &str, per_minute: u32, state: Option<&std::path::Path>) -> Running {
     let dir = support::temp_dir();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "s3cret").unwrap();
@@ -51,7 +57,7 @@ timeout = "2s"
 "#,
         secret.display()
     ));
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let store = Arc::new(Store::open(state.unwrap_or(dir.path())).unwrap());
     let outbox = Arc::new(Outbox::new(Arc::clone(&store), &cfg));
     let n = &cfg.notifiers[0];
     let sink = Sink::new(n, &rearguard::http::client()).unwrap();
@@ -79,6 +85,14 @@ timeout = "2s"
 
 impl Running {
     fn notify(&self, incident: &str, occasion: Occasion) -> Message {
+        match self.enqueue(incident, occasion) {
+            Queued::Written(mut written) => written.remove(0),
+            Queued::Kept(_, e) => panic!("the store did not take the message: {e}"),
+        }
+    }
+
+    /// Hands the outbox a notification for its one notifier.
+    pub(crate) fn enqueue(&self, incident: &str, occasion: Occasion) -> Queued {
         let facts = Message::test("hook", 1_795_000_000_000).facts;
         let n = Notification {
             incident: incident.to_owned(),
@@ -90,11 +104,21 @@ impl Running {
             facts,
         };
         assert_eq!(self.cfg.notifiers.len(), 1);
-        let mut written = self.outbox.enqueue(&n, None).unwrap();
-        written.remove(0)
+        self.outbox.enqueue(&n, None).unwrap()
     }
 
-    async fn next_attempt(&mut self) -> Attempt {
+    /// The occasions of the next `n` attempts, each of which must be accepted.
+    pub(crate) async fn accepted(&mut self, n: usize) -> Vec<Occasion> {
+        let mut order = Vec::new();
+        for _ in 0..n {
+            let a = self.next_attempt().await;
+            assert!(matches!(a.delivery, Delivery::Accepted { .. }), "{a:?}");
+            order.push(a.message.occasion);
+        }
+        order
+    }
+
+    pub(crate) async fn next_attempt(&mut self) -> Attempt {
         tokio::time::timeout(Duration::from_secs(10), self.attempts.recv())
             .await
             .expect("a delivery attempt within 10s")
@@ -189,12 +213,7 @@ async fn deliveries_are_spaced_by_the_rate_limit_and_keep_their_order() {
     ] {
         run.notify("shop-1", occasion);
     }
-    let mut order = Vec::new();
-    for _ in 0..4 {
-        let a = run.next_attempt().await;
-        assert!(matches!(a.delivery, Delivery::Accepted { .. }), "{a:?}");
-        order.push(a.message.occasion);
-    }
+    let order = run.accepted(4).await;
     assert_eq!(
         order,
         [

@@ -44,7 +44,7 @@ fn read_until(socket: &UnixDatagram, secs: u64, pred: impl Fn(&str) -> bool) -> 
 
 /// The real binary started as systemd starts a `Type=notify` service: `NOTIFY_SOCKET`,
 /// and `WATCHDOG_USEC` (400 ms) when `watchdog` is set.
-fn notified(
+pub(crate) fn notified(
     cfg: &std::path::Path,
     socket: &std::path::Path,
     watchdog: bool,
@@ -64,7 +64,7 @@ fn notified(
 }
 
 /// [`read_until`] off the async runtime: hands the socket back with what was read.
-async fn datagrams_until(
+pub(crate) async fn datagrams_until(
     socket: UnixDatagram,
     secs: u64,
     pred: impl Fn(&str) -> bool + Send + 'static,
