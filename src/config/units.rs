@@ -80,7 +80,7 @@ fn part_ms(number: &str, unit_ms: u128) -> Option<Option<u128>> {
         fraction.parse().ok()?
     };
     let fraction_ms = fraction * unit_ms;
-    if fraction_ms % scale != 0 {
+    if !fraction_ms.is_multiple_of(scale) {
         return Some(None);
     }
     Some(Some(whole * unit_ms + fraction_ms / scale))
