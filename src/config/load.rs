@@ -4,6 +4,12 @@
 //! Overrides name a key path with `__` between parts and list indexes as numbers:
 //! `REARGUARD_DAEMON__MODE=shadow`, `REARGUARD_RULE__0__FOR=2m`. Variables without `__`
 //! (such as secrets a configuration refers to) are not overrides and are ignored here.
+//!
+//! Whatever the text, loading ends in a configuration or in errors, never in a panic, a
+//! stack overflow or a silent choice: values nest at most [`MAX_DEPTH`] levels, no string
+//! holds a NUL byte (no argv, environment value or path can carry one), and a YAML key
+//! written twice in one mapping is an error, as TOML makes it. A parse error never
+//! quotes the text it is about, which may hold a secret.
 
 use std::path::Path;
 
@@ -53,16 +59,7 @@ pub fn load_str(
     env: impl IntoIterator<Item = (String, String)>,
     base_dir: &Path,
 ) -> Result<Config, ConfigErrors> {
-    let figment = match format {
-        Format::Toml => Figment::from(Toml::string(text)),
-        Format::Yaml => Figment::from(Yaml::string(text)),
-    };
-    let mut root: Value = figment
-        .extract::<Value>()
-        .map_err(|e| ConfigErrors(figment_errors("", e)))?;
-    if matches!(root, Value::Empty(..)) {
-        root = Value::Dict(Tag::Default, Dict::new());
-    }
+    let mut root = parse(text, format)?;
     let mut errors = Vec::new();
     let env: std::collections::BTreeMap<String, String> = env.into_iter().collect();
     let overrides = env
@@ -75,6 +72,10 @@ pub fn load_str(
                 message,
             });
         }
+    }
+    check_values(&root, "", 0, &mut errors);
+    if errors.iter().any(|e| e.message.starts_with(TOO_DEEP)) {
+        return Err(ConfigErrors(errors));
     }
     let raw: RawConfig = match root.deserialize() {
         Ok(raw) => raw,
@@ -95,6 +96,136 @@ pub fn load_str(
     }
 }
 
+/// The deepest nesting of tables and lists accepted in a value; the deepest key of the
+/// schema is far shallower, and a deeper value is an attack on the parser's stack.
+pub const MAX_DEPTH: usize = 32;
+
+const TOO_DEEP: &str = "nests tables or lists deeper than";
+
+/// The text as a tree of values, or its syntax errors (with the line, never the text).
+fn parse(text: &str, format: Format) -> Result<Value, ConfigErrors> {
+    let syntax = |message: String| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message,
+        }])
+    };
+    let figment = match format {
+        Format::Toml => Figment::from(Toml::string(text)),
+        Format::Yaml => {
+            // Figment keeps the last of two equal keys; a mapping that says two things
+            // about one key is refused instead.
+            if let Err(e) = Yaml::from_str::<unique::Unique>(text) {
+                return Err(syntax(without_source(&e.to_string())));
+            }
+            Figment::from(Yaml::string(text))
+        }
+    };
+    let mut root: Value = figment.extract::<Value>().map_err(|e| {
+        let mut errors = figment_errors("", e);
+        for e in &mut errors {
+            e.message = without_source(&e.message);
+        }
+        ConfigErrors(errors)
+    })?;
+    if matches!(root, Value::Empty(..)) {
+        root = Value::Dict(Tag::Default, Dict::new());
+    }
+    Ok(root)
+}
+
+/// A parser's message without the lines of the source it quotes (the TOML parser shows
+/// the line with a caret under it): the line and column say where, and the line itself
+/// may hold a secret.
+fn without_source(message: &str) -> String {
+    let quotes_source = |line: &str| {
+        let t = line
+            .trim_start()
+            .trim_start_matches(|c: char| c.is_ascii_digit());
+        t.trim_start().starts_with('|')
+    };
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !quotes_source(l))
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Reports values nested deeper than [`MAX_DEPTH`] and strings (or keys) holding a NUL
+/// byte, each at its path.
+fn check_values(value: &Value, path: &str, depth: usize, errors: &mut Vec<ConfigError>) {
+    let err = |errors: &mut Vec<ConfigError>, path: String, message: String| {
+        errors.push(ConfigError { path, message })
+    };
+    match value {
+        Value::Dict(..) | Value::Array(..) if depth >= MAX_DEPTH => {
+            err(
+                errors,
+                path.to_owned(),
+                format!("{TOO_DEEP} {MAX_DEPTH} levels"),
+            );
+        }
+        Value::Dict(_, dict) => {
+            for (key, v) in dict {
+                let p = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                if key.contains('\0') {
+                    err(errors, p.clone(), "the key holds a NUL byte".to_owned());
+                }
+                check_values(v, &p, depth + 1, errors);
+            }
+        }
+        Value::Array(_, items) => {
+            for (i, v) in items.iter().enumerate() {
+                check_values(v, &format!("{path}[{i}]"), depth + 1, errors);
+            }
+        }
+        Value::String(_, s) if s.contains('\0') => {
+            err(
+                errors,
+                path.to_owned(),
+                "holds a NUL byte, which no argument, environment value or path can carry"
+                    .to_owned(),
+            );
+        }
+        _ => {}
+    }
+}
+
+/// How deep `text` nests lists and tables as figment's value parser reads an override
+/// (strings in double quotes with backslash escapes, characters in single quotes), so
+/// that a deep one is refused before that recursive parser sees it.
+fn nesting(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            '"' => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Sets the key named by `REARGUARD_A__B__0__C` in `root`, creating tables as needed.
 fn apply_override(root: &mut Value, var: &str, text: &str) -> Result<(), String> {
     let parts: Vec<String> = var["REARGUARD_".len()..]
@@ -103,6 +234,9 @@ fn apply_override(root: &mut Value, var: &str, text: &str) -> Result<(), String>
         .collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err("environment override has an empty key part".to_owned());
+    }
+    if nesting(text) > MAX_DEPTH {
+        return Err(format!("the value {TOO_DEEP} {MAX_DEPTH} levels"));
     }
     let new_value: Value = text.parse().unwrap_or_else(|_| Value::from(text));
     let mut node = root;
@@ -139,4 +273,109 @@ fn apply_override(root: &mut Value, var: &str, text: &str) -> Result<(), String>
         };
     }
     Ok(())
+}
+
+/// A YAML document walked only to find a key written twice in one mapping.
+mod unique {
+    use std::collections::HashSet;
+    use std::fmt;
+
+    use serde::de::{
+        self, Deserialize, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
+    };
+
+    /// Any YAML value whose mappings have no key twice.
+    pub(super) struct Unique;
+
+    /// A mapping's key as text; `None` for a key that is itself a list or mapping.
+    struct Key(Option<String>);
+
+    impl<'de> Deserialize<'de> for Unique {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(Walk { key: false }).map(|_| Unique)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Key {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(Walk { key: true }).map(Key)
+        }
+    }
+
+    /// Visits any value; for a key, returns a scalar's text.
+    struct Walk {
+        key: bool,
+    }
+
+    impl Walk {
+        fn text<E>(&self, text: impl fmt::Display) -> Result<Option<String>, E> {
+            Ok(self.key.then(|| text.to_string()))
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any value")
+        }
+
+        fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+            self.text(v)
+        }
+
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            self.text(v)
+        }
+
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            self.text(v)
+        }
+
+        fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+            self.text(v)
+        }
+
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            self.text(v)
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            self.text("null")
+        }
+
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            self.text("null")
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<Unique>()?.is_some() {}
+            Ok(None)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = HashSet::new();
+            while let Some(Key(key)) = map.next_key::<Key>()? {
+                if let Some(key) = key
+                    && !seen.insert(key.clone())
+                {
+                    return Err(de::Error::custom(format!(
+                        "the key {key:?} is written twice in one mapping; write it once"
+                    )));
+                }
+                map.next_value::<Unique>()?;
+            }
+            Ok(None)
+        }
+
+        fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
+            let (Unique, variant) = data.variant::<Unique>()?;
+            variant.newtype_variant::<Unique>()?;
+            Ok(None)
+        }
+    }
 }

@@ -6,43 +6,84 @@
 
 use std::time::Duration;
 
+/// The longest duration accepted: ten years.
+const MAX_DURATION_MS: u128 = 10 * 365 * 86_400_000;
+
 /// Parses a duration written as one or more `<number><unit>` parts with no spaces,
-/// e.g. `"5m"`, `"200ms"`, `"1h30m"`, `"1.5s"`. Units: `ms`, `s`, `m`, `h`, `d`.
+/// e.g. `"5m"`, `"200ms"`, `"1h30m"`, `"1.5s"`. Units: `ms`, `s`, `m`, `h`, `d`. A
+/// duration is a whole number of milliseconds (`"1.5ms"` and `"0.0001s"` are refused:
+/// nothing rearguard times is finer), at most ten years.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("expected a duration like \"5m\", got {text:?}");
     let s = text.trim();
     if s.is_empty() || s != text {
         return Err(bad());
     }
-    let mut total = 0f64;
+    let mut total: u128 = 0;
     let mut rest = s;
     while !rest.is_empty() {
         let num_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(bad)?;
-        if num_len == 0 {
-            return Err(bad());
-        }
-        let number: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        let number = &rest[..num_len];
         rest = &rest[num_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
+        let unit_ms: u128 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
-        total += number * seconds;
+        let part = part_ms(number, unit_ms).ok_or_else(bad)?.ok_or_else(|| {
+            format!("{text:?} is finer than a millisecond: durations are whole milliseconds")
+        })?;
+        total = total.saturating_add(part);
+        if total > MAX_DURATION_MS {
+            return Err(format!("{text:?} is longer than the limit of ten years"));
+        }
     }
-    if !total.is_finite() || total > 10.0 * 365.0 * 86400.0 {
-        return Err(bad());
+    Ok(Duration::from_millis(total as u64))
+}
+
+/// `number` (digits with at most one `.`) of a unit of `unit_ms` milliseconds, in whole
+/// milliseconds: `None` when it is not a number, `Some(None)` when it has a fraction of
+/// a millisecond. Exact decimal arithmetic, so `"0.3s"` is 300ms, not 299.
+fn part_ms(number: &str, unit_ms: u128) -> Option<Option<u128>> {
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
+        return None;
     }
-    Ok(Duration::from_secs_f64(total))
+    // Digits past what ten years in milliseconds needs change nothing but the risk of
+    // overflow: a longer number is over the limit, or has a fraction too fine.
+    let fraction = fraction.trim_end_matches('0');
+    if whole.trim_start_matches('0').len() > 15 || fraction.len() > 15 {
+        return Some(if fraction.len() > 15 {
+            None
+        } else {
+            Some(u128::MAX)
+        });
+    }
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let scale = 10u128.pow(fraction.len() as u32);
+    let fraction: u128 = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse().ok()?
+    };
+    let fraction_ms = fraction * unit_ms;
+    if !fraction_ms.is_multiple_of(scale) {
+        return Some(None);
+    }
+    Some(Some(whole * unit_ms + fraction_ms / scale))
 }
 
 /// Formats a duration the way the configuration writes it (`"5m30s"`, `"200ms"`).
@@ -291,6 +332,32 @@ mod tests {
                 err.starts_with("expected a duration like \"5m\""),
                 "{text}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn durations_are_whole_milliseconds_of_at_most_ten_years() {
+        for (text, ms) in [
+            ("0.3s", 300),
+            ("0.001s", 1),
+            ("1.25m", 75_000),
+            ("3650d", 315_360_000_000),
+        ] {
+            assert_eq!(parse_duration(text).unwrap().as_millis(), ms, "{text}");
+        }
+        for text in ["0.5ms", "0.0001s", "1.0000000000000000001s", "1s0.5ms"] {
+            let err = parse_duration(text).unwrap_err();
+            assert!(err.contains("finer than a millisecond"), "{text}: {err}");
+        }
+        for text in ["3651d", "99999999999999999999999h", "3000d3000d"] {
+            let err = parse_duration(text).unwrap_err();
+            assert!(
+                err.contains("longer than the limit of ten years"),
+                "{text}: {err}"
+            );
+        }
+        for text in [".s", "1..5s", "1.2.3s"] {
+            assert!(parse_duration(text).is_err(), "{text}");
         }
     }
 

@@ -160,7 +160,7 @@ async fn webhook(
             (StatusCode::OK, format!("{summary}\n"))
         }
         Err(rejection) => {
-            tracing::warn!(status = rejection.status, reason = %rejection.reason, "alertmanager webhook refused");
+            // The receiver logged it, within its rate limit.
             let status = StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::BAD_REQUEST);
             (status, format!("{}\n", rejection.reason))
         }

@@ -22,6 +22,11 @@
 //! never create work for a target the configuration does not name. The token is never put
 //! in a rejection, a log line or a reading.
 //!
+//! Refused deliveries are logged here, at most one line per [`REFUSAL_LOG_EVERY`] and
+//! status (the first refusal at once, then the next one after the period with how many
+//! were not logged in between), so that a client posting in a loop cannot fill the
+//! journal; every refusal is still counted ([`Receiver::refused`]).
+//!
 //! This module does no I/O and reads no clock: the daemon's listener hands it the header,
 //! the body and the time.
 
@@ -48,6 +53,9 @@ pub const RESOLVED_RETENTION: Duration = Duration::from_secs(60 * 60);
 /// The most alerts remembered per signal. Resolved alerts are forgotten first; when every
 /// remembered alert is firing the signal is failing anyway, and new ones are not stored.
 pub const MAX_ALERTS_PER_SIGNAL: usize = 1024;
+
+/// How often a refused delivery is logged, per HTTP status of the refusal.
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The webhook payload version this receiver understands.
 const VERSION: &str = "4";
@@ -287,6 +295,41 @@ pub struct Receiver {
     watched: Vec<Watched>,
     /// Per watched signal, in the order of `watched`. Held only for short sections.
     state: Mutex<Vec<SignalState>>,
+    refusals: Mutex<RefusalLog>,
+}
+
+/// Refused deliveries by HTTP status: how many in all, and what the log has been told.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    by_status: BTreeMap<u16, Refusals>,
+}
+
+#[derive(Debug, Default)]
+struct Refusals {
+    total: u64,
+    /// When a refusal of this status was last logged.
+    logged_at: Option<Ts>,
+    /// Refusals since then that were counted but not logged.
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    /// Counts a refusal; `Some(n)` when it is to be logged, `n` being the refusals of its
+    /// status not logged since the last line.
+    fn count(&mut self, status: u16, now: Ts) -> Option<u64> {
+        let r = self.by_status.entry(status).or_default();
+        r.total += 1;
+        match r.logged_at {
+            Some(at) if now.since(at) < REFUSAL_LOG_EVERY && now.0 >= at.0 => {
+                r.unlogged += 1;
+                None
+            }
+            _ => {
+                r.logged_at = Some(now);
+                Some(std::mem::take(&mut r.unlogged))
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Receiver {
@@ -320,6 +363,7 @@ impl Receiver {
         Some(Receiver {
             watched,
             state: Mutex::new(state),
+            refusals: Mutex::new(RefusalLog::default()),
         })
     }
 
@@ -358,8 +402,41 @@ impl Receiver {
     }
 
     /// [`Receiver::handle`] with the counts of what the delivery did, for the answer's
-    /// body and the log.
+    /// body and the log. A refusal is counted, and logged within the rate limit.
     pub fn receive(
+        &self,
+        authorization: Option<&str>,
+        body: &[u8],
+        now: Ts,
+    ) -> Result<Delivery, Rejection> {
+        let result = self.judge(authorization, body, now);
+        if let Err(rejection) = &result {
+            self.log_refusal(rejection, now);
+        }
+        result
+    }
+
+    /// How many deliveries were refused, by HTTP status, since this receiver was made.
+    pub fn refused(&self) -> BTreeMap<u16, u64> {
+        let log = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        log.by_status.iter().map(|(s, r)| (*s, r.total)).collect()
+    }
+
+    /// Logs a refusal unless one of its status was logged within [`REFUSAL_LOG_EVERY`].
+    fn log_refusal(&self, rejection: &Rejection, now: Ts) {
+        let mut log = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(unlogged) = log.count(rejection.status, now) {
+            tracing::warn!(
+                status = rejection.status,
+                reason = %rejection.reason,
+                not_logged_since = unlogged,
+                "alertmanager webhook refused"
+            );
+        }
+    }
+
+    /// Judges one delivery and applies it; see [`Receiver::receive`].
+    fn judge(
         &self,
         authorization: Option<&str>,
         body: &[u8],
@@ -765,7 +842,79 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{constant_time_eq, parse_rfc3339};
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::{Receiver, Ts, constant_time_eq, parse_rfc3339};
+    use crate::config::{Format, load_str};
+
+    /// What a subscriber writes, for reading back the lines a closure logged.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(f: impl FnOnce()) -> Vec<String> {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_flood_of_refused_deliveries_logs_a_line_per_status_and_period_and_counts_all() {
+        let text = r#"
+[[target]]
+name = "shop"
+
+[[signal]]
+name = "alerts"
+type = "alertmanager"
+target = "shop"
+matchers = { alertname = "Down" }
+token = { env = "AM_TOKEN" }
+"#;
+        let env = [("AM_TOKEN".to_owned(), "right".to_owned())];
+        let cfg = load_str(text, Format::Toml, env, std::path::Path::new(".")).unwrap();
+        let receiver = Receiver::new(&cfg).unwrap();
+        let lines = logged(|| {
+            for ms in 0..1000 {
+                assert!(
+                    receiver
+                        .receive(Some("Bearer wrong"), b"{}", Ts(ms))
+                        .is_err()
+                );
+            }
+            assert!(
+                receiver
+                    .receive(Some("Bearer right"), b"{", Ts(500))
+                    .is_err()
+            );
+            assert!(receiver.receive(None, b"{}", Ts(10_999)).is_err());
+        });
+        let refused: Vec<&String> = lines.iter().filter(|l| l.contains("refused")).collect();
+        assert_eq!(refused.len(), 3, "{lines:#?}");
+        assert!(refused[0].contains("not_logged_since=0"), "{lines:#?}");
+        assert!(refused[1].contains("status=400"), "{lines:#?}");
+        assert!(refused[2].contains("not_logged_since=999"), "{lines:#?}");
+        assert!(!lines.iter().any(|l| l.contains("right")), "{lines:#?}");
+        let counts: Vec<(u16, u64)> = receiver.refused().into_iter().collect();
+        assert_eq!(counts, [(400, 1), (401, 1001)]);
+    }
 
     #[test]
     fn rfc3339_times_parse_with_fractions_and_offsets() {

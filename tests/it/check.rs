@@ -806,3 +806,353 @@ fn a_cgroup_oom_signal_takes_exactly_one_of_cgroup_and_unit_and_says_so() {
             if unit == "shop.service" && slice == "app-web.slice"
     ));
 }
+
+/// The reference with `from` replaced by `to`, which must be in it, and its secret files
+/// named by absolute paths, so that the text can be checked from anywhere.
+fn reference_with(from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(config_dir().join("reference.toml")).unwrap();
+    assert!(text.contains(from), "the reference has no {from:?}");
+    let examples = format!("\"{}/examples/", config_dir().display());
+    text.replacen(from, to, 1).replace("\"examples/", &examples)
+}
+
+/// `rearguard check` of `text` written as `name` with `env`: its exit code and
+/// everything it printed.
+fn check_text(name: &str, text: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let file = TempConfig::new(name, text);
+    let out = rearguard(&["check", file.path()], env);
+    (
+        out.status.code(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
+}
+
+#[test]
+fn a_plan_that_fails_to_deserialize_is_reported_without_a_panic() {
+    let plan_name = "[[plan]]\nname = \"shop-rollback\"\n";
+    for broken in ["[[plan]]\nname = 0\n", "[[plan]]\n"] {
+        let (code, text) = check_text("plan.toml", &reference_with(plan_name, broken), &[]);
+        assert_eq!(code, Some(EXIT_CONFIG), "{text}");
+        assert!(!text.contains("panicked"), "{text}");
+        assert!(text.contains("  plan[0].name: "), "{text}");
+    }
+}
+
+#[test]
+fn a_deeply_nested_override_is_an_error_not_a_stack_overflow() {
+    let deep = format!("{}{}", "[".repeat(1500), "]".repeat(1500));
+    let reference = config_dir().join("reference.toml");
+    let out = rearguard(
+        &["check", reference.to_str().unwrap()],
+        &[("REARGUARD_DAEMON__MODE", &deep)],
+    );
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{text}");
+    assert!(
+        text.contains(
+            "REARGUARD_DAEMON__MODE: the value nests tables or lists deeper than 32 levels"
+        ),
+        "{text}"
+    );
+    let file = TempConfig::new("deep.toml", &format!("x = {deep}\n"));
+    let out = rearguard(&["check", file.path()], &[]);
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("recursion limit exceeded"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn durations_finer_than_a_millisecond_or_under_their_minimum_are_refused() {
+    let errors = crate::support::config_errors(
+        r#"
+[daemon]
+tick = "1ms"
+
+[[target]]
+name = "shop"
+change = { type = "release_symlink", path = "/srv/shop/current", interval = "50ms" }
+
+[[signal]]
+name = "health"
+type = "http_probe"
+target = "shop"
+url = "http://127.0.0.1:8080/healthz"
+interval = "0.000001s"
+timeout = "0.5ms"
+
+[[rule]]
+name = "down"
+signal = "health"
+for = "1.0001s"
+"#,
+    );
+    let expected = [
+        "daemon.tick: must be at least 10ms",
+        "target[0].change.interval: must be at least 100ms",
+        "signal[0].interval: \"0.000001s\" is finer than a millisecond: durations are whole milliseconds",
+        "signal[0].timeout: \"0.5ms\" is finer than a millisecond: durations are whole milliseconds",
+        "rule[0].for: \"1.0001s\" is finer than a millisecond: durations are whole milliseconds",
+    ];
+    assert_eq!(errors, expected);
+}
+
+#[test]
+fn a_nul_byte_in_any_string_is_refused_at_its_path() {
+    let errors = crate::support::config_errors(
+        "[[target]]\nname = \"shop\"\n\n[[signal]]\nname = \"smoke\"\ntype = \"exec\"\ntarget = \"shop\"\ncommand = [\"/bin/true\", \"a\\u0000b\"]\nenv = { X = \"\\u0000\" }\ncwd = \"/tmp\\u0000\"\n",
+    );
+    let nul = "holds a NUL byte, which no argument, environment value or path can carry";
+    assert_eq!(
+        errors,
+        [
+            format!("signal[0].command[1]: {nul}"),
+            format!("signal[0].cwd: {nul}"),
+            format!("signal[0].env.X: {nul}"),
+        ]
+    );
+}
+
+#[test]
+fn a_key_written_twice_is_refused_in_yaml_as_in_toml() {
+    let yaml = TempConfig::new("twice.yaml", "daemon:\n  mode: shadow\n  mode: enforce\n");
+    let toml = TempConfig::new(
+        "twice.toml",
+        "[daemon]\nmode = \"shadow\"\nmode = \"enforce\"\n",
+    );
+    for (file, expected) in [
+        (&yaml, "the key \"mode\" is written twice in one mapping"),
+        (&toml, "duplicate key `mode`"),
+    ] {
+        let out = rearguard(&["check", file.path()], &[]);
+        assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{}", stdout(&out));
+        assert!(stdout(&out).contains(expected), "{}", stdout(&out));
+    }
+}
+
+#[test]
+fn check_reports_the_errors_an_unknown_signal_or_a_tagged_item_used_to_hide() {
+    let errors = crate::support::config_errors(
+        r#"
+[[target]]
+name = "shop"
+
+[[signal]]
+name = "health"
+type = "http_probe"
+target = "shop"
+url = "http://127.0.0.1:8080/healthz"
+interval = 300
+
+[[rule]]
+name = "down"
+signal = "helth"
+when = "failing"
+for = "5 minutes"
+"#,
+    );
+    assert_eq!(
+        errors,
+        [
+            "signal[0].interval: invalid type: found signed int `300`, expected a string",
+            "rule[0].signal: no signal is named \"helth\"",
+            "rule[0].for: expected a duration like \"5m\", got \"5 minutes\"",
+        ]
+    );
+}
+
+#[test]
+fn secret_files_are_regular_files_under_a_size_limit_and_never_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; 64 * 1024 + 1]).unwrap();
+    let at_limit = dir.path().join("at-limit");
+    std::fs::write(&at_limit, vec![b'x'; 64 * 1024]).unwrap();
+    for (path, expected) in [
+        (
+            fifo.as_path(),
+            "is not a regular file (a FIFO, device or directory is refused)",
+        ),
+        (
+            Path::new("/dev/zero"),
+            "is not a regular file (a FIFO, device or directory is refused)",
+        ),
+        (
+            dir.path(),
+            "is not a regular file (a FIFO, device or directory is refused)",
+        ),
+        (
+            big.as_path(),
+            "is larger than the limit of 64 KiB for a secret",
+        ),
+    ] {
+        let text = format!(
+            "[daemon]\ncontrol_token = {{ file = {:?} }}\n",
+            path.display().to_string()
+        );
+        let file = TempConfig::new("secret.toml", &text);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rearguard"))
+            .args(["check", file.path()])
+            .env_clear()
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!(
+                    "check of a secret file at {} did not finish",
+                    path.display()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let line = format!(
+            "  daemon.control_token: secret file {}: {expected}",
+            path.display()
+        );
+        assert!(
+            stdout(&out).contains(&line),
+            "{line:?} in:\n{}",
+            stdout(&out)
+        );
+    }
+    let text = format!(
+        "[daemon]\ncontrol_token = {{ file = {:?} }}\n",
+        at_limit.display().to_string()
+    );
+    assert!(load_str(&text, Format::Toml, std::iter::empty(), Path::new(".")).is_ok());
+}
+
+#[test]
+fn a_secret_written_inline_or_given_by_an_override_is_never_echoed() {
+    let secret = "hunter2-do-not-print";
+    let inline = [
+        reference_with(
+            "control_token = { file = \"examples/secrets/control.token\" }",
+            &format!("control_token = \"{secret}\""),
+        ),
+        reference_with(
+            "routing_key = { file = \"examples/secrets/pagerduty.key\" }",
+            &format!("routing_key = \"{secret}\""),
+        ),
+        reference_with(
+            "control_token = { file = \"examples/secrets/control.token\" }",
+            &format!("control_token = {secret}"),
+        ),
+    ];
+    for text in &inline {
+        let (code, out) = check_text("inline.toml", text, &[]);
+        assert_eq!(code, Some(EXIT_CONFIG), "{out}");
+        assert!(!out.contains(secret), "{out}");
+    }
+    for var in [
+        "REARGUARD_DAEMON__CONTROL_TOKEN",
+        "REARGUARD_NOTIFIER__3__ROUTING_KEY",
+    ] {
+        let reference = config_dir().join("reference.toml");
+        let out = rearguard(&["check", reference.to_str().unwrap()], &[(var, secret)]);
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{text}");
+        assert!(text.contains("found a string, expected a secret"), "{text}");
+        assert!(!text.contains(secret), "{text}");
+    }
+}
+
+mod loader_never_panics {
+    use std::path::Path;
+
+    use proptest::prelude::*;
+    use rearguard::config::{Format, load_str};
+
+    fn line() -> impl Strategy<Value = String> {
+        let section = prop::sample::select(vec![
+            "[[target]]",
+            "[[signal]]",
+            "[[rule]]",
+            "[[plan]]",
+            "[[plan.step]]",
+            "[[notifier]]",
+            "[[escalation]]",
+            "[daemon]",
+            "[kubernetes]",
+            "[leader_election]",
+        ])
+        .prop_map(str::to_owned);
+        let key = prop::sample::select(vec![
+            "name",
+            "plan",
+            "target",
+            "signal",
+            "type",
+            "when",
+            "for",
+            "within",
+            "interval",
+            "timeout",
+            "command",
+            "url",
+            "token",
+            "notify",
+            "rules",
+            "verify",
+            "tick",
+            "mode",
+            "consecutive",
+            "m_of_n",
+            "change",
+            "window",
+            "recipe",
+        ]);
+        let value = prop::sample::select(vec![
+            "\"a\"",
+            "\"b\"",
+            "0",
+            "-1",
+            "\"5m\"",
+            "\"1ms\"",
+            "\"> 5%\"",
+            "\"failing\"",
+            "[]",
+            "[\"a\"]",
+            "{}",
+            "{ file = \"/dev/null\" }",
+            "\"http_probe\"",
+            "\"exec\"",
+            "\"prometheus\"",
+            "\"alertmanager\"",
+            "\"slack\"",
+            "\"http://127.0.0.1:1\"",
+            "[[[]]]",
+            "[1, 2]",
+            "true",
+            "\"\"",
+            "{ rules = [\"a\"], window = \"1s\" }",
+        ]);
+        prop_oneof![
+            section,
+            (key, value).prop_map(|(k, v)| format!("{k} = {v}")),
+            "[ -~]{0,20}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn random_configurations_load_or_fail_without_a_panic(lines in prop::collection::vec(line(), 0..40)) {
+            let text = lines.join("\n");
+            let _ = load_str(&text, Format::Toml, std::iter::empty(), Path::new("."));
+            let _ = load_str(&text.replace(" = ", ": "), Format::Yaml, std::iter::empty(), Path::new("."));
+        }
+    }
+}

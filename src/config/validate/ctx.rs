@@ -14,9 +14,18 @@ use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 
 use super::placeholders::{PLACEHOLDERS, placeholders_in, unknown_placeholder};
-use crate::config::errors::{ConfigError, ConfigErrors, figment_errors};
+use crate::config::errors::{ConfigError, ConfigErrors, figment_errors_in};
 use crate::config::raw::RawSecret;
-use crate::config::units::parse_duration;
+use crate::config::units::{format_duration, parse_duration};
+
+/// The shortest `daemon.tick`: the engine's timers need no finer step, and a shorter
+/// one only spends a core on stepping an idle engine.
+pub(super) const MIN_TICK: Duration = Duration::from_millis(10);
+
+/// The shortest interval of anything polled (a signal's sample, a change observer, the
+/// Lease's renewal and retry): each one is a request, a command or a file read, and a
+/// shorter interval floods what it polls.
+pub(super) const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What every section's checks share while one configuration is validated.
 pub(super) struct Ctx<'a> {
@@ -55,7 +64,7 @@ impl<'a> Ctx<'a> {
         match value.deserialize::<T>() {
             Ok(v) => Some(v),
             Err(e) => {
-                self.errors.extend(figment_errors(path, e));
+                self.errors.extend(figment_errors_in(path, e, Some(value)));
                 None
             }
         }
@@ -86,6 +95,23 @@ impl<'a> Ctx<'a> {
         if d.is_zero() {
             self.err(path, "must be greater than zero");
             return default;
+        }
+        d
+    }
+
+    /// A duration of at least `min` (the shortest an SRE would run: a shorter tick or
+    /// interval only burns CPU or floods a probed service).
+    pub(super) fn duration_at_least(
+        &mut self,
+        path: String,
+        value: &Option<String>,
+        default: Duration,
+        min: Duration,
+    ) -> Duration {
+        let d = self.positive_duration(path.clone(), value, default);
+        if d < min {
+            self.err(path, format!("must be at least {}", format_duration(min)));
+            return default.max(min);
         }
         d
     }
@@ -196,13 +222,10 @@ impl<'a> Ctx<'a> {
         let value = match (&raw.file, &raw.env) {
             (Some(file), None) => {
                 let p = self.base_dir.join(file);
-                match std::fs::read_to_string(&p) {
+                match read_secret_file(&p) {
                     Ok(s) => s.trim_end_matches(['\n', '\r']).to_owned(),
                     Err(e) => {
-                        self.err(
-                            path,
-                            format!("cannot read secret file {}: {e}", p.display()),
-                        );
+                        self.err(path, format!("secret file {}: {e}", p.display()));
                         return None;
                     }
                 }
@@ -221,6 +244,46 @@ impl<'a> Ctx<'a> {
         };
         Some(SecretString::from(format!("{prefix}{value}")))
     }
+}
+
+/// The largest secret file read, in bytes: a token, key or URL is far smaller, and a
+/// path that names something endless (`/dev/zero`) must not fill the memory.
+pub(super) const SECRET_FILE_LIMIT: u64 = 64 * 1024;
+
+/// Reads a secret file: a regular file (after symbolic links) of at most
+/// [`SECRET_FILE_LIMIT`] bytes of UTF-8. Anything else (a FIFO, a device, a directory) is
+/// refused without reading from it, so that `check` and a start never block on it.
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let not_regular = "is not a regular file (a FIFO, device or directory is refused)";
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot be read: {e}"))?;
+    if !meta.is_file() {
+        return Err(not_regular.to_owned());
+    }
+    // Non-blocking, in case the path was replaced by a FIFO since it was looked at.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    let opened = file
+        .metadata()
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if !opened.is_file() {
+        return Err(not_regular.to_owned());
+    }
+    let mut bytes = Vec::new();
+    file.take(SECRET_FILE_LIMIT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if bytes.len() as u64 > SECRET_FILE_LIMIT {
+        return Err(format!(
+            "is larger than the limit of {} KiB for a secret",
+            SECRET_FILE_LIMIT / 1024
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_owned())
 }
 
 /// Deserializes each item of a list section (`section[i]`); `None` where an item has
@@ -246,6 +309,18 @@ pub(super) fn each_item<T, U>(
     raws.iter()
         .enumerate()
         .filter_map(|(i, raw)| check(i, raw.as_ref()?))
+        .collect()
+}
+
+/// What `check` makes of each item without errors, one slot per item of the file, so
+/// that positions stay those of the file: `None` for an item with errors (reported).
+pub(super) fn each_slot<T, U>(
+    raws: &[Option<T>],
+    mut check: impl FnMut(usize, &T) -> Option<U>,
+) -> Vec<Option<U>> {
+    raws.iter()
+        .enumerate()
+        .map(|(i, raw)| check(i, raw.as_ref()?))
         .collect()
 }
 

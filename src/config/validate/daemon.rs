@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use figment::value::Value;
 
-use super::ctx::Ctx;
+use super::ctx::{Ctx, MIN_TICK};
 use crate::config::raw::RawDaemon;
 use crate::config::{Daemon, Mode};
 
@@ -40,7 +40,12 @@ pub(super) fn daemon(ctx: &mut Ctx, raw: Option<&Value>) -> Daemon {
         state_dir: PathBuf::from(raw.state_dir.as_deref().unwrap_or("/var/lib/rearguard")),
         listen,
         mode,
-        tick: ctx.positive_duration("daemon.tick".into(), &raw.tick, Duration::from_secs(1)),
+        tick: ctx.duration_at_least(
+            "daemon.tick".into(),
+            &raw.tick,
+            Duration::from_secs(1),
+            MIN_TICK,
+        ),
         drain_timeout: ctx.duration(
             "daemon.drain_timeout".into(),
             &raw.drain_timeout,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use figment::value::Value;
 
-use super::ctx::{Ctx, kube_name};
+use super::ctx::{Ctx, MIN_INTERVAL, kube_name};
 use crate::config::LeaderElection;
 use crate::config::raw::{RawKubernetes, RawLeaderElection};
 use crate::kube::{Access, AccessSource};
@@ -118,10 +118,11 @@ fn lease_timings(ctx: &mut Ctx, raw: &RawLeaderElection) -> (Duration, Duration,
             "must be a whole number of seconds, at least 1s",
         );
     }
-    let renew_every = ctx.positive_duration(
+    let renew_every = ctx.duration_at_least(
         "leader_election.renew_every".into(),
         &raw.renew_every,
         lease_duration / 3,
+        MIN_INTERVAL,
     );
     if renew_every >= lease_duration {
         ctx.err(
@@ -129,11 +130,12 @@ fn lease_timings(ctx: &mut Ctx, raw: &RawLeaderElection) -> (Duration, Duration,
             "must be shorter than lease_duration, or the lease lapses between renewals",
         );
     }
-    let retry_every = ctx.positive_duration(
+    let retry_every = ctx.duration_at_least(
         "leader_election.retry_every".into(),
         &raw.retry_every,
         // client-go's retry period: a released Lease is taken within it.
         renew_every.min(Duration::from_secs(2)),
+        MIN_INTERVAL,
     );
     (lease_duration, renew_every, retry_every)
 }

@@ -57,19 +57,31 @@ pub fn validate(
     let notifiers = notifiers::notifiers(&mut ctx, &items.notifiers);
     let escalation =
         notifiers::escalation(&mut ctx, &items.escalation, &notifiers, &names.notifiers);
-    plans::check_verification(&mut ctx, &mut plans, &targets, &rules, &names.rules);
+    plans::check_verification(&mut ctx, &mut plans, &targets, &rules);
 
-    ctx.finish(Config {
+    let config = Config {
         daemon,
-        targets,
-        signals,
-        rules,
-        plans,
+        targets: complete(&mut ctx, targets),
+        signals: complete(&mut ctx, signals),
+        rules: complete(&mut ctx, rules),
+        plans: complete(&mut ctx, plans),
         notifiers,
         escalation,
         kube_events,
         leader_election,
-    })
+    };
+    ctx.finish(config)
+}
+
+/// The items of a section that references point into by position. A configuration is
+/// returned only without errors, when every slot is filled and positions are those of
+/// the file; an empty slot without an error to explain it would shift every later
+/// position, so it is reported rather than dropped.
+fn complete<T>(ctx: &mut Ctx, slots: Vec<Option<T>>) -> Vec<T> {
+    if ctx.errors.is_empty() && slots.iter().any(Option::is_none) {
+        ctx.err("", "internal error: an item was left out without an error");
+    }
+    slots.into_iter().flatten().collect()
 }
 
 /// Each list section's items, deserialized one by one: `None` where an item has errors
@@ -134,9 +146,12 @@ fn names<'a, T>(items: &'a [Option<T>], name: impl Fn(&'a T) -> &'a str) -> Vec<
         .collect()
 }
 
-/// Each name's first position in the file.
+/// Each name's first position in the file. Items with errors have no name here, so a
+/// reference never resolves to one by its placeholder `""`.
 fn index<'a>(names: &[&'a str]) -> HashMap<&'a str, usize> {
-    index_of(names.iter().copied())
+    let mut index = index_of(names.iter().copied());
+    index.remove("");
+    index
 }
 
 fn unique<T>(ctx: &mut Ctx, section: &str, names: &[&str], items: &[Option<T>]) {

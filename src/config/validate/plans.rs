@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::ctx::{Ctx, each_item, index_of, kube_name};
+use super::ctx::{Ctx, each_slot, kube_name};
 use crate::config::raw::{RawHeaderValue, RawKubeStep, RawPlan, RawRevision, RawStep};
 use crate::config::recipe::{self, ExpandedStep};
 use crate::config::units;
@@ -19,16 +19,16 @@ use crate::config::{
 };
 use crate::kube::Access;
 
-/// Every plan without item errors, in file order. Verification rules are resolved
-/// through `rule_index` to positions in the file; `check_verification` maps them to
-/// validated rules later.
+/// One slot per plan of the file (`None` for a plan with item errors). Verification
+/// rules are resolved through `rule_index` to positions in the file, which are the
+/// rules' indexes once the configuration is complete.
 pub(super) fn plans(
     ctx: &mut Ctx,
     raws: &[Option<RawPlan>],
     rule_index: &HashMap<&str, usize>,
     kube_access: &Access,
-) -> Vec<Plan> {
-    each_item(raws, |i, raw| {
+) -> Vec<Option<Plan>> {
+    each_slot(raws, |i, raw| {
         Some(plan(ctx, i, raw, rule_index, kube_access))
     })
 }
@@ -323,24 +323,21 @@ fn restore_revision(ctx: &mut Ctx, sp: &str, to_revision: &Option<RawRevision>) 
 
 /// The checks that need plans, targets and rules all validated: verification rules
 /// watch the targets that use the plan, and verification outlasts `within` windows.
-/// Also maps each plan's verification rules from positions in the file (`rule_names`)
-/// to indexes into `rules`.
+/// Every slice has one slot per item of the file, so a plan, target or rule with errors
+/// leaves a gap instead of shifting the positions references are made of.
 pub(super) fn check_verification(
     ctx: &mut Ctx,
-    plans: &mut [Plan],
-    targets: &[Target],
-    rules: &[Rule],
-    rule_names: &[&str],
+    plans: &mut [Option<Plan>],
+    targets: &[Option<Target>],
+    rules: &[Option<Rule>],
 ) {
-    let validated_rules = index_of(rules.iter().map(|r| r.name.as_str()));
-    // The verification rules of a plan must watch the targets that use the plan.
-    for (ti, t) in targets.iter().enumerate() {
+    for (ti, t) in slots(targets) {
         let Some(pi) = t.plan else { continue };
-        for &r in &plans[pi].verify.rules {
-            if let Some(rule) = rule_names
-                .get(r)
-                .and_then(|n| validated_rules.get(n))
-                .map(|&x| &rules[x])
+        let Some(plan) = plans.get(pi).and_then(Option::as_ref) else {
+            continue;
+        };
+        for &r in &plan.verify.rules {
+            if let Some(rule) = rules.get(r).and_then(Option::as_ref)
                 && rule.target != ti
             {
                 ctx.err(
@@ -353,29 +350,37 @@ pub(super) fn check_verification(
             }
         }
     }
-    // Plans refer to rules by their index in the file; map them to validated indexes.
-    for plan in plans.iter_mut() {
-        plan.verify.rules = plan
-            .verify
+    // A verification rule with errors is left out, like the rule itself.
+    for plan in plans.iter_mut().flatten() {
+        plan.verify
             .rules
-            .iter()
-            .filter_map(|&r| validated_rules.get(rule_names[r]).copied())
-            .collect();
+            .retain(|&r| rules.get(r).is_some_and(Option::is_some));
     }
     check_verify_windows(ctx, plans, targets, rules);
 }
 
+/// The filled slots with their positions in the file.
+fn slots<T>(items: &[Option<T>]) -> impl Iterator<Item = (usize, &T)> {
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| Some((i, item.as_ref()?)))
+}
+
 /// A `within` rule still counts events from before the rollback until its window has
 /// passed; a shorter verification would fail on them and trip the breaker.
-fn check_verify_windows(ctx: &mut Ctx, plans: &[Plan], targets: &[Target], rules: &[Rule]) {
-    for (pi, plan) in plans.iter().enumerate() {
-        let users: Vec<usize> = targets
-            .iter()
-            .enumerate()
+fn check_verify_windows(
+    ctx: &mut Ctx,
+    plans: &[Option<Plan>],
+    targets: &[Option<Target>],
+    rules: &[Option<Rule>],
+) {
+    for (pi, plan) in slots(plans) {
+        let users: Vec<usize> = slots(targets)
             .filter(|(_, t)| t.plan == Some(pi))
             .map(|(i, _)| i)
             .collect();
-        let judged = rules.iter().enumerate().filter(|(ri, r)| {
+        let judged = slots(rules).filter(|(ri, r)| {
             if plan.verify.rules.is_empty() {
                 users.contains(&r.target)
             } else {

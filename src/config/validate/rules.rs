@@ -6,33 +6,56 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::ctx::{Ctx, each_item, index_of};
+use super::ctx::{Ctx, each_slot};
 use crate::config::raw::RawRule;
 use crate::config::units::{Condition, Threshold, Unit, parse_condition, parse_percent};
 use crate::config::{Policy, Rule, RuleMode, Signal, SignalKind};
 
-/// Every rule whose item and signal are valid, in file order. A rule whose signal exists
-/// in the file but has errors is left out silently: those errors are reported already.
+/// One slot per rule of the file, `None` unless its item and signal are valid. A rule
+/// whose signal exists in the file but has errors is left out silently (those errors
+/// are reported already); one whose signal does not exist still has every key that does
+/// not depend on the signal checked, so that `check` reports all of its errors at once.
 pub(super) fn rules(
     ctx: &mut Ctx,
     raws: &[Option<RawRule>],
-    signals: &[Signal],
+    signals: &[Option<Signal>],
     signal_index: &HashMap<&str, usize>,
-) -> Vec<Rule> {
-    let validated_signals = index_of(signals.iter().map(|s| s.name.as_str()));
-    each_item(raws, |i, raw| {
+) -> Vec<Option<Rule>> {
+    each_slot(raws, |i, raw| {
         let p = format!("rule[{i}]");
-        let Some(signal) = validated_signals.get(raw.signal.as_str()).copied() else {
-            if !signal_index.contains_key(raw.signal.as_str()) {
-                ctx.err(
-                    format!("{p}.signal"),
-                    format!("no signal is named {:?}", raw.signal),
-                );
-            }
+        let Some(&signal) = signal_index.get(raw.signal.as_str()) else {
+            ctx.err(
+                format!("{p}.signal"),
+                format!("no signal is named {:?}", raw.signal),
+            );
+            check_alone(ctx, &p, raw);
             return None;
         };
-        rule(ctx, &p, raw, signal, &signals[signal])
+        let sig = signals.get(signal)?.as_ref()?;
+        rule(ctx, &p, raw, signal, sig)
     })
+}
+
+/// The checks of a rule whose signal is unknown: every key that can be judged without
+/// knowing the signal's kind.
+fn check_alone(ctx: &mut Ctx, p: &str, raw: &RawRule) {
+    for (key, text) in [("when", &raw.when), ("clear", &raw.clear)] {
+        if let Some(Err(m)) = text.as_deref().map(parse_condition) {
+            ctx.err(format!("{p}.{key}"), m);
+        }
+    }
+    mode_alone(ctx, p, raw);
+    ctx.duration(format!("{p}.clear_for"), &raw.clear_for, Duration::ZERO);
+    ctx.positive_duration(
+        format!("{p}.baseline_window"),
+        &raw.baseline_window,
+        Duration::from_secs(1800),
+    );
+    if let Some(Err(m)) = raw.confidence.as_deref().map(parse_percent) {
+        ctx.err(format!("{p}.confidence"), m);
+    }
+    policy(ctx, format!("{p}.no_data"), &raw.no_data);
+    policy(ctx, format!("{p}.insufficient"), &raw.insufficient);
 }
 
 fn rule(ctx: &mut Ctx, p: &str, raw: &RawRule, signal: usize, sig: &Signal) -> Option<Rule> {
@@ -107,42 +130,7 @@ fn when(ctx: &mut Ctx, p: &str, raw: &RawRule, kind: SignalKind) -> Option<Condi
 /// Exactly one of `for`, `consecutive`, `m_of_n` or `within`; `within` for event
 /// signals and only for them.
 fn mode(ctx: &mut Ctx, p: &str, raw: &RawRule, sig: &Signal) -> Option<RuleMode> {
-    let modes = [
-        raw.for_.is_some(),
-        raw.consecutive.is_some(),
-        raw.m_of_n.is_some(),
-        raw.within.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
-    if modes != 1 {
-        ctx.err(
-            p.to_owned(),
-            "a rule takes exactly one of `for`, `consecutive`, `m_of_n` or `within`",
-        );
-        return None;
-    }
-    let mode = if raw.for_.is_some() {
-        RuleMode::Sustained {
-            for_: ctx.duration(format!("{p}.for"), &raw.for_, Duration::ZERO),
-        }
-    } else if let Some(n) = raw.consecutive {
-        if n == 0 {
-            ctx.err(format!("{p}.consecutive"), "must be at least 1");
-        }
-        RuleMode::Consecutive { n: n.max(1) }
-    } else if let Some([m, n]) = raw.m_of_n {
-        m_of_n(ctx, p, m, n)
-    } else {
-        RuleMode::Within {
-            window: ctx.positive_duration(
-                format!("{p}.within"),
-                &raw.within,
-                Duration::from_secs(300),
-            ),
-        }
-    };
+    let mode = mode_alone(ctx, p, raw)?;
     let kind = sig.kind();
     match (kind, mode) {
         (SignalKind::Event, RuleMode::Within { .. }) => {}
@@ -161,6 +149,47 @@ fn mode(ctx: &mut Ctx, p: &str, raw: &RawRule, sig: &Signal) -> Option<RuleMode>
         _ => {}
     }
     Some(mode)
+}
+
+/// The rule's mode from its own keys, whatever its signal: exactly one of `for`,
+/// `consecutive`, `m_of_n` or `within`, each with its value checked.
+fn mode_alone(ctx: &mut Ctx, p: &str, raw: &RawRule) -> Option<RuleMode> {
+    let modes = [
+        raw.for_.is_some(),
+        raw.consecutive.is_some(),
+        raw.m_of_n.is_some(),
+        raw.within.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if modes != 1 {
+        ctx.err(
+            p.to_owned(),
+            "a rule takes exactly one of `for`, `consecutive`, `m_of_n` or `within`",
+        );
+        return None;
+    }
+    Some(if raw.for_.is_some() {
+        RuleMode::Sustained {
+            for_: ctx.duration(format!("{p}.for"), &raw.for_, Duration::ZERO),
+        }
+    } else if let Some(n) = raw.consecutive {
+        if n == 0 {
+            ctx.err(format!("{p}.consecutive"), "must be at least 1");
+        }
+        RuleMode::Consecutive { n: n.max(1) }
+    } else if let Some([m, n]) = raw.m_of_n {
+        m_of_n(ctx, p, m, n)
+    } else {
+        RuleMode::Within {
+            window: ctx.positive_duration(
+                format!("{p}.within"),
+                &raw.within,
+                Duration::from_secs(300),
+            ),
+        }
+    })
 }
 
 fn m_of_n(ctx: &mut Ctx, p: &str, m: u32, n: u32) -> RuleMode {

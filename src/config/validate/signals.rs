@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::ctx::{Ctx, each_item, kube_name};
+use super::ctx::{Ctx, MIN_INTERVAL, each_slot, kube_name};
 use crate::config::raw::{RawAuth, RawErrorRate, RawLatency, RawSecret, RawSignal, RawTls};
 use crate::config::selector;
 use crate::config::{
@@ -16,16 +16,16 @@ use crate::config::{
 };
 use crate::kube::Access;
 
-/// Every signal whose item, target and source are valid, in file order, its target
-/// resolved through `target_index` (each target name's position in the file).
+/// One slot per signal of the file, `None` unless its item, target and source are valid;
+/// its target resolved through `target_index` (each target name's position in the file).
 pub(super) fn signals(
     ctx: &mut Ctx,
     raws: &[Option<RawSignal>],
     target_index: &HashMap<&str, usize>,
     default_blind_after: Duration,
     kube_access: &Access,
-) -> Vec<Signal> {
-    each_item(raws, |i, raw| {
+) -> Vec<Option<Signal>> {
+    each_slot(raws, |i, raw| {
         signal(ctx, i, raw, target_index, default_blind_after, kube_access)
     })
 }
@@ -40,17 +40,18 @@ fn signal(
 ) -> Option<Signal> {
     let p = format!("signal[{i}]");
     let common = raw.common();
-    let Some(target) = target_index.get(common.target).copied() else {
+    let target = target_index.get(common.target).copied();
+    if target.is_none() {
         ctx.err(
             format!("{p}.target"),
             format!("no target is named {:?}", common.target),
         );
-        return None;
-    };
-    let interval = ctx.positive_duration(
+    }
+    let interval = ctx.duration_at_least(
         format!("{p}.interval"),
         common.interval,
         Duration::from_secs(10),
+        MIN_INTERVAL,
     );
     let timeout = ctx.positive_duration(
         format!("{p}.timeout"),
@@ -65,7 +66,7 @@ fn signal(
     let source = source(ctx, &p, raw, kube_access)?;
     Some(Signal {
         name: common.name.to_owned(),
-        target,
+        target: target?,
         interval,
         timeout,
         blind_after,

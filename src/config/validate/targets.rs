@@ -7,20 +7,20 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::ctx::{Ctx, each_item, kube_name};
+use super::ctx::{Ctx, MIN_INTERVAL, each_slot, kube_name};
 use crate::config::raw::{RawChange, RawTarget};
 use crate::config::{ChangeSpec, KubeDeploymentRef, Target};
 use crate::kube::Access;
 
-/// Every target without item errors, in file order, its plan resolved through
-/// `plan_index` (each plan name's position in the file).
+/// One slot per target of the file (`None` for a target with item errors), its plan
+/// resolved through `plan_index` (each plan name's position in the file).
 pub(super) fn targets(
     ctx: &mut Ctx,
     raws: &[Option<RawTarget>],
     plan_index: &HashMap<&str, usize>,
     kube_access: &Access,
-) -> Vec<Target> {
-    each_item(raws, |i, raw| {
+) -> Vec<Option<Target>> {
+    each_slot(raws, |i, raw| {
         Some(target(ctx, i, raw, plan_index, kube_access))
     })
 }
@@ -88,10 +88,11 @@ fn change(ctx: &mut Ctx, p: &str, raw: &RawChange, kube_access: &Access) -> Chan
     match raw {
         RawChange::ReleaseSymlink { path, interval } => ChangeSpec::ReleaseSymlink {
             path: PathBuf::from(path),
-            interval: ctx.positive_duration(
+            interval: ctx.duration_at_least(
                 format!("{p}.interval"),
                 interval,
                 Duration::from_secs(5),
+                MIN_INTERVAL,
             ),
         },
         RawChange::Exec {
@@ -100,10 +101,11 @@ fn change(ctx: &mut Ctx, p: &str, raw: &RawChange, kube_access: &Access) -> Chan
             timeout,
         } => ChangeSpec::Exec {
             command: ctx.argv(&format!("{p}.command"), command, false),
-            interval: ctx.positive_duration(
+            interval: ctx.duration_at_least(
                 format!("{p}.interval"),
                 interval,
                 Duration::from_secs(30),
+                MIN_INTERVAL,
             ),
             timeout: ctx.positive_duration(
                 format!("{p}.timeout"),
