@@ -105,6 +105,10 @@ pub enum RawChange {
         command: Vec<String>,
         interval: Option<String>,
         timeout: Option<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        #[serde(default)]
+        inherit_env: Vec<String>,
     },
     KubeDeployment {
         namespace: String,
@@ -139,6 +143,8 @@ pub enum RawSignal {
         command: Vec<String>,
         #[serde(default)]
         env: BTreeMap<String, String>,
+        #[serde(default)]
+        inherit_env: Vec<String>,
         cwd: Option<String>,
     },
     Prometheus {
@@ -354,6 +360,8 @@ pub enum RawStep {
         command: Vec<String>,
         #[serde(default)]
         env: BTreeMap<String, String>,
+        #[serde(default)]
+        inherit_env: Vec<String>,
         cwd: Option<String>,
     },
     ReleaseSwitch {
