@@ -298,7 +298,10 @@ pub fn remember_secret(value: &str) {
 /// that a secret containing another is replaced whole.
 pub fn scrub(text: &str) -> String {
     let secrets = SECRETS.read().unwrap_or_else(|e| e.into_inner());
-    let mut found: Vec<&String> = secrets.iter().filter(|s| text.contains(s.as_str())).collect();
+    let mut found: Vec<&String> = secrets
+        .iter()
+        .filter(|s| text.contains(s.as_str()))
+        .collect();
     if found.is_empty() {
         return text.to_owned();
     }

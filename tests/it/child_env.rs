@@ -83,12 +83,27 @@ async fn incident_json(port: u16, id: &str) -> String {
 }
 
 fn assert_clean(what: &str, text: &str) {
-    assert!(text.contains("explicit-value"), "{what} lacks the step's output: {text}");
-    for leak in [TOKEN_VAR, TOKEN, OVERRIDE, "RG_CHILD_ENV_UNLISTED", FILE_SECRET] {
+    assert!(
+        text.contains("explicit-value"),
+        "{what} lacks the step's output: {text}"
+    );
+    for leak in [
+        TOKEN_VAR,
+        TOKEN,
+        OVERRIDE,
+        "RG_CHILD_ENV_UNLISTED",
+        FILE_SECRET,
+    ] {
         assert!(!text.contains(leak), "{what} holds {leak}: {text}");
     }
-    assert!(text.contains("RG_CHILD_ENV_FOO=foo-inherited"), "{what}: {text}");
-    assert!(text.contains("[redacted]"), "{what} lacks the redaction: {text}");
+    assert!(
+        text.contains("RG_CHILD_ENV_FOO=foo-inherited"),
+        "{what}: {text}"
+    );
+    assert!(
+        text.contains("[redacted]"),
+        "{what} lacks the redaction: {text}"
+    );
 }
 
 #[tokio::test]
@@ -134,12 +149,7 @@ async fn steps_see_only_their_environment_and_secrets_are_redacted_everywhere() 
 
 fn errors_with_env(toml: &str, env: &[(&str, &str)]) -> Vec<String> {
     let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
-    match rearguard::config::load_str(
-        toml,
-        rearguard::config::Format::Toml,
-        env,
-        Path::new("."),
-    ) {
+    match rearguard::config::load_str(toml, rearguard::config::Format::Toml, env, Path::new(".")) {
         Ok(_) => panic!("expected errors from:\n{toml}"),
         Err(errors) => errors.0.iter().map(|e| e.to_string()).collect(),
     }

@@ -46,7 +46,10 @@ impl<'a> Ctx<'a> {
     pub(super) fn inherit_env(&mut self, path: String, names: &[String]) -> Vec<String> {
         for name in names {
             if name.is_empty() || name.contains('=') || name.contains('\0') {
-                self.err(path.clone(), format!("{name:?} is not an environment variable name"));
+                self.err(
+                    path.clone(),
+                    format!("{name:?} is not an environment variable name"),
+                );
             } else if name.starts_with("REARGUARD_") {
                 self.err(
                     path.clone(),
