@@ -7,13 +7,23 @@
 //! the direct child. A process that a command leaves running after it exits on its own (a
 //! daemon started by a restart script) is left alone. This module does not interpret exit
 //! codes: what a failure means is for the caller to say.
+//!
+//! A child never inherits rearguard's whole environment, which holds the variables
+//! secrets are read from and `REARGUARD_*` configuration overrides: it gets only
+//! [`DEFAULT_ENV`] and `LC_*`, the names its command lists in `inherit_env`, and the
+//! values the caller sets. Every secret value the configuration loaded (see
+//! [`remember_secret`]) is replaced by `[redacted]` in captured output before it is
+//! returned, so that no report, store, API answer or log built from it holds one.
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -30,13 +40,29 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 /// How long reaping a killed child may take before it is left to tokio's orphan reaper.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The variables of rearguard's environment every child gets when they are set (with
+/// every `LC_*`): where programs are, who runs them and where, locale and time zone.
+pub const DEFAULT_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+];
+
+/// Secret values shorter than this are not scrubbed from output: replacing every `a` or
+/// `42` would garble the output and hide nothing.
+pub const MIN_SECRET_LEN: usize = 4;
+
+/// What captured output is scrubbed of: every secret value any configuration loaded by
+/// this process read. Values are only added, so a secret rotated away stays scrubbed.
+static SECRETS: RwLock<BTreeSet<String>> = RwLock::new(BTreeSet::new());
+
 /// A program to run.
 #[derive(Debug, Clone)]
 pub struct Command<'a> {
     /// The program and its arguments; the program is looked up in `PATH` if it has no `/`.
     pub argv: &'a [String],
-    /// Variables added to (or replacing in) the inherited environment.
+    /// Variables set for the program, over the default environment and `inherit`.
     pub env: Vec<(String, String)>,
+    /// Names of rearguard's own variables passed through when set (`inherit_env`).
+    pub inherit: &'a [String],
     /// The working directory; the daemon's own when `None`.
     pub cwd: Option<&'a Path>,
     /// After this long the whole process group is killed.
@@ -146,7 +172,8 @@ async fn run_inner(
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)
-        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+        .env_clear()
+        .envs(child_env(std::env::vars_os(), cmd.inherit, &cmd.env))
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
@@ -222,9 +249,10 @@ async fn run_inner(
 
     let duration = start.elapsed();
     let (output, stdout) = match second {
-        Some(err) => (err.tail.finish(), Some(first.tail.finish())),
+        Some(err) => (err.tail.finish(), Some(scrub(&first.tail.finish()))),
         None => (first.tail.finish(), None),
     };
+    let output = scrub(&output);
     Ok((
         Finished {
             status,
@@ -233,6 +261,56 @@ async fn run_inner(
         },
         stdout,
     ))
+}
+
+/// The environment of a child: from `parent`, the [`DEFAULT_ENV`] names, `LC_*` and the
+/// `inherit` names; then `env`, which wins over them.
+fn child_env(
+    parent: impl Iterator<Item = (OsString, OsString)>,
+    inherit: &[String],
+    env: &[(String, String)],
+) -> Vec<(OsString, OsString)> {
+    let mut vars: Vec<(OsString, OsString)> = parent
+        .filter(|(name, _)| {
+            let name = name.to_string_lossy();
+            DEFAULT_ENV.contains(&name.as_ref())
+                || name.starts_with("LC_")
+                || inherit.iter().any(|n| *n == name)
+        })
+        .collect();
+    vars.extend(env.iter().map(|(k, v)| (k.into(), v.into())));
+    vars
+}
+
+/// Adds `value` to what captured output is scrubbed of, unless it is shorter than
+/// [`MIN_SECRET_LEN`]. Called for every secret a configuration reads.
+pub fn remember_secret(value: &str) {
+    if value.chars().count() < MIN_SECRET_LEN {
+        return;
+    }
+    let mut secrets = SECRETS.write().unwrap_or_else(|e| e.into_inner());
+    if !secrets.contains(value) {
+        secrets.insert(value.to_owned());
+    }
+}
+
+/// `text` with every remembered secret value replaced by `[redacted]`, longest first so
+/// that a secret containing another is replaced whole.
+pub fn scrub(text: &str) -> String {
+    let secrets = SECRETS.read().unwrap_or_else(|e| e.into_inner());
+    let mut found: Vec<&String> = secrets
+        .iter()
+        .filter(|s| text.contains(s.as_str()))
+        .collect();
+    if found.is_empty() {
+        return text.to_owned();
+    }
+    found.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_owned();
+    for secret in found {
+        out = out.replace(secret.as_str(), "[redacted]");
+    }
+    out
 }
 
 fn spawn_error(program: &str, cwd: Option<&Path>, error: io::Error) -> SpawnError {
@@ -377,7 +455,43 @@ impl Tail {
 
 #[cfg(test)]
 mod tests {
-    use super::Tail;
+    use super::{Tail, child_env, remember_secret, scrub};
+    use std::ffi::OsString;
+
+    #[test]
+    fn children_get_the_defaults_the_inherited_names_and_their_own_values() {
+        let parent = [
+            ("PATH", "/bin"),
+            ("LC_TIME", "C"),
+            ("SLACK_URL", "https://hooks"),
+            ("REARGUARD_DAEMON__MODE", "shadow"),
+            ("FOO", "foo"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let env = [("HOME".to_owned(), "/srv".to_owned())];
+        let vars = child_env(parent.into_iter(), &["FOO".to_owned()], &env);
+        let names: Vec<_> = vars.iter().map(|(k, v)| format!("{k:?}={v:?}")).collect();
+        assert_eq!(
+            names,
+            [
+                r#""PATH"="/bin""#,
+                r#""LC_TIME"="C""#,
+                r#""FOO"="foo""#,
+                r#""HOME"="/root""#,
+                r#""HOME"="/srv""#,
+            ]
+        );
+    }
+
+    #[test]
+    fn remembered_secrets_are_scrubbed_but_short_values_are_not() {
+        remember_secret("s3cr3t-value-for-scrub-test");
+        remember_secret("s3cr3t-value-for-scrub-test-longer");
+        remember_secret("ab");
+        let out = scrub("a s3cr3t-value-for-scrub-test-longer and s3cr3t-value-for-scrub-test ab");
+        assert_eq!(out, "a [redacted] and [redacted] ab");
+    }
 
     fn tail(limit: usize, chunks: &[&[u8]]) -> String {
         let mut t = Tail::new(limit);

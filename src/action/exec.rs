@@ -1,6 +1,10 @@
 //! The exec action: a command run without a shell, with placeholders substituted as whole
 //! arguments and the incident passed in `REARGUARD_*` environment variables.
 //!
+//! The command's environment is the default one (see [`crate::process`]), the names in
+//! its `inherit_env`, its `env`, then the incident's values; never the rest of
+//! rearguard's environment.
+//!
 //! The command is killed with everything it started when the step's time is up. This
 //! module does not retry and does not interpret output: exit 0 is success.
 
@@ -35,24 +39,43 @@ impl ExecAction {
             .collect();
         // The incident's variables come last so that a command can trust them.
         env.extend(ctx.env());
-        run_command(
-            &self.spec.command,
+        let child = Child {
             env,
-            self.spec.cwd.as_deref(),
-            ctx,
-            timeout,
-            started,
-        )
-        .await
+            inherit: &self.spec.inherit_env,
+            cwd: self.spec.cwd.as_deref(),
+        };
+        run_child(&self.spec.command, child, ctx, timeout, started).await
     }
 }
 
-/// Substitutes `argv` and runs it until `timeout` has passed since `started`: shared
-/// with the release switch's restart command.
+/// What a command's process gets besides its argv.
+struct Child<'a> {
+    env: Vec<(String, String)>,
+    inherit: &'a [String],
+    cwd: Option<&'a Path>,
+}
+
+/// Substitutes `argv` and runs it, with the default environment and `env`, until
+/// `timeout` has passed since `started`: the release switch's restart command.
 pub(crate) async fn run_command(
     argv: &[String],
     env: Vec<(String, String)>,
     cwd: Option<&Path>,
+    ctx: &ActionContext,
+    timeout: Duration,
+    started: Instant,
+) -> ActionOutput {
+    let child = Child {
+        env,
+        inherit: &[],
+        cwd,
+    };
+    run_child(argv, child, ctx, timeout, started).await
+}
+
+async fn run_child(
+    argv: &[String],
+    child: Child<'_>,
     ctx: &ActionContext,
     timeout: Duration,
     started: Instant,
@@ -64,8 +87,9 @@ pub(crate) async fn run_command(
     let remaining = timeout.saturating_sub(started.elapsed());
     let command = process::Command {
         argv: &argv,
-        env,
-        cwd,
+        env: child.env,
+        inherit: child.inherit,
+        cwd: child.cwd,
         timeout: remaining,
     };
     match process::run(command).await {

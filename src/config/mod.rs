@@ -123,6 +123,10 @@ pub enum ChangeSpec {
     /// The revision is what a command prints on stdout (trimmed).
     Exec {
         command: Vec<String>,
+        /// Variables set for the command, over the default environment.
+        env: BTreeMap<String, String>,
+        /// Names passed through from rearguard's environment.
+        inherit_env: Vec<String>,
         interval: Duration,
         timeout: Duration,
     },
@@ -270,7 +274,11 @@ pub struct HttpProbeSpec {
 pub struct ExecSpec {
     /// The program and its arguments; never run through a shell.
     pub command: Vec<String>,
+    /// Variables set for the command, over the default environment
+    /// ([`crate::process::DEFAULT_ENV`]); a step's `REARGUARD_*` values win over them.
     pub env: BTreeMap<String, String>,
+    /// Names passed through from rearguard's environment when set (`inherit_env`).
+    pub inherit_env: Vec<String>,
     pub cwd: Option<PathBuf>,
 }
 

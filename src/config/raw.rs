@@ -106,6 +106,10 @@ pub enum RawChange {
         command: Vec<String>,
         interval: Option<String>,
         timeout: Option<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        #[serde(default)]
+        inherit_env: Vec<String>,
     },
     KubeDeployment {
         namespace: String,
@@ -140,6 +144,8 @@ pub enum RawSignal {
         command: Vec<String>,
         #[serde(default)]
         env: BTreeMap<String, String>,
+        #[serde(default)]
+        inherit_env: Vec<String>,
         cwd: Option<String>,
     },
     Prometheus {
@@ -355,6 +361,8 @@ pub enum RawStep {
         command: Vec<String>,
         #[serde(default)]
         env: BTreeMap<String, String>,
+        #[serde(default)]
+        inherit_env: Vec<String>,
         cwd: Option<String>,
     },
     ReleaseSwitch {

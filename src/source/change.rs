@@ -2,7 +2,9 @@
 //! and the engine can tell whether a breach began after a change.
 //!
 //! An observation only reads: it never moves a symlink or changes anything it looks at.
-//! The daemon calls it each interval and compares with the previous answer.
+//! The daemon calls it each interval and compares with the previous answer. An exec
+//! observer's command gets the default environment, its `inherit_env` names and its
+//! `env`, never the rest of rearguard's (see [`crate::process`]).
 
 use std::path::Path;
 
@@ -23,8 +25,15 @@ pub async fn observe(spec: &ChangeSpec) -> Result<String, String> {
     match spec {
         ChangeSpec::ReleaseSymlink { path, .. } => release_symlink(path).await,
         ChangeSpec::Exec {
-            command, timeout, ..
-        } => exec(command, *timeout).await,
+            command,
+            env,
+            inherit_env,
+            timeout,
+            ..
+        } => {
+            let env = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            exec(command, env, inherit_env, *timeout).await
+        }
         ChangeSpec::KubeDeployment(target) => super::kube_deployment::observe(target).await,
     }
 }
@@ -50,10 +59,16 @@ pub(crate) async fn release_symlink(path: &Path) -> Result<String, String> {
     }
 }
 
-async fn exec(command: &[String], timeout: std::time::Duration) -> Result<String, String> {
+async fn exec(
+    command: &[String],
+    env: Vec<(String, String)>,
+    inherit: &[String],
+    timeout: std::time::Duration,
+) -> Result<String, String> {
     let cmd = process::Command {
         argv: command,
-        env: Vec::new(),
+        env,
+        inherit,
         cwd: None,
         timeout,
     };

@@ -4,6 +4,8 @@
 //! Exit 0 passes; any other exit, a signal or the timeout fails the check, with the end
 //! of the output as detail. A command that cannot be started at all (missing, not
 //! executable) is a source error: the watchdog's own check is broken, not the service.
+//! The command gets the default environment, its `inherit_env` names and its `env`,
+//! never the rest of rearguard's (see [`crate::process`]).
 
 use std::time::Duration;
 
@@ -42,6 +44,7 @@ impl ExecCheck {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            inherit: &self.spec.inherit_env,
             cwd: self.spec.cwd.as_deref(),
             timeout: self.timeout,
         };

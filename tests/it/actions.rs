@@ -38,6 +38,7 @@ fn exec(command: &[&str]) -> ActionSpec {
     ActionSpec::Exec(ExecSpec {
         command: argv(command),
         env: Default::default(),
+        inherit_env: Vec::new(),
         cwd: None,
     })
 }
@@ -67,6 +68,7 @@ async fn exec_action_passes_the_incident_in_environment_variables() {
     let spec = ActionSpec::Exec(ExecSpec {
         command: argv(&["/bin/sh", "-c", script]),
         env: [("EXTRA".to_owned(), "extra".to_owned())].into(),
+        inherit_env: Vec::new(),
         cwd: None,
     });
     let out = run(spec, &c, Duration::from_secs(5)).await;

@@ -6,6 +6,7 @@ mod alertmanager;
 mod api;
 mod cgroup_oom;
 mod check;
+mod child_env;
 mod cli;
 mod control;
 mod daemon;

@@ -259,6 +259,7 @@ fn exec_source(command: &[&str], timeout: Duration) -> Source {
     let spec = ExecSpec {
         command: argv(command),
         env: [("GREETING".to_owned(), "hello".to_owned())].into(),
+        inherit_env: Vec::new(),
         cwd: None,
     };
     Source::new(
@@ -332,6 +333,7 @@ fn command(argv: &[String], timeout: Duration) -> process::Command<'_> {
     process::Command {
         argv,
         env: Vec::new(),
+        inherit: &[],
         cwd: None,
         timeout,
     }
@@ -536,6 +538,8 @@ async fn release_symlink_that_is_missing_or_not_a_symlink_is_an_error() {
 fn exec_change(command: &[&str]) -> ChangeSpec {
     ChangeSpec::Exec {
         command: argv(command),
+        env: Default::default(),
+        inherit_env: Vec::new(),
         interval: Duration::from_secs(30),
         timeout: Duration::from_millis(500),
     }

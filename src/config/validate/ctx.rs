@@ -32,6 +32,10 @@ pub(super) struct Ctx<'a> {
     pub(super) errors: Vec<ConfigError>,
     pub(super) base_dir: &'a Path,
     pub(super) env: &'a dyn Fn(&str) -> Option<String>,
+    /// The environment variables secrets were read from, and each `inherit_env` name
+    /// with its path: a child must not be handed a secret's source.
+    secret_vars: Vec<String>,
+    inherited: Vec<(String, String)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -40,11 +44,43 @@ impl<'a> Ctx<'a> {
             errors: Vec::new(),
             base_dir,
             env,
+            secret_vars: Vec::new(),
+            inherited: Vec::new(),
         }
     }
 
+    /// The names a command passes through from rearguard's environment (`inherit_env`):
+    /// not empty, without `=`, not rearguard's own `REARGUARD_*`, and (checked at the end,
+    /// once every secret is read) not the source of a secret.
+    pub(super) fn inherit_env(&mut self, path: String, names: &[String]) -> Vec<String> {
+        for name in names {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                self.err(
+                    path.clone(),
+                    format!("{name:?} is not an environment variable name"),
+                );
+            } else if name.starts_with("REARGUARD_") {
+                self.err(
+                    path.clone(),
+                    format!("{name} is rearguard's own setting, never passed to a command"),
+                );
+            } else {
+                self.inherited.push((path.clone(), name.clone()));
+            }
+        }
+        names.to_vec()
+    }
+
     /// `value` when no error was recorded, otherwise every error in the order found.
-    pub(super) fn finish<T>(self, value: T) -> Result<T, ConfigErrors> {
+    pub(super) fn finish<T>(mut self, value: T) -> Result<T, ConfigErrors> {
+        for (path, name) in std::mem::take(&mut self.inherited) {
+            if self.secret_vars.contains(&name) {
+                self.err(
+                    path,
+                    format!("{name} holds a secret of this configuration and cannot be inherited"),
+                );
+            }
+        }
         if self.errors.is_empty() {
             Ok(value)
         } else {
@@ -231,7 +267,10 @@ impl<'a> Ctx<'a> {
                 }
             }
             (None, Some(var)) => match (self.env)(var) {
-                Some(v) => v,
+                Some(v) => {
+                    self.secret_vars.push(var.clone());
+                    v
+                }
                 None => {
                     self.err(path, format!("environment variable {var} is not set"));
                     return None;
@@ -242,6 +281,7 @@ impl<'a> Ctx<'a> {
                 return None;
             }
         };
+        crate::process::remember_secret(&value);
         Some(SecretString::from(format!("{prefix}{value}")))
     }
 }

@@ -93,10 +93,15 @@ fn step(ctx: &mut Ctx, expanded: ExpandedStep, kube_access: &Access) -> Option<S
 fn action(ctx: &mut Ctx, sp: &str, raw_step: &RawStep, kube_access: &Access) -> ActionSpec {
     match raw_step {
         RawStep::Exec {
-            command, env, cwd, ..
+            command,
+            env,
+            inherit_env,
+            cwd,
+            ..
         } => ActionSpec::Exec(ExecSpec {
             command: ctx.argv(&format!("{sp}.command"), command, true),
             env: env.clone(),
+            inherit_env: ctx.inherit_env(format!("{sp}.inherit_env"), inherit_env),
             cwd: cwd.as_ref().map(PathBuf::from),
         }),
         RawStep::ReleaseSwitch {

@@ -97,10 +97,15 @@ fn source(ctx: &mut Ctx, p: &str, raw: &RawSignal, kube_access: &Access) -> Opti
             })
         }
         RawSignal::Exec {
-            command, env, cwd, ..
+            command,
+            env,
+            inherit_env,
+            cwd,
+            ..
         } => SourceSpec::Exec(ExecSpec {
             command: ctx.argv(&format!("{p}.command"), command, false),
             env: env.clone(),
+            inherit_env: ctx.inherit_env(format!("{p}.inherit_env"), inherit_env),
             cwd: cwd.as_ref().map(PathBuf::from),
         }),
         RawSignal::Prometheus {

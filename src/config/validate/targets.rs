@@ -99,8 +99,12 @@ fn change(ctx: &mut Ctx, p: &str, raw: &RawChange, kube_access: &Access) -> Chan
             command,
             interval,
             timeout,
+            env,
+            inherit_env,
         } => ChangeSpec::Exec {
             command: ctx.argv(&format!("{p}.command"), command, false),
+            env: env.clone(),
+            inherit_env: ctx.inherit_env(format!("{p}.inherit_env"), inherit_env),
             interval: ctx.duration_at_least(
                 format!("{p}.interval"),
                 interval,
