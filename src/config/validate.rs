@@ -1061,6 +1061,31 @@ fn daemon(ctx: &mut Ctx, raw: Option<&Value>) -> Daemon {
             .as_ref()
             .and_then(|t| ctx.secret("daemon.control_token".into(), t)),
         read_open: raw.read_open.unwrap_or(false),
+        listener: listener_limits(ctx, &raw),
+    }
+}
+
+/// `daemon.max_connections` and `daemon.header_read_timeout`.
+fn listener_limits(ctx: &mut Ctx, raw: &RawDaemon) -> ListenerLimits {
+    let most = ListenerLimits::MOST_CONNECTIONS;
+    let max_connections = match raw.max_connections {
+        None => ListenerLimits::DEFAULT_MAX_CONNECTIONS,
+        Some(n) if (1..=most).contains(&n) => n,
+        Some(n) => {
+            ctx.err(
+                "daemon.max_connections",
+                format!("expected 1 to {most}, got {n}"),
+            );
+            ListenerLimits::DEFAULT_MAX_CONNECTIONS
+        }
+    };
+    ListenerLimits {
+        max_connections,
+        header_read_timeout: ctx.positive_duration(
+            "daemon.header_read_timeout".into(),
+            &raw.header_read_timeout,
+            ListenerLimits::DEFAULT_HEADER_READ_TIMEOUT,
+        ),
     }
 }
 

@@ -243,6 +243,7 @@ impl Shared {
 pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
     let client = crate::http::client();
     let parts = Parts::build(cfg, &client).await?;
+    listener::fit_descriptors(&parts.cfg);
     let shared = Shared::open(&parts.cfg, client, &mut opts).await?;
     // The settings cannot change while running: a reload that changes them is refused.
     let candidate = match &parts.cfg.leader_election {

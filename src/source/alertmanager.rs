@@ -444,8 +444,9 @@ impl Receiver {
             .collect()
     }
 
-    /// The positions in `watched` whose token the header carries.
-    fn authorize(&self, authorization: Option<&str>) -> Result<Vec<usize>, Rejection> {
+    /// The positions in `watched` whose token the header carries, or why none: what
+    /// the listener checks on the headers, before it reads a body.
+    pub fn authorize(&self, authorization: Option<&str>) -> Result<Vec<usize>, Rejection> {
         let Some(header) = authorization else {
             return Err(Rejection::unauthorized(
                 "missing Authorization header: send `Authorization: Bearer <token>` (http_config.authorization.credentials in Alertmanager)",
