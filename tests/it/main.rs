@@ -10,6 +10,7 @@ mod cli;
 mod control;
 mod daemon;
 mod demo;
+mod flood;
 mod journal;
 mod kube_api;
 mod kube_change;
