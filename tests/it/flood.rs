@@ -328,3 +328,104 @@ header_read_timeout = "0s"
         Duration::from_secs(3)
     );
 }
+
+/// Sends a webhook request's headers with a 1 MiB `Content-Length` and no body, and
+/// returns the connection.
+async fn webhook_headers(port: u16, auth: Option<&str>) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        rearguard::daemon::WEBHOOK_PATH,
+        1024 * 1024
+    );
+    stream.write_all(head.as_bytes()).await.expect("send");
+    stream
+}
+
+/// The status line and headers of the answer on `stream`, if one comes within `wait`.
+async fn answer_head(stream: &mut TcpStream, wait: Duration) -> Option<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(wait, async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()?;
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+#[tokio::test]
+async fn the_webhook_refuses_a_missing_token_before_the_body_and_bounds_bodies_in_flight() {
+    let dir = support::temp_dir();
+    let port = free_port();
+    let text = format!(
+        r#"
+[daemon]
+state_dir = "{dir}/state"
+listen = "127.0.0.1:{port}"
+tick = "50ms"
+drain_timeout = "5s"
+
+[[target]]
+name = "shop"
+
+[[signal]]
+name = "alerts"
+target = "shop"
+type = "alertmanager"
+matchers = {{ alertname = "ShopDown" }}
+token = {{ file = "{dir}/token" }}
+"#,
+        dir = dir.path().display()
+    );
+    std::fs::write(dir.path().join("token"), "webhook-token").unwrap();
+    let mut d = crate::running::start(crate::daemon::load(&text));
+    d.wait_for("start", 10, |e| {
+        matches!(e, rearguard::daemon::Event::Started)
+    })
+    .await;
+
+    let mut anonymous = webhook_headers(port, None).await;
+    let head = answer_head(&mut anonymous, Duration::from_secs(2))
+        .await
+        .expect("answered before the body was sent");
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+
+    // Announced bodies of the largest size take the whole budget: a delivery that finds
+    // it taken is told to come back at once. One that got a share is waiting for its
+    // body, and keeps holding it.
+    let token = Some("Bearer webhook-token");
+    let mut holding = Vec::new();
+    let mut refused = None;
+    for _ in 0..rearguard::daemon::BODIES_IN_FLIGHT / (1024 * 1024) + 5 {
+        let mut next = webhook_headers(port, token).await;
+        match answer_head(&mut next, Duration::from_millis(500)).await {
+            Some(head) => {
+                refused = Some(head);
+                break;
+            }
+            None => holding.push(next),
+        }
+    }
+    let head = refused.expect("a delivery over the budget is answered at once");
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    assert_eq!(
+        holding.len(),
+        rearguard::daemon::BODIES_IN_FLIGHT / (1024 * 1024),
+        "as many bodies in flight as the budget holds"
+    );
+    drop(holding);
+    d.stop().await;
+}
