@@ -83,7 +83,7 @@ pub(super) const DESCRIPTORS_PER_PART: u64 = 8;
 /// How many descriptors `cfg` may need at once: `RESERVED_DESCRIPTORS`, one per
 /// connection of `daemon.max_connections`, and `DESCRIPTORS_PER_PART` for each signal,
 /// target and notifier.
-pub(super) fn descriptors_needed(cfg: &Config) -> u64 {
+pub fn descriptors_needed(cfg: &Config) -> u64 {
     let parts = (cfg.signals.len() + cfg.targets.len() + cfg.notifiers.len()) as u64;
     RESERVED_DESCRIPTORS
         + u64::from(cfg.daemon.listener.max_connections)

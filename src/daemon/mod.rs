@@ -48,7 +48,7 @@ use crate::store::Store;
 
 use generation::{Ended, Generation};
 use lead::{Candidate, Lead, TermEnded};
-pub use listener::{BODIES_IN_FLIGHT, WEBHOOK_PATH};
+pub use listener::{BODIES_IN_FLIGHT, WEBHOOK_PATH, descriptors_needed};
 use parts::Parts;
 pub(crate) use parts::sampled_sources;
 pub use reload::Reload;

@@ -429,3 +429,25 @@ token = {{ file = "{dir}/token" }}
     drop(holding);
     d.stop().await;
 }
+
+#[test]
+fn the_shipped_units_open_files_fit_the_default_configuration_and_a_thousand_connections() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("systemd/rearguard.service")).unwrap();
+    let limits: Vec<u64> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("LimitNOFILE="))
+        .map(|v| v.trim().parse().expect("one number: soft and hard"))
+        .collect();
+    let [limit] = limits[..] else {
+        panic!("one LimitNOFILE= in the unit: {limits:?}")
+    };
+    let mut cfg = rearguard::config::load(&root.join("config/default.toml")).expect("valid");
+    let needed = rearguard::daemon::descriptors_needed(&cfg);
+    assert!(needed < limit, "{needed} needed, {limit} allowed");
+    assert!(needed > u64::from(cfg.daemon.listener.max_connections));
+    cfg.daemon.listener.max_connections = 1000;
+    assert!(rearguard::daemon::descriptors_needed(&cfg) < limit);
+    cfg.daemon.listener.max_connections = 10_000;
+    assert!(rearguard::daemon::descriptors_needed(&cfg) > limit, "the limit binds");
+}
