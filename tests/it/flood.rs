@@ -449,5 +449,8 @@ fn the_shipped_units_open_files_fit_the_default_configuration_and_a_thousand_con
     cfg.daemon.listener.max_connections = 1000;
     assert!(rearguard::daemon::descriptors_needed(&cfg) < limit);
     cfg.daemon.listener.max_connections = 10_000;
-    assert!(rearguard::daemon::descriptors_needed(&cfg) > limit, "the limit binds");
+    assert!(
+        rearguard::daemon::descriptors_needed(&cfg) > limit,
+        "the limit binds"
+    );
 }
