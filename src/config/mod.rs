@@ -83,6 +83,28 @@ pub struct Daemon {
     /// Whether the read-only control endpoints (status, incidents, why) answer without
     /// the token.
     pub read_open: bool,
+    /// The bounds of the HTTP listener on `listen`.
+    pub listener: ListenerLimits,
+}
+
+/// How much of rearguard a peer of its HTTP listener can hold (`daemon.max_connections`,
+/// `daemon.header_read_timeout`); a quarter of the connections may be waiting for a
+/// request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Connections served at once; more wait in the kernel's accept backlog.
+    pub max_connections: u32,
+    /// How long a connection may take to send a request's headers.
+    pub header_read_timeout: Duration,
+}
+
+impl ListenerLimits {
+    /// `daemon.max_connections` when the file does not set it.
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
+    /// The largest `daemon.max_connections` accepted.
+    pub const MOST_CONNECTIONS: u32 = 1_000_000;
+    /// `daemon.header_read_timeout` when the file does not set it.
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 }
 
 /// `enforce` acts; `shadow` decides and notifies but never runs a plan.

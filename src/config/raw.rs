@@ -78,6 +78,8 @@ pub struct RawDaemon {
     pub blind_after: Option<String>,
     pub control_token: Option<RawSecret>,
     pub read_open: Option<bool>,
+    pub max_connections: Option<u32>,
+    pub header_read_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

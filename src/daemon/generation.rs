@@ -418,7 +418,7 @@ fn start_listener(
         );
         tasks.sources.spawn(resending);
     }
-    if listener::serve(shared, app, &tasks.api_stop, &tasks.tracker) {
+    if listener::serve(shared, cfg, app, &tasks.api_stop, &tasks.tracker) {
         tracing::info!(addr = %listening, "serving /metrics, /healthz and /readyz");
     }
 }

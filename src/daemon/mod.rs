@@ -49,7 +49,7 @@ use crate::store::Store;
 
 use generation::{Ended, Generation};
 use lead::{Candidate, Lead, TermEnded};
-pub use listener::WEBHOOK_PATH;
+pub use listener::{BODIES_IN_FLIGHT, WEBHOOK_PATH, descriptors_needed};
 use parts::Parts;
 pub(crate) use parts::sampled_sources;
 pub use reload::Reload;
@@ -246,6 +246,7 @@ impl Shared {
 pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
     let client = crate::http::client();
     let parts = Parts::build(cfg, &client).await?;
+    listener::fit_descriptors(&parts.cfg);
     let shared = Shared::open(&parts.cfg, client, &mut opts).await?;
     // The settings cannot change while running: a reload that changes them is refused.
     let candidate = match &parts.cfg.leader_election {

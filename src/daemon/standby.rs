@@ -90,7 +90,7 @@ impl<'a> Waiting<'a> {
             );
         let api_stop = CancellationToken::new();
         let serving = TaskTracker::new();
-        serve(shared, app, &api_stop, &serving);
+        serve(shared, &parts.cfg, app, &api_stop, &serving);
         serving.close();
         Waiting {
             parts,

@@ -422,8 +422,10 @@ impl Receiver {
         log.by_status.iter().map(|(s, r)| (*s, r.total)).collect()
     }
 
-    /// Logs a refusal unless one of its status was logged within [`REFUSAL_LOG_EVERY`].
-    fn log_refusal(&self, rejection: &Rejection, now: Ts) {
+    /// Counts a refusal, and logs it unless one of its status was logged within
+    /// [`REFUSAL_LOG_EVERY`]. The listener calls it for the refusals it makes itself
+    /// (token, size, bodies in flight), so every refusal is counted and rate-limited alike.
+    pub fn log_refusal(&self, rejection: &Rejection, now: Ts) {
         let mut log = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(unlogged) = log.count(rejection.status, now) {
             tracing::warn!(
@@ -521,8 +523,9 @@ impl Receiver {
             .collect()
     }
 
-    /// The positions in `watched` whose token the header carries.
-    fn authorize(&self, authorization: Option<&str>) -> Result<Vec<usize>, Rejection> {
+    /// The positions in `watched` whose token the header carries, or why none: what
+    /// the listener checks on the headers, before it reads a body.
+    pub fn authorize(&self, authorization: Option<&str>) -> Result<Vec<usize>, Rejection> {
         let Some(header) = authorization else {
             return Err(Rejection::unauthorized(
                 "missing Authorization header: send `Authorization: Bearer <token>` (http_config.authorization.credentials in Alertmanager)",

@@ -3,7 +3,8 @@
 //!
 //! Exit 0 passes; any other exit, a signal or the timeout fails the check, with the end
 //! of the output as detail. A command that cannot be started at all (missing, not
-//! executable) is a source error: the watchdog's own check is broken, not the service.
+//! executable, or no pipe or process to be had: descriptors, memory or the process limit
+//! exhausted) is a source error: the watchdog's own check is broken, not the service.
 //! The command gets the default environment, its `inherit_env` names and its `env`,
 //! never the rest of rearguard's (see [`crate::process`]).
 
@@ -50,7 +51,10 @@ impl ExecCheck {
         };
         let finished = match process::run(command).await {
             Ok(finished) => finished,
-            Err(e) => return ReadingState::SourceError(e.to_string()),
+            Err(e) => match super::own_resource(&e) {
+                Some(what) => return super::own_resource_error(what, &e),
+                None => return ReadingState::SourceError(e.to_string()),
+            },
         };
         let what = match finished.status {
             Exit::Code(0) => {

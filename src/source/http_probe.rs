@@ -3,7 +3,9 @@
 //!
 //! Everything the probed service does wrong (no answer, a refused or reset connection, a
 //! wrong status, a body that is not what is expected) is a failed check with a detail
-//! that says what was seen. Only a request that cannot even be built is a source error.
+//! that says what was seen. A request that cannot even be built, or that rearguard could
+//! not send for lack of its own resources (no descriptor for a socket, no memory, no
+//! local port: see [`super::own_resource`]), is a source error.
 //! Details never contain the URL's credentials, and at most 1 MiB of body is read.
 
 use std::time::Duration;
@@ -17,6 +19,14 @@ use crate::engine::{Measure, ReadingState};
 
 /// The most body a probe reads; a larger body fails the check.
 pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Why a probe did not pass.
+enum Miss {
+    /// The service failed the check: what was seen.
+    Failed(String),
+    /// Rearguard could not send the request for lack of this resource of its own.
+    Own(&'static str, String),
+}
 
 /// A configured HTTP probe.
 #[derive(Debug, Clone)]
@@ -57,22 +67,37 @@ impl HttpProbe {
         // makes the sample's duration a promise whatever happens below.
         let outcome = match tokio::time::timeout(self.timeout, self.check(request)).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(self.no_answer()),
+            Err(_) => Err(Miss::Failed(self.no_answer())),
         };
-        let (ok, detail) = match outcome {
-            Ok(()) => (true, None),
-            Err(detail) => (false, Some(clip(&self.scrub(detail), DETAIL_LIMIT))),
-        };
-        ReadingState::Value(Measure::Check { ok, detail })
+        match outcome {
+            Ok(()) => ReadingState::Value(Measure::Check {
+                ok: true,
+                detail: None,
+            }),
+            Err(Miss::Failed(detail)) => ReadingState::Value(Measure::Check {
+                ok: false,
+                detail: Some(clip(&self.scrub(detail), DETAIL_LIMIT)),
+            }),
+            Err(Miss::Own(what, detail)) => super::own_resource_error(what, self.scrub(detail)),
+        }
+    }
+
+    /// Sends the request and judges the answer: a failed check, or rearguard's own lack
+    /// of what sending it takes.
+    async fn check(&self, request: reqwest::Request) -> Result<(), Miss> {
+        let mut response =
+            self.client
+                .execute(request)
+                .await
+                .map_err(|e| match super::own_resource(&e) {
+                    Some(what) => Miss::Own(what, crate::http::describe_error(&e)),
+                    None => Miss::Failed(self.request_error(&e)),
+                })?;
+        self.judge(&mut response).await.map_err(Miss::Failed)
     }
 
     /// `Ok` when the answer passes every configured expectation, else what failed.
-    async fn check(&self, request: reqwest::Request) -> Result<(), String> {
-        let mut response = self
-            .client
-            .execute(request)
-            .await
-            .map_err(|e| self.request_error(&e))?;
+    async fn judge(&self, response: &mut reqwest::Response) -> Result<(), String> {
         let status = response.status().as_u16();
         if !self.spec.expect_status.contains(&status) {
             return Err(format!(
@@ -83,7 +108,7 @@ impl HttpProbe {
         if self.spec.body_contains.is_none() && self.spec.json.is_none() {
             return Ok(());
         }
-        let body = self.read_body(&mut response).await?;
+        let body = self.read_body(response).await?;
         if let Some(needle) = &self.spec.body_contains
             && !String::from_utf8_lossy(&body).contains(needle.as_str())
         {

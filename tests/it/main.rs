@@ -12,6 +12,7 @@ mod control;
 mod daemon;
 mod demo;
 mod disk_full;
+mod flood;
 mod journal;
 mod kube_api;
 mod kube_change;

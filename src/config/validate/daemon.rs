@@ -1,6 +1,6 @@
 //! `[daemon]`: the state directory, the listen address, the mode, the tick, drain and
-//! blindness timings and the control token. It reads only its own table and must not
-//! look at any other section.
+//! blindness timings, the control token and the listener's limits. It reads only its
+//! own table and must not look at any other section.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use figment::value::Value;
 
 use super::ctx::{Ctx, MIN_TICK};
 use crate::config::raw::RawDaemon;
-use crate::config::{Daemon, Mode};
+use crate::config::{Daemon, ListenerLimits, Mode};
 
 /// `[daemon]`, with defaults for every key (and for a missing table).
 pub(super) fn daemon(ctx: &mut Ctx, raw: Option<&Value>) -> Daemon {
@@ -61,5 +61,30 @@ pub(super) fn daemon(ctx: &mut Ctx, raw: Option<&Value>) -> Daemon {
             .as_ref()
             .and_then(|t| ctx.secret("daemon.control_token".into(), t)),
         read_open: raw.read_open.unwrap_or(false),
+        listener: listener_limits(ctx, &raw),
+    }
+}
+
+/// `daemon.max_connections` and `daemon.header_read_timeout`.
+fn listener_limits(ctx: &mut Ctx, raw: &RawDaemon) -> ListenerLimits {
+    let most = ListenerLimits::MOST_CONNECTIONS;
+    let max_connections = match raw.max_connections {
+        None => ListenerLimits::DEFAULT_MAX_CONNECTIONS,
+        Some(n) if (1..=most).contains(&n) => n,
+        Some(n) => {
+            ctx.err(
+                "daemon.max_connections",
+                format!("expected 1 to {most}, got {n}"),
+            );
+            ListenerLimits::DEFAULT_MAX_CONNECTIONS
+        }
+    };
+    ListenerLimits {
+        max_connections,
+        header_read_timeout: ctx.positive_duration(
+            "daemon.header_read_timeout".into(),
+            &raw.header_read_timeout,
+            ListenerLimits::DEFAULT_HEADER_READ_TIMEOUT,
+        ),
     }
 }
