@@ -115,12 +115,18 @@ fn a_verification_passes_only_on_measured_readings_that_show_the_rules_clear() {
         let (run, verdict) = verify(keys, after);
         let out = run.output();
         assert_eq!(ended(&verdict), Some(want), "{what}:\n{out}");
-        assert!(verdict.contains(words), "{what}: {verdict:?} lacks {words:?}");
+        assert!(
+            verdict.contains(words),
+            "{what}: {verdict:?} lacks {words:?}"
+        );
         let incident = run.engine.incidents().first();
         match want {
             End::Passed => {
                 assert!(out.contains("notify rollback_succeeded"), "{what}:\n{out}");
-                assert!(incident.is_none() && run.engine.breaker(0).is_none(), "{what}");
+                assert!(
+                    incident.is_none() && run.engine.breaker(0).is_none(),
+                    "{what}"
+                );
             }
             End::Failed => {
                 assert!(out.contains("notify verification_failed"), "{what}:\n{out}");
@@ -136,7 +142,10 @@ fn a_verification_passes_only_on_measured_readings_that_show_the_rules_clear() {
                 assert_eq!(inc.state, IncidentState::Escalated, "{what}");
                 assert_eq!(inc.outcome, Some(Outcome::RolledBackUnverified), "{what}");
                 let breaker = run.engine.breaker(0).unwrap_or_default();
-                assert!(breaker.ends_with("could not be verified"), "{what}: {breaker}");
+                assert!(
+                    breaker.ends_with("could not be verified"),
+                    "{what}: {breaker}"
+                );
             }
         }
     }
@@ -156,7 +165,10 @@ fn a_rollback_that_could_not_be_verified_stays_so_when_people_resolve_it() {
         })
         .expect("the incident was closed");
     assert_eq!(closed.outcome, Some(Outcome::RolledBackUnverified));
-    assert!(run.output().contains("closed Breach incident: rolled back, not verified"));
+    assert!(
+        run.output()
+            .contains("closed Breach incident: rolled back, not verified")
+    );
 }
 
 #[test]
@@ -170,7 +182,11 @@ fn the_notice_of_an_unverified_rollback_says_rearguard_cannot_tell() {
             _ => None,
         })
         .expect("people were told");
-    assert!(notice.facts.next.contains("cannot tell"), "{:?}", notice.facts);
+    assert!(
+        notice.facts.next.contains("cannot tell"),
+        "{:?}",
+        notice.facts
+    );
     assert!(
         notice.summary.contains("rolled back, not verified"),
         "{}",
