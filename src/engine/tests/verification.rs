@@ -156,18 +156,12 @@ fn a_rollback_that_could_not_be_verified_stays_so_when_people_resolve_it() {
     let (mut run, verdict) = verify("no_data = \"ok\"", "16m..19m/1m errors nodata");
     assert_eq!(ended(&verdict), Some(End::Inconclusive));
     run.script("25m resolve");
-    let closed = run
-        .effects
-        .iter()
-        .find_map(|(_, e)| match e {
-            Effect::IncidentClosed(i) => Some(i),
-            _ => None,
-        })
-        .expect("the incident was closed");
-    assert_eq!(closed.outcome, Some(Outcome::RolledBackUnverified));
+    // The closed line renders the outcome the incident closed with.
     assert!(
         run.output()
-            .contains("closed Breach incident: rolled back, not verified")
+            .contains("25m closed Breach incident: rolled back, not verified"),
+        "{}",
+        run.output()
     );
 }
 
