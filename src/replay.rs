@@ -61,10 +61,11 @@
 //! - `verification`: the verification of a plan started, failed or passed, in `text`.
 //! - `notification`: a notification would have gone out. `occasion` (`"opened"`,
 //!   `"rollback_started"`, `"rollback_succeeded"`, `"rollback_failed"`,
-//!   `"verification_failed"`, `"not_rolled_back"`, `"blind"`, `"resolved"`), `level`
+//!   `"verification_failed"`, `"verification_inconclusive"`, `"not_rolled_back"`,
+//!   `"blind"`, `"resolved"`), `level`
 //!   (the escalation level's name, or `null` when no levels are configured), `notifiers`
 //!   (names), `summary` (the message).
-//! - `incident_closed`: the incident ended. `outcome` (`"rolled_back"`, `"recovered"`,
+//! - `incident_closed`: the incident ended. `outcome` (`"rolled_back"`, `"rolled_back_unverified"`, `"recovered"`,
 //!   `"resolved_by_operator"`, `"interrupted"`), `cause` (`"breach"` or `"blind"`),
 //!   `opened_at`, `breach_started` (RFC 3339), `from_revision`, `to_revision` (of the
 //!   rollback, or `null`), `escalation_reason` (or `null`).

@@ -17,6 +17,9 @@ pub fn render(inc: &Incident, cfg: &Config) -> String {
     let mut md = String::new();
     let outcome = match &inc.outcome {
         Some(Outcome::RolledBack) => "rolled back and verified".to_owned(),
+        Some(Outcome::RolledBackUnverified) => {
+            "rolled back, not verified: the verification window ended without measured readings showing the rules clear".to_owned()
+        }
         Some(Outcome::Recovered) if inc.escalation_reason.is_some() => {
             "recovered without automatic action".to_owned()
         }

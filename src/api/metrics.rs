@@ -39,8 +39,9 @@ const STEP_BUCKETS: [f64; 16] = [
 const PHASES: [Phase; 3] = [Phase::Ok, Phase::Pending, Phase::Firing];
 const CAUSES: [Cause; 2] = [Cause::Breach, Cause::Blind];
 const READING_STATES: [&str; 4] = ["value", "no_data", "insufficient", "error"];
-const OUTCOMES: [&str; 4] = [
+const OUTCOMES: [&str; 5] = [
     "rolled_back",
+    "rolled_back_unverified",
     "recovered",
     "resolved_by_operator",
     "interrupted",
@@ -133,7 +134,7 @@ struct TargetSeries {
     opened: [Counter; 2],
     open: Gauge,
     /// One per [`OUTCOMES`] entry.
-    closed: [Counter; 4],
+    closed: [Counter; 5],
 }
 
 #[derive(Debug)]
@@ -201,7 +202,7 @@ impl Metrics {
         let closed = Family::<ClosedLabels, Counter>::default();
         registry.register(
             "incidents_closed",
-            "Incidents closed by outcome: rolled_back, recovered, resolved_by_operator or interrupted",
+            "Incidents closed by outcome: rolled_back, rolled_back_unverified, recovered, resolved_by_operator or interrupted",
             closed.clone(),
         );
         let actions = Family::<ActionLabels, Counter>::default();

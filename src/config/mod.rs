@@ -788,6 +788,8 @@ pub enum Occasion {
     RollbackSucceeded,
     RollbackFailed,
     VerificationFailed,
+    /// The verification window ended without measured readings showing the rules clear.
+    VerificationInconclusive,
     NotRolledBack,
     Blind,
     Acknowledged,
@@ -799,7 +801,7 @@ pub enum Occasion {
 }
 
 impl Occasion {
-    pub const ALL: [Occasion; 13] = [
+    pub const ALL: [Occasion; 14] = [
         Occasion::Opened,
         Occasion::RollbackStarted,
         Occasion::RollbackSlow,
@@ -807,6 +809,7 @@ impl Occasion {
         Occasion::RollbackSucceeded,
         Occasion::RollbackFailed,
         Occasion::VerificationFailed,
+        Occasion::VerificationInconclusive,
         Occasion::NotRolledBack,
         Occasion::Blind,
         Occasion::Acknowledged,
@@ -824,6 +827,7 @@ impl Occasion {
             Occasion::RollbackSucceeded => "rollback_succeeded",
             Occasion::RollbackFailed => "rollback_failed",
             Occasion::VerificationFailed => "verification_failed",
+            Occasion::VerificationInconclusive => "verification_inconclusive",
             Occasion::NotRolledBack => "not_rolled_back",
             Occasion::Blind => "blind",
             Occasion::Acknowledged => "acknowledged",
@@ -843,6 +847,7 @@ impl Occasion {
             Occasion::RollbackSucceeded => "rollback succeeded and verified",
             Occasion::RollbackFailed => "rollback failed",
             Occasion::VerificationFailed => "still unhealthy after rollback",
+            Occasion::VerificationInconclusive => "rolled back, not verified",
             Occasion::NotRolledBack => "not rolled back automatically",
             Occasion::Blind => "watchdog is blind",
             Occasion::Acknowledged => "acknowledged",

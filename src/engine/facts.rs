@@ -89,6 +89,9 @@ fn what_next(inc: &Incident, plan: Option<&Plan>, occasion: Occasion) -> String 
         Occasion::RollbackFailed | Occasion::VerificationFailed => {
             "people must act: automatic action on this target is stopped until an operator clears the breaker".to_owned()
         }
+        Occasion::VerificationInconclusive => {
+            "people must check the target: rearguard cannot tell whether the rollback fixed it, and automatic action on this target is stopped until an operator clears the breaker".to_owned()
+        }
         Occasion::NotRolledBack => {
             "people must decide: rearguard will not act on this incident by itself".to_owned()
         }

@@ -49,6 +49,10 @@ impl IncidentState {
 pub enum Outcome {
     /// The plan ran and verification passed.
     RolledBack,
+    /// The plan ran but the verification window ended without measured readings showing
+    /// the rules clear: rolled back, not verified. Set when the incident is escalated
+    /// and kept when it is later closed.
+    RolledBackUnverified,
     /// The target recovered without a rollback.
     Recovered,
     /// An operator resolved it.
@@ -63,6 +67,7 @@ impl Outcome {
     pub fn name(&self) -> &'static str {
         match self {
             Outcome::RolledBack => "rolled_back",
+            Outcome::RolledBackUnverified => "rolled_back_unverified",
             Outcome::Recovered => "recovered",
             Outcome::ResolvedByOperator(_) => "resolved_by_operator",
             Outcome::Interrupted => "interrupted",

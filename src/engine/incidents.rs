@@ -138,6 +138,14 @@ impl Engine {
             Outcome::Recovered => "resolved: recovered".to_owned(),
             Outcome::ResolvedByOperator(by) => format!("resolved by {by}"),
             Outcome::Interrupted => "interrupted".to_owned(),
+            Outcome::RolledBackUnverified => "resolved: rolled back, not verified".to_owned(),
+        };
+        // A rollback that could not be verified stays so, however the incident closes.
+        let outcome = match (&self.incidents[idx].outcome, outcome) {
+            (Some(Outcome::RolledBackUnverified), o) if o != Outcome::Interrupted => {
+                Outcome::RolledBackUnverified
+            }
+            (_, o) => o,
         };
         self.log(idx, now, EntryKind::Decision, text);
         // A stop of rearguard does not end the problem: nobody is told it is resolved.

@@ -247,49 +247,87 @@ impl Engine {
     }
 
     fn judge_verification(&mut self, idx: usize, now: Ts) {
-        let problems = self.verification_problems(idx, now);
-        if problems.is_empty() {
-            let t = self.incidents[idx].target;
-            self.targets[t].last_rollback_end = Some(now);
-            self.log(
+        let (failures, gaps) = self.verification_problems(idx, now);
+        if !failures.is_empty() {
+            let all: Vec<String> = failures.into_iter().chain(gaps).collect();
+            return self.verification_failed(
                 idx,
-                now,
-                EntryKind::Verification,
-                "verification passed: every rule is clear",
-            );
-            self.notify(idx, Occasion::RollbackSucceeded, now);
-            self.resolve(idx, Outcome::RolledBack, now);
-        } else {
-            self.verification_failed(
-                idx,
-                format!("verification failed: {}", problems.join("; ")),
+                format!("verification failed: {}", all.join("; ")),
                 now,
             );
         }
+        if !gaps.is_empty() {
+            return self.verification_inconclusive(idx, &gaps, now);
+        }
+        let t = self.incidents[idx].target;
+        self.targets[t].last_rollback_end = Some(now);
+        self.log(
+            idx,
+            now,
+            EntryKind::Verification,
+            "verification passed: every rule is clear",
+        );
+        self.notify(idx, Occasion::RollbackSucceeded, now);
+        self.resolve(idx, Outcome::RolledBack, now);
     }
 
-    /// What keeps a verification from passing: a rule still firing, or one with no
-    /// reading since the plan finished.
-    fn verification_problems(&self, idx: usize, now: Ts) -> Vec<String> {
+    /// What keeps a verification from passing: rules still firing (it failed), and
+    /// rules without the evidence to call them clear (it cannot tell). A rule is clear
+    /// only on a measured value since the plan finished (a reading with `min_requests`
+    /// met, a baseline where one is needed), with no reading without a value after it
+    /// and not breaching; no data and insufficient readings never count, whatever the
+    /// rule's policy.
+    fn verification_problems(&self, idx: usize, now: Ts) -> (Vec<String>, Vec<String>) {
         let finished = self.incidents[idx].plan_finished_at.unwrap_or(now);
-        let mut problems = Vec::new();
+        let (mut failures, mut gaps) = (Vec::new(), Vec::new());
         for r in self.verification_rules(idx) {
             let rule = &self.cfg.rules[r];
             let state = &self.rules[r];
-            if state.phase == Phase::Firing {
-                problems.push(format!(
-                    "{} is still firing ({})",
+            let evidence = || state.evidence(rule, state.phase == Phase::Firing);
+            match state.last_value_at {
+                _ if state.phase == Phase::Firing => {
+                    failures.push(format!("{} is still firing ({})", rule.name, evidence()));
+                }
+                Some(t) if t > finished && state.last_unmeasured_at.is_none_or(|u| u < t) => {
+                    if state.phase == Phase::Pending {
+                        gaps.push(format!("{} is breaching again ({})", rule.name, evidence()));
+                    }
+                }
+                Some(t) if t > finished => gaps.push(format!(
+                    "{} had no measured value at the end ({})",
                     rule.name,
-                    state.evidence(rule, true)
-                ));
-            } else if state.last_value_at.is_none_or(|t| t <= finished) {
-                problems.push(format!(
-                    "{} has had no reading since the plan finished",
-                    rule.name
-                ));
+                    evidence()
+                )),
+                _ => gaps.push(format!(
+                    "{} has had no measured reading since the plan finished ({})",
+                    rule.name,
+                    evidence()
+                )),
             }
         }
-        problems
+        (failures, gaps)
+    }
+
+    /// The window ended without the evidence to call the rules clear: the rollback ran
+    /// but is not verified. The target's breaker opens as for a failed verification (a
+    /// rollback nobody can judge is no ground for another automatic one) and people are
+    /// told rearguard cannot tell.
+    fn verification_inconclusive(&mut self, idx: usize, gaps: &[String], now: Ts) {
+        let reason = format!("verification inconclusive: {}", gaps.join("; "));
+        let t = self.incidents[idx].target;
+        self.targets[t].breaker = Some(format!(
+            "rollback {} could not be verified",
+            self.incidents[idx].id
+        ));
+        self.targets[t].last_rollback_end = Some(now);
+        self.incidents[idx].outcome = Some(Outcome::RolledBackUnverified);
+        self.log(idx, now, EntryKind::Verification, reason.clone());
+        self.escalate(
+            idx,
+            format!("{reason}; rolled back, not verified: rearguard cannot tell whether the rollback fixed the problem, and takes no further automatic action on this target until an operator clears the breaker"),
+            Occasion::VerificationInconclusive,
+            now,
+        );
     }
 
     pub(super) fn verification_failed(&mut self, idx: usize, reason: String, now: Ts) {

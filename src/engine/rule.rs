@@ -90,8 +90,11 @@ pub struct RuleState {
     events: VecDeque<(Ts, String)>,
     /// Since when the clear condition has held, while firing.
     clear_since: Option<Ts>,
-    /// The last evaluation that had a value (not held).
+    /// The last evaluation that had a measured value.
     pub last_value_at: Option<Ts>,
+    /// The last reading without a measured value (no data, insufficient, no baseline, a
+    /// source error): verification asks that none came after the last measured one.
+    pub last_unmeasured_at: Option<Ts>,
     /// What the last judged reading showed, for evidence.
     seen: Seen,
 }
@@ -107,6 +110,7 @@ impl RuleState {
             events: VecDeque::new(),
             clear_since: None,
             last_value_at: None,
+            last_unmeasured_at: None,
             seen: Seen::Nothing,
         }
     }
@@ -160,10 +164,10 @@ impl RuleState {
             }
             ReadingState::Value(m) => self.judge(rule, m, baseline, firing, now),
         };
-        // A reading a policy turns into a verdict is evidence too (verification asks for
-        // evidence after the plan); a held one is not.
-        if verdict != Verdict::Hold {
-            self.last_value_at = Some(now);
+        // Only a measured value is evidence (`judge` stamps `last_value_at`): a reading a
+        // policy turns into a verdict, or a held one, never verifies a rollback.
+        if self.last_value_at != Some(now) {
+            self.last_unmeasured_at = Some(now);
         }
         self.apply(rule, verdict, now)
     }

@@ -54,6 +54,7 @@ pub fn reason(occasion: Occasion) -> Option<(&'static str, &'static str)> {
         Occasion::RollbackSucceeded => ("RollbackSucceeded", "Normal"),
         Occasion::RollbackFailed => ("RollbackFailed", "Warning"),
         Occasion::VerificationFailed => ("VerificationFailed", "Warning"),
+        Occasion::VerificationInconclusive => ("VerificationInconclusive", "Warning"),
         Occasion::NotRolledBack => ("Escalated", "Warning"),
         Occasion::Blind => ("WatchdogBlind", "Warning"),
         Occasion::Acknowledged => ("IncidentAcknowledged", "Normal"),

@@ -59,6 +59,7 @@ pub fn event(occasion: Occasion) -> Event {
         Occasion::Blind
         | Occasion::RollbackFailed
         | Occasion::VerificationFailed
+        | Occasion::VerificationInconclusive
         | Occasion::AttemptsFailed
         | Occasion::RollbackSlow => trigger("critical"),
         Occasion::Opened | Occasion::NotRolledBack | Occasion::RuleJoined => trigger("error"),

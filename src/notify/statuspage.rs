@@ -37,6 +37,7 @@ pub fn incident_status(occasion: Occasion) -> &'static str {
         | Occasion::AttemptsFailed
         | Occasion::RollbackFailed
         | Occasion::VerificationFailed
+        | Occasion::VerificationInconclusive
         | Occasion::Acknowledged
         | Occasion::RuleJoined
         | Occasion::BadRevisionDeployed => "identified",
@@ -57,6 +58,7 @@ pub fn component_status(occasion: Occasion) -> Option<&'static str> {
             Some("major_outage")
         }
         Occasion::Opened
+        | Occasion::VerificationInconclusive
         | Occasion::RollbackStarted
         | Occasion::RollbackSlow
         | Occasion::AttemptsFailed

@@ -42,8 +42,9 @@
 //! - `test`: `true` for `rearguard notify-test`; nothing happened.
 //! - `incident`: the incident's id, shared by every message about it.
 //! - `occasion`: one of `opened`, `rollback_started`, `rollback_slow`, `attempts_failed`,
-//!   `rollback_succeeded`, `rollback_failed`, `verification_failed`, `not_rolled_back`,
-//!   `blind`, `acknowledged`, `resolved`, `rule_joined`, `bad_revision_deployed`.
+//!   `rollback_succeeded`, `rollback_failed`, `verification_failed`,
+//!   `verification_inconclusive`, `not_rolled_back`, `blind`, `acknowledged`, `resolved`,
+//!   `rule_joined`, `bad_revision_deployed`.
 //! - `level`: the escalation level that sent it; `null` for acknowledgement, resolution,
 //!   `rule_joined`, `bad_revision_deployed` and tests.
 //! - `summary`: one line for people.

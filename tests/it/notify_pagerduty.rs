@@ -299,6 +299,7 @@ async fn every_occasion_is_a_valid_event_with_its_severity() {
         ("rollback_succeeded", "info"),
         ("rollback_failed", "critical"),
         ("verification_failed", "critical"),
+        ("verification_inconclusive", "critical"),
         ("not_rolled_back", "error"),
         ("blind", "critical"),
         ("rule_joined", "error"),

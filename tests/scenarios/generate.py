@@ -44,6 +44,9 @@ class Recording:
     def event(self, s, signal, key):
         self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},value,{key},,"))
 
+    def no_data(self, s, signal):
+        self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},no_data,,,"))
+
     def error(self, s, signal, why):
         self.rows.append((s, f"{ts(s)},reading,{self.target},{signal},error,{why},,"))
 
@@ -220,6 +223,24 @@ def old_incident_then_deploy():
     r.write("old-incident-then-deploy")
 
 
+def rollback_then_silence():
+    # v2 serves 8% errors from its deploy at 5m; the rollback to v1 at 6m30s leaves the
+    # shop without traffic (the query answers, with no series). The rule's no_data = "ok"
+    # clears it, but silence verifies nothing: rolled back, not verified.
+    r = Recording()
+    r.change(0, "v1")
+    for s in range(5, 12 * 60 + 1, 5):
+        if s <= 5 * 60:
+            r.rate(s, "errors", 3, 1000)
+        elif s <= 6 * 60 + 30:
+            r.rate(s, "errors", 80, 1000)
+        else:
+            r.no_data(s, "errors")
+    r.change(5 * 60, "v2")
+    r.change(6 * 60 + 30, "v1")
+    r.write("rollback-then-silence")
+
+
 if __name__ == "__main__":
     bad_deploy()
     rollback_does_not_fix()
@@ -233,3 +254,4 @@ if __name__ == "__main__":
     bad_revision_redeployed()
     p95_noise_before_deploy()
     old_incident_then_deploy()
+    rollback_then_silence()
