@@ -38,6 +38,7 @@ mod recipes;
 mod record;
 mod releases;
 mod reload;
+mod replay_equals_live;
 mod restarts;
 mod running;
 mod scenarios;
