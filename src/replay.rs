@@ -634,17 +634,18 @@ impl Summary {
 }
 
 /// Test support: replaying inputs the way the daemon's engine took them, and the way
-/// `rearguard replay` takes them after `rearguard record` wrote them.
-#[cfg(test)]
-pub(crate) mod support {
+/// `rearguard replay` takes them after `rearguard record` wrote them. Public for the
+/// integration tests (`tests/it/replay_equals_live.rs`), not for use.
+#[doc(hidden)]
+pub mod support {
     use super::*;
 
     /// Every effect of a replay with its time, and the summary.
-    pub(crate) type Replayed = (Summary, Vec<(Ts, Effect)>);
+    pub type Replayed = (Summary, Vec<(Ts, Effect)>);
 
     /// Replays `rows` (readings and changes in time order) as they are, with the
     /// daemon's ticks between them.
-    pub(crate) fn replay_inputs(cfg: &Config, rows: &[(Ts, Input)], opts: &Options) -> Replayed {
+    pub fn replay_inputs(cfg: &Config, rows: &[(Ts, Input)], opts: &Options) -> Replayed {
         let mut seen = Vec::new();
         let summary = run(cfg, rows.iter().cloned().map(Ok), opts, &mut |t, e| {
             seen.push((t, e.clone()))
@@ -655,7 +656,7 @@ pub(crate) mod support {
 
     /// Writes `rows` as a recording (each at its time, as `record` does), reads it
     /// back and replays it; a row that does not read back is the error.
-    pub(crate) fn replay_recorded(
+    pub fn replay_recorded(
         cfg: &Config,
         rows: &[(Ts, Input)],
         opts: &Options,

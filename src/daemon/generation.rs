@@ -423,7 +423,8 @@ fn start_listener(
     }
 }
 
-/// Samplers, watches and change observers on the sources tracker, which is then closed.
+/// Samplers, watches and change observers on the sources tracker, which is then closed;
+/// with the test hook `run_with_inputs`, none: the engine's channel goes to the test.
 fn start_sources(
     shared: &Shared,
     cfg: &Config,
@@ -432,6 +433,17 @@ fn start_sources(
     tx: &mpsc::Sender<(Input, Ts)>,
     tasks: &Tasks,
 ) -> Watches {
+    if let Some(inject) = &shared.inject {
+        let instant = tokio::time::Instant::now();
+        let injector = super::Injector {
+            inputs: tx.clone(),
+            now: shared.clock.at(instant),
+            instant,
+        };
+        let _ = inject.send(injector);
+        tasks.sources.close();
+        return Watches::default();
+    }
     let feed = Feed {
         clock: shared.clock,
         tx: tx.clone(),

@@ -43,7 +43,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::Health;
 use crate::config::Config;
-use crate::engine::{Effect, Ts};
+use crate::engine::{Effect, Input, Ts};
 use crate::source;
 use crate::store::Store;
 
@@ -90,6 +90,18 @@ pub struct Options {
     pub systemd: Option<crate::systemd::Systemd>,
     /// New configurations to apply while running (see [`Reload`]).
     pub reload: Option<mpsc::Receiver<Reload>>,
+}
+
+/// Test hook ([`run_with_inputs`]): a generation's engine input channel, handed to a
+/// test that feeds it what samplers, watches and change observers would, each input
+/// with its engine time (`Ts`) as they send it. `now` is the engine time of `instant`
+/// on Tokio's clock, so that a test with a paused clock can stamp its inputs exactly.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct Injector {
+    pub inputs: mpsc::Sender<(Input, Ts)>,
+    pub now: Ts,
+    pub instant: tokio::time::Instant,
 }
 
 /// A failure that stops the daemon from starting.
@@ -170,14 +182,16 @@ impl Clock {
         let wall_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        // Tokio's clock, which the tickers and samplers' schedules also follow: the same
+        // instant as the system's, except in tests that pause time.
         Clock {
             wall_ms,
-            start: Instant::now(),
+            start: tokio::time::Instant::now().into_std(),
         }
     }
 
     pub(crate) fn now(&self) -> Ts {
-        Ts(self.wall_ms + self.start.elapsed().as_millis() as u64)
+        self.at(tokio::time::Instant::now())
     }
 
     /// The engine time of an instant (a sampler's scheduled tick).
@@ -200,6 +214,9 @@ struct Shared {
     shutdown: CancellationToken,
     observer: Option<mpsc::UnboundedSender<Event>>,
     systemd: Option<crate::systemd::Systemd>,
+    /// With [`run_with_inputs`]: where each generation hands its input channel, instead
+    /// of starting its sources.
+    inject: Option<mpsc::UnboundedSender<Injector>>,
 }
 
 impl Shared {
@@ -231,6 +248,7 @@ impl Shared {
             shutdown: opts.shutdown.clone(),
             observer: opts.observer.take(),
             systemd: opts.systemd.take(),
+            inject: None,
         })
     }
 
@@ -243,11 +261,32 @@ impl Shared {
 
 /// Runs the daemon until `opts.shutdown` is cancelled, applying the configurations that
 /// arrive on `opts.reload` in between.
-pub async fn run(cfg: Config, mut opts: Options) -> Result<(), StartError> {
+pub async fn run(cfg: Config, opts: Options) -> Result<(), StartError> {
+    run_inner(cfg, opts, None).await
+}
+
+/// Test hook: [`run`] with no source started. Each generation sends its engine's input
+/// channel on `inject` when it starts, and takes its readings and changes only from
+/// what the test sends there (steps, commands and ticks are the daemon's own).
+#[doc(hidden)]
+pub async fn run_with_inputs(
+    cfg: Config,
+    opts: Options,
+    inject: mpsc::UnboundedSender<Injector>,
+) -> Result<(), StartError> {
+    run_inner(cfg, opts, Some(inject)).await
+}
+
+async fn run_inner(
+    cfg: Config,
+    mut opts: Options,
+    inject: Option<mpsc::UnboundedSender<Injector>>,
+) -> Result<(), StartError> {
     let client = crate::http::client();
     let parts = Parts::build(cfg, &client).await?;
     listener::fit_descriptors(&parts.cfg);
-    let shared = Shared::open(&parts.cfg, client, &mut opts).await?;
+    let mut shared = Shared::open(&parts.cfg, client, &mut opts).await?;
+    shared.inject = inject;
     // The settings cannot change while running: a reload that changes them is refused.
     let candidate = match &parts.cfg.leader_election {
         None => None,

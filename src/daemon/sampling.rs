@@ -24,6 +24,7 @@ use crate::source::kube_pods::PodMemory;
 use crate::source::{self, Source};
 
 /// The watches of a generation, joined at a reload for what they hand on.
+#[derive(Default)]
 pub(super) struct Watches {
     oom: Vec<JoinHandle<Option<(usize, OomWatch)>>>,
     pods: Vec<JoinHandle<(usize, PodMemory)>>,

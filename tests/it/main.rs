@@ -41,6 +41,7 @@ mod recipes;
 mod record;
 mod releases;
 mod reload;
+mod replay_equals_live;
 mod restarts;
 mod running;
 mod scenarios;
