@@ -469,8 +469,9 @@ fn histogram_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> Result<Option<f64
 }
 
 /// Why an exposition could not be parsed, with its 1-based line.
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq)]
-struct ParseError {
+pub struct ParseError {
     line: usize,
     reason: String,
 }
@@ -489,7 +490,8 @@ impl std::fmt::Display for ParseError {
 /// and tabs between tokens, `\r\n`, samples without `# TYPE`, families not grouped.
 /// Timestamps and exemplars are read and ignored. A body cut exactly at a line feed
 /// cannot be told from a complete one in the text format.
-fn parse_exposition(
+#[doc(hidden)]
+pub fn parse_exposition(
     text: &str,
     openmetrics: bool,
     mut each: impl FnMut(&str, &[(String, String)], f64) -> Result<(), String>,

@@ -10,6 +10,7 @@ mod cli;
 mod control;
 mod daemon;
 mod demo;
+mod fuzz_regressions;
 mod journal;
 mod kube_api;
 mod kube_change;
