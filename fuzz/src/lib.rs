@@ -112,27 +112,42 @@ pub fn exposition(data: &[u8]) -> [Result<usize, String>; 2] {
 fn parse(text: &str, openmetrics: bool) -> Result<usize, String> {
     let counters = declared_counters(text);
     let mut samples = 0;
-    scrape::parse_exposition(text, openmetrics, |name, labels, value| {
+    let parsed = scrape::exposition::parse_exposition(text, openmetrics, |line, sample| {
         samples += 1;
-        assert!(!name.is_empty(), "a sample without a name");
-        for (i, (label, _)) in labels.iter().enumerate() {
-            assert!(!label.is_empty(), "an empty label name on {name}");
+        let name = sample.name;
+        assert!(!name.is_empty(), "line {line}: a sample without a name");
+        for (i, (label, _)) in sample.labels.iter().enumerate() {
             assert!(
-                labels[..i].iter().all(|(other, _)| other != label),
-                "label {label} twice on {name}"
+                !label.is_empty(),
+                "line {line}: an empty label name on {name}"
+            );
+            assert!(
+                sample.labels[..i].iter().all(|(other, _)| other != label),
+                "line {line}: label {label} twice on {name}"
             );
         }
         let counter = counters
             .iter()
             .any(|c| name == *c || name == format!("{c}_total"));
         assert!(
-            !(counter && value < 0.0),
-            "counter {name} accepted with the negative value {value}"
+            !(counter && sample.value < 0.0),
+            "line {line}: counter {name} accepted with the negative value {}",
+            sample.value
         );
         Ok(())
-    })
-    .map_err(|e| e.to_string())?;
-    Ok(samples)
+    });
+    // What the scrape source's own check says is what the parser said.
+    let checked = scrape::check_exposition(text, openmetrics);
+    match parsed {
+        Ok(()) => {
+            assert_eq!(checked, Ok(samples));
+            Ok(samples)
+        }
+        Err(e) => {
+            assert_eq!(checked.as_ref(), Err(&e));
+            Err(e.to_string())
+        }
+    }
 }
 
 /// The names `# TYPE NAME counter` lines declare.

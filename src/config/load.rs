@@ -8,12 +8,12 @@
 use std::path::Path;
 
 use figment::Figment;
-use figment::error::Kind;
 use figment::providers::{Format as _, Toml, Yaml};
 use figment::value::{Dict, Tag, Value};
 
+use super::Config;
+use super::errors::{ConfigError, ConfigErrors, figment_errors};
 use super::raw::RawConfig;
-use super::{Config, ConfigError, ConfigErrors};
 
 /// The syntax of a configuration text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,66 +92,6 @@ pub fn load_str(
             errors.extend(more);
             Err(ConfigErrors(errors))
         }
-    }
-}
-
-/// Turns figment's errors into ours, prefixing each path with `prefix`.
-pub(super) fn figment_errors(prefix: &str, error: figment::Error) -> Vec<ConfigError> {
-    error
-        .into_iter()
-        .map(|e| {
-            let mut parts = e.path.clone();
-            // The path of an unknown or missing key ends at the table that holds it (and
-            // serde loses even the unknown key inside a `type`-tagged item such as a
-            // signal): put the key back so that the path names it.
-            let key = match &e.kind {
-                Kind::UnknownField(field, _) => Some(field.as_str()),
-                Kind::MissingField(field) => Some(field.as_ref()),
-                _ => None,
-            };
-            if let Some(key) = key
-                && parts.last().map(String::as_str) != Some(key)
-            {
-                parts.push(key.to_owned());
-            }
-            let mut path = prefix.to_owned();
-            for part in &parts {
-                if part.parse::<usize>().is_ok() {
-                    path.push_str(&format!("[{part}]"));
-                } else {
-                    if !path.is_empty() {
-                        path.push('.');
-                    }
-                    path.push_str(part);
-                }
-            }
-            ConfigError {
-                path,
-                message: kind_message(&e.kind),
-            }
-        })
-        .collect()
-}
-
-/// The message for one figment error. Unknown keys and `type` values list what is
-/// known in the configuration's own words; figment's text nests backticks there.
-fn kind_message(kind: &Kind) -> String {
-    let known = |names: &[&str]| {
-        names
-            .iter()
-            .map(|n| format!("{n:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match kind {
-        Kind::UnknownField(field, expected) => {
-            format!("unknown key {field:?}; known: {}", known(expected))
-        }
-        Kind::UnknownVariant(variant, expected) => {
-            format!("unknown type {variant:?}; known: {}", known(expected))
-        }
-        Kind::MissingField(_) => "is required".to_owned(),
-        other => other.to_string(),
     }
 }
 

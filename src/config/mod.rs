@@ -6,6 +6,7 @@
 //! and are held as `SecretString` so they never reach a log or a report. This module
 //! performs no network I/O.
 
+mod errors;
 mod load;
 mod raw;
 pub mod recipe;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+pub use errors::{ConfigError, ConfigErrors};
 pub use load::{Format, load, load_str};
 pub use units::{Cmp, Condition, Threshold, Unit};
 
@@ -811,40 +813,6 @@ impl Occasion {
     /// incident, at once, whatever the levels say.
     pub fn closes_loop(self) -> bool {
         matches!(self, Occasion::Acknowledged | Occasion::Resolved)
-    }
-}
-
-/// One configuration error with the path of the key it is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// `rule[2].for`; list indexes count from 0.
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-/// Every error found in a configuration.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
     }
 }
 

@@ -28,7 +28,7 @@ use figment::providers::{Format as _, Toml};
 use figment::value::{Dict, Tag, Value};
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::errors::{ConfigError, figment_errors};
 use super::units::parse_duration;
 
 /// Where the scripts that recipes call are installed by the Debian package.
@@ -258,7 +258,7 @@ pub fn expand_steps(
         }
         match value.deserialize::<RawRecipeStep>() {
             Ok(raw) => out.extend(expand(&sp, &raw, errors)),
-            Err(e) => errors.extend(super::load::figment_errors(&sp, e)),
+            Err(e) => errors.extend(figment_errors(&sp, e)),
         }
     }
     out

@@ -43,6 +43,7 @@ mod restarts;
 mod running;
 mod scenarios;
 mod scrape;
+mod scrape_conformance;
 mod smtp;
 mod sources;
 mod state_lock;

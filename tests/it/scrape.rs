@@ -368,13 +368,13 @@ async fn an_endpoint_that_hangs_is_a_source_error_at_the_timeout() {
 async fn openmetrics_with_eof_parses_and_the_request_asks_for_it() {
     let (e, server) = exposing().await;
     e.set(
-        "# TYPE queue gauge\n# UNIT queue jobs\nqueue{shard=\"a\"} 3\nqueue{shard=\"b\"} 4.5\n# TYPE done counter\ndone_total 7 # {trace_id=\"x\"} 1 1700000000.1\ndone_created 1700000000\n# EOF\n",
+        "# TYPE queue_jobs gauge\n# UNIT queue_jobs jobs\nqueue_jobs{shard=\"a\"} 3\nqueue_jobs{shard=\"b\"} 4.5\n# TYPE done counter\ndone_total 7 # {trace_id=\"x\"} 1 1700000000.1\ndone_created 1700000000\n# EOF\n",
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
     );
     let s = source(
         spec(
             &server.url("/metrics"),
-            ScrapeQuery::Value(parse_selector("queue").unwrap()),
+            ScrapeQuery::Value(parse_selector("queue_jobs").unwrap()),
             Duration::from_secs(60),
         ),
         Duration::from_secs(2),
@@ -391,7 +391,7 @@ async fn openmetrics_with_eof_parses_and_the_request_asks_for_it() {
     let absent = source(
         spec(
             &server.url("/metrics"),
-            ScrapeQuery::Value(parse_selector(r#"queue{shard="z"}"#).unwrap()),
+            ScrapeQuery::Value(parse_selector(r#"queue_jobs{shard="z"}"#).unwrap()),
             Duration::from_secs(60),
         ),
         Duration::from_secs(2),

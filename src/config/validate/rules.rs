@@ -1,0 +1,352 @@
+//! `[[rule]]`: when a signal's readings breach (`when`), for how long or how often (`for`,
+//! `consecutive`, `m_of_n`, `within`), when a breach clears (`clear`, `clear_for`) and
+//! what missing or insufficient data counts as. A rule's condition must fit its signal's
+//! kind; this file checks that but must not look at a signal's source.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::ctx::{Ctx, each_item, index_of};
+use crate::config::raw::RawRule;
+use crate::config::units::{Condition, Threshold, Unit, parse_condition, parse_percent};
+use crate::config::{Policy, Rule, RuleMode, Signal, SignalKind};
+
+/// Every rule whose item and signal are valid, in file order. A rule whose signal exists
+/// in the file but has errors is left out silently: those errors are reported already.
+pub(super) fn rules(
+    ctx: &mut Ctx,
+    raws: &[Option<RawRule>],
+    signals: &[Signal],
+    signal_index: &HashMap<&str, usize>,
+) -> Vec<Rule> {
+    let validated_signals = index_of(signals.iter().map(|s| s.name.as_str()));
+    each_item(raws, |i, raw| {
+        let p = format!("rule[{i}]");
+        let Some(signal) = validated_signals.get(raw.signal.as_str()).copied() else {
+            if !signal_index.contains_key(raw.signal.as_str()) {
+                ctx.err(
+                    format!("{p}.signal"),
+                    format!("no signal is named {:?}", raw.signal),
+                );
+            }
+            return None;
+        };
+        rule(ctx, &p, raw, signal, &signals[signal])
+    })
+}
+
+fn rule(ctx: &mut Ctx, p: &str, raw: &RawRule, signal: usize, sig: &Signal) -> Option<Rule> {
+    let kind = sig.kind();
+    let when = when(ctx, p, raw, kind)?;
+    check_condition_fits(ctx, &format!("{p}.when"), &when, kind, false);
+    let mode = mode(ctx, p, raw, sig)?;
+    let clear = clear(ctx, p, raw, when, kind);
+    let confidence = rate_options(ctx, p, raw, sig);
+    let uses_baseline = matches!(
+        when,
+        Condition::Compare {
+            threshold: Threshold::BaselineRatio(_),
+            ..
+        }
+    );
+    if raw.baseline_window.is_some() && !uses_baseline {
+        ctx.err(
+            format!("{p}.baseline_window"),
+            "applies only to a condition like \"> 1.5x baseline\"",
+        );
+    }
+    Some(Rule {
+        name: raw.name.clone(),
+        target: sig.target,
+        signal,
+        when,
+        mode,
+        clear,
+        clear_for: ctx.duration(format!("{p}.clear_for"), &raw.clear_for, Duration::ZERO),
+        min_requests: raw.min_requests.unwrap_or(0),
+        confidence,
+        baseline_window: ctx.positive_duration(
+            format!("{p}.baseline_window"),
+            &raw.baseline_window,
+            Duration::from_secs(1800),
+        ),
+        no_data: policy(ctx, format!("{p}.no_data"), &raw.no_data),
+        insufficient: policy(ctx, format!("{p}.insufficient"), &raw.insufficient),
+    })
+}
+
+/// `when`: required except for a check signal, where it is `failing`.
+fn when(ctx: &mut Ctx, p: &str, raw: &RawRule, kind: SignalKind) -> Option<Condition> {
+    match (&raw.when, kind) {
+        (None, SignalKind::Check) => Some(Condition::Failing),
+        (None, _) => {
+            let (article, example) = match kind {
+                SignalKind::Rate => ("a", "\"> 5%\""),
+                SignalKind::Event => ("an", "\"> 3\""),
+                _ => ("a", "\"> 200ms\""),
+            };
+            ctx.err(
+                format!("{p}.when"),
+                format!(
+                    "is required for {article} {} signal, e.g. {example}",
+                    kind.name()
+                ),
+            );
+            None
+        }
+        (Some(text), _) => match parse_condition(text) {
+            Ok(c) => Some(c),
+            Err(m) => {
+                ctx.err(format!("{p}.when"), m);
+                None
+            }
+        },
+    }
+}
+
+/// Exactly one of `for`, `consecutive`, `m_of_n` or `within`; `within` for event
+/// signals and only for them.
+fn mode(ctx: &mut Ctx, p: &str, raw: &RawRule, sig: &Signal) -> Option<RuleMode> {
+    let modes = [
+        raw.for_.is_some(),
+        raw.consecutive.is_some(),
+        raw.m_of_n.is_some(),
+        raw.within.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if modes != 1 {
+        ctx.err(
+            p.to_owned(),
+            "a rule takes exactly one of `for`, `consecutive`, `m_of_n` or `within`",
+        );
+        return None;
+    }
+    let mode = if raw.for_.is_some() {
+        RuleMode::Sustained {
+            for_: ctx.duration(format!("{p}.for"), &raw.for_, Duration::ZERO),
+        }
+    } else if let Some(n) = raw.consecutive {
+        if n == 0 {
+            ctx.err(format!("{p}.consecutive"), "must be at least 1");
+        }
+        RuleMode::Consecutive { n: n.max(1) }
+    } else if let Some([m, n]) = raw.m_of_n {
+        m_of_n(ctx, p, m, n)
+    } else {
+        RuleMode::Within {
+            window: ctx.positive_duration(
+                format!("{p}.within"),
+                &raw.within,
+                Duration::from_secs(300),
+            ),
+        }
+    };
+    let kind = sig.kind();
+    match (kind, mode) {
+        (SignalKind::Event, RuleMode::Within { .. }) => {}
+        (SignalKind::Event, _) => ctx.err(
+            p.to_owned(),
+            "an event signal counts events: use `within = \"5m\"`",
+        ),
+        (_, RuleMode::Within { .. }) => ctx.err(
+            format!("{p}.within"),
+            format!(
+                "`within` counts events, but signal {:?} is a {} signal",
+                sig.name,
+                kind.name()
+            ),
+        ),
+        _ => {}
+    }
+    Some(mode)
+}
+
+fn m_of_n(ctx: &mut Ctx, p: &str, m: u32, n: u32) -> RuleMode {
+    if m == 0 || m > n {
+        ctx.err(
+            format!("{p}.m_of_n"),
+            format!("expected [M, N] with 1 <= M <= N, got [{m}, {n}]"),
+        );
+    }
+    if n > 10_000 {
+        ctx.err(format!("{p}.m_of_n"), "N may be at most 10000");
+    }
+    RuleMode::MOfN {
+        m: m.max(1),
+        n: n.clamp(1, 10_000).max(m.max(1)),
+    }
+}
+
+/// `clear`, by default the negation of `when`; it must not overlap `when`.
+fn clear(ctx: &mut Ctx, p: &str, raw: &RawRule, when: Condition, kind: SignalKind) -> Condition {
+    let clear = match &raw.clear {
+        None => when.negate(),
+        Some(text) => match parse_condition(text) {
+            Ok(c) => {
+                check_condition_fits(ctx, &format!("{p}.clear"), &c, kind, true);
+                c
+            }
+            Err(m) => {
+                ctx.err(format!("{p}.clear"), m);
+                when.negate()
+            }
+        },
+    };
+    if let (
+        Condition::Compare {
+            cmp: wc,
+            threshold: Threshold::Value(wv, _),
+        },
+        Condition::Compare {
+            cmp: cc,
+            threshold: Threshold::Value(cv, _),
+        },
+    ) = (when, clear)
+    {
+        // Hysteresis must leave no value that both breaches and clears.
+        let overlap = if wc.is_upper() {
+            cc.is_upper() || cv > wv
+        } else {
+            !cc.is_upper() || cv < wv
+        };
+        if overlap {
+            ctx.err(
+                format!("{p}.clear"),
+                format!(
+                    "{:?} overlaps the breach condition {:?}: a value could both breach and clear",
+                    clear.describe(),
+                    when.describe()
+                ),
+            );
+        }
+    }
+    clear
+}
+
+/// `min_requests` and `confidence`, which apply to rate signals only; the confidence.
+fn rate_options(ctx: &mut Ctx, p: &str, raw: &RawRule, sig: &Signal) -> Option<f64> {
+    let kind = sig.kind();
+    if raw.min_requests.is_some() && kind != SignalKind::Rate {
+        ctx.err(
+            format!("{p}.min_requests"),
+            format!(
+                "applies to rate signals; {:?} is a {} signal",
+                sig.name,
+                kind.name()
+            ),
+        );
+    }
+    let text = raw.confidence.as_ref()?;
+    if kind != SignalKind::Rate {
+        ctx.err(
+            format!("{p}.confidence"),
+            format!(
+                "applies to rate signals; {:?} is a {} signal",
+                sig.name,
+                kind.name()
+            ),
+        );
+        return None;
+    }
+    match parse_percent(text) {
+        Ok(c) if (0.5..1.0).contains(&c) => Some(c),
+        Ok(_) => {
+            ctx.err(
+                format!("{p}.confidence"),
+                format!("expected a level from 50% to below 100%, like \"95%\", got {text:?}"),
+            );
+            None
+        }
+        Err(m) => {
+            ctx.err(format!("{p}.confidence"), m);
+            None
+        }
+    }
+}
+
+/// Reports a condition that does not fit the kind of its signal; a `clear` may also be
+/// `passing`.
+fn check_condition_fits(
+    ctx: &mut Ctx,
+    path: &str,
+    c: &Condition,
+    kind: SignalKind,
+    is_clear: bool,
+) {
+    let problem = match (c, kind) {
+        (Condition::Failing, SignalKind::Check) => None,
+        (Condition::Passing, SignalKind::Check) if is_clear => None,
+        (Condition::Failing | Condition::Passing, _) => Some(format!(
+            "{:?} applies to check signals; this is a {} signal",
+            c.describe(),
+            kind.name()
+        )),
+        (Condition::Compare { .. }, SignalKind::Check) => {
+            Some("a check signal passes or fails: use \"failing\"".to_owned())
+        }
+        (
+            Condition::Compare {
+                threshold: Threshold::BaselineRatio(_),
+                ..
+            },
+            SignalKind::Number,
+        ) => None,
+        (
+            Condition::Compare {
+                threshold: Threshold::BaselineRatio(_),
+                ..
+            },
+            _,
+        ) => Some(format!(
+            "a baseline ratio applies to number signals such as latency; this is a {} signal",
+            kind.name()
+        )),
+        (
+            Condition::Compare {
+                threshold: Threshold::Value(v, unit),
+                ..
+            },
+            SignalKind::Rate,
+        ) => {
+            if *unit == Unit::Seconds || !(0.0..=1.0).contains(v) {
+                Some("a rate is a fraction: write it as a percentage like \"5%\"".to_owned())
+            } else {
+                None
+            }
+        }
+        (
+            Condition::Compare {
+                threshold: Threshold::Value(_, unit),
+                ..
+            },
+            SignalKind::Event,
+        ) => {
+            if *unit != Unit::Plain {
+                Some("an event signal is a count: write a number like \"> 3\"".to_owned())
+            } else {
+                None
+            }
+        }
+        (Condition::Compare { .. }, SignalKind::Number) => None,
+    };
+    if let Some(m) = problem {
+        ctx.err(path, m);
+    }
+}
+
+fn policy(ctx: &mut Ctx, path: String, v: &Option<String>) -> Policy {
+    match v.as_deref() {
+        None | Some("hold") => Policy::Hold,
+        Some("breach") => Policy::Breach,
+        Some("ok") => Policy::Ok,
+        Some(other) => {
+            ctx.err(
+                path,
+                format!("expected \"hold\", \"breach\" or \"ok\", got {other:?}"),
+            );
+            Policy::Hold
+        }
+    }
+}
