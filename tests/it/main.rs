@@ -13,6 +13,7 @@ mod daemon;
 mod demo;
 mod disk_full;
 mod flood;
+mod fuzz_regressions;
 mod journal;
 mod kube_api;
 mod kube_change;

@@ -34,7 +34,8 @@
 //! reading or a log. The parts: this file fetches and selects, `exposition` and `family`
 //! parse, `history` retains scrapes and computes the reading.
 
-mod exposition;
+#[doc(hidden)]
+pub mod exposition;
 mod family;
 mod history;
 
