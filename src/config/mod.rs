@@ -193,6 +193,34 @@ impl SignalKind {
 }
 
 impl Signal {
+    /// The longest time between two readings that still counts as unbroken observation:
+    /// 1.5 intervals, so that one missed reading is a gap, or the timeout plus the 1 s
+    /// safety net of a sample when that is longer (the daemon stamps each reading with
+    /// its scheduled time, and a sample that overruns its interval delays the next one by
+    /// at most that much).
+    pub fn max_gap(&self) -> Duration {
+        (self.interval * 3 / 2).max(self.timeout + Duration::from_secs(1))
+    }
+
+    /// The range a built-in rate or quantile query looks back over: a step fault shows
+    /// fully in the reading only once the window holds nothing from before it. Zero for
+    /// gauges, checks, events and free PromQL (whose ranges rearguard cannot see).
+    pub fn window(&self) -> Duration {
+        match &self.source {
+            SourceSpec::Prometheus(PrometheusSpec {
+                query: PromQuery::ErrorRate { .. } | PromQuery::Latency { .. },
+                window,
+                ..
+            })
+            | SourceSpec::Scrape(ScrapeSpec {
+                query: ScrapeQuery::ErrorRate { .. } | ScrapeQuery::Latency { .. },
+                window,
+                ..
+            }) => *window,
+            _ => Duration::ZERO,
+        }
+    }
+
     pub fn kind(&self) -> SignalKind {
         match &self.source {
             SourceSpec::HttpProbe(_) | SourceSpec::Exec(_) => SignalKind::Check,
@@ -418,6 +446,10 @@ pub struct Rule {
     pub baseline_window: Duration,
     pub no_data: Policy,
     pub insufficient: Policy,
+    /// The longest time between two readings of the rule's signal that still counts as
+    /// unbroken observation (see [`Signal::max_gap`]); a longer silence restarts the
+    /// proof of `for`, `consecutive`, `m_of_n` and `clear_for`.
+    pub max_gap: Duration,
 }
 
 /// How a rule turns a sequence of breaching evaluations into firing.
@@ -454,9 +486,20 @@ pub enum Policy {
 }
 
 impl Rule {
-    /// The longest time from fault onset to firing, given the signal's sampling: the
-    /// rule's own bound plus one sampling interval (the fault may begin just after a
-    /// sample) plus the source's timeout (the sample that sees it may take that long).
+    /// The longest time from the onset of a step fault to firing, given the signal's
+    /// sampling, for a fault past the threshold that the source reads as values
+    /// throughout (held readings and gaps restart the proof, see `engine::rule`):
+    /// - the signal's `window` (rate and quantile queries): the window's ratio or
+    ///   quantile is a mix of before and after the onset, and is wholly after it `window`
+    ///   after the onset; a fault of ratio `r` from a clean start crosses a threshold
+    ///   `t` at `window * t / r`, which approaches `window` as `r` approaches `t`;
+    /// - one interval: the first sample at or after the crossing;
+    /// - the rule's own bound: `for` rounded up to whole intervals, `consecutive` N-1
+    ///   further intervals, `m_of_n` M-1;
+    /// - the timeout: the sample that fires may take that long.
+    ///
+    /// A Prometheus server's own scrape interval comes on top (rearguard cannot see it),
+    /// as do the ranges inside a free `query` expression.
     pub fn worst_case_detection(&self, signal: &Signal) -> Duration {
         let i = signal.interval;
         let own = match self.mode {
@@ -483,7 +526,7 @@ impl Rule {
             return own + Duration::from_secs(1);
         }
         // Other events (the `within` mode) arrive by polling, so one interval too.
-        own + i + signal.timeout
+        signal.window() + own + i + signal.timeout
     }
 }
 

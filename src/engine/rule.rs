@@ -1,16 +1,28 @@
 //! The state machine of one rule: from readings to `Ok`, `Pending` and `Firing`.
 //!
-//! The semantics are exact and each has a table-driven test in `engine::tests`:
-//! - sustained (`for`): Prometheus semantics; every evaluation from the first breaching
-//!   one on must breach, and the rule fires at the first evaluation at least `for` after
-//!   it; one evaluation that does not breach resets it;
-//! - consecutive N: N breaching evaluations in a row;
-//! - M of N: at least M of the last N evaluations breach;
-//! - within: the number of distinct event keys seen in the window meets the condition.
+//! Every mode is proven by observation, never by elapsed time (Prometheus semantics:
+//! every evaluation in the period breached). A rule counts only within one unbroken run
+//! of observations: readings the rule judges (values, and readings its `no_data` or
+//! `insufficient` policy turns into a breach or a clear), each at most the rule's
+//! `max_gap` after the reading before. A held reading (a source error, or a policy of
+//! `hold`) ends the run, and so does a silence longer than `max_gap`; the next judged
+//! reading starts a new one. So:
+//! - sustained (`for`): the rule fires at the first breaching reading at least `for`
+//!   after the first breaching reading of the current run, every reading between them
+//!   breaching; one good reading resets it;
+//! - consecutive N: N breaching readings in a row within one run;
+//! - M of N: at least M of the last N readings of the current run breach;
+//! - within: the number of distinct event keys seen in the window meets the condition
+//!   (events are counted in time; runs do not apply).
 //!
-//! Once firing, a rule clears when its clear condition has held on every evaluation for
-//! `clear_for`, and every counter is reset. Readings without a value follow the rule's
-//! `no_data` and `insufficient` policies; a source error is always held.
+//! A held reading keeps the phase: a pending rule stays pending (its proof restarts),
+//! a firing rule stays firing (missing data never clears it). Once firing, a rule
+//! clears when its clear condition has held on every reading of one run for
+//! `clear_for`, and every counter is reset. When the breach began (what blame and the
+//! transition report) is the first breaching reading since the last good one, held
+//! readings and gaps notwithstanding: silence does not end a breach either.
+//!
+//! Each semantic has a table-driven test in `engine::tests` or `rule_tests`.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -79,8 +91,13 @@ enum Verdict {
 #[derive(Debug, Clone)]
 pub struct RuleState {
     pub phase: Phase,
-    /// The first breaching evaluation of the current streak.
+    /// The first breaching evaluation since the last good one: when the breach began.
     breach_since: Option<Ts>,
+    /// The first reading of the current unbroken run of observations; `None` after a
+    /// held reading, until the next judged one.
+    run_since: Option<Ts>,
+    /// The last reading of any state, to find gaps.
+    last_reading_at: Option<Ts>,
     /// Consecutive breaching evaluations.
     streak: u32,
     /// The last N verdicts for M of N, with their times (true = breach).
@@ -104,6 +121,8 @@ impl RuleState {
         RuleState {
             phase: Phase::Ok,
             breach_since: None,
+            run_since: None,
+            last_reading_at: None,
             streak: 0,
             recent: VecDeque::new(),
             recent_breaches: 0,
@@ -145,6 +164,10 @@ impl RuleState {
         {
             return None;
         }
+        let gap = self
+            .last_reading_at
+            .is_some_and(|t| now.since(t) > rule.max_gap);
+        self.last_reading_at = Some(now);
         let firing = self.phase == Phase::Firing;
         let verdict = match reading {
             ReadingState::SourceError(_) => Verdict::Hold,
@@ -169,7 +192,27 @@ impl RuleState {
         if self.last_value_at != Some(now) {
             self.last_unmeasured_at = Some(now);
         }
+        if verdict == Verdict::Hold {
+            self.run_since = None;
+        } else if gap || self.run_since.is_none() {
+            self.start_run(now);
+        }
         self.apply(rule, verdict, now)
+    }
+
+    /// Starts a run of observations at `now`: what was counted before a held reading or
+    /// a gap proves nothing about the time after it.
+    fn start_run(&mut self, now: Ts) {
+        self.run_since = Some(now);
+        self.streak = 0;
+        self.recent.clear();
+        self.recent_breaches = 0;
+    }
+
+    /// Where the proof of a period that began at `since` starts: not before the current
+    /// run of observations. (Outside runs, for `within` rules, at `since`.)
+    fn proven_since(&self, since: Ts) -> Ts {
+        self.run_since.map_or(since, |run| run.max(since))
     }
 
     /// Re-evaluates time-based state without a reading: `within` windows expire.
@@ -308,7 +351,7 @@ impl RuleState {
                 self.record_recent(rule, now, false);
                 self.streak = 0;
                 if matches!(rule.mode, RuleMode::MOfN { .. }) && self.recent_breaches > 0 {
-                    self.breach_since = self.recent.iter().find(|(_, b)| *b).map(|(t, _)| *t);
+                    self.breach_since = self.m_of_n_breach_since();
                     return None;
                 }
                 self.breach_since = None;
@@ -322,11 +365,11 @@ impl RuleState {
                 }
                 let fire = match rule.mode {
                     RuleMode::Sustained { for_ } => {
-                        now.since(self.breach_since.unwrap_or(now)) >= for_
+                        now.since(self.proven_since(self.breach_since.unwrap_or(now))) >= for_
                     }
                     RuleMode::Consecutive { n } => self.streak >= n,
                     RuleMode::MOfN { m, .. } => {
-                        self.breach_since = self.recent.iter().find(|(_, b)| *b).map(|(t, _)| *t);
+                        self.breach_since = self.m_of_n_breach_since();
                         self.recent_breaches >= m
                     }
                     RuleMode::Within { .. } => false,
@@ -342,8 +385,20 @@ impl RuleState {
         }
     }
 
+    /// When the breach of an M of N rule began: the first breach in its window, or, when
+    /// the window was restarted by a held reading or a gap while the breach went on,
+    /// the breach's earlier start.
+    fn m_of_n_breach_since(&self) -> Option<Ts> {
+        let first = self.recent.iter().find(|(_, b)| *b).map(|(t, _)| *t)?;
+        match (self.breach_since, self.run_since) {
+            (Some(began), Some(run)) if began < run => Some(began),
+            _ => Some(first),
+        }
+    }
+
     fn clear_or_wait(&mut self, rule: &Rule, now: Ts) -> Option<Transition> {
-        let since = *self.clear_since.get_or_insert(now);
+        let clear_since = *self.clear_since.get_or_insert(now);
+        let since = self.proven_since(clear_since);
         if now.since(since) >= rule.clear_for {
             let t = self.go(rule, Phase::Ok);
             self.reset();
@@ -369,6 +424,7 @@ impl RuleState {
     /// Forgets every counter: after a clear, a rule starts from nothing.
     fn reset(&mut self) {
         self.breach_since = None;
+        self.run_since = None;
         self.streak = 0;
         self.recent.clear();
         self.recent_breaches = 0;
@@ -495,3 +551,7 @@ fn value_unit(rule: &Rule) -> Unit {
         _ => Unit::Plain,
     }
 }
+
+#[cfg(test)]
+#[path = "rule_tests.rs"]
+mod tests;

@@ -103,7 +103,7 @@ for = "2m"
 
 /// Builds a configuration of target `web` with the given target keys, the standard
 /// signals, and `rest` (rules, plans, escalation, daemon).
-fn config(target: &str, rest: &str) -> Config {
+pub(super) fn config(target: &str, rest: &str) -> Config {
     let text = format!("[[target]]\nname = \"web\"\n{target}\n{SIGNALS}\n{rest}");
     config::load_str(&text, Format::Toml, std::iter::empty(), Path::new("."))
         .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}\n---\n{text}"))
@@ -523,11 +523,17 @@ fn sustained_rule_fires_at_the_first_evaluation_at_least_for_after_the_first_bre
     // Irregular evaluations: 4m59s is not yet 5m; 5m is.
     check_rule(
         SUSTAINED,
-        "0:10/100 2m:10/100 4m59s:10/100 5m:10/100",
-        "p p p f",
+        "0..4m/1m:10/100 4m59s:10/100 5m:10/100",
+        "p p p p p p f",
     );
-    // The first evaluation past 5m fires, however late it comes.
-    check_rule(SUSTAINED, "0:10/100 4m:10/100 7m:10/100", "p p f");
+    // The first evaluation past 5m fires, as long as none came later than the signal's
+    // gap tolerance (1.5 intervals) after the one before; a longer silence restarts it.
+    check_rule(
+        SUSTAINED,
+        "0:10/100 1m30s:10/100 3m:10/100 4m30s:10/100 6m:10/100",
+        "p p p p f",
+    );
+    check_rule(SUSTAINED, "0:10/100 4m:10/100 7m:10/100", "p p p");
     // The streak starts at the first breaching evaluation, not at an earlier good one.
     check_rule(SUSTAINED, "0:1/100 1m..6m/1m:10/100", "o p p p p p f");
 }
@@ -675,8 +681,14 @@ fn no_data_follows_the_rules_policy() {
     let rule = |policy: &str| {
         format!("signal = \"errors\"\nwhen = \"> 5%\"\nfor = \"2m\"\nno_data = \"{policy}\"")
     };
-    // hold: no data neither breaks the streak nor extends it.
-    check_rule(&rule("hold"), "0:10/100 1m:nodata 2m:10/100", "p p f");
+    // hold: no data is no evidence: the rule stays pending, and proves `for` again
+    // from the next breaching reading.
+    check_rule(&rule("hold"), "0:10/100 1m:nodata 2m:10/100", "p p p");
+    check_rule(
+        &rule("hold"),
+        "0:10/100 1m:nodata 2m..4m/1m:10/100",
+        "p p p p f",
+    );
     check_rule(&rule("hold"), "0..5m/1m:nodata", "o o o o o o");
     // breach: no data counts as breaching.
     check_rule(&rule("breach"), "0..2m/1m:nodata", "p p f");
@@ -688,7 +700,7 @@ fn no_data_follows_the_rules_policy() {
     );
     // A rate over zero requests, or with a NaN error count, is no data.
     check_rule(&rule("breach"), "0:0/0 1m:nan/100 2m:0/0", "p p f");
-    check_rule(&rule("hold"), "0:10/100 1m:0/0 2m:10/100", "p p f");
+    check_rule(&rule("hold"), "0:10/100 1m:0/0 2m:10/100", "p p p");
 }
 
 #[test]
@@ -706,7 +718,7 @@ fn nan_is_no_data() {
     let rule = |policy: &str| {
         format!("signal = \"latency\"\nwhen = \"> 200ms\"\nfor = \"2m\"\nno_data = \"{policy}\"")
     };
-    check_rule(&rule("hold"), "0:0.3 1m:nan 2m:0.3", "p p f");
+    check_rule(&rule("hold"), "0:0.3 1m:nan 2m:0.3", "p p p");
     check_rule(&rule("breach"), "0:nan 1m:nan 2m:nan", "p p f");
     check_rule(&rule("ok"), "0:0.3 1m:nan 2m:0.3", "p o p");
     // Unlike NaN, infinity is a value, and a large one.
@@ -718,7 +730,7 @@ fn insufficient_samples_follow_the_insufficient_policy() {
     let rule = |policy: &str| {
         format!("signal = \"errors\"\nwhen = \"> 5%\"\nfor = \"1m\"\ninsufficient = \"{policy}\"")
     };
-    check_rule(&rule("hold"), "0:10/100 30:few 1m:10/100", "p p f");
+    check_rule(&rule("hold"), "0:10/100 30:few 1m:10/100", "p p p");
     check_rule(&rule("breach"), "0:few 1m:few", "p f");
     check_rule(&rule("ok"), "0:10/100 30:few 1m:10/100", "p o p");
 }
@@ -727,13 +739,14 @@ fn insufficient_samples_follow_the_insufficient_policy() {
 fn source_errors_never_breach_whatever_the_policies() {
     let rule = "signal = \"errors\"\nwhen = \"> 5%\"\nfor = \"0s\"\nno_data = \"breach\"\ninsufficient = \"breach\"";
     check_rule(rule, "0..10m/1m:error", "o o o o o o o o o o o");
-    // Nor do they clear a firing rule, or break a pending streak.
+    // Nor do they clear a firing rule. A pending rule stays pending through them, but
+    // the time it could not see is not time in breach: it proves `for` again after.
     let ok_policies = "signal = \"errors\"\nwhen = \"> 5%\"\nfor = \"0s\"\nno_data = \"ok\"\ninsufficient = \"ok\"";
     check_rule(ok_policies, "0:10/100 1m:error 2m:error", "f f f");
     check_rule(
         SUSTAINED,
         "0:10/100 1m..4m/1m:error 5m:10/100",
-        "p p p p p f",
+        "p p p p p p",
     );
 }
 
@@ -2575,7 +2588,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     /// A sustained rule fires exactly at the first breaching evaluation that is at least
-    /// `for` after the first breach of an unbroken streak; never before.
+    /// `for` after the first breach of an unbroken streak; never before. A held reading,
+    /// or a silence longer than the signal's gap tolerance (1.5 intervals of 1m), breaks
+    /// the run of observations: the streak is proven again from the next reading.
     #[test]
     fn sustained_rule_fires_exactly_when_for_has_elapsed_since_the_streak_began(
         for_s in 0u64..600,
@@ -2584,17 +2599,23 @@ proptest! {
         let mut engine = one_rule_engine(&format!("for = \"{for_s}s\""));
         let for_ = Duration::from_secs(for_s);
         let (mut t, mut streak, mut firing) = (0u64, None::<Ts>, false);
+        let mut run = None::<Ts>;
         for (gap, v) in steps {
             t += gap;
             let now = at_ms(t);
             let phase = feed_verdict(&mut engine, v, now);
+            if v == V::Hold {
+                run = None;
+            } else if run.is_none() || gap > 90_000 {
+                run = Some(now);
+            }
             match (firing, v) {
                 (_, V::Hold) | (true, V::Bad) => {}
                 (true, V::Good) => (firing, streak) = (false, None),
                 (false, V::Good) => streak = None,
                 (false, V::Bad) => {
                     let since = *streak.get_or_insert(now);
-                    firing = now.since(since) >= for_;
+                    firing = now.since(since.max(run.unwrap_or(since))) >= for_;
                 }
             }
             let expected = if firing { Phase::Firing } else if streak.is_some() { Phase::Pending } else { Phase::Ok };
@@ -2602,7 +2623,8 @@ proptest! {
         }
     }
 
-    /// An M-of-N rule fires iff the last N evaluations hold at least M breaches.
+    /// An M-of-N rule fires iff the last N evaluations since the last held one hold at
+    /// least M breaches. A held reading keeps the phase but empties the window.
     #[test]
     fn m_of_n_rule_fires_iff_the_last_n_evaluations_hold_m_breaches(
         (m, n) in (1u32..8).prop_flat_map(|n| (1..=n, Just(n))),
@@ -2610,11 +2632,12 @@ proptest! {
     ) {
         let mut engine = one_rule_engine(&format!("m_of_n = [{m}, {n}]"));
         let mut window: VecDeque<bool> = VecDeque::new();
-        let mut firing = false;
+        let (mut firing, mut pending) = (false, false);
         for (i, v) in steps.into_iter().enumerate() {
             let phase = feed_verdict(&mut engine, v, at_ms(i as u64 * 60_000));
             match (firing, v) {
-                (_, V::Hold) | (true, V::Bad) => {}
+                (_, V::Hold) => window.clear(),
+                (true, V::Bad) => {}
                 (true, V::Good) => {
                     firing = false;
                     window.clear();
@@ -2627,7 +2650,9 @@ proptest! {
                     firing = window.iter().filter(|b| **b).count() >= m as usize;
                 }
             }
-            let pending = window.iter().any(|b| *b);
+            if v != V::Hold {
+                pending = window.iter().any(|b| *b);
+            }
             let expected = if firing { Phase::Firing } else if pending { Phase::Pending } else { Phase::Ok };
             prop_assert_eq!(phase, expected, "evaluation {} ({:?}), window {:?}", i, v, window);
         }

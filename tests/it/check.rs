@@ -278,6 +278,7 @@ target = "api"
 url = "http://127.0.0.1:9090"
 interval = "45s"
 timeout = "5s"
+window = "2m"
 latency = { histogram = "http_request_duration_seconds_bucket" }
 
 [[signal]]
@@ -323,10 +324,13 @@ m_of_n = [2, 3]
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
     for line in [
-        // 5m is 10 samples 30s apart, plus one interval, plus the timeout.
-        "    rule error-rate: errors > 5% for 5m; worst-case detection 5m35s (sampled every 30s, timeout 5s)",
-        // 5m is not a whole number of 45s intervals: the 7th sample (5m15s) fires.
-        "    rule slow: p95 > 200ms for 5m; worst-case detection 6m5s (sampled every 45s, timeout 5s)",
+        // The rate window (1m by default: a fault just over 5% shows fully only once the
+        // window holds nothing from before it), then 5m as 10 samples 30s apart, plus
+        // one interval, plus the timeout.
+        "    rule error-rate: errors > 5% for 5m; worst-case detection 6m35s (sampled every 30s, timeout 5s)",
+        // Its 2m window; 5m is not a whole number of 45s intervals: the 7th sample
+        // (5m15s) fires.
+        "    rule slow: p95 > 200ms for 5m; worst-case detection 8m5s (sampled every 45s, timeout 5s)",
         "    rule down: health failing 3 consecutive; worst-case detection 32s (sampled every 10s, timeout 2s)",
         "    rule smoke-broken: smoke failing 2 of last 3; worst-case detection 2m30s (sampled every 1m, timeout 30s)",
     ] {

@@ -241,6 +241,48 @@ def rollback_then_silence():
     r.write("rollback-then-silence")
 
 
+def errors_in_phases(name, deploy_at, end, phases):
+    """v1 from 0, v2 from `deploy_at`, an `errors` reading every 5s up to `end`. Each
+    phase is (until, errors, requests), or (until, None, why) for a source error; a
+    reading takes the first phase it is before, 3 errors of 1000 requests after the
+    last."""
+    r = Recording()
+    r.change(0, "v1")
+    r.change(deploy_at, "v2")
+    for s in range(5, end + 1, 5):
+        _, errors, n = next((p for p in phases if s < p[0]), (None, 3, 1000))
+        if errors is None:
+            r.error(s, "errors", n)
+        else:
+            r.rate(s, "errors", errors, n)
+    r.write(name)
+
+
+def lull_after_pending():
+    # v2 breaches for 1m of a 2m `for`, then traffic drops to 40 requests a window
+    # (insufficient samples, held) for 8 minutes; when traffic returns, a 30s burst of
+    # errors (a cold cache) and then nothing. The lull is not time in breach.
+    errors_in_phases("lull-inside-2m-for", 5 * 60, 20 * 60, [
+        (6 * 60, 3, 1000),
+        (7 * 60, 80, 1000),
+        (15 * 60, 2, 40),
+        (15 * 60 + 30, 80, 1000),
+    ])
+
+
+def blind_inside_breach():
+    # v2 breaches for 1m of a 2m `for`; Prometheus is unreachable for 3 minutes (blind
+    # after 2m); when it answers again the breach goes on for 55s more and ends. The
+    # blind spell is not time in breach: the rule must prove its 2m from 9m on.
+    refused = "Get http://prometheus:9090/api/v1/query: connection refused"
+    errors_in_phases("blind-spell-inside-2m-for", 3 * 60, 15 * 60, [
+        (5 * 60, 3, 1000),
+        (6 * 60, 80, 1000),
+        (9 * 60, None, refused),
+        (10 * 60, 80, 1000),
+    ])
+
+
 if __name__ == "__main__":
     bad_deploy()
     rollback_does_not_fix()
@@ -255,3 +297,5 @@ if __name__ == "__main__":
     p95_noise_before_deploy()
     old_incident_then_deploy()
     rollback_then_silence()
+    lull_after_pending()
+    blind_inside_breach()

@@ -95,6 +95,7 @@ fn rule(ctx: &mut Ctx, p: &str, raw: &RawRule, signal: usize, sig: &Signal) -> O
         ),
         no_data: policy(ctx, format!("{p}.no_data"), &raw.no_data),
         insufficient: policy(ctx, format!("{p}.insufficient"), &raw.insufficient),
+        max_gap: sig.max_gap(),
     })
 }
 
