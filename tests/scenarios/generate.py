@@ -184,7 +184,7 @@ def bad_revision_redeployed():
     r.change(0, "v1")
     for s in range(5, 18 * 60 + 1, 5):
         bad = 5 * 60 < s <= 6 * 60 + 30
-        r.rate(s, "errors", 0.08 if bad else 0.002, 1000)
+        r.rate(s, "errors", 80 if bad else 2, 1000)
     r.change(5 * 60, "v2")
     r.change(6 * 60 + 30, "v1")
     r.change(15 * 60, "v2")
@@ -204,7 +204,7 @@ def p95_noise_before_deploy():
             v = 0.150
         r.number(s, "p95", v)
     for s in range(5, 14 * 60 + 1, 5):
-        r.rate(s, "errors", 0.08 if s > 10 * 60 else 0.002, 1000)
+        r.rate(s, "errors", 80 if s > 10 * 60 else 2, 1000)
     r.change(10 * 60, "v2")
     r.write("p95-noise-before-deploy")
 
@@ -216,7 +216,7 @@ def old_incident_then_deploy():
     r = Recording()
     r.change(0, "v1")
     for s in range(5, 16 * 60 + 1, 5):
-        r.rate(s, "errors", 0.08 if s > 60 else 0.002, 1000)
+        r.rate(s, "errors", 80 if s > 60 else 2, 1000)
     for s in range(10, 16 * 60 + 1, 10):
         r.number(s, "p95", 0.5 if s > 11 * 60 else 0.12)
     r.change(10 * 60, "v2")
