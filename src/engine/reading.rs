@@ -39,9 +39,17 @@ impl Ts {
         Duration::from_millis(self.0.saturating_sub(earlier.0))
     }
 
-    /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-22T10:00:00.250Z`.
+    /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-22T10:00:00.250Z`. A time
+    /// past the year 9999, which RFC 3339 cannot write (a corrupt recording can hold one),
+    /// is written as milliseconds since the epoch instead of failing.
     pub fn rfc3339(self) -> String {
-        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(self.0)).to_string()
+        use std::fmt::Write;
+        let time = UNIX_EPOCH + Duration::from_millis(self.0);
+        let mut text = String::new();
+        match write!(text, "{}", humantime::format_rfc3339_millis(time)) {
+            Ok(()) => text,
+            Err(_) => format!("{}ms after the epoch", self.0),
+        }
     }
 
     /// `HH:MM:SS.mmm` in UTC, for timelines.
