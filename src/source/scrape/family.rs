@@ -168,16 +168,21 @@ impl Families {
     /// Why a family `name` of `kind` clashes with an ended one, if it does: a sample
     /// name of one would be the name of the other.
     fn clash(&self, name: &str, kind: Kind) -> Option<String> {
-        self.ended.iter().find_map(|(other, (other_kind, first))| {
-            let of = |a: &str, k: Kind, b: &str| {
-                k.suffixes(true)
-                    .iter()
-                    .any(|s| !s.is_empty() && format!("{a}{s}") == b)
-            };
-            (of(name, kind, other) || of(other, *other_kind, name)).then(|| {
+        // The earliest family that matches, so the reason never depends on map order.
+        self.ended
+            .iter()
+            .filter(|(other, (other_kind, _))| {
+                let of = |a: &str, k: Kind, b: &str| {
+                    k.suffixes(true)
+                        .iter()
+                        .any(|s| !s.is_empty() && format!("{a}{s}") == b)
+                };
+                of(name, kind, other) || of(other, *other_kind, name)
+            })
+            .min_by_key(|(_, (_, first))| *first)
+            .map(|(other, (_, first))| {
                 format!("the names of {name} clash with metric family {other} of line {first}")
             })
-        })
     }
 
     /// A sample line: finds its family, then checks it against the family's type.
@@ -247,9 +252,12 @@ impl Families {
 
     /// Why a sample named `name` would split an ended family, if it belongs to one.
     fn owner(&self, name: &str) -> Option<String> {
-        self.ended.iter().find_map(|(family, (kind, first))| {
-            member(family, *kind, name, self.openmetrics).map(|_| split(family, *first))
-        })
+        // The earliest family that owns it, so the reason never depends on map order.
+        self.ended
+            .iter()
+            .filter(|(family, (kind, _))| member(family, *kind, name, self.openmetrics).is_some())
+            .min_by_key(|(_, (_, first))| *first)
+            .map(|(family, (_, first))| split(family, *first))
     }
 }
 
