@@ -22,7 +22,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 use crate::config::Config;
 use crate::engine::{Cause, Outcome, Phase, ReadingState};
@@ -161,108 +161,93 @@ pub struct Metrics {
     store_write_failures: Counter,
 }
 
-impl Metrics {
-    /// Registers every family and creates every label set of `cfg`: every rule starts in
-    /// phase `ok`, every counter and the other gauges at 0.
-    pub fn new(cfg: &Config) -> Metrics {
-        let mut registry = Registry::with_prefix("rearguard");
+/// Registers `metric` under `name` and gives it back, for the handle the registry keeps
+/// a clone of.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
 
-        let rule_phase = Family::<RulePhaseLabels, Gauge>::default();
-        registry.register(
-            "rule_phase",
-            "The phase of each rule, 1 for the current one: ok, pending or firing",
-            rule_phase.clone(),
-        );
-        let readings = Family::<ReadingLabels, Counter>::default();
-        registry.register(
-            "readings",
-            "Readings taken by state: value, no_data, insufficient or error",
-            readings.clone(),
-        );
-        let source_errors = Family::<SignalLabels, Counter>::default();
-        registry.register(
-            "source_errors",
-            "Readings whose source could not be read",
-            source_errors.clone(),
-        );
-        let evaluations = Family::<RuleLabels, Counter>::default();
-        registry.register(
-            "evaluations",
-            "Readings a rule has judged",
-            evaluations.clone(),
-        );
-        let opened = Family::<OpenedLabels, Counter>::default();
-        registry.register(
-            "incidents_opened",
-            "Incidents opened by cause: breach or blind",
-            opened.clone(),
-        );
-        let open = Family::<TargetLabels, Gauge>::default();
-        registry.register("incidents_open", "Incidents open now", open.clone());
-        let closed = Family::<ClosedLabels, Counter>::default();
-        registry.register(
-            "incidents_closed",
-            "Incidents closed by outcome: rolled_back, rolled_back_unverified, recovered, resolved_by_operator or interrupted",
-            closed.clone(),
-        );
-        let actions = Family::<ActionLabels, Counter>::default();
-        registry.register(
-            "actions",
-            "Plan step attempts by outcome: ok or failed",
-            actions.clone(),
-        );
-        let notifications = Family::<NotificationLabels, Counter>::default();
-        registry.register(
-            "notifications",
-            "Delivery attempts by the provider's answer: accepted, retry or rejected",
-            notifications.clone(),
-        );
-        let pending = Family::<NotifierLabels, Gauge>::default();
-        registry.register(
-            "outbox_pending",
-            "Messages in the outbox waiting for delivery",
-            pending.clone(),
-        );
-        let outbox_unwritten = Gauge::default();
-        registry.register(
-            "outbox_unwritten",
-            "Notification messages kept in memory because the state store cannot take them yet",
-            outbox_unwritten.clone(),
-        );
-        let store_write_failures = Counter::default();
-        registry.register(
-            "store_write_failures",
-            "Writes to the state store that failed: the engine's state, outbox messages, delivery records",
-            store_write_failures.clone(),
-        );
-        let engine_step = Histogram::new(STEP_BUCKETS);
-        registry.register_with_unit(
-            "engine_step_duration",
-            "How long the engine took to decide on one input",
-            Unit::Seconds,
-            engine_step.clone(),
-        );
-        let leader = Gauge::default();
-        registry.register(
-            "leader",
-            "1 when this replica acts (it holds the lease, or leader election is off), 0 on a standby",
-            leader.clone(),
-        );
-        leader.set(1);
-        let build = Family::<BuildLabels, Gauge>::default();
-        registry.register(
-            "build_info",
-            "The running version of rearguard, always 1",
-            build.clone(),
-        );
-        build
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-            })
-            .set(1);
+/// The labelled families, registered once; every rule, signal, target, plan step and
+/// notifier of a configuration takes its series from them.
+struct Families {
+    rule_phase: Family<RulePhaseLabels, Gauge>,
+    readings: Family<ReadingLabels, Counter>,
+    source_errors: Family<SignalLabels, Counter>,
+    evaluations: Family<RuleLabels, Counter>,
+    opened: Family<OpenedLabels, Counter>,
+    open: Family<TargetLabels, Gauge>,
+    closed: Family<ClosedLabels, Counter>,
+    actions: Family<ActionLabels, Counter>,
+    notifications: Family<NotificationLabels, Counter>,
+    pending: Family<NotifierLabels, Gauge>,
+}
 
-        let rules = cfg
-            .rules
+impl Families {
+    fn register(registry: &mut Registry) -> Families {
+        let r = registry;
+        Families {
+            rule_phase: registered(
+                r,
+                "rule_phase",
+                "The phase of each rule, 1 for the current one: ok, pending or firing",
+                Family::default(),
+            ),
+            readings: registered(
+                r,
+                "readings",
+                "Readings taken by state: value, no_data, insufficient or error",
+                Family::default(),
+            ),
+            source_errors: registered(
+                r,
+                "source_errors",
+                "Readings whose source could not be read",
+                Family::default(),
+            ),
+            evaluations: registered(
+                r,
+                "evaluations",
+                "Readings a rule has judged",
+                Family::default(),
+            ),
+            opened: registered(
+                r,
+                "incidents_opened",
+                "Incidents opened by cause: breach or blind",
+                Family::default(),
+            ),
+            open: registered(r, "incidents_open", "Incidents open now", Family::default()),
+            closed: registered(
+                r,
+                "incidents_closed",
+                "Incidents closed by outcome: rolled_back, rolled_back_unverified, recovered, resolved_by_operator or interrupted",
+                Family::default(),
+            ),
+            actions: registered(
+                r,
+                "actions",
+                "Plan step attempts by outcome: ok or failed",
+                Family::default(),
+            ),
+            notifications: registered(
+                r,
+                "notifications",
+                "Delivery attempts by the provider's answer: accepted, retry or rejected",
+                Family::default(),
+            ),
+            pending: registered(
+                r,
+                "outbox_pending",
+                "Messages in the outbox waiting for delivery",
+                Family::default(),
+            ),
+        }
+    }
+
+    /// Every rule's phase gauges (phase `ok` set) and evaluation counter.
+    fn rules(&self, cfg: &Config) -> Vec<RuleSeries> {
+        cfg.rules
             .iter()
             .map(|rule| {
                 let target = cfg
@@ -270,7 +255,7 @@ impl Metrics {
                     .get(rule.target)
                     .map_or_else(String::new, |t| t.name.clone());
                 let phases = PHASES.map(|phase| {
-                    rule_phase.get_or_create_owned(&RulePhaseLabels {
+                    self.rule_phase.get_or_create_owned(&RulePhaseLabels {
                         rule: rule.name.clone(),
                         target: target.clone(),
                         phase: phase.name(),
@@ -280,57 +265,64 @@ impl Metrics {
                 RuleSeries {
                     phases,
                     changing: Mutex::new(()),
-                    evaluations: evaluations.get_or_create_owned(&RuleLabels {
+                    evaluations: self.evaluations.get_or_create_owned(&RuleLabels {
                         rule: rule.name.clone(),
                     }),
                 }
             })
-            .collect();
-        let signals = cfg
-            .signals
+            .collect()
+    }
+
+    fn signals(&self, cfg: &Config) -> Vec<SignalSeries> {
+        cfg.signals
             .iter()
             .map(|signal| SignalSeries {
                 readings: READING_STATES.map(|state| {
-                    readings.get_or_create_owned(&ReadingLabels {
+                    self.readings.get_or_create_owned(&ReadingLabels {
                         signal: signal.name.clone(),
                         state,
                     })
                 }),
-                source_errors: source_errors.get_or_create_owned(&SignalLabels {
+                source_errors: self.source_errors.get_or_create_owned(&SignalLabels {
                     signal: signal.name.clone(),
                 }),
             })
-            .collect();
-        let targets = cfg
-            .targets
+            .collect()
+    }
+
+    fn targets(&self, cfg: &Config) -> Vec<TargetSeries> {
+        cfg.targets
             .iter()
             .map(|target| TargetSeries {
                 opened: CAUSES.map(|cause| {
-                    opened.get_or_create_owned(&OpenedLabels {
+                    self.opened.get_or_create_owned(&OpenedLabels {
                         target: target.name.clone(),
                         cause: cause_name(cause),
                     })
                 }),
-                open: open.get_or_create_owned(&TargetLabels {
+                open: self.open.get_or_create_owned(&TargetLabels {
                     target: target.name.clone(),
                 }),
                 closed: OUTCOMES.map(|outcome| {
-                    closed.get_or_create_owned(&ClosedLabels {
+                    self.closed.get_or_create_owned(&ClosedLabels {
                         target: target.name.clone(),
                         outcome,
                     })
                 }),
             })
-            .collect();
-        let steps = cfg
-            .plans
+            .collect()
+    }
+
+    /// By plan, then step: `[ok, failed]`.
+    fn steps(&self, cfg: &Config) -> Vec<Vec<[Counter; 2]>> {
+        cfg.plans
             .iter()
             .map(|plan| {
                 plan.steps
                     .iter()
                     .map(|step| {
                         ["ok", "failed"].map(|outcome| {
-                            actions.get_or_create_owned(&ActionLabels {
+                            self.actions.get_or_create_owned(&ActionLabels {
                                 plan: plan.name.clone(),
                                 step: step.name.clone(),
                                 outcome,
@@ -339,33 +331,81 @@ impl Metrics {
                     })
                     .collect()
             })
-            .collect();
-        let notifiers = cfg
-            .notifiers
+            .collect()
+    }
+
+    fn notifiers(&self, cfg: &Config) -> HashMap<String, NotifierSeries> {
+        cfg.notifiers
             .iter()
             .map(|n| {
                 let series = NotifierSeries {
                     deliveries: DELIVERIES.map(|outcome| {
-                        notifications.get_or_create_owned(&NotificationLabels {
+                        self.notifications.get_or_create_owned(&NotificationLabels {
                             notifier: n.name.clone(),
                             outcome,
                         })
                     }),
-                    pending: pending.get_or_create_owned(&NotifierLabels {
+                    pending: self.pending.get_or_create_owned(&NotifierLabels {
                         notifier: n.name.clone(),
                     }),
                 };
                 (n.name.clone(), series)
             })
-            .collect();
+            .collect()
+    }
+}
 
+impl Metrics {
+    /// Registers every family and creates every label set of `cfg`: every rule starts in
+    /// phase `ok`, every counter and the other gauges at 0.
+    pub fn new(cfg: &Config) -> Metrics {
+        let mut registry = Registry::with_prefix("rearguard");
+        let families = Families::register(&mut registry);
+        let r = &mut registry;
+        let outbox_unwritten = registered(
+            r,
+            "outbox_unwritten",
+            "Notification messages kept in memory because the state store cannot take them yet",
+            Gauge::default(),
+        );
+        let store_write_failures = registered(
+            r,
+            "store_write_failures",
+            "Writes to the state store that failed: the engine's state, outbox messages, delivery records",
+            Counter::default(),
+        );
+        let engine_step = Histogram::new(STEP_BUCKETS);
+        r.register_with_unit(
+            "engine_step_duration",
+            "How long the engine took to decide on one input",
+            Unit::Seconds,
+            engine_step.clone(),
+        );
+        let leader = registered(
+            r,
+            "leader",
+            "1 when this replica acts (it holds the lease, or leader election is off), 0 on a standby",
+            Gauge::default(),
+        );
+        leader.set(1);
+        let build = registered(
+            r,
+            "build_info",
+            "The running version of rearguard, always 1",
+            Family::<BuildLabels, Gauge>::default(),
+        );
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
         Metrics {
+            rules: families.rules(cfg),
+            signals: families.signals(cfg),
+            targets: families.targets(cfg),
+            steps: families.steps(cfg),
+            notifiers: families.notifiers(cfg),
             registry,
-            rules,
-            signals,
-            targets,
-            steps,
-            notifiers,
             engine_step,
             leader,
             outbox_unwritten,
