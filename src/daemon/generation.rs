@@ -255,7 +255,9 @@ impl<'a> Generation<'a> {
                 return None;
             }
         };
-        match serde_json::from_str::<Memory>(&body) {
+        // The store refused to open on memory that does not decode (unless the operator
+        // discarded it), so this is the same check, kept for a row changed since.
+        match Memory::decode(&body) {
             Ok(memory) => {
                 let effects = self.engine.restore(memory, self.last);
                 tracing::info!(
