@@ -15,7 +15,8 @@
 //! 2026-11-22T10:00:04Z,reading,shop,errors,error,connection refused,,
 //! ```
 //!
-//! - `time`: RFC 3339 (`2026-11-22T10:00:01.250Z`) or Unix seconds (`1795341601.25`).
+//! - `time`: RFC 3339 (`2026-11-22T10:00:01.250Z`) or Unix seconds (`1795341601.25`),
+//!   at most 9999-12-31T23:59:59.999Z.
 //! - `kind`: `reading` or `change`.
 //! - `target`: the target's name; for a reading it must be its signal's target.
 //! - `signal`: the signal's name (empty for a change).
@@ -469,14 +470,25 @@ fn count(text: &str, what: &str) -> Result<u64, String> {
         .or_else(|_| num(text, what).map(|v| v as u64))
 }
 
-/// Parses RFC 3339 or Unix seconds (with a fraction) into engine time.
+/// The latest time a recording holds, 9999-12-31T23:59:59.999Z: the last instant RFC 3339
+/// (and so the writer, and every message that shows a time) can write.
+pub const LATEST: Ts = Ts(253_402_300_799_999);
+
+/// Parses RFC 3339 or Unix seconds (with a fraction) into engine time, at most
+/// [`LATEST`].
 pub fn parse_time(text: &str) -> Result<Ts, String> {
     let t = text.trim();
     if let Ok(secs) = t.parse::<f64>()
         && secs.is_finite()
         && secs >= 0.0
     {
-        return Ok(Ts((secs * 1000.0).round() as u64));
+        let ms = (secs * 1000.0).round();
+        if ms > LATEST.0 as f64 {
+            return Err(format!(
+                "time {text:?} is after {LATEST}, the latest a recording holds"
+            ));
+        }
+        return Ok(Ts(ms as u64));
     }
     humantime::parse_rfc3339_weak(t)
         .ok()
@@ -701,6 +713,10 @@ latency = {{ histogram = "h_bucket" }}
             ),
             (format!("{H}1,reading,shop,health,value,yes,,\n"), "a check's value is 1"),
             (format!("{H}1,reading,shop,errors,maybe,,,\n"), "expected the state"),
+            (
+                format!("{H}1795341601341601.25,reading,shop,p95,no_data,,,\n"),
+                "the latest a recording holds",
+            ),
             (
                 format!("{H}2,reading,shop,p95,value,1,,\n1,reading,shop,p95,value,1,,\n"),
                 "line 3: time",
