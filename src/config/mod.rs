@@ -78,6 +78,9 @@ pub struct Daemon {
     pub drain_timeout: Duration,
     /// The default time a source may fail before the watchdog declares itself blind.
     pub blind_after: Duration,
+    /// The share rule of blindness, beside `blind_after`: too many of a signal's
+    /// evaluations are source errors.
+    pub blind_share: BlindShare,
     /// The bearer token of the control API; without it, the control API is off.
     pub control_token: Option<SecretString>,
     /// Whether the read-only control endpoints (status, incidents, why) answer without
@@ -105,6 +108,34 @@ impl ListenerLimits {
     pub const MOST_CONNECTIONS: u32 = 1_000_000;
     /// `daemon.header_read_timeout` when the file does not set it.
     pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+}
+
+/// When a signal that reads only some of the time counts as blind (`daemon.blind_share`,
+/// `blind_share_window`, `blind_share_min`): at least `share` of its evaluations in the
+/// window were source errors; sight returns at half of `share` or less.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlindShare {
+    /// The fraction of evaluations (0 to 1) at or above which the signal is blind.
+    pub share: f64,
+    /// How far back evaluations count, at the least.
+    pub window: Duration,
+    /// The fewest evaluations in the window the share is judged on.
+    pub min_evaluations: u32,
+}
+
+impl BlindShare {
+    /// `daemon.blind_share` when the file does not set it.
+    pub const DEFAULT_SHARE: f64 = 0.5;
+    /// `daemon.blind_share_window` when the file does not set it.
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
+    /// `daemon.blind_share_min` when the file does not set it.
+    pub const DEFAULT_MIN_EVALUATIONS: u32 = 10;
+
+    /// The window of a signal read every `interval`: `window`, or long enough to hold
+    /// `min_evaluations` readings when that is longer, so a slow signal is judged too.
+    pub fn window_for(&self, interval: Duration) -> Duration {
+        self.window.max(interval * self.min_evaluations)
+    }
 }
 
 /// `enforce` acts; `shadow` decides and notifies but never runs a plan.

@@ -10,13 +10,15 @@
 //! signal and target), its construction and accessors, and `step`, which hands each input
 //! to its handler: readings and ticks here, the rest in the files named after what they
 //! decide. `incidents.rs` opens, finds, logs and resolves incidents and reacts to rule
-//! transitions; `signals.rs` keeps baselines and detects blindness; `change.rs` handles
+//! transitions; `signals.rs` keeps baselines and detects blindness (`blind.rs` its share
+//! rule); `change.rs` handles
 //! an observed revision; `gate.rs` is the decision gate; `plan.rs` runs plan steps and
 //! verifies them; `escalation.rs` sends and schedules notices; `facts.rs` says what people
 //! are told; `commands.rs` applies operator commands; `bake.rs` emits `Baked`. None of
 //! them does I/O or reads a clock.
 
 mod bake;
+mod blind;
 mod change;
 mod commands;
 mod escalation;
@@ -202,6 +204,8 @@ pub struct Notification {
 
 #[derive(Debug, Clone, Default)]
 struct SignalState {
+    /// The share rule of blindness (`blind.rs`); `blind` below is the continuous rule's.
+    share: blind::Share,
     error_since: Option<Ts>,
     last_error: Option<String>,
     blind: bool,
@@ -348,25 +352,10 @@ impl Engine {
     }
 
     fn on_reading(&mut self, r: Reading, now: Ts) {
-        let Some(sig) = self.signals.get_mut(r.signal) else {
+        if r.signal >= self.signals.len() {
             return;
-        };
-        match &r.state {
-            ReadingState::SourceError(e) => {
-                sig.error_since.get_or_insert(now);
-                if sig.last_error.as_deref() != Some(e) {
-                    sig.last_error = Some(e.clone());
-                }
-            }
-            _ => {
-                let was_blind = sig.blind;
-                sig.error_since = None;
-                sig.blind = false;
-                if was_blind {
-                    self.sight_restored(r.signal, now);
-                }
-            }
         }
+        self.note_sight(r.signal, &r.state, now);
         self.remember_value(r.signal, &r.state, now);
         let baseline = self.signals[r.signal].baseline;
         for k in 0..self.by_signal[r.signal].len() {

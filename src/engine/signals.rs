@@ -1,14 +1,11 @@
 //! What the engine keeps per signal beyond its rules: the history a baseline is taken
 //! from, the baseline taken when the target's revision changes, and blindness (a signal
 //! that has failed to read for its `blind_after` opens a blind incident; the incident
-//! resolves when every blind signal reads again).
+//! resolves when every blind signal reads again; the share rule is in `blind.rs`).
 //!
 //! It does no I/O and reads no clock; it does not judge rules (see `rule.rs`).
 
-use super::{
-    Cause, Engine, EntryKind, HISTORY_CAP, IncidentState, Measure, Outcome, ReadingState, Ts,
-};
-use crate::config::Occasion;
+use super::{Engine, HISTORY_CAP, Measure, ReadingState, Ts};
 use crate::config::units::format_duration;
 
 impl Engine {
@@ -65,7 +62,6 @@ impl Engine {
 
     fn went_blind(&mut self, s: usize, now: Ts) {
         let sig = &self.cfg.signals[s];
-        let target = sig.target;
         let since = self.signals[s].error_since.unwrap_or(now);
         let why = self.signals[s].last_error.clone().unwrap_or_default();
         let text = format!(
@@ -74,31 +70,7 @@ impl Engine {
             since.clock(),
             format_duration(now.since(since))
         );
-        let idx = match self.open_incident(target, Cause::Blind) {
-            Some(idx) => idx,
-            None => {
-                let idx = self.open(target, Cause::Blind, since, now);
-                self.incidents[idx].state = IncidentState::Escalated;
-                self.incidents[idx].escalation_reason = Some(text.clone());
-                idx
-            }
-        };
-        self.incidents[idx].blind_signals.push(s);
-        self.log(idx, now, EntryKind::Decision, text);
-        self.notify(idx, Occasion::Blind, now);
-    }
-
-    pub(super) fn sight_restored(&mut self, s: usize, now: Ts) {
-        let target = self.cfg.signals[s].target;
-        let Some(idx) = self.open_incident(target, Cause::Blind) else {
-            return;
-        };
-        self.incidents[idx].blind_signals.retain(|&x| x != s);
-        let text = format!("signal {} reads again", self.cfg.signals[s].name);
-        self.log(idx, now, EntryKind::Decision, text);
-        if self.incidents[idx].blind_signals.is_empty() {
-            self.resolve(idx, Outcome::Recovered, now);
-        }
+        self.blind_because(s, since, text, now);
     }
 }
 

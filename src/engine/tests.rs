@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
+mod blindness;
 mod judgement;
 mod verification;
 

@@ -283,6 +283,22 @@ def blind_inside_breach():
     ])
 
 
+def prometheus_every_other_query():
+    # v2 (deployed at 3m) serves 8% errors, but from 3m30s every other Prometheus query
+    # times out. No run of readings ever lasts the rule's 1m `for`, and no outage lasts
+    # `blind_after`: only the share of failed evaluations says the watchdog cannot see.
+    timeout = "Post http://prometheus:9090/api/v1/query: context deadline exceeded"
+    r = Recording()
+    r.change(0, "v1")
+    r.change(3 * 60, "v2")
+    for i, s in enumerate(range(5, 17 * 60 + 1, 5)):
+        if s >= 3 * 60 + 30 and i % 2 == 0:
+            r.error(s, "errors", timeout)
+        else:
+            r.rate(s, "errors", 3 if s < 3 * 60 else 80, 1000)
+    r.write("prometheus-fails-every-other-query")
+
+
 if __name__ == "__main__":
     bad_deploy()
     rollback_does_not_fix()
@@ -299,3 +315,4 @@ if __name__ == "__main__":
     rollback_then_silence()
     lull_after_pending()
     blind_inside_breach()
+    prometheus_every_other_query()

@@ -1,5 +1,5 @@
 //! `[daemon]`: the state directory, the listen address, the mode, the tick, drain and
-//! blindness timings, the control token and the listener's limits. It reads only its
+//! blindness timings (`blind_after` and the share rule), the control token and the listener's limits. It reads only its
 //! own table and must not look at any other section.
 
 use std::net::SocketAddr;
@@ -10,7 +10,8 @@ use figment::value::Value;
 
 use super::ctx::{Ctx, MIN_TICK};
 use crate::config::raw::RawDaemon;
-use crate::config::{Daemon, ListenerLimits, Mode};
+use crate::config::units::parse_percent;
+use crate::config::{BlindShare, Daemon, ListenerLimits, Mode};
 
 /// `[daemon]`, with defaults for every key (and for a missing table).
 pub(super) fn daemon(ctx: &mut Ctx, raw: Option<&Value>) -> Daemon {
@@ -56,12 +57,46 @@ pub(super) fn daemon(ctx: &mut Ctx, raw: Option<&Value>) -> Daemon {
             &raw.blind_after,
             Duration::from_secs(120),
         ),
+        blind_share: blind_share(ctx, &raw),
         control_token: raw
             .control_token
             .as_ref()
             .and_then(|t| ctx.secret("daemon.control_token".into(), t)),
         read_open: raw.read_open.unwrap_or(false),
         listener: listener_limits(ctx, &raw),
+    }
+}
+
+/// `daemon.blind_share`, `daemon.blind_share_window` and `daemon.blind_share_min`.
+fn blind_share(ctx: &mut Ctx, raw: &RawDaemon) -> BlindShare {
+    let share = match raw.blind_share.as_deref().map(parse_percent) {
+        None => BlindShare::DEFAULT_SHARE,
+        Some(Ok(share)) if share > 0.0 => share,
+        Some(Ok(_)) => {
+            ctx.err("daemon.blind_share", "must be greater than 0%");
+            BlindShare::DEFAULT_SHARE
+        }
+        Some(Err(m)) => {
+            ctx.err("daemon.blind_share", m);
+            BlindShare::DEFAULT_SHARE
+        }
+    };
+    let min_evaluations = match raw.blind_share_min {
+        None => BlindShare::DEFAULT_MIN_EVALUATIONS,
+        Some(n) if (2..=10_000).contains(&n) => n,
+        Some(n) => {
+            ctx.err("daemon.blind_share_min", format!("expected 2 to 10000, got {n}"));
+            BlindShare::DEFAULT_MIN_EVALUATIONS
+        }
+    };
+    BlindShare {
+        share,
+        window: ctx.positive_duration(
+            "daemon.blind_share_window".into(),
+            &raw.blind_share_window,
+            BlindShare::DEFAULT_WINDOW,
+        ),
+        min_evaluations,
     }
 }
 
