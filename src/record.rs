@@ -7,14 +7,14 @@
 //! Targets' revisions are observed as the daemon's change loop observes them; the first
 //! observation is written as a change too, so that a replay knows the starting revision,
 //! and later ones only when the revision differs. A change is stamped with the time the
-//! engine would be given for it: the start of the observation before the one that saw
-//! it (the change happened after that), or the start of the first observation.
+//! engine would be given it, the start of the observation that saw it, and carries the
+//! start of the observation before (the change happened after that) as the earliest
+//! time it can have happened, as the daemon's change loop gives it to the engine.
 //!
 //! Tasks send what they read through one channel to one writer (this module's
 //! [`record`] future), which writes rows in time order: a row is held back only while
 //! another task may still send an earlier one (a sample in flight, or a change observer
-//! between observations, whose next change would be stamped at its latest observation's
-//! start). The writer flushes every second, and everything on shutdown.
+//! in the middle of an observation). The writer flushes every second, and everything on shutdown.
 //!
 //! `cgroup_oom` signals are watched as the daemon watches them (each reading stamped with
 //! the time it was seen). Alertmanager signals are push sources and kube_pods signals are
@@ -83,7 +83,12 @@ impl RecordError {
 /// A row on its way to the writer.
 enum Row {
     Reading(Reading),
-    Change { target: usize, revision: String },
+    Change {
+        target: usize,
+        revision: String,
+        /// The earliest time it can have happened.
+        since: Ts,
+    },
 }
 
 /// What a task sends: perhaps a row, and the earliest time any later row of that task
@@ -283,16 +288,22 @@ impl<W: io::Write> Out<'_, W> {
                 break;
             }
             let row = entry.remove();
-            // Only a change seen after an observation error can be earlier than what
-            // was written: it is written as late as it must be, still in order.
+            // Floors keep rows in order; should a task send one earlier than what was
+            // written, it is written as late as it must be, still in order.
             let at = self.stats.last.map_or(at, |last| at.max(last));
             match &row {
                 Row::Reading(r) => {
                     self.writer.reading(self.cfg, at, r)?;
                     self.stats.readings += 1;
                 }
-                Row::Change { target, revision } => {
-                    self.writer.change(self.cfg, at, *target, revision)?;
+                Row::Change {
+                    target,
+                    revision,
+                    since,
+                } => {
+                    let since = (*since).min(at);
+                    self.writer
+                        .change_since(self.cfg, at, since, *target, revision)?;
                     self.stats.changes += 1;
                 }
             }
@@ -416,13 +427,20 @@ async fn change_loop(
                 if last_error.take().is_some() {
                     tracing::info!(target = %name, "change observer works again");
                 }
-                let at = previous.unwrap_or(started);
+                let since = previous.unwrap_or(started);
                 previous = Some(started);
+                // Seen now, happened after the observation before: as the daemon's
+                // change loop hands it to the engine.
                 let row = (sent.as_deref() != Some(&revision)).then(|| {
                     sent = Some(revision.clone());
-                    (at, Row::Change { target, revision })
+                    let change = Row::Change {
+                        target,
+                        revision,
+                        since,
+                    };
+                    (started, change)
                 });
-                // A change seen next time is stamped with this observation's start.
+                // A change seen next time is stamped with that observation's start.
                 Msg {
                     task,
                     floor: started,
@@ -434,9 +452,7 @@ async fn change_loop(
                     tracing::warn!(target = %name, error = %e, "cannot observe the target's revision");
                     last_error = Some(e);
                 }
-                // The daemon would stamp a change seen after an error with the last
-                // good observation; holding every row back that long would keep an
-                // outage's readings in memory, so the writer moves such a change up.
+                // A change seen next time is stamped with that observation's start.
                 Msg {
                     task,
                     floor: clock.now(),

@@ -26,7 +26,13 @@
 //!   event's key; for `insufficient`, the samples there were; for `error`, the reason;
 //!   for a change, the new revision.
 //! - `requests`: a rate's request count; for `insufficient`, the samples needed.
-//! - `detail`: what a check saw when it failed (empty: no detail).
+//! - `detail`: what a check saw when it failed (empty: no detail); for a change, the
+//!   earliest time it can have happened when that is before the row's time (a polling
+//!   observer's previous observation, which still saw the old revision).
+//!
+//! A change's row time is when rearguard saw it, the time the daemon's engine is given
+//! it; blame is counted from its `detail` (or the row's time). Recordings made before
+//! `detail` held it wrote a polled change at its earliest time and read back so.
 //!
 //! A rate is written as its two counts, exactly as the source gave them to the engine
 //! (fractional when Prometheus's `increase()` extrapolates, errors above requests when
@@ -120,7 +126,8 @@ impl<W: io::Write> Writer<W> {
             .map_err(io::Error::other)
     }
 
-    /// Writes a change of `target` (an index into `cfg.targets`) to `revision`.
+    /// Writes a change of `target` (an index into `cfg.targets`) to `revision`, seen at
+    /// `at` and happened then.
     pub fn change(
         &mut self,
         cfg: &Config,
@@ -128,21 +135,42 @@ impl<W: io::Write> Writer<W> {
         target: usize,
         revision: &str,
     ) -> io::Result<()> {
+        self.change_since(cfg, at, at, target, revision)
+    }
+
+    /// Writes a change of `target` to `revision` that the engine is given at `at` and
+    /// that happened at `since` at the earliest (a polling observer's previous
+    /// observation); `since` goes in `detail` when it is earlier than `at`.
+    pub fn change_since(
+        &mut self,
+        cfg: &Config,
+        at: Ts,
+        since: Ts,
+        target: usize,
+        revision: &str,
+    ) -> io::Result<()> {
         let name = &cfg.targets[target].name;
+        let since = if since < at {
+            since.rfc3339()
+        } else {
+            String::new()
+        };
         self.csv
-            .write_record([&at.rfc3339(), "change", name, "", "", revision, "", ""])
+            .write_record([&at.rfc3339(), "change", name, "", "", revision, "", &since])
             .map_err(io::Error::other)
     }
 
-    /// Writes a reading or a change at `at` (a change's own `at` is not used: the row's
-    /// time is the change's time when read back). Other inputs are not recorded, and
-    /// are refused.
+    /// Writes a reading or a change at `at`, the time the engine is given it (a change's
+    /// own `at`, when earlier, is written as its `detail`). Other inputs are not
+    /// recorded, and are refused.
     pub fn input(&mut self, cfg: &Config, at: Ts, input: &Input) -> io::Result<()> {
         match input {
             Input::Reading(reading) => self.reading(cfg, at, reading),
             Input::Change {
-                target, revision, ..
-            } => self.change(cfg, at, *target, revision),
+                target,
+                revision,
+                at: since,
+            } => self.change_since(cfg, at, *since, *target, revision),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "only readings and changes are recorded",
@@ -349,7 +377,7 @@ impl<R: io::Read> Reader<'_, R> {
                 Ok(Input::Change {
                     target,
                     revision: revision.to_owned(),
-                    at,
+                    at: change_since(field(7), at)?,
                 })
             }
             "reading" => {
@@ -442,6 +470,21 @@ impl<R: io::Read> Reader<'_, R> {
 }
 
 /// A rate of a [`HEADER_RATIO`] recording: an error ratio and a request count.
+/// The earliest time a change can have happened: its `detail`, or the row's time `at`
+/// when empty. A change cannot have happened after it was seen.
+fn change_since(detail: &str, at: Ts) -> Result<Ts, String> {
+    if detail.is_empty() {
+        return Ok(at);
+    }
+    let since = parse_time(detail).map_err(|e| format!("a change's detail: {e}"))?;
+    if since > at {
+        return Err(format!(
+            "a change's detail {since} (when it can have happened) is after its time {at} (when it was seen)"
+        ));
+    }
+    Ok(since)
+}
+
 fn ratio_rate(value: &str, requests: &str) -> Result<Measure, String> {
     let ratio = num(value, "value (the error ratio)")?;
     let n = num(requests, "requests")?;
@@ -722,6 +765,8 @@ latency = {{ histogram = "h_bucket" }}
                 "line 3: time",
             ),
             (format!("{H}1,reading,shop,p95\n"), "line 2"),
+            (format!("{H}1,change,shop,,,v2,,soon\n"), "a change's detail: expected a time"),
+            (format!("{H}1,change,shop,,,v2,,2\n"), "is after its time"),
             // A row of the old width under the new header.
             (format!("{H}1,reading,shop,p95,value,1,\n"), "line 2"),
             (
@@ -736,6 +781,33 @@ latency = {{ histogram = "h_bucket" }}
                 .unwrap_or_else(|| panic!("no error for {text:?}"));
             assert!(err.to_string().contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_polled_change_keeps_when_it_was_seen_and_when_it_can_have_happened() {
+        let cfg = cfg();
+        let (earliest, seen) = (Ts(1_795_341_600_000), Ts(1_795_341_604_500));
+        let change = |at| Input::Change {
+            target: 0,
+            revision: "v2".into(),
+            at,
+        };
+        let rows = vec![
+            (seen, change(earliest)),
+            (seen.plus(Duration::from_secs(1)), change(seen)),
+        ];
+        assert_eq!(round_trip(&cfg, &rows), rows);
+        let mut out = Vec::new();
+        let mut w = Writer::new(&mut out).unwrap();
+        w.input(&cfg, seen, &rows[0].1).unwrap();
+        w.flush().unwrap();
+        drop(w);
+        assert!(
+            String::from_utf8_lossy(&out)
+                .ends_with("2026-11-22T10:00:04.500Z,change,shop,,,v2,,2026-11-22T10:00:00.000Z\n"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
     }
 
     #[test]

@@ -123,7 +123,9 @@ impl Engine {
         let ended = continuous && !still;
         let text = match verdict {
             Some(true) if still => {
-                format!("signal {name} also fails on part of its evaluations: {counts} ({threshold} or more)")
+                format!(
+                    "signal {name} also fails on part of its evaluations: {counts} ({threshold} or more)"
+                )
             }
             Some(true) if ended => format!(
                 "signal {name} reads again, but {counts} ({threshold} or more): blind until {sight} or fewer are"
@@ -135,9 +137,9 @@ impl Engine {
                 "signal {name} fails on fewer of its evaluations ({counts}, {sight} or fewer) but still without a break"
             ),
             Some(false) => format!("signal {name} reads again: {counts} ({sight} or fewer)"),
-            None if ended && shared => format!(
-                "signal {name} reads again, but {counts}: blind until {sight} or fewer are"
-            ),
+            None if ended && shared => {
+                format!("signal {name} reads again, but {counts}: blind until {sight} or fewer are")
+            }
             None if ended => format!("signal {name} reads again"),
             None => return,
         };

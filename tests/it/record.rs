@@ -84,10 +84,11 @@ fn readings_of(rows: &[(Ts, Input)], signal: usize) -> Vec<(Ts, ReadingState)> {
         .collect()
 }
 
-fn changes_of(rows: &[(Ts, Input)]) -> Vec<(Ts, String)> {
+/// Each change's row time (when it was seen), earliest time, and revision.
+fn changes_of(rows: &[(Ts, Input)]) -> Vec<(Ts, Ts, String)> {
     rows.iter()
-        .filter_map(|(at, input)| match input {
-            Input::Change { revision, .. } => Some((*at, revision.clone())),
+        .filter_map(|(seen, input)| match input {
+            Input::Change { revision, at, .. } => Some((*seen, *at, revision.clone())),
             _ => None,
         })
         .collect()
@@ -153,16 +154,24 @@ timeout = "1s"
     );
     let changes = changes_of(&rows);
     assert_eq!(
-        changes.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>(),
+        changes
+            .iter()
+            .map(|(_, _, r)| r.as_str())
+            .collect::<Vec<_>>(),
         ["v1", "v2"],
         "{text}"
     );
-    // The change is stamped with the start of the observation before the one that saw
-    // it: at most one observer interval (plus scheduling) before the move.
-    let v2 = changes[1].0;
+    // The change is stamped with the start of the observation that saw it, as the
+    // daemon gives it to the engine, and happened after the observation before: at most
+    // one observer interval (plus scheduling) before the move.
+    let (seen, since) = (changes[1].0, changes[1].1);
     assert!(
-        v2.0 <= deployed.0 + 50 && v2.0 + 500 >= deployed.0,
-        "v2 at {v2}, moved at {deployed}"
+        seen.0 + 50 >= deployed.0 && seen.0 <= deployed.0 + 500,
+        "v2 seen at {seen}, moved at {deployed}"
+    );
+    assert!(
+        since < seen && since.0 <= deployed.0 + 50 && since.0 + 500 >= deployed.0,
+        "v2 since {since}, seen at {seen}, moved at {deployed}"
     );
     for signal in 0..2 {
         let readings = readings_of(&rows, signal);

@@ -17,11 +17,14 @@
 //! tasks woke first; every target's first observation comes with the first tick.
 //!
 //! What is modelled: sources that answer at once (a reading reaches the loop at its
-//! scheduled time) and changes seen when they happen (`at` is the time sent). Not
-//! modelled, because live and replay do part there today: a sample that takes time (a
-//! step ordered on it finishes live at the reading's arrival, replay answers it at the
-//! reading's scheduled time) and a polling change observer (live judges the change when
-//! it is seen, replay at the previous observation, where `record` writes it).
+//! scheduled time), changes seen when they happen, and changes a polling observer sees
+//! up to 4s after they happened (sent then, with `at` the time they happened: the
+//! engine judges a change when it is seen, and blames from its `at`; `record` writes it
+//! at the time seen with `at` as its detail). Not modelled, because live and replay do
+//! part there today: a sample that takes time (live, the loop takes its reading on
+//! arrival, after the ticks and inputs of later times that came first, and a step
+//! ordered on it finishes at the arrival; replay takes the reading in the order of its
+//! scheduled time, where `record` writes it).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -107,6 +110,10 @@ struct TargetCase {
     signals: Vec<SignalCase>,
     /// The changes after the first observation: when (ms after the start), in order.
     changes: Vec<u64>,
+    /// How long after a change its observer sees it (0: a source that sees it as it
+    /// happens); a polling observer reports the change then, as having happened at the
+    /// change's time (its previous observation) at the earliest.
+    poll_lag_ms: u64,
     blame_s: u64,
     cooldown_s: u64,
     two_steps: bool,
@@ -200,15 +207,17 @@ fn target(secs: u64) -> impl Strategy<Value = TargetCase> {
         prop_oneof![Just(1u64), Just(10)],
         any::<bool>(),
         2u64..6,
+        prop_oneof![Just(0u64), 1u64..4000],
     )
         .prop_map(
-            |(signals, early, mut changes, blame_s, cooldown_s, two_steps, verify_s)| {
+            |(signals, early, mut changes, blame_s, cooldown_s, two_steps, verify_s, lag)| {
                 changes.extend(early);
                 changes.sort_unstable();
                 changes.dedup();
                 TargetCase {
                     signals: signals.to_vec(),
                     changes,
+                    poll_lag_ms: lag,
                     blame_s,
                     cooldown_s,
                     two_steps,
@@ -404,12 +413,17 @@ fn inputs(case: &Case) -> Vec<(u64, Input)> {
     for (t, target) in case.targets.iter().enumerate() {
         let revisions = std::iter::once(0).chain(target.changes.iter().copied());
         for (n, at) in revisions.enumerate() {
+            // Seen `poll_lag_ms` later (off the tick grid), except the first observation.
+            let mut seen = at + if n == 0 { 0 } else { target.poll_lag_ms };
+            if n > 0 && seen % TICK_MS == 0 {
+                seen += 1;
+            }
             let change = Input::Change {
                 target: t,
                 revision: format!("v{}", n + 1),
-                at: Ts(0),
+                at: Ts(at),
             };
-            rows.push((at, change));
+            rows.push((seen, change));
         }
         for sig in &target.signals {
             let samples = sig
@@ -435,19 +449,21 @@ fn inputs(case: &Case) -> Vec<(u64, Input)> {
     rows
 }
 
-/// The inputs at engine times: `offset` after `start`, a change's own `at` its time (a
-/// source that sees the change as it happens).
+/// The inputs at engine times: `offset` after `start`; a change's own `at` (an offset
+/// too) is when it happened, at or before it was seen.
 fn stamped(rows: &[(u64, Input)], start: Ts) -> Vec<(Ts, Input)> {
     rows.iter()
         .map(|(offset, input)| {
             let at = Ts(start.0 + offset);
             let input = match input {
                 Input::Change {
-                    target, revision, ..
+                    target,
+                    revision,
+                    at: happened,
                 } => Input::Change {
                     target: *target,
                     revision: revision.clone(),
-                    at,
+                    at: Ts(start.0 + happened.0),
                 },
                 other => other.clone(),
             };

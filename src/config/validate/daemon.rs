@@ -85,7 +85,10 @@ fn blind_share(ctx: &mut Ctx, raw: &RawDaemon) -> BlindShare {
         None => BlindShare::DEFAULT_MIN_EVALUATIONS,
         Some(n) if (2..=10_000).contains(&n) => n,
         Some(n) => {
-            ctx.err("daemon.blind_share_min", format!("expected 2 to 10000, got {n}"));
+            ctx.err(
+                "daemon.blind_share_min",
+                format!("expected 2 to 10000, got {n}"),
+            );
             BlindShare::DEFAULT_MIN_EVALUATIONS
         }
     };

@@ -206,10 +206,22 @@ fn a_slow_signal_is_judged_over_a_window_long_enough_for_the_minimum() {
 #[test]
 fn the_share_rule_keys_are_checked() {
     for (keys, error) in [
-        ("blind_share = \"0%\"", "daemon.blind_share: must be greater than 0%"),
-        ("blind_share = \"half\"", "daemon.blind_share: expected a percentage"),
-        ("blind_share_min = 1", "daemon.blind_share_min: expected 2 to 10000, got 1"),
-        ("blind_share_window = \"0s\"", "daemon.blind_share_window: must be greater than zero"),
+        (
+            "blind_share = \"0%\"",
+            "daemon.blind_share: must be greater than 0%",
+        ),
+        (
+            "blind_share = \"half\"",
+            "daemon.blind_share: expected a percentage",
+        ),
+        (
+            "blind_share_min = 1",
+            "daemon.blind_share_min: expected 2 to 10000, got 1",
+        ),
+        (
+            "blind_share_window = \"0s\"",
+            "daemon.blind_share_window: must be greater than zero",
+        ),
     ] {
         let text = format!("[daemon]\n{keys}\n");
         let err = config::load_str(&text, Format::Toml, std::iter::empty(), Path::new("."))
