@@ -133,9 +133,11 @@ fn an_unbroken_failure_is_left_to_blind_after_and_ends_at_the_next_reading() {
 }
 
 #[test]
-fn outages_with_one_reading_between_are_one_blind_incident_not_one_each() {
-    // Down 2m10s, one reading, down again: the continuous rule alone opens and closes
-    // an incident per outage; the share rule holds the second outage in the first's.
+fn outages_with_one_reading_between_are_held_in_one_incident_from_the_second_on() {
+    // Down 2m10s, one reading, down again, three times. The continuous rule alone opens
+    // and closes an incident per outage. The first outage is one run of errors, the
+    // continuous rule's alone, ended by the next reading; from the second on the share
+    // rule holds them all in one incident until the share falls to a quarter.
     let down = times_of(13, "e");
     let pattern = format!("{down}o{down}o{down}o{}", times_of(40, "o"));
     let run = check_sight(
