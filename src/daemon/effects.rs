@@ -275,27 +275,27 @@ fn time_transition(
     occasion: Occasion,
     now: Ts,
 ) {
-    match occasion {
+    let (stage, since) = match occasion {
         Occasion::RollbackStarted | Occasion::NotRolledBack => {
-            if counted.decided.insert(inc.id.clone()) {
-                metrics.stage(inc.target, Stage::Decided, now.since(inc.breach_started));
+            if !counted.decided.insert(inc.id.clone()) {
+                return;
             }
+            (Stage::Decided, Some(inc.breach_started))
         }
         Occasion::RollbackFailed => {
-            if let Some(started) = rollback_started(inc)
-                && counted.rolled_back.insert(inc.id.clone())
-            {
-                metrics.stage(inc.target, Stage::RollbackDone, now.since(started));
+            if counted.rolled_back.contains(&inc.id) {
+                return;
             }
+            counted.rolled_back.insert(inc.id.clone());
+            (Stage::RollbackDone, rollback_started(inc))
         }
         Occasion::RollbackSucceeded
         | Occasion::VerificationFailed
-        | Occasion::VerificationInconclusive => {
-            if let Some(finished) = inc.plan_finished_at {
-                metrics.stage(inc.target, Stage::Verified, now.since(finished));
-            }
-        }
-        _ => {}
+        | Occasion::VerificationInconclusive => (Stage::Verified, inc.plan_finished_at),
+        _ => return,
+    };
+    if let Some(since) = since {
+        metrics.stage(inc.target, stage, now.since(since));
     }
 }
 

@@ -122,7 +122,7 @@ fn memory() -> Option<(f64, f64)> {
     let (size, resident) = (pages.next()?.ok()?, pages.next()?.ok()?);
     // SAFETY: sysconf reads a constant of the system.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    (page > 0).then(|| (size * page as f64, resident * page as f64))
+    (page > 0).then_some((size * page as f64, resident * page as f64))
 }
 
 /// The soft limit of open files.
