@@ -921,10 +921,13 @@ name = "hook"
 type = "log"
 "#;
 
+    fn config(text: &str) -> crate::config::Config {
+        load_str(text, Format::Toml, std::iter::empty(), Path::new("."))
+            .unwrap_or_else(|e| panic!("the test configuration is invalid:\n{e}"))
+    }
+
     fn metrics() -> Metrics {
-        let cfg = load_str(CONFIG, Format::Toml, std::iter::empty(), Path::new("."))
-            .unwrap_or_else(|e| panic!("the test configuration is invalid:\n{e}"));
-        Metrics::new(&cfg)
+        Metrics::new(&config(CONFIG))
     }
 
     /// Asserts that the exposition has every line of `expected`, exactly.
@@ -1302,9 +1305,7 @@ consecutive = 3
 
     #[test]
     fn rule_values_and_thresholds_start_unknown_or_fixed_and_follow_what_was_judged() {
-        let cfg = load_str(THRESHOLDS, Format::Toml, std::iter::empty(), Path::new("."))
-            .unwrap_or_else(|e| panic!("the test configuration is invalid:\n{e}"));
-        let m = Metrics::new(&cfg);
+        let m = Metrics::new(&config(THRESHOLDS));
         check(
             &m,
             &[
@@ -1390,7 +1391,7 @@ consecutive = 3
     fn reloads_and_the_process_outlive_a_configuration() {
         let started = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let lasting = Lasting::new(started);
-        let first = Metrics::with_lasting(&metrics_config(), &lasting);
+        let first = Metrics::with_lasting(&config(CONFIG), &lasting);
         check(
             &first,
             &[
@@ -1407,7 +1408,7 @@ consecutive = 3
         lasting.reloaded(false, started + Duration::from_secs(60));
         lasting.reloaded(true, started + Duration::from_secs(90));
         lasting.reloaded(false, started + Duration::from_secs(120));
-        let second = Metrics::with_lasting(&metrics_config(), &lasting);
+        let second = Metrics::with_lasting(&config(CONFIG), &lasting);
         for m in [&first, &second] {
             check(
                 m,
@@ -1437,10 +1438,5 @@ consecutive = 3
             !text.contains("# EOF") && !text.contains("# UNIT"),
             "{text}"
         );
-    }
-
-    fn metrics_config() -> crate::config::Config {
-        load_str(CONFIG, Format::Toml, std::iter::empty(), Path::new("."))
-            .unwrap_or_else(|e| panic!("the test configuration is invalid:\n{e}"))
     }
 }
