@@ -12,6 +12,7 @@ pub mod demo;
 pub mod engine;
 pub mod history;
 pub mod http;
+pub mod jitter;
 pub mod kube;
 pub mod leader;
 pub mod notify;

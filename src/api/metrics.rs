@@ -9,13 +9,24 @@
 //!
 //! Callers pass plain values (indexes into the configuration, names, engine enums); an
 //! index out of range or a notifier name the configuration does not have is ignored, so
-//! a recording never panics and never creates a series outside the configuration. This
-//! module only counts: it decides nothing, reads no clock and does no I/O.
+//! a recording never panics and never creates a series outside the configuration.
+//!
+//! What outlives one configuration (the reloads, and the process's own series in
+//! `process.rs`) is a [`Lasting`], made once per process and registered in every
+//! configuration's registry, so that a reload does not reset it. `/metrics` is served in
+//! OpenMetrics to whoever asks for it (Prometheus does), else in the Prometheus text
+//! format (`text.rs`), which is what `promtool check metrics` reads.
+//!
+//! This module only counts: it decides nothing and reads no clock; its only I/O is the
+//! process's own figures, read from the kernel at each scrape.
+
+mod process;
+pub mod text;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,7 +35,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry, Unit};
 
-use crate::config::Config;
+use crate::config::{Condition, Config, Threshold};
 use crate::engine::{Cause, Outcome, Phase, ReadingState};
 use crate::notify::Delivery;
 
@@ -35,6 +46,16 @@ const STEP_BUCKETS: [f64; 16] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0,
 ];
+
+/// The upper bounds, in seconds, of the histograms of an incident's stages (breach to
+/// decision, decision to rollback done, verification): from a tenth of a second (a
+/// decision on a rule without `for`) to an hour (a long verification window).
+const STAGE_BUCKETS: [f64; 14] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// A gauge of a value that is not a whole number.
+type FloatGauge = Gauge<f64, AtomicU64>;
 
 const PHASES: [Phase; 3] = [Phase::Ok, Phase::Pending, Phase::Firing];
 const CAUSES: [Cause; 2] = [Cause::Breach, Cause::Blind];
@@ -107,6 +128,17 @@ struct NotifierLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleTargetLabels {
+    rule: String,
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -119,6 +151,11 @@ struct RuleSeries {
     /// at 1; a scrape may still see the change half done, for one scrape.
     changing: Mutex<()>,
     evaluations: Counter,
+    /// The latest value judged, and the threshold it was judged against.
+    value: FloatGauge,
+    threshold: FloatGauge,
+    /// The breach condition, for the threshold of a `x baseline` rule.
+    when: Condition,
 }
 
 #[derive(Debug)]
@@ -135,6 +172,13 @@ struct TargetSeries {
     open: Gauge,
     /// One per [`OUTCOMES`] entry.
     closed: [Counter; 5],
+    breaker_open: Gauge,
+    paused: Gauge,
+    /// From the breach to the decision, from the decision to the rollback done, and the
+    /// verification.
+    breach_to_decision: Histogram,
+    decision_to_rollback_done: Histogram,
+    verification: Histogram,
 }
 
 #[derive(Debug)]
@@ -168,6 +212,28 @@ fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str
     metric
 }
 
+/// [`registered`] for a metric in seconds: its name ends in `_seconds`.
+fn registered_seconds<M: Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register_with_unit(name, help, Unit::Seconds, metric.clone());
+    metric
+}
+
+/// A histogram of one of an incident's stages.
+fn stage_histogram() -> Histogram {
+    Histogram::new(STAGE_BUCKETS)
+}
+
+type StageFamily = Family<TargetLabels, Histogram, fn() -> Histogram>;
+
+fn stage_family() -> StageFamily {
+    Family::new_with_constructor(stage_histogram)
+}
+
 /// The labelled families, registered once; every rule, signal, target, plan step and
 /// notifier of a configuration takes its series from them.
 struct Families {
@@ -181,6 +247,13 @@ struct Families {
     actions: Family<ActionLabels, Counter>,
     notifications: Family<NotificationLabels, Counter>,
     pending: Family<NotifierLabels, Gauge>,
+    rule_value: Family<RuleTargetLabels, FloatGauge>,
+    rule_threshold: Family<RuleTargetLabels, FloatGauge>,
+    breaker_open: Family<TargetLabels, Gauge>,
+    paused: Family<TargetLabels, Gauge>,
+    breach_to_decision: StageFamily,
+    decision_to_rollback_done: StageFamily,
+    verification: StageFamily,
 }
 
 impl Families {
@@ -242,6 +315,48 @@ impl Families {
                 "Messages in the outbox waiting for delivery",
                 Family::default(),
             ),
+            rule_value: registered(
+                r,
+                "rule_value",
+                "The value of the latest reading each rule judged, in its signal's unit: a fraction for error rates, seconds for latency, 1 for a failing check and 0 for a passing one, a count of distinct events; NaN when that reading had no value (no data, too few requests, no baseline)",
+                Family::default(),
+            ),
+            rule_threshold: registered(
+                r,
+                "rule_threshold",
+                "The value each rule breaches past, in the unit of rule_value: its threshold, or its ratio times the baseline (NaN while there is none); 1 for a rule on a failing check",
+                Family::default(),
+            ),
+            breaker_open: registered(
+                r,
+                "target_breaker_open",
+                "1 while the target's circuit breaker is open: no automatic action until an operator clears it",
+                Family::default(),
+            ),
+            paused: registered(
+                r,
+                "target_paused",
+                "1 while automatic action on the target is paused (the target, or all targets)",
+                Family::default(),
+            ),
+            breach_to_decision: registered_seconds(
+                r,
+                "breach_to_decision",
+                "From the start of an incident's breach to the decision to roll back or to escalate without acting",
+                stage_family(),
+            ),
+            decision_to_rollback_done: registered_seconds(
+                r,
+                "decision_to_rollback_done",
+                "From the decision to roll back to the plan's last step done, or to the step that stopped the plan",
+                stage_family(),
+            ),
+            verification: registered_seconds(
+                r,
+                "verification_duration",
+                "From a rollback's plan finishing to its verification's verdict: passed, failed or inconclusive",
+                stage_family(),
+            ),
         }
     }
 
@@ -262,13 +377,23 @@ impl Families {
                     })
                 });
                 phases[phase_index(Phase::Ok)].set(1);
-                RuleSeries {
+                let labels = RuleTargetLabels {
+                    rule: rule.name.clone(),
+                    target,
+                };
+                let series = RuleSeries {
                     phases,
                     changing: Mutex::new(()),
                     evaluations: self.evaluations.get_or_create_owned(&RuleLabels {
                         rule: rule.name.clone(),
                     }),
-                }
+                    value: self.rule_value.get_or_create_owned(&labels),
+                    threshold: self.rule_threshold.get_or_create_owned(&labels),
+                    when: rule.when,
+                };
+                series.value.set(f64::NAN);
+                series.threshold.set(threshold(rule.when, None));
+                series
             })
             .collect()
     }
@@ -291,6 +416,9 @@ impl Families {
     }
 
     fn targets(&self, cfg: &Config) -> Vec<TargetSeries> {
+        let labels = |target: &crate::config::Target| TargetLabels {
+            target: target.name.clone(),
+        };
         cfg.targets
             .iter()
             .map(|target| TargetSeries {
@@ -309,6 +437,13 @@ impl Families {
                         outcome,
                     })
                 }),
+                breaker_open: self.breaker_open.get_or_create_owned(&labels(target)),
+                paused: self.paused.get_or_create_owned(&labels(target)),
+                breach_to_decision: self.breach_to_decision.get_or_create_owned(&labels(target)),
+                decision_to_rollback_done: self
+                    .decision_to_rollback_done
+                    .get_or_create_owned(&labels(target)),
+                verification: self.verification.get_or_create_owned(&labels(target)),
             })
             .collect()
     }
@@ -355,13 +490,108 @@ impl Families {
     }
 }
 
+/// The series that outlive one configuration: the configuration's reloads and the
+/// process's own series. Made once per process (the daemon keeps it for its whole run);
+/// each configuration's [`Metrics`] registers the same handles, so a reload resets none.
+#[derive(Clone, Debug)]
+pub struct Lasting {
+    process: Arc<process::Process>,
+    last_reload_ok: Gauge,
+    last_reload_success: FloatGauge,
+    /// `[success, failure]`.
+    reloads: [Counter; 2],
+    reloads_family: Family<ResultLabels, Counter>,
+}
+
+impl Lasting {
+    /// For a daemon that started, and loaded its configuration, at `started`: the
+    /// configuration it started with counts as the last successful load.
+    pub fn new(started: SystemTime) -> Lasting {
+        let reloads_family = Family::<ResultLabels, Counter>::default();
+        let reloads = ["success", "failure"]
+            .map(|result| reloads_family.get_or_create_owned(&ResultLabels { result }));
+        let lasting = Lasting {
+            process: Arc::new(process::Process {
+                started: epoch_seconds(started),
+            }),
+            last_reload_ok: Gauge::default(),
+            last_reload_success: FloatGauge::default(),
+            reloads,
+            reloads_family,
+        };
+        lasting.last_reload_ok.set(1);
+        lasting.last_reload_success.set(epoch_seconds(started));
+        lasting
+    }
+
+    /// A new configuration was applied (`ok`) or refused, at `at`.
+    pub fn reloaded(&self, ok: bool, at: SystemTime) {
+        self.reloads[usize::from(!ok)].inc();
+        self.last_reload_ok.set(i64::from(ok));
+        if ok {
+            self.last_reload_success.set(epoch_seconds(at));
+        }
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "config_last_reload_successful",
+            "1 when the last attempt to load the configuration (at the start, or a reload) succeeded, 0 when it was refused",
+            self.last_reload_ok.clone(),
+        );
+        r.register_with_unit(
+            "config_last_reload_success_timestamp",
+            "When the configuration was last loaded successfully, in seconds since the Unix epoch",
+            Unit::Seconds,
+            self.last_reload_success.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Reloads of the configuration by result: success or failure (refused; the running configuration stays)",
+            self.reloads_family.clone(),
+        );
+    }
+}
+
+fn epoch_seconds(at: SystemTime) -> f64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The value a rule with breach condition `when` breaches past, given the baseline it
+/// was last judged against: NaN for a `x baseline` rule without one.
+fn threshold(when: Condition, baseline: Option<f64>) -> f64 {
+    match when {
+        Condition::Failing => 1.0,
+        Condition::Passing => 0.0,
+        Condition::Compare {
+            threshold: Threshold::Value(v, _),
+            ..
+        } => v,
+        Condition::Compare {
+            threshold: Threshold::BaselineRatio(r),
+            ..
+        } => baseline.map_or(f64::NAN, |b| r * b),
+    }
+}
+
 impl Metrics {
     /// Registers every family and creates every label set of `cfg`: every rule starts in
-    /// phase `ok`, every counter and the other gauges at 0.
+    /// phase `ok` with no value judged, every counter and the other gauges at 0. The
+    /// series of a process that started now (see [`Metrics::with_lasting`]).
     pub fn new(cfg: &Config) -> Metrics {
-        let mut registry = Registry::with_prefix("rearguard");
-        let families = Families::register(&mut registry);
-        let r = &mut registry;
+        Metrics::with_lasting(cfg, &Lasting::new(SystemTime::now()))
+    }
+
+    /// [`Metrics::new`] with the series that outlive a configuration: those of
+    /// `lasting`, which the configuration before had and the next one will.
+    pub fn with_lasting(cfg: &Config, lasting: &Lasting) -> Metrics {
+        let mut registry = Registry::default();
+        // The process's series keep the names every client library gives them.
+        registry.register_collector(Box::new(Arc::clone(&lasting.process)));
+        let r = registry.sub_registry_with_prefix("rearguard");
+        let families = Families::register(r);
+        lasting.register(r);
         let outbox_unwritten = registered(
             r,
             "outbox_unwritten",
@@ -543,6 +773,45 @@ impl Metrics {
         self.engine_step.observe(took.as_secs_f64());
     }
 
+    /// Rule `rule` judged a reading: its value and the baseline it was judged against
+    /// (see `Engine::rule_judged`), or `None` when the reading had no value.
+    pub fn rule_judged(&self, rule: usize, judged: Option<(f64, Option<f64>)>) {
+        let Some(series) = self.rules.get(rule) else {
+            return;
+        };
+        let (value, baseline) = judged.map_or((f64::NAN, None), |(v, b)| (v, b));
+        series.value.set(value);
+        series.threshold.set(threshold(series.when, baseline));
+    }
+
+    /// Target `target`'s circuit breaker is open or not, and automatic action on it
+    /// paused or not.
+    pub fn target_state(&self, target: usize, breaker_open: bool, paused: bool) {
+        if let Some(series) = self.targets.get(target) {
+            series.breaker_open.set(i64::from(breaker_open));
+            series.paused.set(i64::from(paused));
+        }
+    }
+
+    /// One of target `target`'s incidents reached `stage`, `took` after the stage's start.
+    pub fn stage(&self, target: usize, stage: Stage, took: Duration) {
+        let Some(series) = self.targets.get(target) else {
+            return;
+        };
+        let histogram = match stage {
+            Stage::Decided => &series.breach_to_decision,
+            Stage::RollbackDone => &series.decision_to_rollback_done,
+            Stage::Verified => &series.verification,
+        };
+        histogram.observe(took.as_secs_f64());
+    }
+
+    /// The whole exposition in the Prometheus text format (version 0.0.4), without
+    /// `# EOF`: what `promtool check metrics` reads.
+    pub fn encode_text(&self) -> String {
+        text::from_openmetrics(&self.encode())
+    }
+
     /// The whole exposition in the OpenMetrics text format, ending with `# EOF`.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
@@ -553,6 +822,17 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The end of one of an incident's stages, each measured from its start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Rolling back or escalating was decided, measured from the start of the breach.
+    Decided,
+    /// The plan's last step is done, or a step stopped it, measured from the decision.
+    RollbackDone,
+    /// The verification's verdict, measured from the plan finishing.
+    Verified,
 }
 
 fn phase_index(phase: Phase) -> usize {
@@ -641,10 +921,13 @@ name = "hook"
 type = "log"
 "#;
 
+    fn config(text: &str) -> crate::config::Config {
+        load_str(text, Format::Toml, std::iter::empty(), Path::new("."))
+            .unwrap_or_else(|e| panic!("the test configuration is invalid:\n{e}"))
+    }
+
     fn metrics() -> Metrics {
-        let cfg = load_str(CONFIG, Format::Toml, std::iter::empty(), Path::new("."))
-            .unwrap_or_else(|e| panic!("the test configuration is invalid:\n{e}"));
-        Metrics::new(&cfg)
+        Metrics::new(&config(CONFIG))
     }
 
     /// Asserts that the exposition has every line of `expected`, exactly.
@@ -895,7 +1178,15 @@ type = "log"
     #[test]
     fn indexes_out_of_range_and_unknown_notifiers_are_ignored() {
         let m = metrics();
-        let before = m.encode();
+        // The process's own series change by themselves; rearguard's must not.
+        let own = |m: &Metrics| {
+            m.encode()
+                .lines()
+                .filter(|l| !l.starts_with("process_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let before = own(&m);
         m.rule_phase(3, Phase::Firing);
         m.rule_phase(usize::MAX, Phase::Pending);
         m.reading(2, &ReadingState::NoData);
@@ -913,7 +1204,10 @@ type = "log"
             },
         );
         m.outbox_pending("nobody", 3);
-        assert_eq!(m.encode(), before, "nothing may change");
+        m.rule_judged(3, Some((1.0, None)));
+        m.target_state(2, true, true);
+        m.stage(2, Stage::Decided, Duration::from_secs(1));
+        assert_eq!(own(&m), before, "nothing may change");
     }
 
     #[test]
@@ -962,6 +1256,187 @@ type = "log"
                 r#"rearguard_rule_phase{rule="flapping",target="web",phase="pending"} 1"#,
                 r#"rearguard_rule_phase{rule="flapping",target="web",phase="firing"} 0"#,
             ],
+        );
+    }
+
+    /// A configuration with a rule of each kind of threshold.
+    const THRESHOLDS: &str = r#"
+[[target]]
+name = "web"
+
+[[signal]]
+name = "errors"
+target = "web"
+type = "prometheus"
+url = "http://127.0.0.1:9090"
+error_rate = { requests = 'http_requests_total', errors = 'code=~"5.."' }
+
+[[signal]]
+name = "p95"
+target = "web"
+type = "prometheus"
+url = "http://127.0.0.1:9090"
+latency = { histogram = "http_request_duration_seconds_bucket" }
+
+[[signal]]
+name = "health"
+target = "web"
+type = "http_probe"
+url = "http://127.0.0.1:8080/health"
+
+[[rule]]
+name = "errors"
+signal = "errors"
+when = "> 5%"
+for = "1m"
+
+[[rule]]
+name = "slower"
+signal = "p95"
+when = "> 1.5x baseline"
+for = "1m"
+
+[[rule]]
+name = "down"
+signal = "health"
+when = "failing"
+consecutive = 3
+"#;
+
+    #[test]
+    fn rule_values_and_thresholds_start_unknown_or_fixed_and_follow_what_was_judged() {
+        let m = Metrics::new(&config(THRESHOLDS));
+        check(
+            &m,
+            &[
+                r#"rearguard_rule_value{rule="errors",target="web"} NaN"#,
+                r#"rearguard_rule_threshold{rule="errors",target="web"} 0.05"#,
+                r#"rearguard_rule_threshold{rule="slower",target="web"} NaN"#,
+                r#"rearguard_rule_threshold{rule="down",target="web"} 1.0"#,
+                "# TYPE rearguard_rule_value gauge",
+            ],
+        );
+        m.rule_judged(0, Some((0.125, None)));
+        m.rule_judged(1, Some((0.3, Some(0.25))));
+        m.rule_judged(2, Some((1.0, None)));
+        check(
+            &m,
+            &[
+                r#"rearguard_rule_value{rule="errors",target="web"} 0.125"#,
+                r#"rearguard_rule_value{rule="slower",target="web"} 0.3"#,
+                r#"rearguard_rule_threshold{rule="slower",target="web"} 0.375"#,
+                r#"rearguard_rule_value{rule="down",target="web"} 1.0"#,
+            ],
+        );
+        m.rule_judged(0, None);
+        m.rule_judged(1, None);
+        m.rule_judged(7, Some((1.0, None)));
+        check(
+            &m,
+            &[
+                r#"rearguard_rule_value{rule="errors",target="web"} NaN"#,
+                r#"rearguard_rule_threshold{rule="errors",target="web"} 0.05"#,
+                r#"rearguard_rule_threshold{rule="slower",target="web"} NaN"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn targets_expose_their_breaker_and_pause() {
+        let m = metrics();
+        check(
+            &m,
+            &[
+                r#"rearguard_target_breaker_open{target="web"} 0"#,
+                r#"rearguard_target_paused{target="api"} 0"#,
+            ],
+        );
+        m.target_state(0, true, false);
+        m.target_state(1, false, true);
+        m.target_state(2, true, true);
+        check(
+            &m,
+            &[
+                r#"rearguard_target_breaker_open{target="web"} 1"#,
+                r#"rearguard_target_paused{target="web"} 0"#,
+                r#"rearguard_target_breaker_open{target="api"} 0"#,
+                r#"rearguard_target_paused{target="api"} 1"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn each_stage_of_an_incident_has_its_histogram_per_target() {
+        let m = metrics();
+        m.stage(0, Stage::Decided, Duration::from_secs(75));
+        m.stage(0, Stage::RollbackDone, Duration::from_millis(400));
+        m.stage(1, Stage::Verified, Duration::from_secs(300));
+        m.stage(5, Stage::Verified, Duration::from_secs(1));
+        check(
+            &m,
+            &[
+                r#"rearguard_breach_to_decision_seconds_count{target="web"} 1"#,
+                r#"rearguard_breach_to_decision_seconds_bucket{le="60.0",target="web"} 0"#,
+                r#"rearguard_breach_to_decision_seconds_bucket{le="120.0",target="web"} 1"#,
+                r#"rearguard_breach_to_decision_seconds_count{target="api"} 0"#,
+                r#"rearguard_decision_to_rollback_done_seconds_bucket{le="0.5",target="web"} 1"#,
+                r#"rearguard_verification_duration_seconds_sum{target="api"} 300.0"#,
+                r#"rearguard_verification_duration_seconds_count{target="web"} 0"#,
+                "# UNIT rearguard_verification_duration_seconds seconds",
+            ],
+        );
+    }
+
+    #[test]
+    fn reloads_and_the_process_outlive_a_configuration() {
+        let started = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let lasting = Lasting::new(started);
+        let first = Metrics::with_lasting(&config(CONFIG), &lasting);
+        check(
+            &first,
+            &[
+                "rearguard_config_last_reload_successful 1",
+                "rearguard_config_last_reload_success_timestamp_seconds 1800000000.0",
+                r#"rearguard_config_reloads_total{result="success"} 0"#,
+                "process_start_time_seconds 1800000000.0",
+                "# TYPE process_cpu_seconds counter",
+                "# TYPE process_resident_memory_bytes gauge",
+                "# TYPE process_open_fds gauge",
+                "# TYPE process_max_fds gauge",
+            ],
+        );
+        lasting.reloaded(false, started + Duration::from_secs(60));
+        lasting.reloaded(true, started + Duration::from_secs(90));
+        lasting.reloaded(false, started + Duration::from_secs(120));
+        let second = Metrics::with_lasting(&config(CONFIG), &lasting);
+        for m in [&first, &second] {
+            check(
+                m,
+                &[
+                    "rearguard_config_last_reload_successful 0",
+                    "rearguard_config_last_reload_success_timestamp_seconds 1800000090.0",
+                    r#"rearguard_config_reloads_total{result="success"} 1"#,
+                    r#"rearguard_config_reloads_total{result="failure"} 2"#,
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn the_text_format_names_counters_with_total_and_has_no_eof() {
+        let text = metrics().encode_text();
+        let lines: Vec<&str> = text.lines().collect();
+        for expected in [
+            "# HELP rearguard_readings_total Readings taken by state: value, no_data, insufficient or error.",
+            "# TYPE rearguard_readings_total counter",
+            "# TYPE process_cpu_seconds_total counter",
+            "# TYPE rearguard_incidents_open gauge",
+        ] {
+            assert!(lines.contains(&expected), "no {expected:?} in:\n{text}");
+        }
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
         );
     }
 }

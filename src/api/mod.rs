@@ -1,4 +1,5 @@
-//! rearguard's own HTTP endpoints: `/metrics` (OpenMetrics), `/healthz` (is the engine
+//! rearguard's own HTTP endpoints: `/metrics` (OpenMetrics when asked for, else the
+//! Prometheus text format), `/healthz` (is the engine
 //! loop turning) and `/readyz` (has the daemon finished starting, is it stopping, can it
 //! write its state store).
 //!
@@ -22,7 +23,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-pub use metrics::Metrics;
+pub use metrics::{Lasting, Metrics, Stage};
 
 use crate::config::units::format_duration;
 
@@ -204,12 +205,21 @@ pub fn router(metrics: Arc<Metrics>, health: Arc<Health>, stall_after: Duration)
         })
 }
 
-async fn serve_metrics(State(api): State<Api>) -> Response {
-    (
-        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
-        api.metrics.encode(),
-    )
-        .into_response()
+/// OpenMetrics to a scraper that accepts it (Prometheus asks for it first), otherwise
+/// the Prometheus text format, as every Prometheus client library answers.
+async fn serve_metrics(State(api): State<Api>, headers: axum::http::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        let body = api.metrics.encode();
+        ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response()
+    } else {
+        let body = api.metrics.encode_text();
+        ([(header::CONTENT_TYPE, metrics::text::CONTENT_TYPE)], body).into_response()
+    }
 }
 
 async fn healthz(State(api): State<Api>) -> (StatusCode, String) {

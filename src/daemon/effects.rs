@@ -1,4 +1,6 @@
-//! Carrying out what an engine step produced: counted in the metrics (`account`), the
+//! Carrying out what an engine step produced: counted in the metrics (`account`: rule
+//! phases, incidents opened and closed, and the time each incident took from breach to
+//! decision, from decision to rollback done and to verify), the
 //! status published for the control API (`publish`), its memory and decisions written
 //! to the store (`step_record`, written by `held.rs`, which holds the effects while the
 //! store cannot take them), then every effect carried out in order (`dispatch`):
@@ -16,9 +18,9 @@ use super::Event;
 use super::generation::Generation;
 use super::held::still_ordered;
 use super::steps::{self, Step};
-use crate::api::{Metrics, control};
-use crate::config::Config;
-use crate::engine::{Effect, Engine, Notification, Outcome, StepOrder, Ts};
+use crate::api::{Metrics, Stage, control};
+use crate::config::{Config, Occasion};
+use crate::engine::{Effect, Engine, EntryKind, Incident, Notification, Outcome, StepOrder, Ts};
 use crate::notify::outbox::{Outbox, Queued};
 use crate::store::{Decision, StepRecord, Store};
 
@@ -38,7 +40,13 @@ impl Generation<'_> {
     /// then the effects carried out; while the store cannot be written, they are held
     /// (`held.rs`). Every turn comes through here, so every turn retries the write.
     pub(super) fn settle(&mut self, effects: Vec<Effect>, now: Ts, publish: Publish) {
-        account(&self.metrics, &self.engine, &effects, &mut self.counted);
+        account(
+            &self.metrics,
+            &self.engine,
+            &effects,
+            &mut self.counted,
+            now,
+        );
         let publish = match publish {
             Publish::Always => true,
             Publish::IfChanged => !effects.is_empty(),
@@ -56,7 +64,7 @@ impl Generation<'_> {
 
     /// Publishes what the control API's readers see.
     pub(super) fn publish(&self, now: Ts) {
-        publish(&self.published, &self.cfg, &self.engine, now);
+        publish(&self.published, &self.metrics, &self.cfg, &self.engine, now);
     }
 
     /// Carries out effects in order, each produced at its engine time.
@@ -190,20 +198,52 @@ fn step_record(cfg: &Config, engine: &Engine, effects: &[Effect], now: Ts) -> St
     record
 }
 
-/// Counts what a step did in the metrics: rule phases, incidents opened and closed, and
-/// the outbox's backlog after notifications were queued.
-fn account(metrics: &Metrics, engine: &Engine, effects: &[Effect], counted: &mut HashSet<String>) {
+/// What the metrics already counted of the open incidents, by id: each is counted once.
+#[derive(Default)]
+pub(super) struct Counted {
+    opened: HashSet<String>,
+    /// The first decision on the incident (to roll back, or to escalate) was timed.
+    decided: HashSet<String>,
+    /// Its rollback's end (the plan finished, or a step stopped it) was timed.
+    rolled_back: HashSet<String>,
+}
+
+impl Counted {
+    fn forget(&mut self, incident: &str) -> bool {
+        self.decided.remove(incident);
+        self.rolled_back.remove(incident);
+        self.opened.remove(incident)
+    }
+}
+
+/// Counts what a step at `now` did in the metrics: rule phases, incidents opened and
+/// closed, and the stages of incidents that ended one.
+fn account(metrics: &Metrics, engine: &Engine, effects: &[Effect], counted: &mut Counted, now: Ts) {
     for inc in engine.incidents() {
-        if counted.insert(inc.id.clone()) {
+        if counted.opened.insert(inc.id.clone()) {
             metrics.incident_opened(inc.target, inc.cause);
         }
     }
     for effect in effects {
         match effect {
             Effect::RuleChanged { rule, transition } => metrics.rule_phase(*rule, transition.to),
+            Effect::Transition {
+                incident, occasion, ..
+            } => {
+                if let Some(inc) = find_incident(engine, effects, incident) {
+                    time_transition(metrics, counted, inc, *occasion, now);
+                }
+            }
+            Effect::Timeline {
+                incident, entry, ..
+            } if entry.kind == EntryKind::Verification => {
+                if let Some(inc) = find_incident(engine, effects, incident) {
+                    time_plan_finished(metrics, counted, inc, entry.at);
+                }
+            }
             Effect::IncidentClosed(inc) => {
                 // Opened and closed within one step, or opened in an earlier run.
-                if !counted.remove(&inc.id) {
+                if !counted.forget(&inc.id) {
                     metrics.incident_opened(inc.target, inc.cause);
                 }
                 if let Some(outcome) = &inc.outcome {
@@ -215,14 +255,85 @@ fn account(metrics: &Metrics, engine: &Engine, effects: &[Effect], counted: &mut
     }
 }
 
-/// Publishes what the control API's readers see: targets, rules and open incidents.
+/// The incident `id` as it is after the step: open, or closed by it.
+fn find_incident<'a>(engine: &'a Engine, effects: &'a [Effect], id: &str) -> Option<&'a Incident> {
+    engine.incidents().iter().find(|i| i.id == id).or_else(|| {
+        effects.iter().find_map(|e| match e {
+            Effect::IncidentClosed(i) if i.id == id => Some(&**i),
+            _ => None,
+        })
+    })
+}
+
+/// Times the stage a transition ends: the first decision on the incident (from the
+/// breach), a rollback stopped by a failed step (from the decision), a verification's
+/// verdict (from the plan finishing).
+fn time_transition(
+    metrics: &Metrics,
+    counted: &mut Counted,
+    inc: &Incident,
+    occasion: Occasion,
+    now: Ts,
+) {
+    let (stage, since) = match occasion {
+        Occasion::RollbackStarted | Occasion::NotRolledBack => {
+            if !counted.decided.insert(inc.id.clone()) {
+                return;
+            }
+            (Stage::Decided, Some(inc.breach_started))
+        }
+        Occasion::RollbackFailed => {
+            if counted.rolled_back.contains(&inc.id) {
+                return;
+            }
+            counted.rolled_back.insert(inc.id.clone());
+            (Stage::RollbackDone, rollback_started(inc))
+        }
+        Occasion::RollbackSucceeded
+        | Occasion::VerificationFailed
+        | Occasion::VerificationInconclusive => (Stage::Verified, inc.plan_finished_at),
+        _ => return,
+    };
+    if let Some(since) = since {
+        metrics.stage(inc.target, stage, now.since(since));
+    }
+}
+
+/// Times the rollback of an incident whose plan finished at `at`: the verification entry
+/// the plan's end writes has the plan's finishing time.
+fn time_plan_finished(metrics: &Metrics, counted: &mut Counted, inc: &Incident, at: Ts) {
+    if inc.plan_finished_at != Some(at) {
+        return;
+    }
+    if let Some(started) = rollback_started(inc)
+        && counted.rolled_back.insert(inc.id.clone())
+    {
+        metrics.stage(inc.target, Stage::RollbackDone, at.since(started));
+    }
+}
+
+/// When the incident's rollback was decided: its first step's start, at the same time.
+fn rollback_started(inc: &Incident) -> Option<Ts> {
+    inc.timeline
+        .iter()
+        .find(|e| e.kind == EntryKind::StepStarted)
+        .map(|e| e.at)
+}
+
+/// Publishes what the control API's readers see: targets, rules and open incidents; and
+/// each target's breaker and pause to the metrics.
 fn publish(
     status: &tokio::sync::watch::Sender<Arc<control::Status>>,
+    metrics: &Metrics,
     cfg: &Config,
     engine: &Engine,
     now: Ts,
 ) {
     let memory = engine.memory(now);
+    for (t, target) in memory.targets.iter().enumerate() {
+        let paused = memory.paused_all || target.paused;
+        metrics.target_state(t, target.breaker.is_some(), paused);
+    }
     let snapshot = control::Status {
         mode: match cfg.daemon.mode {
             crate::config::Mode::Enforce => "enforce",

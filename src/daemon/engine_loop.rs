@@ -16,7 +16,7 @@ use super::generation::{Generation, input_time};
 use super::parts::Parts;
 use super::reload::{Reload, prepare_reload};
 use super::{Event, next_reload, watchdog_tick};
-use crate::api::control;
+use crate::api::{Metrics, control};
 use crate::config::Config;
 use crate::engine::{Effect, Engine, Input, Ts};
 
@@ -103,9 +103,20 @@ impl Generation<'_> {
             _ => {}
         }
         // Every input carries the time it happened (see `input_time`).
+        let signal = match &input {
+            Input::Reading(r) => Some(r.signal),
+            _ => None,
+        };
         let now = input_time(&input, at, self.last);
         self.last = self.last.max(now);
         let effects = self.step_timed(input, now);
+        if let Some(signal) = signal {
+            let rules = self
+                .rules_of_signal
+                .get(signal)
+                .map_or(&[][..], Vec::as_slice);
+            judged(&self.metrics, &self.engine, rules.iter().copied());
+        }
         self.settle(effects, now, Publish::IfChanged);
     }
 
@@ -128,6 +139,8 @@ impl Generation<'_> {
         let now = self.shared.clock.now().max(self.last);
         self.last = now;
         let effects = self.step_timed(Input::Tick, now);
+        // A tick ages the events `within` rules count.
+        judged(&self.metrics, &self.engine, 0..self.cfg.rules.len());
         self.settle(effects, now, Publish::IfChanged);
     }
 
@@ -145,6 +158,9 @@ impl Generation<'_> {
                 self.told_waiting = false;
             }
             Err(reason) => {
+                self.shared
+                    .lasting
+                    .reloaded(false, std::time::SystemTime::now());
                 tracing::error!(reason = %reason, "reload refused; the running configuration stays");
                 self.shared.tell(Event::ReloadRefused(reason));
                 if let Some(sd) = systemd {
@@ -182,6 +198,13 @@ impl Generation<'_> {
                 self.status = now_status;
             }
         }
+    }
+}
+
+/// Sets the judged value and threshold gauges of `rules`.
+fn judged(metrics: &Metrics, engine: &Engine, rules: impl Iterator<Item = usize>) {
+    for rule in rules {
+        metrics.rule_judged(rule, engine.rule_judged(rule));
     }
 }
 

@@ -9,7 +9,7 @@
 //! generation must not outlive its `stop` token, and must not keep anything running
 //! once it returned, except what it hands over.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
@@ -17,7 +17,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use super::effects::{Publish, count_pending};
+use super::effects::{Counted, Publish, count_pending};
 use super::engine_loop::status_line;
 use super::held::Unsaved;
 use super::listener::{self, Hook};
@@ -93,8 +93,8 @@ pub(super) struct Generation<'a> {
     pub(super) unstarted_rx: mpsc::UnboundedReceiver<String>,
     /// Set once the drain began: no new step starts.
     pub(super) draining: bool,
-    /// Incidents already counted as opened, for the metrics.
-    pub(super) counted: HashSet<String>,
+    /// What the metrics already counted of each open incident.
+    pub(super) counted: Counted,
     pub(super) rules_of_signal: Vec<Vec<usize>>,
     /// The webhook's receiver, handed to the next configuration on a reload.
     pub(super) receiver: Option<Arc<Receiver>>,
@@ -141,7 +141,7 @@ impl<'a> Generation<'a> {
         fence: Option<Arc<Fence>>,
     ) -> Generation<'a> {
         let (cfg, receiver) = (parts.cfg, parts.receiver);
-        let metrics = Arc::new(Metrics::new(&cfg));
+        let metrics = Arc::new(Metrics::with_lasting(&cfg, &shared.lasting));
         let (tasks, flush) = Tasks::new(stop);
         let outbox = start_outbox(shared, &cfg, parts.sinks, &metrics, &tasks, flush);
         // Incidents' transitions as Events on their Deployments, posted off the engine's
@@ -182,7 +182,7 @@ impl<'a> Generation<'a> {
             unstarted_tx,
             unstarted_rx,
             draining: false,
-            counted: HashSet::new(),
+            counted: Counted::default(),
             receiver,
             watches,
             pending: None,
@@ -211,6 +211,9 @@ impl<'a> Generation<'a> {
         let (targets, signals, rules) = (cfg.targets.len(), cfg.signals.len(), cfg.rules.len());
         let mode = cfg.daemon.mode;
         if reloaded {
+            self.shared
+                .lasting
+                .reloaded(true, std::time::SystemTime::now());
             tracing::info!(targets, signals, rules, mode = ?mode, "configuration reloaded");
         } else {
             tracing::info!(targets, signals, rules, mode = ?mode, "rearguard started");

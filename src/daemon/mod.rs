@@ -217,6 +217,8 @@ struct Shared {
     /// With [`run_with_inputs`]: where each generation hands its input channel, instead
     /// of starting its sources.
     inject: Option<mpsc::UnboundedSender<Injector>>,
+    /// The metrics every generation shares: reloads, the process.
+    lasting: crate::api::Lasting,
 }
 
 impl Shared {
@@ -249,6 +251,7 @@ impl Shared {
             observer: opts.observer.take(),
             systemd: opts.systemd.take(),
             inject: None,
+            lasting: crate::api::Lasting::new(std::time::SystemTime::now()),
         })
     }
 

@@ -75,7 +75,7 @@ impl<'a> Waiting<'a> {
     fn start(parts: Box<Parts>, settings: &'a LeaderElection, shared: &'a Shared) -> Self {
         let status = standby_status(settings, None);
         shared.health.set_standby(Some(status.clone()));
-        let metrics = Arc::new(Metrics::new(&parts.cfg));
+        let metrics = Arc::new(Metrics::with_lasting(&parts.cfg, &shared.lasting));
         metrics.set_leader(false);
         // Alertmanager retries what a standby refuses; the leader receives it.
         let app = crate::api::router(metrics, Arc::clone(&shared.health), stall_after(&parts.cfg))
@@ -200,7 +200,11 @@ impl<'a> Waiting<'a> {
     /// Applies a new configuration, or refuses it and keeps the one it has.
     async fn reload(&mut self, reload: Reload) {
         let shared = self.shared;
-        match prepare_reload(&self.parts.cfg, reload, &shared.client).await {
+        let prepared = prepare_reload(&self.parts.cfg, reload, &shared.client).await;
+        shared
+            .lasting
+            .reloaded(prepared.is_ok(), std::time::SystemTime::now());
+        match prepared {
             Ok(new) => {
                 tracing::info!("configuration reloaded (standby)");
                 *self.parts = new;

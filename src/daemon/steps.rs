@@ -113,7 +113,8 @@ impl Step {
 /// Snapshots a baked revision's ConfigMaps and Secrets off the engine's loop (a task on
 /// the steps' tracker, each try bounded to a minute) and logs the outcome; only for a
 /// `kube_deployment` target. A try that fails is tried again after a backoff (10 s
-/// doubling to 5 min, for an hour: `kube_snapshot::retry_waits`), each distinct error
+/// doubling to 5 min, for an hour: `kube_snapshot::retry_waits`; each wait jittered
+/// down to as little as half), each distinct error
 /// logged once, until cancelled; a refusal (the Deployment moved to another revision, a
 /// snapshot object holds other content, a required object is missing) is not retried,
 /// as waiting does not change it. In shadow mode nothing is written.
@@ -162,7 +163,11 @@ impl Snapshot {
             let Some((error, again)) = self.try_once(&handle, &cancel).await else {
                 return;
             };
-            let wait = if again { waits.next() } else { None };
+            let wait = if again {
+                waits.next().map(crate::jitter::jitter)
+            } else {
+                None
+            };
             if said.as_ref() != Some(&error) {
                 match wait {
                     Some(w) => {

@@ -320,6 +320,12 @@ impl Engine {
         self.rules[rule].phase
     }
 
+    /// The value of the latest reading the rule judged and the baseline it was judged
+    /// against; `None` when that reading had no value (see `RuleState::judged`).
+    pub fn rule_judged(&self, rule: usize) -> Option<(f64, Option<f64>)> {
+        self.rules.get(rule)?.judged()
+    }
+
     /// Until when an operator silenced the rule, if they did and it has not ended.
     pub fn silenced_until(&self, rule: usize) -> Option<Ts> {
         self.silenced.get(rule)?.as_ref().map(|(until, _)| *until)

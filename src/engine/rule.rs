@@ -445,6 +445,21 @@ impl RuleState {
         }
     }
 
+    /// The value of the latest reading judged, in the signal's unit (a rate's ratio, 1
+    /// for a failed check and 0 for a passed one, the count of distinct events), with
+    /// the baseline it was judged against; `None` before the first reading and when the
+    /// latest had no value (no data, too few requests, no baseline). A source error is
+    /// not judged and leaves it as it was.
+    pub fn judged(&self) -> Option<(f64, Option<f64>)> {
+        match self.seen {
+            Seen::Number(v, baseline) => Some((v, baseline)),
+            Seen::Rate(errors, requests, _) => Some((errors / requests, None)),
+            Seen::Check(ok, _) => Some((if ok { 0.0 } else { 1.0 }, None)),
+            Seen::Events(count, _) => Some((count, None)),
+            Seen::Nothing | Seen::NoData | Seen::NoBaseline | Seen::Insufficient(..) => None,
+        }
+    }
+
     /// The last reading against the condition that was judged, in words.
     pub fn evidence(&self, rule: &Rule, judged_clear: bool) -> String {
         let cond = if judged_clear { rule.clear } else { rule.when };

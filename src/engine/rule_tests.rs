@@ -305,3 +305,20 @@ fn the_breach_start_survives_held_readings_so_blame_sees_it() {
         .collect();
     assert_eq!(fired, [(7, Some(minute(0)))]);
 }
+
+#[test]
+fn the_judged_value_is_the_latest_measured_one_and_none_without_a_value() {
+    let cfg = one_rule(FOR_5M);
+    let rule = &cfg.rules[0];
+    let mut state = RuleState::new();
+    let mut judged = Vec::new();
+    let mut now = Ts::from_secs(1_795_000_000);
+    for word in ["bad", "err", "good", "few", "none", "bad"] {
+        state.on_reading(rule, &reading(SignalKind::Rate, word), None, now);
+        judged.push(state.judged());
+        now = now.plus(std::time::Duration::from_secs(60));
+    }
+    // A source error judges nothing: the value before it stays.
+    let (bad, good) = (Some((0.1, None)), Some((0.01, None)));
+    assert_eq!(judged, [bad, bad, good, None, None, bad]);
+}

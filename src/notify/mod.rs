@@ -222,7 +222,9 @@ pub fn classify(
     }
 }
 
-/// The `Retry-After` header as a delay: seconds, or an HTTP date (delay from now).
+/// The `Retry-After` header as a delay: seconds, or an HTTP date (delay from now) in
+/// any of the three forms HTTP allows (httpdate), or an RFC 3339 time, which some
+/// providers send instead.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers
         .get(reqwest::header::RETRY_AFTER)?
@@ -232,28 +234,13 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let at = humantime::parse_rfc3339_weak(value)
-        .ok()
-        .or_else(|| httpdate(value))?;
+    let at = httpdate::parse_http_date(value)
+        .or_else(|_| humantime::parse_rfc3339_weak(value))
+        .ok()?;
     Some(
         at.duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
-}
-
-/// Parses an IMF-fixdate (`Wed, 21 Oct 2015 07:28:00 GMT`), the HTTP date format.
-fn httpdate(value: &str) -> Option<std::time::SystemTime> {
-    let rest = value.split_once(", ")?.1;
-    let parts: Vec<&str> = rest.split_whitespace().collect();
-    let [day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let month = MONTHS.iter().position(|m| m == month)? + 1;
-    let iso = format!("{year}-{month:02}-{day:0>2}T{time}Z");
-    humantime::parse_rfc3339(&iso).ok()
 }
 
 /// A transport failure (timeout, refused connection, TLS) as a retry, described without
@@ -463,9 +450,17 @@ mod tests {
             retry_after(&headers("Wed, 21 Oct 2015 07:28:00 GMT")),
             Some(Duration::ZERO)
         );
-        let later = httpdate("Fri, 01 Jan 2100 00:00:00 GMT").unwrap();
-        assert!(later > std::time::SystemTime::now());
+        // HTTP's obsolete forms too: RFC 850 and asctime.
+        for past in ["Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"] {
+            assert_eq!(retry_after(&headers(past)), Some(Duration::ZERO), "{past}");
+        }
+        let years_70 = Duration::from_secs(70 * 365 * 86_400);
+        for later in ["Fri, 01 Jan 2100 00:00:00 GMT", "2100-01-01T00:00:00Z"] {
+            let after = retry_after(&headers(later));
+            assert!(after.is_some_and(|d| d > years_70), "{later}: {after:?}");
+        }
         assert_eq!(retry_after(&headers("soon")), None);
+        assert_eq!(retry_after(&headers("Fri, 32 Jan 2100 00:00:00 GMT")), None);
     }
 
     #[test]

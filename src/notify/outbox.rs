@@ -6,7 +6,9 @@
 //!   holds back the later ones, so that a provider never hears "resolved" before
 //!   "triggered" and a Slack reply never comes before its thread.
 //! - Retries: transport failures, 429 and 5xx are retried with exponential backoff (1 s
-//!   doubling to 5 min), or after exactly the provider's `Retry-After` when it sends one.
+//!   doubling to 5 min, each wait drawn between half of it and all of it so that
+//!   notifiers failing together do not retry together), or after exactly the provider's
+//!   `Retry-After` when it sends one.
 //! - Refusals: an answer no retry can fix is recorded with the message and raised once
 //!   as a configuration error (an error in the log) until the notifier works again.
 //! - Rate: a notifier sends at most one message per `min_interval` (from `per_minute`).
@@ -363,7 +365,7 @@ impl Worker {
             Delivery::Retry { after, reason } => {
                 let delay = match after {
                     Some(after) => (*after).min(BACKOFF_MAX),
-                    None => backoff(row.attempts + 1),
+                    None => crate::jitter::jitter(backoff(row.attempts + 1)),
                 };
                 tracing::warn!(notifier = %name, incident = %row.incident, message = %row.id, attempt = row.attempts + 1, retry_in_ms = delay.as_millis() as u64, reason = %reason, "notification not delivered; will retry");
                 Record::RetryAt(reason, now_ms() + delay.as_millis() as u64)

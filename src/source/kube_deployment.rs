@@ -227,7 +227,7 @@ impl Watcher {
         if let Err(e) = watched {
             tracing::debug!(deployment = %t.deployment, error = %e, "the deployment's watch failed");
             // Not a busy loop against an API server that keeps failing.
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::time::sleep(crate::jitter::jitter(Duration::from_secs(5))).await;
         }
     }
 }

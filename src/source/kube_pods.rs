@@ -193,7 +193,7 @@ pub async fn watch(
         // A moment before listing again, so a failing API server is not hammered.
         tokio::select! {
             _ = token.cancelled() => return kept(known, first),
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(crate::jitter::jitter(Duration::from_secs(1))) => {}
         }
     }
 }

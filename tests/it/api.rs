@@ -150,8 +150,11 @@ async fn healthz_fails_with_the_reason_once_the_engine_loop_stops_turning() {
 async fn metrics_are_openmetrics_text_with_every_configured_series() {
     let app = app().await;
     app.metrics.rule_phase(0, Phase::Firing);
+    // What Prometheus asks for.
+    let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
     let r = rearguard::http::client()
         .get(app.server.url("/metrics"))
+        .header(reqwest::header::ACCEPT, accept)
         .send()
         .await
         .expect("GET /metrics");
@@ -164,18 +167,15 @@ async fn metrics_are_openmetrics_text_with_every_configured_series() {
     );
     let body = r.text().await.expect("a text body");
     assert!(body.ends_with("\n# EOF\n"), "no # EOF at the end:\n{body}");
-    // Every line is a comment or `name{labels} value` with a rearguard name.
+    // Every line is a comment or `name{labels} value` with a rearguard or process name.
     let sample = regex::Regex::new(
-        r#"^rearguard_[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?[0-9.e+-]+$"#,
+        r#"^(rearguard|process)_[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? (-?[0-9.e+-]+|NaN)$"#,
     )
     .expect("a valid regex");
+    let comment = regex::Regex::new(r"^# (HELP|TYPE|UNIT) (rearguard|process)_").unwrap();
     for line in body.lines() {
         assert!(
-            line.starts_with("# HELP rearguard_")
-                || line.starts_with("# TYPE rearguard_")
-                || line.starts_with("# UNIT rearguard_")
-                || line == "# EOF"
-                || sample.is_match(line),
+            comment.is_match(line) || line == "# EOF" || sample.is_match(line),
             "unexpected line {line:?} in:\n{body}"
         );
     }
@@ -199,6 +199,36 @@ async fn metrics_are_openmetrics_text_with_every_configured_series() {
         .await
         .expect("POST /metrics");
     assert_eq!(post.status().as_u16(), 405, "the endpoints are read-only");
+}
+
+#[tokio::test]
+async fn metrics_are_the_prometheus_text_format_to_whoever_does_not_ask_for_openmetrics() {
+    let app = app().await;
+    for accept in [None, Some("*/*"), Some("text/plain")] {
+        let mut request = rearguard::http::client().get(app.server.url("/metrics"));
+        if let Some(accept) = accept {
+            request = request.header(reqwest::header::ACCEPT, accept);
+        }
+        let r = request.send().await.expect("GET /metrics");
+        assert_eq!(
+            r.headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("text/plain; version=0.0.4; charset=utf-8"),
+            "accept {accept:?}"
+        );
+        let body = r.text().await.expect("a text body");
+        assert!(
+            body.contains("\n# TYPE rearguard_readings_total counter\n")
+                && body
+                    .contains("\nrearguard_readings_total{signal=\"health\",state=\"error\"} 0\n"),
+            "{body}"
+        );
+        assert!(
+            !body.contains("# EOF") && !body.contains("# UNIT"),
+            "{body}"
+        );
+    }
 }
 
 /// A scrape signal of rearguard's own `/metrics`, read with the scrape source's strict

@@ -10,6 +10,7 @@ mod child_env;
 mod cli;
 mod control;
 mod daemon;
+mod dashboard;
 mod demo;
 mod disk_full;
 mod flood;

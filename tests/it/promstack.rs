@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 use crate::support;
 
 /// The path of an installed server binary, or a panic that says how to install it.
-fn binary(name: &str, package: &str) -> PathBuf {
+pub(crate) fn binary(name: &str, package: &str) -> PathBuf {
     for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
         let p = PathBuf::from(dir).join(name);
         if p.exists() {
@@ -26,7 +26,7 @@ fn binary(name: &str, package: &str) -> PathBuf {
 }
 
 /// A free loopback port: bound, read, released. The server binds it right after.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
