@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
+mod config_change;
 mod judgement;
 mod verification;
 
