@@ -169,11 +169,13 @@ pub async fn record(
         ));
     }
     for (i, (target, spec)) in changes.into_iter().enumerate() {
+        let observer =
+            source::change::Observer::new(&spec, &cfg.targets[target].config_files, None);
         tracker.spawn(change_loop(
             sampled + i,
             target,
             cfg.targets[target].name.clone(),
-            spec,
+            (spec, observer),
             clock,
             tx.clone(),
             token.clone(),
@@ -394,7 +396,7 @@ async fn change_loop(
     task: usize,
     target: usize,
     name: String,
-    spec: ChangeSpec,
+    (spec, mut observer): (ChangeSpec, source::change::Observer),
     clock: Clock,
     tx: mpsc::Sender<Msg>,
     token: CancellationToken,
@@ -420,7 +422,7 @@ async fn change_loop(
         let started = clock.now();
         let observed = tokio::select! {
             _ = token.cancelled() => return,
-            r = source::change::observe(&spec) => r,
+            r = observer.observe() => r,
         };
         let msg = match observed {
             Ok(revision) => {

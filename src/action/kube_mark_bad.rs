@@ -3,7 +3,9 @@
 //! `{from_revision}` (which must be a revision number, as a `kube_deployment` observer
 //! gives; the step refuses otherwise) gets the annotation `rearguard.io/marked-bad` with the incident's
 //! id; `kube_rollout_undo` never goes back to a revision so marked. Marking a revision
-//! already marked changes nothing.
+//! already marked changes nothing. An incident that changed only the configuration
+//! (`18+cfg.1` back to `18`) marks nothing: revision 18's ReplicaSet also runs the
+//! known-good configuration.
 
 use std::time::Duration;
 
@@ -45,12 +47,21 @@ impl KubeMarkBad {
         let client = self.handle.client().await?;
         let t = &self.target;
         let shown = format!("{}/{}", t.namespace, t.deployment);
+        if let Some(kept) = super::kube_rollout_undo::config_only(ctx) {
+            return Ok(format!(
+                "nothing marked: only the configuration of revision {kept} of deployment {shown} changed, and its replicaset also runs the known-good one"
+            ));
+        }
         let d = crate::kube::deployment(&client, &t.namespace, &t.deployment).await?;
         // Only the incident's own revision: the Deployment's current one may already be a
         // fix someone rolled forward since the incident opened.
-        let revision = match ctx.from_revision.as_deref().map(str::parse::<i64>) {
-            Some(Ok(n)) => n,
-            _ => {
+        let revision = match ctx
+            .from_revision
+            .as_deref()
+            .and_then(crate::kube::config::Revision::parse)
+        {
+            Some(r) => r.deployment,
+            None => {
                 return Err(StepError::Refused(format!(
                     "the incident's revision of deployment {shown} is not a revision number (is the target's change observer kube_deployment?): nothing is marked, rather than guessing"
                 )));

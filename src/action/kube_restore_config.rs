@@ -1,6 +1,8 @@
 //! The `kube_restore_config` action: puts a Deployment's ConfigMaps and Secrets back as
 //! they were in a revision's snapshot (see [`super::kube_snapshot`]), by default the
-//! incident's `{to_revision}`, the known-good one. Each original object's data is
+//! incident's `{to_revision}`, the known-good one: the full revision, so that the
+//! rollback of a configuration-only change (`18+cfg.1` back to `18`) restores the
+//! configuration revision `18` ran with. Each original object's data is
 //! replaced with the snapshot's by an update conditional on the resourceVersion read;
 //! an original that is gone is created again; one that already holds the snapshot's
 //! content is left alone, so running the step twice changes nothing the second time.
@@ -20,7 +22,7 @@ use tokio::time::Instant;
 use super::kube_snapshot::{self, Found};
 use super::{ActionContext, ActionOutput};
 use crate::config::KubeRestoreConfigSpec;
-use crate::kube::config::{Content, Kind};
+use crate::kube::config::{Content, Kind, Revision};
 use crate::kube::{Handle, KubeError, StepError};
 
 /// A configured `kube_restore_config` step.
@@ -51,10 +53,13 @@ impl KubeRestoreConfig {
         let t = &self.spec.target;
         let shown = format!("{}/{}", t.namespace, t.deployment);
         let revision = match self.spec.revision {
-            Some(n) => n,
-            None => match ctx.to_revision.as_deref().map(str::parse::<i64>) {
-                Some(Ok(n)) => n,
-                _ => {
+            Some(n) => Revision {
+                deployment: n,
+                config: 0,
+            },
+            None => match ctx.to_revision.as_deref().and_then(Revision::parse) {
+                Some(r) => r,
+                None => {
                     return Err(StepError::Refused(format!(
                         "the incident's known-good revision of deployment {shown} is not a revision number (is the target's change observer kube_deployment?): nothing is restored"
                     )));
@@ -66,14 +71,14 @@ impl KubeRestoreConfig {
             kube_snapshot::list(&client, &t.namespace, &t.deployment, Some(revision)).await?;
         if snapshots.is_empty() {
             let all = kube_snapshot::list(&client, &t.namespace, &t.deployment, None).await?;
-            let mut have: Vec<i64> = all.iter().filter_map(|f| f.revision).collect();
+            let mut have: Vec<Revision> = all.iter().filter_map(|f| f.revision).collect();
             have.sort_unstable();
             have.dedup();
             let have = if have.is_empty() {
                 "none".to_owned()
             } else {
                 have.iter()
-                    .map(i64::to_string)
+                    .map(Revision::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
             };

@@ -18,6 +18,12 @@
 //! `rearguard.io/marked-bad` annotation on its ReplicaSet) is refused; a Deployment no
 //! longer at the incident's revision is refused (someone else acted). A paused
 //! Deployment or one without history is a clear error, as in kubectl.
+//!
+//! An incident whose revisions differ only in their configuration generation (`18+cfg.1`
+//! back to `18`: a ConfigMap or Secret changed, the Deployment did not) undoes nothing:
+//! the step succeeds and says so, once it has checked that the Deployment is still at
+//! that revision, and the configuration is put back by `kube_restore_config`. So one
+//! level-2 plan serves both kinds of change.
 
 use std::time::Duration;
 
@@ -29,6 +35,7 @@ use tokio::time::Instant;
 
 use super::{ActionContext, ActionOutput, timed_out};
 use crate::config::{KubeRolloutUndoSpec, ToRevision};
+use crate::kube::config::Revision;
 use crate::kube::{BAD_ANNOTATION, KubeError, POD_TEMPLATE_HASH, REVISION_ANNOTATION, StepError};
 
 /// The Deployment annotations kept from the Deployment, not copied from the ReplicaSet
@@ -140,14 +147,16 @@ impl KubeRolloutUndo {
             .await
             .map_err(KubeError::from)?
             .ok_or_else(|| UndoError::NotFound(shown.clone()))?;
+        if let Some(kept) = config_only(ctx) {
+            return self.config_only(&deployment, kept, ctx);
+        }
         let to_revision = match &self.spec.to_revision {
             ToRevision::Previous => 0,
             ToRevision::Number(n) => *n,
             ToRevision::Incident => {
                 let text = ctx.to_revision.clone().unwrap_or_default();
-                text.trim()
-                    .parse::<i64>()
-                    .ok()
+                Revision::parse(&text)
+                    .map(|r| r.deployment)
                     .filter(|n| *n > 0)
                     .ok_or(UndoError::NotARevision(text))?
             }
@@ -194,25 +203,8 @@ impl KubeRolloutUndo {
                 "skipped rollback of deployment {shown}: its template already matches revision {revision}"
             ));
         }
-        let current = deployment
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(REVISION_ANNOTATION))
-            .cloned()
-            .unwrap_or_default();
-        // A numeric incident revision is the Deployment's own revision (a kube_deployment
-        // change observer): if it moved on, a person or a deploy acted, and wins.
-        if let Some(incident) = ctx.from_revision.as_deref()
-            && incident.parse::<i64>().is_ok()
-            && incident != current
-        {
-            return Err(UndoError::Moved {
-                deployment: shown,
-                current,
-                incident: incident.to_owned(),
-            });
-        }
+        let current = current_revision(&deployment);
+        self.not_moved(ctx, &current)?;
         if spec.paused == Some(true) {
             return Err(UndoError::Paused { deployment: shown });
         }
@@ -289,6 +281,62 @@ impl KubeRolloutUndo {
     }
 }
 
+impl KubeRolloutUndo {
+    /// A numeric incident revision is the Deployment's own revision (a kube_deployment
+    /// change observer), with its configuration generation: if the Deployment moved on,
+    /// a person or a deploy acted, and wins.
+    fn not_moved(&self, ctx: &ActionContext, current: &str) -> Result<(), UndoError> {
+        let Some(incident) = ctx.from_revision.as_deref() else {
+            return Ok(());
+        };
+        match Revision::parse(incident) {
+            Some(r) if r.deployment.to_string() != current => Err(UndoError::Moved {
+                deployment: self.shown(),
+                current: current.to_owned(),
+                incident: incident.to_owned(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The undo of an incident that changed only the configuration: nothing to undo,
+    /// once the Deployment is seen still at that revision.
+    fn config_only(
+        &self,
+        deployment: &Deployment,
+        kept: i64,
+        ctx: &ActionContext,
+    ) -> Result<String, UndoError> {
+        let current = current_revision(deployment);
+        self.not_moved(ctx, &current)?;
+        Ok(format!(
+            "deployment {} stays at revision {kept}: only its configuration changed ({} to {}), nothing to undo",
+            self.shown(),
+            ctx.from_revision.as_deref().unwrap_or("?"),
+            ctx.to_revision.as_deref().unwrap_or("?"),
+        ))
+    }
+}
+
+/// The Deployment's own revision annotation, empty when it has none.
+fn current_revision(deployment: &Deployment) -> String {
+    deployment
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION_ANNOTATION))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The Deployment revision an incident keeps when its revisions differ only in their
+/// configuration generation (`18+cfg.1` back to `18`); `None` otherwise.
+pub fn config_only(ctx: &ActionContext) -> Option<i64> {
+    let from = Revision::parse(ctx.from_revision.as_deref()?)?;
+    let to = Revision::parse(ctx.to_revision.as_deref()?)?;
+    (from.same_deployment(to) && from != to).then_some(from.deployment)
+}
+
 /// The ReplicaSet of `to_revision`, or of the previous revision (the second highest)
 /// when it is 0, with its revision: kubectl's `deploymentRevision`, which goes through
 /// the ReplicaSets in the order the API server listed them.
@@ -342,6 +390,21 @@ mod tests {
         assert_eq!(name(find_revision(&owned, 0)), Some(("c".into(), 4)));
         assert_eq!(name(find_revision(&owned, 3)), Some(("a".into(), 3)));
         assert_eq!(name(find_revision(&owned, 9)), None);
+    }
+
+    #[test]
+    fn only_an_incident_within_one_deployment_revision_is_configuration_only() {
+        let ctx = |from: &str, to: &str| ActionContext {
+            from_revision: Some(from.to_owned()),
+            to_revision: Some(to.to_owned()),
+            ..Default::default()
+        };
+        assert_eq!(config_only(&ctx("18+cfg.1", "18")), Some(18));
+        assert_eq!(config_only(&ctx("18+cfg.3", "18+cfg.2")), Some(18));
+        assert_eq!(config_only(&ctx("19", "18+cfg.1")), None);
+        assert_eq!(config_only(&ctx("19", "18")), None);
+        assert_eq!(config_only(&ctx("18", "18")), None);
+        assert_eq!(config_only(&ctx("v2+cfg.1", "v2")), None);
     }
 
     #[test]

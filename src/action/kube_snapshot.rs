@@ -3,11 +3,15 @@
 //! `Effect::Baked`), as objects of the same kind in the Deployment's namespace, so that
 //! `kube_restore_config` (and a new leader, or a person with kubectl) can put them back.
 //!
-//! A snapshot object is named `<deployment>-r<revision>-<original>` (shortened with a
-//! hash when too long), labelled `app.kubernetes.io/managed-by=rearguard`,
+//! Snapshots are keyed by the full revision the engine names (`18`, `18+cfg.2`: see
+//! [`Revision`]), so that the known-good configuration of a configuration-only change
+//! can be restored. A snapshot object is named `<deployment>-r<revision>-<original>`, or
+//! `<deployment>-r<revision>c<generation>-<original>` for a configuration generation
+//! (shortened with a hash when too long), labelled `app.kubernetes.io/managed-by=rearguard`,
 //! `rearguard.io/snapshot-of=<deployment>` (shortened with a hash past 63 characters,
 //! the longest label value; the full name is in the annotation of the same key, which
-//! selection compares) and `rearguard.io/revision=<n>`, and annotated with the
+//! selection compares), `rearguard.io/revision=<n>` and, for a generation,
+//! `rearguard.io/config-generation=<g>` (none is generation 0), and annotated with the
 //! original's name, its content hash, and the number of objects in the set
 //! (`rearguard.io/objects`): the objects are created one at a time, so a `take` that
 //! fails partway leaves fewer, which `kube_restore_config` refuses to restore. The name
@@ -26,12 +30,14 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 
 use crate::config::KubeDeploymentRef;
-use crate::kube::config::{self as kconfig, Content, Kind};
+use crate::kube::config::{self as kconfig, Content, Kind, Revision};
 use crate::kube::{Handle, KubeError, StepError};
 
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const SNAPSHOT_OF: &str = "rearguard.io/snapshot-of";
 pub const REVISION: &str = "rearguard.io/revision";
+/// The configuration generation of a snapshot's revision; absent for generation 0.
+pub const CONFIG_GENERATION: &str = "rearguard.io/config-generation";
 pub const ORIGINAL: &str = "rearguard.io/original-name";
 pub const CONTENT_HASH: &str = "rearguard.io/content-hash";
 /// How many objects the snapshot of one revision holds, on each of them: a set with
@@ -67,8 +73,16 @@ pub fn retry_waits() -> impl Iterator<Item = Duration> {
 const MAX_NAME: usize = 253;
 
 /// The name of the snapshot of `original` for `revision` of `deployment`.
-pub fn snapshot_name(deployment: &str, revision: i64, original: &str) -> String {
-    let name = format!("{deployment}-r{revision}-{original}");
+pub fn snapshot_name(deployment: &str, revision: Revision, original: &str) -> String {
+    let Revision {
+        deployment: n,
+        config,
+    } = revision;
+    let name = if config == 0 {
+        format!("{deployment}-r{n}-{original}")
+    } else {
+        format!("{deployment}-r{n}c{config}-{original}")
+    };
     if name.len() <= MAX_NAME {
         return name;
     }
@@ -102,14 +116,15 @@ pub fn label_value(deployment: &str) -> String {
     format!("{head}-{short}")
 }
 
-/// The label selector of the snapshots of `deployment`, of one revision or all.
-fn selector(deployment: &str, revision: Option<i64>) -> String {
+/// The label selector of the snapshots of `deployment`, of one Deployment revision (all
+/// its configuration generations) or all.
+fn selector(deployment: &str, revision: Option<Revision>) -> String {
     let mut s = format!(
         "{MANAGED_BY}=rearguard,{SNAPSHOT_OF}={}",
         label_value(deployment)
     );
     if let Some(r) = revision {
-        s.push_str(&format!(",{REVISION}={r}"));
+        s.push_str(&format!(",{REVISION}={}", r.deployment));
     }
     s
 }
@@ -127,7 +142,7 @@ pub async fn take(
     let client = handle.client().await?;
     let (ns, name) = (&target.namespace, &target.deployment);
     let shown = format!("{ns}/{name}");
-    let Ok(number) = revision.parse::<i64>() else {
+    let Some(number) = Revision::parse(revision) else {
         return Err(StepError::Refused(format!(
             "revision {revision:?} of deployment {shown} is not a revision number: no snapshot"
         )));
@@ -136,7 +151,9 @@ pub async fn take(
     let sets = crate::kube::replica_sets(&client, &d).await?;
     let current =
         crate::source::kube_deployment::revision_of(&d, &sets).map_err(StepError::Refused)?;
-    if current != revision {
+    // The configuration generation is the change observer's: the Deployment's own
+    // revision is what can be checked here.
+    if current != number.deployment.to_string() {
         return Err(StepError::Refused(format!(
             "deployment {shown} is at revision {current}, no longer {revision}: its configuration is not snapshotted as revision {revision}'s"
         )));
@@ -174,14 +191,18 @@ pub async fn take(
         let Some(content) = &o.content else {
             continue;
         };
+        let mut labels = BTreeMap::from([
+            (MANAGED_BY.to_owned(), "rearguard".to_owned()),
+            (SNAPSHOT_OF.to_owned(), label_value(name)),
+            (REVISION.to_owned(), number.deployment.to_string()),
+        ]);
+        if number.config > 0 {
+            labels.insert(CONFIG_GENERATION.to_owned(), number.config.to_string());
+        }
         let meta = ObjectMeta {
             name: Some(snapshot_name(name, number, &o.reference.name)),
             namespace: Some(ns.clone()),
-            labels: Some(BTreeMap::from([
-                (MANAGED_BY.to_owned(), "rearguard".to_owned()),
-                (SNAPSHOT_OF.to_owned(), label_value(name)),
-                (REVISION.to_owned(), number.to_string()),
-            ])),
+            labels: Some(labels),
             annotations: Some(BTreeMap::from([
                 (SNAPSHOT_OF.to_owned(), name.clone()),
                 (ORIGINAL.to_owned(), o.reference.name.clone()),
@@ -352,7 +373,8 @@ pub struct Found {
     pub name: String,
     /// The name of the object it copies.
     pub original: Option<String>,
-    pub revision: Option<i64>,
+    /// The revision it is of (its labels); `None` when they are not numbers.
+    pub revision: Option<Revision>,
     /// The size of the set it belongs to (its `rearguard.io/objects` annotation), when
     /// present and a number.
     pub objects: Option<usize>,
@@ -362,7 +384,7 @@ pub struct Found {
 /// Checks that `found`, the snapshot objects of one revision, are the whole set its
 /// `take` wrote: every object says how many there are, they agree, and that many are
 /// here. `shown` names the Deployment in the error.
-pub fn complete(found: &[Found], revision: i64, shown: &str) -> Result<(), String> {
+pub fn complete(found: &[Found], revision: Revision, shown: &str) -> Result<(), String> {
     let sizes: BTreeSet<Option<usize>> = found.iter().map(|f| f.objects).collect();
     let names = || {
         let mut n: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
@@ -383,12 +405,13 @@ pub fn complete(found: &[Found], revision: i64, shown: &str) -> Result<(), Strin
     }
 }
 
-/// The snapshot objects of `deployment`, of one revision or of all.
+/// The snapshot objects of `deployment`, of one revision (`18+cfg.2`: that generation
+/// only) or of all.
 pub async fn list(
     client: &::kube::Client,
     ns: &str,
     deployment: &str,
-    revision: Option<i64>,
+    revision: Option<Revision>,
 ) -> Result<Vec<Found>, KubeError> {
     let lp = ListParams::default().labels(&selector(deployment, revision));
     let found = |kind: Kind, meta: &ObjectMeta, content: Content| Found {
@@ -399,11 +422,7 @@ pub async fn list(
             .as_ref()
             .and_then(|a| a.get(ORIGINAL))
             .cloned(),
-        revision: meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(REVISION))
-            .and_then(|r| r.parse().ok()),
+        revision: snapshot_revision(meta),
         objects: meta
             .annotations
             .as_ref()
@@ -419,6 +438,9 @@ pub async fn list(
         None => {
             meta.labels.as_ref().and_then(|l| l.get(SNAPSHOT_OF)) == Some(&deployment.to_owned())
         }
+    };
+    let ours = |meta: &ObjectMeta| {
+        ours(meta) && revision.is_none_or(|r| snapshot_revision(meta) == Some(r))
     };
     let mut out = Vec::new();
     for cm in Api::<ConfigMap>::namespaced(client.clone(), ns)
@@ -444,6 +466,18 @@ pub async fn list(
     Ok(out)
 }
 
+/// The revision a snapshot object is of, from its labels (no generation label:
+/// generation 0, as every snapshot taken before generations were).
+fn snapshot_revision(meta: &ObjectMeta) -> Option<Revision> {
+    let labels = meta.labels.as_ref()?;
+    let deployment = labels.get(REVISION)?.parse().ok()?;
+    let config = match labels.get(CONFIG_GENERATION) {
+        None => 0,
+        Some(g) => g.parse().ok()?,
+    };
+    Some(Revision { deployment, config })
+}
+
 /// Deletes the snapshots of every revision of `deployment` but the newest `keep`; how
 /// many objects it deleted.
 async fn prune(
@@ -453,8 +487,8 @@ async fn prune(
     keep: u32,
 ) -> Result<usize, KubeError> {
     let all = list(client, ns, deployment, None).await?;
-    let revisions: BTreeSet<i64> = all.iter().filter_map(|f| f.revision).collect();
-    let kept: BTreeSet<i64> = revisions
+    let revisions: BTreeSet<Revision> = all.iter().filter_map(|f| f.revision).collect();
+    let kept: BTreeSet<Revision> = revisions
         .iter()
         .rev()
         .take(keep as usize)
@@ -522,11 +556,20 @@ mod tests {
 
     #[test]
     fn snapshot_names_are_deterministic_and_fit_a_dns_subdomain() {
-        assert_eq!(snapshot_name("web", 3, "web-config"), "web-r3-web-config");
+        let r = |text: &str| Revision::parse(text).unwrap();
+        assert_eq!(
+            snapshot_name("web", r("3"), "web-config"),
+            "web-r3-web-config"
+        );
+        assert_eq!(
+            snapshot_name("web", r("3+cfg.2"), "web-config"),
+            "web-r3c2-web-config"
+        );
         let long = "x".repeat(250);
-        let a = snapshot_name("web", 3, &long);
-        assert_eq!(a, snapshot_name("web", 3, &long));
+        let a = snapshot_name("web", r("3"), &long);
+        assert_eq!(a, snapshot_name("web", r("3"), &long));
         assert!(a.len() <= MAX_NAME, "{}", a.len());
-        assert_ne!(a, snapshot_name("web", 4, &long));
+        assert_ne!(a, snapshot_name("web", r("4"), &long));
+        assert_ne!(a, snapshot_name("web", r("3+cfg.1"), &long));
     }
 }

@@ -8,6 +8,7 @@
 //! (`{incident}`, `{target}`, `{rule}`, `{from_revision}`, `{to_revision}`) are
 //! substituted here; secret values never reach an output, an error or a log.
 
+pub mod config_files;
 pub mod exec;
 pub mod http;
 pub mod kube_delete_pods;
@@ -121,6 +122,7 @@ pub enum Action {
     KubeMarkBad(kube_mark_bad::KubeMarkBad),
     KubeRestoreConfig(kube_restore_config::KubeRestoreConfig),
     KubeDeletePods(kube_delete_pods::KubeDeletePods),
+    RestoreConfigFiles(config_files::RestoreConfigFiles),
 }
 
 impl Action {
@@ -148,6 +150,9 @@ impl Action {
             }
             ActionSpec::KubeDeletePods(t) => {
                 Action::KubeDeletePods(kube_delete_pods::KubeDeletePods::new(t))
+            }
+            ActionSpec::RestoreConfigFiles(spec) => {
+                Action::RestoreConfigFiles(config_files::RestoreConfigFiles::new(spec))
             }
         }
     }
@@ -182,6 +187,9 @@ impl Action {
             Action::KubeDeletePods(action) => {
                 bounded(action.run(ctx, timeout), timeout, started).await
             }
+            Action::RestoreConfigFiles(action) => {
+                bounded(action.run(ctx, timeout), timeout, started).await
+            }
         }
     }
 
@@ -198,7 +206,10 @@ impl Action {
             Action::KubeMarkBad(action) => action.handle(),
             Action::KubeRestoreConfig(action) => action.handle(),
             Action::KubeDeletePods(action) => action.handle(),
-            Action::Exec(_) | Action::ReleaseSwitch(_) | Action::Http(_) => return Ok(()),
+            Action::Exec(_)
+            | Action::ReleaseSwitch(_)
+            | Action::Http(_)
+            | Action::RestoreConfigFiles(_) => return Ok(()),
         };
         handle.client().await.map(|_| ()).map_err(|e| e.to_string())
     }

@@ -10,6 +10,12 @@
 //! `current` and renamed over it, so a reader sees the old or the new release, never
 //! neither. It keeps the old link's relative or absolute form. This module never deletes
 //! a release and never touches anything but the `current` link and its temporary sibling.
+//!
+//! Revisions with a configuration generation (`v18+cfg.1`, a target with `config_files`)
+//! name the release `v18`. An incident that changed only the configuration (`v18+cfg.1`
+//! back to `v18`) switches nothing, once the link is seen still at `v18`, and runs the
+//! restart command, so that a plan restoring the files before this step restarts the
+//! service on them.
 
 use std::fs;
 use std::io;
@@ -66,7 +72,14 @@ impl ReleaseSwitch {
             }
         };
         let current = self.spec.current.display();
-        let mut output = format!("{current}: {} -> {}\n", switched.from, switched.to);
+        let mut output = if switched.from == switched.to {
+            format!(
+                "{current}: stays at {} (only the configuration changed)\n",
+                switched.to
+            )
+        } else {
+            format!("{current}: {} -> {}\n", switched.from, switched.to)
+        };
         let Some(restart) = &self.spec.restart else {
             return ActionOutput {
                 ok: true,
@@ -101,6 +114,11 @@ fn switch(
 ) -> Result<Switched, String> {
     let to =
         to.ok_or("the revision to roll back to is not known, so there is nothing to switch to")?;
+    let config_only = from
+        .as_deref()
+        .is_some_and(|f| f != to && release_of(f) == release_of(&to));
+    let to = release_of(&to).to_owned();
+    let from = from.map(|f| release_of(&f).to_owned());
     check_release_name(&to)?;
     let release_dir = releases.join(&to);
     match fs::metadata(&release_dir) {
@@ -158,6 +176,9 @@ fn switch(
             current.display()
         ));
     }
+    if now == to && config_only {
+        return Ok(Switched { from, to });
+    }
     if now == to {
         return Err(format!(
             "{} already points at {to}; nothing to switch",
@@ -172,6 +193,11 @@ fn switch(
     let new_target = new_target(&old_target, link_dir, &release_dir, &to)?;
     replace_link(current, link_dir, &new_target)?;
     Ok(Switched { from, to })
+}
+
+/// The release a revision names: `v18` for `v18+cfg.2`.
+fn release_of(revision: &str) -> &str {
+    crate::source::change::split_config(revision).0
 }
 
 /// A revision must name a directory inside `releases`, not a path out of it.

@@ -158,10 +158,16 @@ pub struct Target {
     pub max_rollbacks: u32,
     pub rollback_period: Duration,
     pub change: Option<ChangeSpec>,
-    /// How long a revision must stay healthy before its ConfigMaps and Secrets are
-    /// snapshotted; `Some` only for a `kube_deployment` target.
+    /// How long a revision must stay healthy before its configuration is snapshotted
+    /// as known good: a `kube_deployment` target's ConfigMaps and Secrets, a host
+    /// target's `config_files`; `None` for a target with neither.
     pub bake: Option<Duration>,
-    /// How many revisions' snapshots are kept per Deployment (the newest).
+    /// A `release_symlink` or `exec` target's configuration files: absolute paths whose
+    /// last component may hold `*` and `?`. Their content is part of the revision
+    /// (`v18+cfg.1` when only they changed), and they are snapshotted into the state
+    /// directory when a revision bakes.
+    pub config_files: Vec<String>,
+    /// How many revisions' snapshots are kept per target (the newest).
     pub keep_snapshots: u32,
     /// How long before a change none of the target's rules may have been pending or
     /// firing for the replaced revision to count as healthy (a rollback destination).
@@ -602,6 +608,7 @@ pub enum ActionSpec {
     KubeMarkBad(KubeDeploymentRef),
     KubeRestoreConfig(KubeRestoreConfigSpec),
     KubeDeletePods(KubeDeploymentRef),
+    RestoreConfigFiles(RestoreConfigFilesSpec),
 }
 
 impl ActionSpec {
@@ -619,6 +626,7 @@ impl ActionSpec {
             ActionSpec::KubeMarkBad(_) => "kube_mark_bad",
             ActionSpec::KubeRestoreConfig(_) => "kube_restore_config",
             ActionSpec::KubeDeletePods(_) => "kube_delete_pods",
+            ActionSpec::RestoreConfigFiles(_) => "restore_config_files",
         }
     }
 }
@@ -639,6 +647,16 @@ pub struct KubeRestoreConfigSpec {
     pub target: KubeDeploymentRef,
     /// The revision whose snapshot is restored; `None`: the incident's `{to_revision}`.
     pub revision: Option<i64>,
+}
+
+/// Restores a host target's `config_files` from a revision's snapshot in the state
+/// directory, with each file's mode and owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreConfigFilesSpec {
+    /// `daemon.state_dir`, where the snapshots are.
+    pub state_dir: PathBuf,
+    /// The revision whose snapshot is restored; `None`: the incident's `{to_revision}`.
+    pub revision: Option<String>,
 }
 
 /// One Deployment, and how to reach its cluster.

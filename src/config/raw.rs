@@ -98,6 +98,7 @@ pub struct RawTarget {
     pub bake: Option<String>,
     pub keep_snapshots: Option<u32>,
     pub healthy_for: Option<String>,
+    pub config_files: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -400,6 +401,13 @@ pub enum RawStep {
     KubeMarkBad(RawKubeStep),
     KubeRestoreConfig(RawKubeStep),
     KubeDeletePods(RawKubeStep),
+    RestoreConfigFiles {
+        name: Option<String>,
+        timeout: Option<String>,
+        retries: Option<u32>,
+        on_failure: Option<String>,
+        to_revision: Option<String>,
+    },
 }
 
 /// The keys of every step on a Kubernetes Deployment; validation refuses the keys a
@@ -435,6 +443,13 @@ impl RawStep {
                 ..
             }
             | RawStep::Http {
+                name,
+                timeout,
+                retries,
+                on_failure,
+                ..
+            }
+            | RawStep::RestoreConfigFiles {
                 name,
                 timeout,
                 retries,

@@ -155,7 +155,6 @@ impl<'a> Generation<'a> {
             .unwrap_or_default();
         let app = listener::app(shared, &cfg, &metrics, control);
         start_listener(shared, &cfg, app, receiver.clone(), &tx, &tasks);
-        let watches = start_sources(shared, &cfg, &parts.sources, handed, &tx, &tasks);
         let reloaded = resumed.is_some();
         let resumed = resume(&cfg, resumed, shared);
         let (unstarted_tx, unstarted_rx) = mpsc::unbounded_channel();
@@ -184,13 +183,25 @@ impl<'a> Generation<'a> {
             draining: false,
             counted: Counted::default(),
             receiver,
-            watches,
+            watches: Watches::default(),
             pending: None,
             unsaved: Unsaved::default(),
             told_waiting: false,
         };
         generation.announce(reloaded);
         generation.catch_up(resumed.restored, resumed.carried);
+        // After the catch-up: change observers go on from the revisions the engine
+        // remembers (a configuration generation is not started again by a restart).
+        let remembered = remembered_revisions(&generation.engine);
+        generation.watches = start_sources(
+            shared,
+            &generation.cfg,
+            &parts.sources,
+            handed,
+            &remembered,
+            &generation.tx,
+            &generation.tasks,
+        );
         generation
     }
 
@@ -428,6 +439,13 @@ fn start_listener(
     }
 }
 
+/// Each target's revision as the engine knows it, for its change observer.
+fn remembered_revisions(engine: &Engine) -> Vec<Option<String>> {
+    (0..engine.config().targets.len())
+        .map(|t| engine.revision(t).map(str::to_owned))
+        .collect()
+}
+
 /// Samplers, watches and change observers on the sources tracker, which is then closed;
 /// with the test hook `run_with_inputs`, none: the engine's channel goes to the test.
 fn start_sources(
@@ -435,6 +453,7 @@ fn start_sources(
     cfg: &Config,
     sources: &[Option<Arc<crate::source::Source>>],
     handed: Handed,
+    remembered: &[Option<String>],
     tx: &mpsc::Sender<(Input, Ts)>,
     tasks: &Tasks,
 ) -> Watches {
@@ -454,7 +473,7 @@ fn start_sources(
         tx: tx.clone(),
         token: tasks.sources_stop.clone(),
     };
-    let watches = sampling::start(cfg, sources, handed, &feed, &tasks.sources);
+    let watches = sampling::start(cfg, sources, handed, remembered, &feed, &tasks.sources);
     tasks.sources.close();
     watches
 }

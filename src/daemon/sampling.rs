@@ -70,11 +70,13 @@ impl Feed {
 }
 
 /// Spawns every sampler, watch and change observer of `cfg` on `tracker`, feeding
-/// `feed`; the watches of unchanged signals go on with what `handed` holds for them.
+/// `feed`; the watches of unchanged signals go on with what `handed` holds for them, and
+/// each change observer from the target's revision the engine `remembered`.
 pub(super) fn start(
     cfg: &Config,
     sources: &[Option<Arc<Source>>],
     mut handed: Handed,
+    remembered: &[Option<String>],
     feed: &Feed,
     tracker: &TaskTracker,
 ) -> Watches {
@@ -114,8 +116,10 @@ pub(super) fn start(
         }
     }
     for (t, target) in cfg.targets.iter().enumerate() {
-        if let Some(spec) = target.change.clone() {
-            tracker.spawn(change_loop(t, target.name.clone(), spec, feed.clone()));
+        if let Some(spec) = &target.change {
+            let remembered = remembered.get(t).cloned().flatten();
+            let observer = Observer::new(spec, &target.config_files, remembered.as_deref());
+            tracker.spawn(change_loop(t, target.name.clone(), observer, feed.clone()));
         }
     }
     watches
@@ -212,40 +216,33 @@ async fn kube_pods_loop(
 }
 
 /// How a target's revision is observed: on an interval, or when its Deployment's watch
-/// wakes it.
+/// wakes it; with its configuration generation either way.
 struct Observer {
-    spec: ChangeSpec,
-    watcher: Option<source::kube_deployment::Watcher>,
+    how: source::change::Observer,
     ticker: tokio::time::Interval,
 }
 
 impl Observer {
-    fn new(spec: ChangeSpec) -> Observer {
-        let interval = match &spec {
+    /// `remembered`: the target's revision as the engine knows it.
+    fn new(spec: &ChangeSpec, config_files: &[String], remembered: Option<&str>) -> Observer {
+        let interval = match spec {
             ChangeSpec::ReleaseSymlink { interval, .. } | ChangeSpec::Exec { interval, .. } => {
                 *interval
             }
             // Only after a failed observation: the Deployment is watched (below).
             ChangeSpec::KubeDeployment(_) => Duration::from_secs(10),
         };
-        let watcher = match &spec {
-            ChangeSpec::KubeDeployment(t) => Some(source::kube_deployment::Watcher::new(t)),
-            _ => None,
-        };
+        let how = source::change::Observer::new(spec, config_files, remembered);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Observer {
-            spec,
-            watcher,
-            ticker,
-        }
+        Observer { how, ticker }
     }
 
     /// Waits for the next observation: the watch's next event while it works, the
     /// interval otherwise. False when cancelled.
     async fn wait(&mut self, failing: bool, token: &CancellationToken) -> bool {
-        match self.watcher.as_mut() {
-            Some(w) if !failing => tokio::select! {
+        match &mut self.how {
+            source::change::Observer::Kube(w) if !failing => tokio::select! {
                 _ = token.cancelled() => false,
                 _ = w.changed() => true,
             },
@@ -257,17 +254,13 @@ impl Observer {
     }
 
     async fn observe(&mut self) -> Result<String, String> {
-        match self.watcher.as_mut() {
-            Some(w) => w.observe().await,
-            None => source::change::observe(&self.spec).await,
-        }
+        self.how.observe().await
     }
 }
 
 /// Observes one target's revision and hands every observation to the engine as a
 /// change input, until cancelled.
-async fn change_loop(target: usize, name: String, spec: ChangeSpec, feed: Feed) {
-    let mut observer = Observer::new(spec);
+async fn change_loop(target: usize, name: String, mut observer: Observer, feed: Feed) {
     let mut last_error: Option<String> = None;
     // When the previous observation began: a change seen now happened after it.
     let mut previous: Option<Ts> = None;

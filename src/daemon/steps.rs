@@ -110,13 +110,15 @@ impl Step {
     }
 }
 
-/// Snapshots a baked revision's ConfigMaps and Secrets off the engine's loop (a task on
-/// the steps' tracker, each try bounded to a minute) and logs the outcome; only for a
-/// `kube_deployment` target. A try that fails is tried again after a backoff (10 s
-/// doubling to 5 min, for an hour: `kube_snapshot::retry_waits`; each wait jittered
-/// down to as little as half), each distinct error
-/// logged once, until cancelled; a refusal (the Deployment moved to another revision, a
-/// snapshot object holds other content, a required object is missing) is not retried,
+/// Snapshots a baked revision's configuration off the engine's loop and logs the
+/// outcome: a host target's `config_files` into the state directory (one try:
+/// `config_files::take`), a `kube_deployment` target's ConfigMaps and Secrets on the
+/// cluster (a task on the steps' tracker, each try bounded to a minute). A cluster try
+/// that fails is tried again after a backoff (10 s doubling to 5 min, for an hour:
+/// `kube_snapshot::retry_waits`; each wait jittered down to as little as half), each
+/// distinct error logged once, until cancelled; a refusal (the Deployment moved to
+/// another revision, a snapshot object holds other content, a required object is
+/// missing) is not retried,
 /// as waiting does not change it. In shadow mode nothing is written.
 pub(super) fn snapshot(
     cfg: &Config,
@@ -126,6 +128,9 @@ pub(super) fn snapshot(
     cancel: CancellationToken,
 ) {
     let t = &cfg.targets[target];
+    if !t.config_files.is_empty() {
+        return snapshot_files(cfg, target, revision, tracker);
+    }
     let Some(crate::config::ChangeSpec::KubeDeployment(spec)) = t.change.clone() else {
         return;
     };
@@ -141,6 +146,35 @@ pub(super) fn snapshot(
         return;
     }
     tracker.spawn(snapshot.take(cancel));
+}
+
+/// Copies a host target's `config_files` into the state directory, on the blocking pool.
+fn snapshot_files(cfg: &Config, target: usize, revision: &str, tracker: &TaskTracker) {
+    let t = &cfg.targets[target];
+    let (name, revision) = (t.name.clone(), revision.to_owned());
+    if cfg.daemon.mode == crate::config::Mode::Shadow {
+        tracing::info!(target = %name, revision = %revision, "shadow mode: would snapshot the configuration files of revision {revision}");
+        return;
+    }
+    let (dir, files, keep) = (
+        cfg.daemon.state_dir.clone(),
+        t.config_files.clone(),
+        t.keep_snapshots,
+    );
+    tracker.spawn(async move {
+        let taken = tokio::task::spawn_blocking({
+            let (name, revision) = (name.clone(), revision.clone());
+            move || crate::action::config_files::take(&dir, &name, &revision, &files, keep)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the snapshot was interrupted: {e}")));
+        match taken {
+            Ok(text) => tracing::info!(target = %name, revision = %revision, "{text}"),
+            Err(error) => {
+                tracing::warn!(target = %name, revision = %revision, error = %error, "cannot snapshot the revision's configuration files")
+            }
+        }
+    });
 }
 
 /// A revision's snapshot to take.

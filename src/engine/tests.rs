@@ -12,6 +12,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 mod blindness;
+mod config_change;
 mod judgement;
 mod verification;
 

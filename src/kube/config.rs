@@ -88,6 +88,40 @@ fn bytes(map: Option<&BTreeMap<String, ByteString>>) -> BTreeMap<String, Vec<u8>
         .collect()
 }
 
+/// A `kube_deployment` target's revision as the engine names it: the Deployment's
+/// revision number and the generation of its configuration (`18+cfg.2`; `18` is
+/// generation 0, the configuration first seen with revision 18). The steps that act on
+/// a Deployment compare the first part, and snapshots are keyed by both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Revision {
+    pub deployment: i64,
+    pub config: u32,
+}
+
+impl Revision {
+    /// `18` or `18+cfg.2`; `None` when the first part is not a revision number.
+    pub fn parse(text: &str) -> Option<Revision> {
+        let (base, config) = crate::source::change::split_config(text.trim());
+        let deployment = base.parse::<i64>().ok()?;
+        Some(Revision { deployment, config })
+    }
+
+    /// Whether only the configuration differs between the two (the same Deployment
+    /// revision).
+    pub fn same_deployment(self, other: Revision) -> bool {
+        self.deployment == other.deployment
+    }
+}
+
+impl std::fmt::Display for Revision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::source::change::with_config(
+            &self.deployment.to_string(),
+            self.config,
+        ))
+    }
+}
+
 /// What one reference points at now: its content, or `None` when it does not exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {

@@ -9,11 +9,14 @@
 //! every minute, when the watch is renewed). It only reads.
 //!
 //! Each observation also hashes the ConfigMaps and Secrets the pod template references
-//! ([`crate::kube::config`]) and, when any changed, logs the names of those that did;
-//! the revision the engine sees stays the Deployment's. Only a ConfigMap's hash is
-//! logged: a hash over Secret data (unsalted, of possibly low-entropy values) could be
-//! brute-forced offline by whoever reads the logs, so neither a Secret's hash nor the
-//! overall hash ever is.
+//! ([`crate::kube::config`]): a change of them alone is a change of the revision the
+//! engine sees, `18` then `18+cfg.1`, `18+cfg.2` (see [`Generations`]), and the names of
+//! the objects that changed are logged. Only a ConfigMap's hash is logged: a hash over
+//! Secret data (unsalted, of possibly low-entropy values) could be brute-forced offline
+//! by whoever reads the logs, so neither a Secret's hash nor the overall hash ever is,
+//! and the overall hash stays in memory. The Deployment is watched, its ConfigMaps and
+//! Secrets are not: a change of them alone is seen at the next event of the Deployment,
+//! at the latest when the watch is renewed (a minute).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -26,6 +29,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use crate::config::KubeDeploymentRef;
 use crate::kube::config::{Content, Kind, Observed};
 use crate::kube::{Handle, KubeError, StepError};
+use crate::source::change::Generations;
 
 /// How long one watch request stays open before it is renewed.
 const WATCH_SECONDS: u32 = 60;
@@ -122,6 +126,8 @@ pub struct Watcher {
     objects: BTreeMap<(Kind, String), Option<String>>,
     /// The last error reading them, said once.
     config_error: Option<String>,
+    /// The configuration generation of the revision reported.
+    generations: Generations,
 }
 
 impl Watcher {
@@ -133,11 +139,19 @@ impl Watcher {
             config_hash: None,
             objects: BTreeMap::new(),
             config_error: None,
+            generations: Generations::default(),
         }
     }
 
-    /// The Deployment's current revision; remembers the version read for
-    /// [`changed`](Self::changed).
+    /// Goes on from `revision`, the last one the engine knew of the target, so that a
+    /// restart does not start the configuration generations again.
+    pub fn remembering(mut self, revision: Option<&str>) -> Watcher {
+        self.generations = Generations::remembering(revision);
+        self
+    }
+
+    /// The Deployment's current revision with its configuration generation (`18+cfg.2`);
+    /// remembers the version read for [`changed`](Self::changed).
     pub async fn observe(&mut self) -> Result<String, String> {
         let t = &self.target;
         let result: Result<(String, Result<Vec<Observed>, KubeError>), StepError> = async {
@@ -157,8 +171,11 @@ impl Watcher {
         }
         .await;
         let (revision, observed) = result.map_err(|e| e.to_string())?;
+        let readable = observed.is_ok();
         self.config_seen(&revision, observed);
-        Ok(revision)
+        // Configuration that cannot be read is taken as unchanged, never as a change.
+        let digest = self.config_hash.clone().filter(|_| readable);
+        Ok(self.generations.name(&revision, digest.as_deref()))
     }
 
     /// The content hash of the Deployment's configuration, as last read. It covers

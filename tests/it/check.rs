@@ -193,7 +193,7 @@ headers = { Authorization = { env = "STATUS_PAGE_TOKEN", prefix = "Bearer " } }
         stderr(&out)
     );
     let expected = [
-        r#"target[0].blame_windw: unknown key "blame_windw"; known: "name", "plan", "blame_window", "cooldown", "max_rollbacks", "rollback_period", "change", "bake", "keep_snapshots", "healthy_for""#,
+        r#"target[0].blame_windw: unknown key "blame_windw"; known: "name", "plan", "blame_window", "cooldown", "max_rollbacks", "rollback_period", "change", "bake", "keep_snapshots", "healthy_for", "config_files""#,
         r#"target[1].plan: no plan is named "rollbak""#,
         r#"plan[0].step[1].command[3]: placeholders are substituted only as whole arguments: write "{to_revision}" as an argument of its own, or read the environment variable REARGUARD_TO_REVISION"#,
         r#"plan[0].step[2].headers.Authorization: environment variable STATUS_PAGE_TOKEN is not set"#,

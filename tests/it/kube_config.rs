@@ -1018,32 +1018,44 @@ window = "3s"
 }
 
 #[tokio::test]
-async fn the_observers_config_hash_follows_the_configmaps_and_secrets_and_not_the_revision_alone() {
+async fn each_change_of_the_configmaps_and_secrets_alone_is_a_configuration_generation() {
     let fake = KubeFake::start().await;
     seed(&fake);
     let mut watcher = rearguard::source::kube_deployment::Watcher::new(&target(&fake));
     assert_eq!(watcher.observe().await, Ok("1".to_owned()));
     let first = watcher.config_hash().expect("a hash").to_owned();
-    assert_eq!(watcher.observe().await, Ok("1".to_owned()));
     assert_eq!(
-        watcher.config_hash(),
-        Some(first.as_str()),
+        watcher.observe().await,
+        Ok("1".to_owned()),
         "nothing changed"
     );
+    assert_eq!(watcher.config_hash(), Some(first.as_str()));
     fake.put(config_map("bad"));
-    assert_eq!(watcher.observe().await, Ok("1".to_owned()));
-    let second = watcher.config_hash().unwrap().to_owned();
-    assert_ne!(second, first, "a ConfigMap's data changed");
+    assert_eq!(
+        watcher.observe().await,
+        Ok("1+cfg.1".to_owned()),
+        "a ConfigMap's data changed"
+    );
     fake.put(secret(BAD_PASSWORD));
-    assert_eq!(watcher.observe().await, Ok("1".to_owned()));
-    let third = watcher.config_hash().unwrap().to_owned();
-    assert_ne!(third, second, "a Secret's data changed");
+    assert_eq!(
+        watcher.observe().await,
+        Ok("1+cfg.2".to_owned()),
+        "a Secret's data changed"
+    );
     // The optional ConfigMap appearing changes it too.
     fake.put(json!({"apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": "web-flags", "namespace": NS},
                     "data": {"flags": "x"}}));
-    assert_eq!(watcher.observe().await, Ok("1".to_owned()));
-    assert_ne!(watcher.config_hash().unwrap(), third);
+    assert_eq!(watcher.observe().await, Ok("1+cfg.3".to_owned()));
+    // A restart goes on from the revision the engine remembers: no change.
+    let mut restarted = rearguard::source::kube_deployment::Watcher::new(&target(&fake))
+        .remembering(Some("1+cfg.3"));
+    assert_eq!(restarted.observe().await, Ok("1+cfg.3".to_owned()));
+    fake.put(config_map("good"));
+    assert_eq!(restarted.observe().await, Ok("1+cfg.4".to_owned()));
+    // A new Deployment revision starts again at its own number.
+    deploy(&fake, 2);
+    assert_eq!(restarted.observe().await, Ok("2".to_owned()));
 }
 
 #[tokio::test]
@@ -1109,7 +1121,7 @@ to_revision = 3
 "#;
     let errors: Vec<String> = support::config_errors(text);
     for expected in [
-        "target[0].bake: only for a target whose change observer is kube_deployment",
+        "target[0].bake: only for a target whose change observer is kube_deployment, or that has config_files",
         "target[1].bake: must be greater than zero",
         "target[1].keep_snapshots: must be at least 1",
         "plan[0].step[0].to_revision: expected a revision number >= 1 or \"{to_revision}\"",
@@ -1238,4 +1250,226 @@ async fn in_shadow_mode_a_baked_revision_is_not_snapshotted() {
         .collect();
     assert!(lists.is_empty(), "no snapshot listed either: {lists:?}");
     assert!(snapshot_names(&fake, "configmaps").is_empty());
+}
+
+/// The daemon with the shipped level-2 recipe (`kubernetes-config`) on the OOM rule,
+/// baking after 300ms, and the deployment controller's status kept complete by a task.
+fn level2_daemon(
+    fake: &Arc<KubeFake>,
+    dir: &tempfile::TempDir,
+) -> (crate::running::Running, tokio::task::JoinHandle<()>) {
+    let controller = {
+        let fake = Arc::clone(fake);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                every.tick().await;
+                complete_rollout(&fake);
+            }
+        })
+    };
+    let text = format!(
+        r#"
+[daemon]
+state_dir = "{state}"
+listen = "127.0.0.1:0"
+tick = "50ms"
+drain_timeout = "5s"
+
+[kubernetes]
+kubeconfig = "{kubeconfig}"
+
+[[target]]
+name = "web"
+plan = "level2"
+blame_window = "5m"
+bake = "300ms"
+healthy_for = "0s"
+change = {{ type = "kube_deployment", namespace = "shop", deployment = "web" }}
+
+[[signal]]
+name = "oom"
+target = "web"
+type = "kube_pods"
+namespace = "shop"
+selector = "app=web"
+event = "oom_killed"
+interval = "100ms"
+
+[[rule]]
+name = "memory-leak"
+signal = "oom"
+when = "> 1"
+within = "2s"
+
+[[plan]]
+name = "level2"
+
+[[plan.step]]
+type = "recipe"
+recipe = "kubernetes-config"
+name = "level 2"
+with = {{ namespace = "shop", deployment = "web", rollout_timeout = "20s" }}
+
+[plan.verify]
+window = "3s"
+"#,
+        state = dir.path().display(),
+        kubeconfig = fake.kubeconfig().display(),
+    );
+    (
+        crate::running::start(crate::daemon::load(&text)),
+        controller,
+    )
+}
+
+/// Waits until revision 1's configuration is snapshotted on the cluster.
+async fn baked_revision_1(fake: &KubeFake) {
+    support::poll_until(Duration::from_secs(15), || {
+        fake.get("configmaps", NS, "web-r1-web-config").is_some()
+            && fake.get("secrets", NS, "web-r1-web-secret").is_some()
+    })
+    .await
+    .expect("the baked revision's configuration is snapshotted");
+}
+
+/// What the incident's steps printed, in order.
+fn step_outputs(inc: &rearguard::engine::Incident) -> Vec<String> {
+    inc.timeline
+        .iter()
+        .filter_map(|e| match &e.kind {
+            rearguard::engine::EntryKind::StepFinished { output, .. } => Some(output.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Issue 14: a ConfigMap changed and the Deployment did not. The change is seen as
+/// revision `1+cfg.1` and blamed; the level-2 recipe restores the ConfigMap from the
+/// snapshot of revision 1 and restarts, and neither marks revision 1 bad nor undoes it.
+#[tokio::test]
+async fn a_configmap_only_change_is_rolled_back_by_restoring_the_configmap_not_the_deployment() {
+    let fake = Arc::new(KubeFake::start().await);
+    seed(&fake);
+    let dir = support::temp_dir();
+    let (mut d, controller) = level2_daemon(&fake, &dir);
+    d.wait_for("the start", 10, |e| matches!(e, Event::Started))
+        .await;
+    baked_revision_1(&fake).await;
+
+    fake.put(config_map("bad"));
+    // The observer reads the configuration at the Deployment's next watch event (at the
+    // latest when the watch is renewed, a minute); an annotation makes one now.
+    let mut dep = fake.get("deployments", NS, NAME).unwrap();
+    dep["metadata"]["annotations"]["example.com/touched"] = json!("1");
+    fake.put(dep);
+    d.wait_for(
+        "the configuration-only change",
+        10,
+        |e| matches!(e, Event::Effect(_, Effect::ChangeObserved { from, to, .. }) if from == "1" && to == "1+cfg.1"),
+    )
+    .await;
+    set_pod(&fake, "a", 1, true);
+    set_pod(&fake, "b", 1, true);
+
+    let inc = d.closed_incident(30).await;
+    assert_eq!(
+        inc.outcome,
+        Some(Outcome::RolledBack),
+        "timeline: {:#?}",
+        inc.timeline
+    );
+    assert_eq!(inc.from_revision.as_deref(), Some("1+cfg.1"));
+    assert_eq!(inc.to_revision.as_deref(), Some("1"));
+    let outputs = step_outputs(&inc);
+    assert!(outputs[0].contains("nothing marked"), "{outputs:#?}");
+    assert!(
+        outputs[1].contains("stays at revision 1") && outputs[1].contains("nothing to undo"),
+        "{outputs:#?}"
+    );
+    assert!(
+        outputs[2].contains("configmap shop/web-config restored"),
+        "{outputs:#?}"
+    );
+    assert_eq!(mode(&fake, "web-config"), "good");
+    let rs = fake.get("replicasets", NS, "web-h1").unwrap();
+    assert!(
+        rs["metadata"]["annotations"]["rearguard.io/marked-bad"].is_null(),
+        "the revision that did not change is not marked bad: {rs}"
+    );
+    let dep = fake.get("deployments", NS, NAME).unwrap();
+    assert_eq!(
+        dep["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "1"
+    );
+    assert!(
+        dep["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .is_string(),
+        "restarted so that every pod reads the restored configuration"
+    );
+    d.stop().await;
+    controller.abort();
+}
+
+/// Issue 14: a configuration generation bakes under its full revision, and a new
+/// Deployment revision after it (with other configuration) is rolled back by the same
+/// level-2 recipe to both: the Deployment to revision 1 and the configuration of
+/// `1+cfg.1`, from its own snapshot.
+#[tokio::test]
+async fn a_deployment_and_config_change_after_a_config_generation_restores_both() {
+    let fake = Arc::new(KubeFake::start().await);
+    seed(&fake);
+    let dir = support::temp_dir();
+    let (mut d, controller) = level2_daemon(&fake, &dir);
+    d.wait_for("the start", 10, |e| matches!(e, Event::Started))
+        .await;
+    baked_revision_1(&fake).await;
+    // A configuration change that is fine: it bakes as 1+cfg.1.
+    let mut tuned = config_map("good");
+    tuned["data"]["HEAP"] = json!("512m");
+    fake.put(tuned.clone());
+    let mut dep = fake.get("deployments", NS, NAME).unwrap();
+    dep["metadata"]["annotations"]["example.com/touched"] = json!("1");
+    fake.put(dep);
+    support::poll_until(Duration::from_secs(15), || {
+        fake.get("configmaps", NS, "web-r1c1-web-config").is_some()
+    })
+    .await
+    .expect("the configuration generation is snapshotted under its full revision");
+
+    fake.put(config_map("bad"));
+    fake.put(secret(BAD_PASSWORD));
+    deploy(&fake, 2);
+    d.wait_for(
+        "the bad rollout",
+        10,
+        |e| matches!(e, Event::Effect(_, Effect::ChangeObserved { from, to, .. }) if from == "1+cfg.1" && to == "2"),
+    )
+    .await;
+    set_pod(&fake, "a", 1, true);
+    set_pod(&fake, "b", 1, true);
+
+    let inc = d.closed_incident(30).await;
+    assert_eq!(
+        inc.outcome,
+        Some(Outcome::RolledBack),
+        "timeline: {:#?}",
+        inc.timeline
+    );
+    assert_eq!(inc.to_revision.as_deref(), Some("1+cfg.1"));
+    let dep = fake.get("deployments", NS, NAME).unwrap();
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["containers"][0]["image"],
+        "web:1"
+    );
+    assert_eq!(
+        fake.get("configmaps", NS, "web-config").unwrap()["data"],
+        tuned["data"],
+        "the configuration of 1+cfg.1, not of 1"
+    );
+    assert_eq!(password(&fake, "web-secret"), GOOD_PASSWORD);
+    let bad = fake.get("replicasets", NS, "web-h2").unwrap();
+    assert!(bad["metadata"]["annotations"]["rearguard.io/marked-bad"].is_string());
+    d.stop().await;
+    controller.abort();
 }

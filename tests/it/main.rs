@@ -15,6 +15,7 @@ mod demo;
 mod disk_full;
 mod flood;
 mod fuzz_regressions;
+mod host_config;
 mod journal;
 mod kube_api;
 mod kube_change;

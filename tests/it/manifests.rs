@@ -435,7 +435,10 @@ fn every_kube_step(fake: &KubeFake) -> Vec<ActionSpec> {
             | ActionSpec::KubeMarkBad(_)
             | ActionSpec::KubeRestoreConfig(_)
             | ActionSpec::KubeDeletePods(_) => {}
-            ActionSpec::Exec(_) | ActionSpec::ReleaseSwitch(_) | ActionSpec::Http(_) => {
+            ActionSpec::Exec(_)
+            | ActionSpec::ReleaseSwitch(_)
+            | ActionSpec::Http(_)
+            | ActionSpec::RestoreConfigFiles(_) => {
                 unreachable!("not a kubernetes step")
             }
         }

@@ -299,6 +299,21 @@ def prometheus_every_other_query():
     r.write("prometheus-fails-every-other-query")
 
 
+def config_only_change(name, base):
+    # Revision `base` runs from the start; at 5m only its configuration changes (a
+    # ConfigMap, an .env file: the observer names it base+cfg.1) and 8% of requests
+    # fail; whoever rolls back restores the configuration at 6m30s, which the observer
+    # sees as base+cfg.2 (the same Deployment revision or release).
+    r = Recording()
+    r.change(0, base)
+    for s in range(5, 12 * 60 + 1, 5):
+        errors = 80 if 5 * 60 < s <= 6 * 60 + 30 else 3
+        r.rate(s, "errors", errors, 1000)
+    r.change(5 * 60, f"{base}+cfg.1")
+    r.change(6 * 60 + 30, f"{base}+cfg.2")
+    r.write(name)
+
+
 if __name__ == "__main__":
     bad_deploy()
     rollback_does_not_fix()
@@ -316,3 +331,5 @@ if __name__ == "__main__":
     lull_after_pending()
     blind_inside_breach()
     prometheus_every_other_query()
+    config_only_change("configmap-only-change", "18")
+    config_only_change("env-file-only-change", "v18")

@@ -58,6 +58,7 @@ pub fn validate(
     let escalation =
         notifiers::escalation(&mut ctx, &items.escalation, &notifiers, &names.notifiers);
     plans::check_verification(&mut ctx, &mut plans, &targets, &rules);
+    plans::place_snapshots(&mut plans, &daemon.state_dir);
 
     let config = Config {
         daemon,

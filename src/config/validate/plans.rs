@@ -14,8 +14,8 @@ use crate::config::recipe::{self, ExpandedStep};
 use crate::config::units;
 use crate::config::{
     ActionSpec, ExecSpec, HeaderValue, HttpCallSpec, KubeDeploymentRef, KubeRestoreConfigSpec,
-    KubeRolloutUndoSpec, KubeScaleSpec, OnFailure, Plan, ReleaseSwitchSpec, Replicas, Rule,
-    RuleMode, Step, Target, ToRevision, Verify,
+    KubeRolloutUndoSpec, KubeScaleSpec, OnFailure, Plan, ReleaseSwitchSpec, Replicas,
+    RestoreConfigFilesSpec, Rule, RuleMode, Step, Target, ToRevision, Verify,
 };
 use crate::kube::Access;
 
@@ -143,6 +143,27 @@ fn action(ctx: &mut Ctx, sp: &str, raw_step: &RawStep, kube_access: &Access) -> 
         | RawStep::KubeMarkBad(k)
         | RawStep::KubeRestoreConfig(k)
         | RawStep::KubeDeletePods(k) => kube_step(ctx, sp, raw_step, k, kube_access),
+        RawStep::RestoreConfigFiles { to_revision, .. } => {
+            ActionSpec::RestoreConfigFiles(RestoreConfigFilesSpec {
+                // Filled in by `place_snapshots` once `[daemon]` is known.
+                state_dir: PathBuf::new(),
+                revision: to_revision
+                    .as_ref()
+                    .filter(|t| t.as_str() != "{to_revision}")
+                    .cloned(),
+            })
+        }
+    }
+}
+
+/// Gives every `restore_config_files` step the state directory its snapshots are in.
+pub(super) fn place_snapshots(plans: &mut [Option<Plan>], state_dir: &std::path::Path) {
+    for plan in plans.iter_mut().flatten() {
+        for step in &mut plan.steps {
+            if let ActionSpec::RestoreConfigFiles(spec) = &mut step.action {
+                spec.state_dir = state_dir.to_path_buf();
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! `[[target]]`: the things rolled back, each with its plan (resolved by name), change
-//! observer, rollback budget and, for a `kube_deployment` target, its bake time and
+//! observer, rollback budget, a host target's configuration files and, for a
+//! `kube_deployment` target or one with configuration files, its bake time and
 //! snapshots. It must not look inside a plan or a signal: plans are resolved to indexes
 //! only.
 
@@ -70,8 +71,9 @@ fn target(
             &raw.rollback_period,
             Duration::from_secs(3600),
         ),
-        bake: kube_bake(ctx, &p, raw, change.as_ref()),
+        bake: bake(ctx, &p, raw, change.as_ref()),
         healthy_for: healthy_for(ctx, &p, raw, change.as_ref()),
+        config_files: config_files(ctx, &p, raw, change.as_ref()),
         keep_snapshots: match raw.keep_snapshots {
             Some(0) => {
                 ctx.err(format!("{p}.keep_snapshots"), "must be at least 1");
@@ -132,15 +134,20 @@ fn change(ctx: &mut Ctx, p: &str, raw: &RawChange, kube_access: &Access) -> Chan
     }
 }
 
-/// A target's `bake`: default 10 minutes for a `kube_deployment` target, refused for
-/// others (snapshots are of a Deployment's ConfigMaps and Secrets).
-fn kube_bake(
-    ctx: &mut Ctx,
-    p: &str,
-    raw: &RawTarget,
-    change: Option<&ChangeSpec>,
-) -> Option<Duration> {
-    let kube = matches!(change, Some(ChangeSpec::KubeDeployment(_)));
+/// Whether the target's configuration is snapshotted when a revision bakes: a
+/// `kube_deployment` target's ConfigMaps and Secrets, or a host target's files.
+fn snapshotted(raw: &RawTarget, change: Option<&ChangeSpec>) -> bool {
+    match change {
+        Some(ChangeSpec::KubeDeployment(_)) => true,
+        Some(_) => raw.config_files.as_ref().is_some_and(|f| !f.is_empty()),
+        None => false,
+    }
+}
+
+/// A target's `bake`: default 10 minutes for a `kube_deployment` target or one with
+/// `config_files`, refused for others (there is nothing to snapshot).
+fn bake(ctx: &mut Ctx, p: &str, raw: &RawTarget, change: Option<&ChangeSpec>) -> Option<Duration> {
+    let kube = snapshotted(raw, change);
     if !kube && (raw.bake.is_some() || raw.keep_snapshots.is_some()) {
         let key = if raw.bake.is_some() {
             "bake"
@@ -149,7 +156,7 @@ fn kube_bake(
         };
         ctx.err(
             format!("{p}.{key}"),
-            "only for a target whose change observer is kube_deployment",
+            "only for a target whose change observer is kube_deployment, or that has config_files",
         );
         return None;
     }
@@ -162,11 +169,69 @@ fn kube_bake(
 /// for the replaced revision to count as healthy. Default: the target's `bake` (10
 /// minutes unless set), zero allowed (the instant of the change only).
 fn healthy_for(ctx: &mut Ctx, p: &str, raw: &RawTarget, change: Option<&ChangeSpec>) -> Duration {
-    let kube = matches!(change, Some(ChangeSpec::KubeDeployment(_)));
+    let kube = snapshotted(raw, change);
     let bake = match &raw.bake {
         Some(text) if kube => crate::config::units::parse_duration(text).ok(),
         _ => None,
     };
     let default = bake.unwrap_or(Duration::from_secs(10 * 60));
     ctx.duration(format!("{p}.healthy_for"), &raw.healthy_for, default)
+}
+
+/// A target's `config_files`: only beside a `release_symlink` or `exec` observer (a
+/// Deployment's configuration is its ConfigMaps and Secrets), each an absolute path
+/// without `..` whose wildcards (`*`, `?`) are in its last component only.
+fn config_files(
+    ctx: &mut Ctx,
+    p: &str,
+    raw: &RawTarget,
+    change: Option<&ChangeSpec>,
+) -> Vec<String> {
+    let Some(files) = &raw.config_files else {
+        return Vec::new();
+    };
+    let key = format!("{p}.config_files");
+    if !matches!(
+        change,
+        Some(ChangeSpec::ReleaseSymlink { .. } | ChangeSpec::Exec { .. })
+    ) {
+        ctx.err(
+            key,
+            "only for a target whose change observer is release_symlink or exec (a Deployment's configuration is its ConfigMaps and Secrets)",
+        );
+        return Vec::new();
+    }
+    let most = crate::source::change::CONFIG_FILES_MAX;
+    if files.len() > most {
+        ctx.err(key.clone(), format!("at most {most} files or patterns"));
+    }
+    for (j, file) in files.iter().enumerate() {
+        if let Err(why) = config_file_pattern(file) {
+            ctx.err(format!("{key}[{j}]"), why);
+        }
+    }
+    files.clone()
+}
+
+/// Why `pattern` is not a usable `config_files` entry.
+fn config_file_pattern(pattern: &str) -> Result<(), String> {
+    let path = std::path::Path::new(pattern);
+    if !path.is_absolute() {
+        return Err(format!("{pattern:?} is not an absolute path"));
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!("{pattern:?} holds \"..\""));
+    }
+    let Some(parent) = path.parent().filter(|_| path.file_name().is_some()) else {
+        return Err(format!("{pattern:?} names no file"));
+    };
+    if parent.to_string_lossy().contains(['*', '?', '[']) {
+        return Err(format!(
+            "{pattern:?}: wildcards (* and ?) are allowed in the file name only"
+        ));
+    }
+    Ok(())
 }
