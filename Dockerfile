@@ -33,6 +33,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -s -m 0755 target/release/rearguard /usr/local/bin/rearguard
 
 FROM scratch AS prebuilt
+# podman keeps this stage as an untagged image; the label lets scripts/image remove it.
+LABEL io.rearguard.stage="prebuilt"
 COPY target/release/rearguard /usr/local/bin/rearguard
 
 # The stage the final image takes the binary from; only that one is built.
