@@ -16,8 +16,37 @@ use crate::config::{self, Config, Mode};
 /// Exit code for bad configuration or usage.
 pub const EXIT_CONFIG: u8 = 64;
 
+/// The configuration `run` and the control commands read when `--config` is not given:
+/// where the Debian package installs it (a conffile) and the container image has it.
+pub const DEFAULT_CONFIG: &str = "/etc/rearguard/rearguard.toml";
+
+/// The end of `rearguard --help` and of the man page: files, environment, exit status.
+const AFTER_LONG_HELP: &str = "\
+Files:
+  /etc/rearguard/rearguard.toml  the configuration run and the control commands read by
+                                 default (the Debian package's conffile)
+  /var/lib/rearguard             the state directory ([daemon] state_dir): incidents,
+                                 the notification outbox, reports
+
+Environment:
+  REARGUARD_LOG                  log filter, e.g. \"debug\" or \"info,rearguard::engine=debug\"
+  REARGUARD_<SECTION>__<KEY>     overrides a configuration key, e.g.
+                                 REARGUARD_DAEMON__MODE=shadow
+  NO_COLOR                       no colour in the log, even on a terminal
+
+Exit status: 0 success, 64 bad configuration or usage, 1 runtime failure.";
+
 #[derive(Debug, Parser)]
-#[command(name = "rearguard", version, about = "An autonomous rollback watchdog")]
+#[command(
+    name = "rearguard",
+    version,
+    about = "An autonomous rollback watchdog",
+    long_about = "An autonomous rollback watchdog: samples error rate, latency, OOM kills and \
+health checks, evaluates a trigger table, rolls back a bad deploy with its plan, verifies \
+the rollback and escalates to people.",
+    after_long_help = AFTER_LONG_HELP,
+    propagate_version = true
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -58,7 +87,8 @@ pub enum Command {
     },
     /// Run the watchdog.
     Run {
-        #[arg(long, short)]
+        /// The configuration file (TOML, or YAML by extension).
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Start with an empty state when the state store cannot be read (a damaged
         /// database, engine memory that does not decode), which otherwise stops the
@@ -69,6 +99,7 @@ pub enum Command {
     /// Replay recorded readings through a configuration's rules, with no side effects,
     /// and print what would have happened.
     Replay {
+        /// The configuration whose rules judge the readings.
         #[arg(long, short)]
         config: PathBuf,
         /// A recording (CSV, as `rearguard record` writes it).
@@ -98,6 +129,7 @@ pub enum Command {
     },
     /// Record live readings of a configuration's signals to a CSV recording.
     Record {
+        /// The configuration whose signals are read.
         #[arg(long, short)]
         config: PathBuf,
         /// The recording to write; "-" for standard output.
@@ -110,6 +142,7 @@ pub enum Command {
     /// Send a clearly marked test message through a configured notifier and print what
     /// the provider answered.
     NotifyTest {
+        /// The configuration that defines the notifier.
         #[arg(long, short)]
         config: PathBuf,
         /// The notifier's name, as in `[[notifier]] name`.
@@ -193,6 +226,26 @@ pub enum Command {
     },
 }
 
+/// `rearguard generate`: shell completions and man pages for packagers. A command line of
+/// its own, not a subcommand of [`Cli`], so that the completions and pages it writes
+/// from [`Cli`] neither offer nor describe it (clap_complete offers hidden subcommands).
+#[derive(Debug, Parser)]
+#[command(name = "rearguard generate", version)]
+pub struct GenerateCli {
+    #[command(subcommand)]
+    pub what: Generate,
+}
+
+/// What `rearguard generate` writes.
+#[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// The completion script for one shell, on standard output.
+    Completions { shell: clap_complete::Shell },
+    /// Everything a package installs: `completions/` (bash, zsh, fish) and `man/` (a page
+    /// per command) in DIR; packaging/debian/ holds the output for the Debian package.
+    Packaging { dir: PathBuf },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum RecipesCommand {
     /// Print a recipe: its parameters, preconditions, what it verifies, what it cannot
@@ -204,7 +257,8 @@ pub enum RecipesCommand {
 /// listen address and the control token.
 #[derive(Debug, clap::Args)]
 pub struct ApiArgs {
-    #[arg(long, short)]
+    /// The running rearguard's configuration: its listen address and control token.
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// The API's base URL, when not `http://<daemon.listen>`.
     #[arg(long)]
@@ -216,13 +270,16 @@ pub struct ApiArgs {
 
 /// Parses the process arguments and runs the chosen command.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "generate") {
+        return match GenerateCli::try_parse_from(&args[1..]) {
+            Ok(g) => generate(&g.what),
+            Err(e) => usage(e),
+        };
+    }
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(e) => return usage(e),
     };
     match cli.command {
         Command::Check { files } => check(&files, &mut std::io::stdout()),
@@ -320,6 +377,13 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// A parse error (exit 64) or `--help`/`--version` (exit 0), printed.
+fn usage(e: clap::Error) -> ExitCode {
+    let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+    let _ = e.print();
+    ExitCode::from(code)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -333,7 +397,9 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Logs go to the journal natively when stderr is connected to it (systemd says so with
 /// `JOURNAL_STREAM`), with every field as a journal field (`INCIDENT=...`); otherwise
-/// human-readable text or JSON lines on stderr.
+/// human-readable text or JSON lines on stderr, the text in colour only on a terminal
+/// (and not with `NO_COLOR` set): a pipe, a file or a container runtime's log gets no
+/// escape sequences.
 fn init_logging(format: LogFormat, default: &str) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -359,11 +425,19 @@ fn init_logging(format: LogFormat, default: &str) {
     let filter = filter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour(std::env::var_os("NO_COLOR").as_deref()));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Whether text logs on stderr are coloured: only on a terminal, and not when `NO_COLOR`
+/// is set to anything but the empty string (no-color.org).
+fn colour(no_color: Option<&std::ffi::OsStr>) -> bool {
+    use std::io::IsTerminal as _;
+    no_color.is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }
 
 /// Whether stderr is the stream systemd connected to the journal: `JOURNAL_STREAM` holds
@@ -679,6 +753,51 @@ pub fn render_status(s: &crate::api::control::Status) -> String {
         ));
     }
     out
+}
+
+/// `rearguard generate`: completions and man pages made from this very command line, so
+/// they cannot fall behind it.
+fn generate(what: &Generate) -> ExitCode {
+    use clap::CommandFactory as _;
+    match what {
+        Generate::Completions { shell } => {
+            let mut out = std::io::stdout();
+            clap_complete::generate(*shell, &mut Cli::command(), "rearguard", &mut out);
+            ExitCode::SUCCESS
+        }
+        Generate::Packaging { dir } => match write_packaging(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "cannot write completions and man pages to {}: {e}",
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Writes `completions/` (bash, zsh and fish, named as clap_complete names them) and
+/// `man/` (`rearguard.1` and a page per command) under `dir`. Pages already in `man/`
+/// are removed first, so a command that is gone leaves no page behind.
+pub fn write_packaging(dir: &Path) -> std::io::Result<()> {
+    use clap::CommandFactory as _;
+    use clap_complete::Shell;
+    let completions = dir.join("completions");
+    std::fs::create_dir_all(&completions)?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "rearguard", &completions)?;
+    }
+    let man = dir.join("man");
+    std::fs::create_dir_all(&man)?;
+    for entry in std::fs::read_dir(&man)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "1") {
+            std::fs::remove_file(path)?;
+        }
+    }
+    clap_mangen::generate_to(Cli::command(), &man)
 }
 
 /// Loads a configuration, or prints every error and gives the exit code.

@@ -145,6 +145,16 @@ pub enum Mode {
     Shadow,
 }
 
+impl Mode {
+    /// The mode as the configuration spells it (`daemon.mode`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
 /// Something watched and rolled back as a unit (`[[target]]`).
 #[derive(Debug, Clone)]
 pub struct Target {

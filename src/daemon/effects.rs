@@ -19,7 +19,7 @@ use super::generation::Generation;
 use super::held::still_ordered;
 use super::steps::{self, Step};
 use crate::api::{Metrics, Stage, control};
-use crate::config::{Config, Occasion};
+use crate::config::{Config, NotifierKind, Occasion};
 use crate::engine::{Effect, Engine, EntryKind, Incident, Notification, Outcome, StepOrder, Ts};
 use crate::notify::outbox::{Outbox, Queued};
 use crate::store::{Decision, StepRecord, Store};
@@ -335,11 +335,7 @@ fn publish(
         metrics.target_state(t, target.breaker.is_some(), paused);
     }
     let snapshot = control::Status {
-        mode: match cfg.daemon.mode {
-            crate::config::Mode::Enforce => "enforce",
-            crate::config::Mode::Shadow => "shadow",
-        }
-        .to_owned(),
+        mode: cfg.daemon.mode.name().to_owned(),
         paused_all: memory.paused_all,
         targets: memory
             .targets
@@ -400,6 +396,15 @@ fn notify(cfg: &Config, outbox: &Outbox, n: &Notification) {
                 .map(|&i| cfg.notifiers[i].name.as_str())
                 .collect();
             tracing::debug!(incident = %n.incident, occasion = n.occasion.name(), messages = messages.len(), notifiers = ?to, "notification queued");
+            // One line per notification: a log notifier writes it when it delivers;
+            // without one, it is written here, saying where it went.
+            let logged = n
+                .notifiers
+                .iter()
+                .any(|&i| matches!(cfg.notifiers[i].kind, NotifierKind::Log));
+            if !logged {
+                crate::notify::log_sent(&n.incident, n.occasion, &n.summary, &to.join(", "));
+            }
         }
         Ok(Queued::Kept(messages, e)) => {
             tracing::error!(incident = %n.incident, error = %e, messages = messages.len(), "cannot write a notification to the outbox; it is kept in memory and written, in order, once the state store works again");
@@ -438,6 +443,12 @@ fn log_effect(cfg: &Config, effect: &Effect) {
             previous_healthy,
             "revision changed"
         ),
+        // A notification has its own line: the log notifier's, or `notify`'s.
+        Effect::Timeline {
+            incident, entry, ..
+        } if entry.kind == EntryKind::Notification => {
+            tracing::debug!(incident = %incident, "{}", entry.text)
+        }
         Effect::Timeline {
             incident, entry, ..
         } => {

@@ -220,14 +220,14 @@ impl<'a> Generation<'a> {
     fn announce(&mut self, reloaded: bool) {
         let cfg = &self.cfg;
         let (targets, signals, rules) = (cfg.targets.len(), cfg.signals.len(), cfg.rules.len());
-        let mode = cfg.daemon.mode;
+        let mode = cfg.daemon.mode.name();
         if reloaded {
             self.shared
                 .lasting
                 .reloaded(true, std::time::SystemTime::now());
-            tracing::info!(targets, signals, rules, mode = ?mode, "configuration reloaded");
+            tracing::info!(targets, signals, rules, mode, "configuration reloaded");
         } else {
-            tracing::info!(targets, signals, rules, mode = ?mode, "rearguard started");
+            tracing::info!(targets, signals, rules, mode, "rearguard started");
         }
         let systemd = self.shared.systemd.as_ref();
         if let Some(sd) = systemd {

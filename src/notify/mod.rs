@@ -179,12 +179,28 @@ fn log_message(msg: &Message) {
 
 /// Writes a notification to the log: good news at info, the rest at warn.
 pub fn log(incident: &str, occasion: Occasion, summary: &str) {
-    match occasion {
-        Occasion::Resolved | Occasion::RollbackSucceeded | Occasion::Acknowledged => {
-            tracing::info!(incident = %incident, occasion = occasion.name(), "{summary}")
-        }
-        _ => tracing::warn!(incident = %incident, occasion = occasion.name(), "{summary}"),
+    if good_news(occasion) {
+        tracing::info!(incident = %incident, occasion = occasion.name(), "{summary}")
+    } else {
+        tracing::warn!(incident = %incident, occasion = occasion.name(), "{summary}")
     }
+}
+
+/// The log's one line for a notification that no log notifier writes: as [`log`] writes
+/// it, with the names of the notifiers it was queued for.
+pub fn log_sent(incident: &str, occasion: Occasion, summary: &str, notifiers: &str) {
+    if good_news(occasion) {
+        tracing::info!(incident = %incident, occasion = occasion.name(), notifiers, "{summary}")
+    } else {
+        tracing::warn!(incident = %incident, occasion = occasion.name(), notifiers, "{summary}")
+    }
+}
+
+fn good_news(occasion: Occasion) -> bool {
+    matches!(
+        occasion,
+        Occasion::Resolved | Occasion::RollbackSucceeded | Occasion::Acknowledged
+    )
 }
 
 /// The longest answer body kept in a [`Delivery`] description.

@@ -1,5 +1,8 @@
 //! The Kubernetes manifests of packaging/kubernetes/: each parses into its k8s-openapi
-//! type (converted from YAML by the real kubectl, offline), the Deployments are what the
+//! type (converted from YAML by the real kubectl, offline), every kustomization renders
+//! (`kubectl kustomize`) into typed objects that fit together (the base highly available
+//! and namespace-scoped, the cluster-wide overlay, the ServiceMonitor component, the
+//! sidecar) and runs the image scripts/image builds, the Deployments are what the
 //! README promises, the ConfigMaps hold the example configurations byte for byte and
 //! those pass `rearguard check`, and the Roles grant every request rearguard made to the
 //! fake API server while running each of its Kubernetes sources, plan steps, Events and
@@ -11,8 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role, RoleBinding};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use rearguard::action::{Action, ActionContext};
 use rearguard::config::{
     ActionSpec, KubeDeploymentRef, KubePodsSpec, KubeRestoreConfigSpec, KubeRolloutUndoSpec,
@@ -29,29 +34,86 @@ fn manifests_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/kubernetes")
 }
 
+/// Every YAML file under packaging/kubernetes/, relative to it, kustomizations included.
+fn yaml_files() -> BTreeSet<PathBuf> {
+    fn walk(dir: &Path, out: &mut BTreeSet<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                out.insert(path.strip_prefix(manifests_dir()).unwrap().to_owned());
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(&manifests_dir(), &mut out);
+    out
+}
+
+fn is_kustomization(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == "kustomization.yaml")
+}
+
+/// The manifest named `file` (its names are unique under packaging/kubernetes/).
+fn manifest(file: &str) -> PathBuf {
+    let found: Vec<PathBuf> = yaml_files()
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == file))
+        .collect();
+    assert_eq!(found.len(), 1, "one {file} under packaging/kubernetes/");
+    manifests_dir().join(&found[0])
+}
+
 /// The objects of a manifest file, as JSON: the real kubectl reads the YAML (offline,
 /// `label --local`), so what is checked is what kubectl would send.
 fn objects(file: &str) -> Vec<Value> {
+    kubectl_objects(&manifest(file).display().to_string(), None)
+}
+
+/// What `kubectl kustomize DIR` renders, as JSON objects (through `label --local` too).
+fn kustomize(dir: &Path) -> Vec<Value> {
+    let out = kubectl(&["kustomize".as_ref(), dir.as_os_str()], None);
+    kubectl_objects("-", Some(out))
+}
+
+/// Runs the real kubectl offline with `args`, `stdin` on its standard input; its output.
+fn kubectl(args: &[&std::ffi::OsStr], stdin: Option<Vec<u8>>) -> Vec<u8> {
+    use std::io::Write as _;
     let kubectl = Path::new("/usr/bin/kubectl");
     assert!(
         kubectl.exists(),
         "kubectl is not installed: apt-get install -y kubectl"
     );
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(kubectl)
-        .args(["label", "--local", "-o", "json", "-f"])
-        .arg(manifests_dir().join(file))
-        .arg("rearguard.io/manifest-test=yes")
+    let mut child = std::process::Command::new(kubectl)
+        .args(args)
         .env("KUBECONFIG", "/dev/null")
         .env("HOME", dir.path())
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run kubectl");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(&stdin.unwrap_or_default()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "kubectl cannot read {file}: {}",
+        "kubectl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::Deserializer::from_slice(&out.stdout)
+    out.stdout
+}
+
+/// The objects of `file` (`-`: of `stdin`) as kubectl prints them in JSON.
+fn kubectl_objects(file: &str, stdin: Option<Vec<u8>>) -> Vec<Value> {
+    let args = ["label", "--local", "-o", "json", "-f", file];
+    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    args.push("rearguard.io/manifest-test=yes".as_ref());
+    let out = kubectl(&args, stdin);
+    serde_json::Deserializer::from_slice(&out)
         .into_iter::<Value>()
         .map(|v| {
             let mut v = v.expect("kubectl prints JSON");
@@ -81,47 +143,91 @@ fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(value: &Value) -> T 
     t
 }
 
-const FILES: [&str; 8] = [
-    "namespace.yaml",
-    "serviceaccount.yaml",
-    "role.yaml",
-    "rolebinding.yaml",
-    "clusterrole.yaml",
-    "configmap.yaml",
-    "deployment.yaml",
-    "sidecar.yaml",
+/// The Prometheus Operator's ServiceMonitor (monitoring.coreos.com/v1), which
+/// k8s-openapi does not have: the fields these manifests use, each as the Operator's
+/// API reference spells it, and nothing else (an unknown field is a typo).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ServiceMonitor {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    spec: ServiceMonitorSpec,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceMonitorSpec {
+    selector: LabelSelector,
+    endpoints: Vec<ServiceMonitorEndpoint>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceMonitorEndpoint {
+    port: String,
+    path: String,
+    interval: String,
+}
+
+/// Checks that `object` is its kind's type; returns the kind.
+fn check_typed(object: &Value) -> String {
+    let kind = object["kind"].as_str().unwrap_or("").to_owned();
+    match kind.as_str() {
+        "Namespace" => drop(typed::<Namespace>(object)),
+        "ServiceAccount" => drop(typed::<ServiceAccount>(object)),
+        "Role" => drop(typed::<Role>(object)),
+        "RoleBinding" => drop(typed::<RoleBinding>(object)),
+        "ClusterRole" => drop(typed::<ClusterRole>(object)),
+        "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(object)),
+        "ConfigMap" => drop(typed::<ConfigMap>(object)),
+        "Deployment" => drop(typed::<Deployment>(object)),
+        "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(object)),
+        "Service" => drop(typed::<Service>(object)),
+        "ServiceMonitor" => drop(typed::<ServiceMonitor>(object)),
+        other => panic!("unexpected kind {other:?}:\n{object:#}"),
+    }
+    kind
+}
+
+/// Every manifest, and the kinds of the objects it holds.
+const FILES: [(&str, &[&str]); 12] = [
+    ("base/namespace.yaml", &["Namespace"]),
+    ("base/serviceaccount.yaml", &["ServiceAccount"]),
+    ("base/role.yaml", &["Role", "Role"]),
+    ("base/rolebinding.yaml", &["RoleBinding", "RoleBinding"]),
+    ("base/configmap.yaml", &["ConfigMap"]),
+    ("base/deployment.yaml", &["Deployment"]),
+    ("base/poddisruptionbudget.yaml", &["PodDisruptionBudget"]),
+    ("base/service.yaml", &["Service"]),
+    ("overlays/cluster-wide/clusterrole.yaml", &["ClusterRole"]),
+    (
+        "overlays/cluster-wide/clusterrolebinding.yaml",
+        &["ClusterRoleBinding"],
+    ),
+    (
+        "components/service-monitor/servicemonitor.yaml",
+        &["ServiceMonitor"],
+    ),
+    ("sidecar/sidecar.yaml", &["ConfigMap", "Deployment"]),
 ];
 
 #[test]
 fn every_manifest_parses_into_its_kubernetes_type() {
-    let on_disk: BTreeSet<String> = std::fs::read_dir(manifests_dir())
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".yaml"))
+    let on_disk: BTreeSet<PathBuf> = yaml_files()
+        .into_iter()
+        .filter(|p| !is_kustomization(p))
         .collect();
-    assert_eq!(
-        on_disk,
-        FILES.iter().map(|f| f.to_string()).collect(),
-        "a manifest is not checked here"
-    );
-    let mut kinds = Vec::new();
-    for file in FILES {
-        for object in objects(file) {
-            let kind = object["kind"].as_str().unwrap_or("").to_owned();
-            match kind.as_str() {
-                "Namespace" => drop(typed::<Namespace>(&object)),
-                "ServiceAccount" => drop(typed::<ServiceAccount>(&object)),
-                "Role" => drop(typed::<Role>(&object)),
-                "RoleBinding" => drop(typed::<RoleBinding>(&object)),
-                "ClusterRole" => drop(typed::<ClusterRole>(&object)),
-                "ConfigMap" => drop(typed::<ConfigMap>(&object)),
-                "Deployment" => drop(typed::<Deployment>(&object)),
-                other => panic!("{file}: unexpected kind {other:?}"),
-            }
-            kinds.push(format!("{file}: {kind}"));
-        }
+    let listed: BTreeSet<PathBuf> = FILES.iter().map(|(f, _)| PathBuf::from(f)).collect();
+    assert_eq!(on_disk, listed, "a manifest is not checked here");
+    for (file, expected) in FILES {
+        let path = manifests_dir().join(file).display().to_string();
+        let kinds: Vec<String> = kubectl_objects(&path, None)
+            .iter()
+            .map(check_typed)
+            .collect();
+        assert_eq!(kinds, *expected, "{file}");
     }
-    assert_eq!(kinds.len(), 11, "{kinds:#?}");
 }
 
 /// The only object of `kind` in `file`, typed.
@@ -245,6 +351,288 @@ fn the_config_maps_hold_the_example_configurations_and_they_pass_check() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Kustomize: the base, its variants, and what holds them together.
+// ---------------------------------------------------------------------------------------
+
+/// What names an object: kind, namespace (empty when cluster-scoped), name.
+type Id = (String, String, String);
+
+fn id(object: &Value) -> Id {
+    let field = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    (
+        field(&object["kind"]),
+        field(&object["metadata"]["namespace"]),
+        field(&object["metadata"]["name"]),
+    )
+}
+
+/// What `kubectl kustomize` renders for the kustomization in `dir` (relative to
+/// packaging/kubernetes/), each object checked against its type. A Component cannot be
+/// rendered alone: it is rendered in a throwaway overlay of the base, as a user adds it.
+fn render(dir: &str) -> BTreeMap<Id, Value> {
+    let path = manifests_dir().join(dir);
+    let text = std::fs::read_to_string(path.join("kustomization.yaml")).unwrap();
+    let objects = if text.contains("\nkind: Component\n") {
+        let overlay = tempfile::tempdir().unwrap();
+        // kustomize takes relative paths only: up to the root, then down.
+        let up = "../".repeat(overlay.path().components().count() - 1);
+        let from_root = |p: PathBuf| format!("{up}{}", p.strip_prefix("/").unwrap().display());
+        std::fs::write(
+            overlay.path().join("kustomization.yaml"),
+            format!(
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n  - {}\n",
+                from_root(manifests_dir().join("base")),
+                from_root(path),
+            ),
+        )
+        .unwrap();
+        kustomize(overlay.path())
+    } else {
+        kustomize(&path)
+    };
+    let mut out = BTreeMap::new();
+    for object in objects {
+        check_typed(&object);
+        assert!(
+            out.insert(id(&object), object).is_none(),
+            "{dir}: an object twice"
+        );
+    }
+    out
+}
+
+const KUSTOMIZATIONS: [&str; 4] = [
+    "base",
+    "overlays/cluster-wide",
+    "components/service-monitor",
+    "sidecar",
+];
+
+/// The one object of `kind` named `name` in a rendering, typed.
+fn get<T: serde::de::DeserializeOwned + serde::Serialize>(
+    rendered: &BTreeMap<Id, Value>,
+    kind: &str,
+    name: &str,
+) -> T {
+    let found: Vec<&Value> = rendered
+        .iter()
+        .filter(|((k, _, n), _)| k == kind && n == name)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(found.len(), 1, "one {kind} {name}: {:?}", rendered.keys());
+    typed(found[0])
+}
+
+/// Whether every label `selector` matches on is in `labels`.
+fn selects(selector: Option<&BTreeMap<String, String>>, labels: &BTreeMap<String, String>) -> bool {
+    let selector = selector.filter(|s| !s.is_empty()).expect("a selector");
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[test]
+fn every_kustomization_renders_typed_objects_and_every_manifest_is_in_one() {
+    let on_disk: BTreeSet<PathBuf> = yaml_files()
+        .into_iter()
+        .filter(|p| is_kustomization(p))
+        .map(|p| p.parent().unwrap().to_owned())
+        .collect();
+    let listed: BTreeSet<PathBuf> = KUSTOMIZATIONS.iter().map(PathBuf::from).collect();
+    assert_eq!(on_disk, listed, "a kustomization is not rendered here");
+    let mut rendered: Vec<Value> = Vec::new();
+    for dir in KUSTOMIZATIONS {
+        rendered.extend(render(dir).into_values());
+    }
+    // Each manifest's objects come out of some kustomization exactly as written.
+    for (file, _) in FILES {
+        let path = manifests_dir().join(file).display().to_string();
+        for object in kubectl_objects(&path, None) {
+            assert!(
+                rendered.contains(&object),
+                "{file}: {:?} is in no kustomization's output as written",
+                id(&object)
+            );
+        }
+    }
+}
+
+#[test]
+fn the_base_is_highly_available_and_scoped_to_the_watched_namespace() {
+    let base = render("base");
+    let d: Deployment = get(&base, "Deployment", "rearguard");
+    let spec = d.spec.clone().unwrap();
+    let pod_labels = spec.template.metadata.clone().unwrap().labels.unwrap();
+    // A PodDisruptionBudget that keeps one replica through a drain, and lets one go.
+    let pdb: PodDisruptionBudget = get(&base, "PodDisruptionBudget", "rearguard");
+    assert_eq!(pdb.metadata.namespace, d.metadata.namespace);
+    let budget = pdb.spec.unwrap();
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let Some(IntOrString::Int(min)) = budget.min_available else {
+        panic!("minAvailable is a number: {:?}", budget.min_available)
+    };
+    let replicas = spec.replicas.unwrap();
+    assert!(
+        min >= 1 && min < replicas,
+        "minAvailable {min} of {replicas}"
+    );
+    assert!(selects(
+        budget
+            .selector
+            .as_ref()
+            .and_then(|s| s.match_labels.as_ref()),
+        &pod_labels
+    ));
+    assert_eq!(
+        budget.unhealthy_pod_eviction_policy.as_deref(),
+        Some("AlwaysAllow")
+    );
+    // A Service on the listener: the container port the probes use.
+    let svc: Service = get(&base, "Service", "rearguard");
+    assert_eq!(svc.metadata.namespace, d.metadata.namespace);
+    let svc_spec = svc.spec.unwrap();
+    assert!(selects(svc_spec.selector.as_ref(), &pod_labels));
+    let container = &spec.template.spec.as_ref().unwrap().containers[0];
+    let container_port = container.ports.iter().flatten().next().unwrap();
+    let port = &svc_spec.ports.unwrap()[0];
+    assert_eq!(port.port, container_port.container_port);
+    assert_eq!(
+        port.target_port,
+        Some(IntOrString::String(container_port.name.clone().unwrap()))
+    );
+    // RBAC only in namespaces: the watched one, and rearguard's own for the Lease.
+    assert!(
+        !base.keys().any(|(k, _, _)| k.starts_with("Cluster")),
+        "{:?}",
+        base.keys()
+    );
+    let role: Role = get(&base, "Role", "rearguard");
+    let binding: RoleBinding = get(&base, "RoleBinding", "rearguard");
+    assert_eq!(role.metadata.namespace, binding.metadata.namespace);
+    assert_eq!(binding.role_ref.name, "rearguard");
+    let sa: ServiceAccount = get(&base, "ServiceAccount", "rearguard");
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (Some(&subject.name), subject.namespace.as_ref()),
+        (sa.metadata.name.as_ref(), sa.metadata.namespace.as_ref())
+    );
+}
+
+#[test]
+fn the_cluster_wide_overlay_swaps_the_watched_namespaces_role_for_the_cluster_role() {
+    let base = render("base");
+    let wide = render("overlays/cluster-wide");
+    let ids = |m: &BTreeMap<Id, Value>| m.keys().cloned().collect::<BTreeSet<Id>>();
+    let owned = |v: [&str; 3]| -> Id { (v[0].into(), v[1].into(), v[2].into()) };
+    assert_eq!(
+        ids(&base)
+            .difference(&ids(&wide))
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        BTreeSet::from([
+            owned(["Role", "payments", "rearguard"]),
+            owned(["RoleBinding", "payments", "rearguard"]),
+        ])
+    );
+    assert_eq!(
+        ids(&wide)
+            .difference(&ids(&base))
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        BTreeSet::from([
+            owned(["ClusterRole", "", "rearguard-watcher"]),
+            owned(["ClusterRoleBinding", "", "rearguard-watcher"]),
+        ])
+    );
+    for (key, object) in &wide {
+        if let Some(same) = base.get(key) {
+            assert_eq!(object, same, "the overlay changed {key:?}");
+        }
+    }
+    let binding: ClusterRoleBinding = get(&wide, "ClusterRoleBinding", "rearguard-watcher");
+    assert_eq!(
+        (
+            binding.role_ref.kind.as_str(),
+            binding.role_ref.name.as_str()
+        ),
+        ("ClusterRole", "rearguard-watcher")
+    );
+    let sa: ServiceAccount = get(&wide, "ServiceAccount", "rearguard");
+    let subjects = binding.subjects.unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(
+        (
+            subjects[0].kind.as_str(),
+            Some(&subjects[0].name),
+            subjects[0].namespace.as_ref()
+        ),
+        (
+            "ServiceAccount",
+            sa.metadata.name.as_ref(),
+            sa.metadata.namespace.as_ref()
+        )
+    );
+}
+
+#[test]
+fn the_service_monitor_scrapes_metrics_on_the_services_port() {
+    let rendered = render("components/service-monitor");
+    let monitor: ServiceMonitor = get(&rendered, "ServiceMonitor", "rearguard");
+    let svc: Service = get(&rendered, "Service", "rearguard");
+    assert_eq!(monitor.metadata.namespace, svc.metadata.namespace);
+    assert!(selects(
+        monitor.spec.selector.match_labels.as_ref(),
+        svc.metadata.labels.as_ref().unwrap()
+    ));
+    let port_names: Vec<String> = svc
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect();
+    for endpoint in &monitor.spec.endpoints {
+        assert!(port_names.contains(&endpoint.port), "{port_names:?}");
+        assert_eq!(endpoint.path, "/metrics");
+    }
+}
+
+#[test]
+fn every_rearguard_container_runs_the_image_scripts_image_builds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let version = env!("CARGO_PKG_VERSION");
+    let script = std::fs::read_to_string(root.join("scripts/image")).unwrap();
+    assert!(
+        script.contains("\nimage=localhost/rearguard:${version}\n"),
+        "scripts/image no longer tags localhost/rearguard:VERSION"
+    );
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(&format!("\nARG REARGUARD_VERSION={version}\n")),
+        "the Dockerfile's version label is not Cargo.toml's {version}"
+    );
+    let expected = format!("localhost/rearguard:{version}");
+    let mut seen = 0;
+    for dir in KUSTOMIZATIONS {
+        for ((kind, _, name), object) in render(dir) {
+            if kind != "Deployment" {
+                continue;
+            }
+            let d: Deployment = typed(&object);
+            let pod = d.spec.unwrap().template.spec.unwrap();
+            for c in pod.containers.iter().filter(|c| c.name == "rearguard") {
+                assert_eq!(c.image.as_deref(), Some(expected.as_str()), "{dir}: {name}");
+                seen += 1;
+            }
+        }
+    }
+    assert_eq!(
+        seen,
+        KUSTOMIZATIONS.len(),
+        "a rearguard container in each rendering"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
