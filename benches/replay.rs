@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use rearguard::config::{Config, Format, load_str};
 use rearguard::engine::{Input, Measure, Reading, ReadingState, Ts};
-use rearguard::recording::{self, RowError};
+use rearguard::recording::{self, Row, RowError};
 use rearguard::replay::{self, Options, Summary};
 
 const TARGETS: usize = 10;
@@ -147,9 +147,9 @@ fn to_csv(cfg: &Config, secs: u64) -> Vec<u8> {
     out
 }
 
-fn replay_all(
+fn replay_all<R: Into<Row>>(
     cfg: &Config,
-    rows: impl Iterator<Item = Result<(Ts, Input), RowError>>,
+    rows: impl Iterator<Item = Result<R, RowError>>,
 ) -> (Summary, u64) {
     let mut effects = 0u64;
     let summary = replay::run(cfg, rows, &Options::default(), &mut |_, e| {
@@ -234,7 +234,7 @@ fn main() {
     );
 
     // (b) Parsed inputs: the day above, held in memory.
-    let parsed: Vec<(Ts, Input)> = recording::read(&cfg, csv.as_slice())
+    let parsed: Vec<Row> = recording::read(&cfg, csv.as_slice())
         .collect::<Result<_, _>>()
         .unwrap();
     drop(csv);

@@ -856,14 +856,14 @@ fn replay(
     output: Output,
     steps: Steps,
 ) -> ExitCode {
-    use crate::engine::{Input, Ts};
-    use crate::recording::RowError;
+    use crate::engine::Ts;
+    use crate::recording::{Row, RowError};
     let cfg = match load_or_exit(path) {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
     // A recording streams: a week of readings never has to fit in memory.
-    let inputs: Box<dyn Iterator<Item = Result<(Ts, Input), RowError>> + '_> = match (csv, range) {
+    let inputs: Box<dyn Iterator<Item = Result<Row, RowError>> + '_> = match (csv, range) {
         (Some(file), _) => match std::fs::File::open(file) {
             Ok(f) => Box::new(crate::recording::read(&cfg, std::io::BufReader::new(f))),
             Err(e) => return usage_error(format!("cannot open recording {}: {e}", file.display())),
@@ -884,7 +884,7 @@ fn replay(
                     for w in &history.warnings {
                         eprintln!("note: {w}");
                     }
-                    Box::new(history.inputs.into_iter().map(Ok))
+                    Box::new(history.inputs.into_iter().map(|input| Ok(input.into())))
                 }
                 Err(e) => {
                     eprintln!("cannot read history from prometheus: {e}");

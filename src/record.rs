@@ -12,16 +12,16 @@
 //! time it can have happened, as the daemon's change loop gives it to the engine.
 //!
 //! Tasks send what they read through one channel to one writer (this module's
-//! [`record`] future), which writes rows in time order: a row is held back only while
-//! another task may still send an earlier one (a sample in flight, or a change observer
-//! in the middle of an observation). The writer flushes every second, and everything on shutdown.
+//! [`record`] future), which writes each row as it arrives, in the order the daemon's
+//! engine would be given them, with when it arrived as its `seen` when that is after its
+//! time: a slow sample is written late, after the rows of later times that came first,
+//! and holds nothing back. The writer flushes every second, and everything on shutdown.
 //!
 //! `cgroup_oom` signals are watched as the daemon watches them (each reading stamped with
 //! the time it was seen). Alertmanager signals are push sources and kube_pods signals are
 //! watched from the cluster: neither is recorded. Recording only reads: no engine runs, no
 //! plan is carried out, nothing is changed.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::units::format_duration;
 use crate::config::{ChangeSpec, Config};
 use crate::daemon::Clock;
-use crate::engine::{Reading, Ts};
+use crate::engine::{Input, Reading, Ts};
 use crate::recording;
 use crate::source::{self, Source};
 
@@ -48,7 +48,7 @@ pub struct RecordStats {
     pub readings: u64,
     /// Change rows written, the first observation of each target included.
     pub changes: u64,
-    /// The time of the first and of the last row, when any was written.
+    /// The earliest time of a row, and when the last row arrived, when any was written.
     pub first: Option<Ts>,
     pub last: Option<Ts>,
 }
@@ -80,24 +80,8 @@ impl RecordError {
     }
 }
 
-/// A row on its way to the writer.
-enum Row {
-    Reading(Reading),
-    Change {
-        target: usize,
-        revision: String,
-        /// The earliest time it can have happened.
-        since: Ts,
-    },
-}
-
-/// What a task sends: perhaps a row, and the earliest time any later row of that task
-/// can have (its floor), which lets the writer write everything before the lowest floor.
-struct Msg {
-    task: usize,
-    floor: Ts,
-    row: Option<(Ts, Row)>,
-}
+/// What a task sends: a reading or a change, with its time.
+type Msg = (Ts, Input);
 
 /// Records until `shutdown` is cancelled or `duration` has passed, and returns what was
 /// written. Signals that cannot be sampled are refused before anything is written, with
@@ -137,42 +121,30 @@ pub async fn record(
     let mut writer = recording::Writer::new(out).map_err(RecordError::Write)?;
 
     let clock = Clock::new();
-    let begin = clock.at(tokio::time::Instant::now());
     let token = shutdown.child_token();
     let tracker = TaskTracker::new();
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
-    let first_watched = sources.len();
     let sampled = sources.len() + watched.len();
-    let tasks = sampled + changes.len();
-    for (task, (signal, source)) in sources.into_iter().enumerate() {
+    let observed = changes.len();
+    for (signal, source) in sources {
         let s = &cfg.signals[signal];
         tracker.spawn(sample_loop(
-            task,
             signal,
             source,
-            s.interval,
-            s.timeout,
+            (s.interval, s.timeout),
             clock,
             tx.clone(),
             token.clone(),
         ));
     }
-    for (i, (signal, spec)) in watched.into_iter().enumerate() {
+    for (signal, spec) in watched {
         let watch = source::cgroup_oom::OomWatch::new(&spec, cfg.signals[signal].interval);
-        tracker.spawn(watch_loop(
-            first_watched + i,
-            signal,
-            watch,
-            clock,
-            tx.clone(),
-            token.clone(),
-        ));
+        tracker.spawn(watch_loop(signal, watch, clock, tx.clone(), token.clone()));
     }
-    for (i, (target, spec)) in changes.into_iter().enumerate() {
+    for (target, spec) in changes {
         let observer =
             source::change::Observer::new(&spec, &cfg.targets[target].config_files, None);
         tracker.spawn(change_loop(
-            sampled + i,
             target,
             cfg.targets[target].name.clone(),
             (spec, observer),
@@ -184,7 +156,7 @@ pub async fn record(
     drop(tx);
     tracing::info!(
         signals = sampled,
-        targets_observed = tasks - sampled,
+        targets_observed = observed,
         signals_not_recorded = push,
         duration = duration.map(format_duration),
         "recording"
@@ -193,9 +165,7 @@ pub async fn record(
     let mut out = Out {
         cfg,
         writer: &mut writer,
-        pending: BTreeMap::new(),
-        floors: vec![begin; tasks],
-        seq: 0,
+        clock,
         stats: RecordStats::default(),
         // The header goes out at the first flush.
         dirty: true,
@@ -248,8 +218,6 @@ pub async fn record(
     if let Some(e) = failed {
         return Err(RecordError::Write(e));
     }
-    out.floors.iter_mut().for_each(|f| *f = Ts(u64::MAX));
-    out.release().map_err(RecordError::Write)?;
     out.writer.flush().map_err(RecordError::Write)?;
     tracing::info!(
         readings = out.stats.readings,
@@ -259,60 +227,30 @@ pub async fn record(
     Ok(out.stats)
 }
 
-/// The writer's side: rows waiting for their turn, and each task's floor.
+/// The writer's side.
 struct Out<'a, W: io::Write> {
     cfg: &'a Config,
     writer: &'a mut recording::Writer<W>,
-    /// By time, then by arrival, so that rows of one time keep their order.
-    pending: BTreeMap<(Ts, u64), Row>,
-    floors: Vec<Ts>,
-    seq: u64,
+    clock: Clock,
     stats: RecordStats,
     dirty: bool,
 }
 
 impl<W: io::Write> Out<'_, W> {
-    fn take(&mut self, msg: Msg) -> io::Result<()> {
-        self.floors[msg.task] = msg.floor;
-        if let Some((at, row)) = msg.row {
-            self.seq += 1;
-            self.pending.insert((at, self.seq), row);
+    /// Writes a row as it arrives: the daemon's engine would be given it now.
+    fn take(&mut self, (time, input): Msg) -> io::Result<()> {
+        // Never before its time nor before the row before, whatever the clock's rounding.
+        let seen = self.clock.now().max(time);
+        let seen = self.stats.last.map_or(seen, |last| seen.max(last));
+        let row = recording::Row { time, seen, input };
+        self.writer.row(self.cfg, &row)?;
+        match row.input {
+            Input::Reading(_) => self.stats.readings += 1,
+            _ => self.stats.changes += 1,
         }
-        self.release()
-    }
-
-    /// Writes every row no task can still precede.
-    fn release(&mut self) -> io::Result<()> {
-        let floor = self.floors.iter().copied().min().unwrap_or(Ts(u64::MAX));
-        while let Some(entry) = self.pending.first_entry() {
-            let (at, _) = *entry.key();
-            if at > floor {
-                break;
-            }
-            let row = entry.remove();
-            // Floors keep rows in order; should a task send one earlier than what was
-            // written, it is written as late as it must be, still in order.
-            let at = self.stats.last.map_or(at, |last| at.max(last));
-            match &row {
-                Row::Reading(r) => {
-                    self.writer.reading(self.cfg, at, r)?;
-                    self.stats.readings += 1;
-                }
-                Row::Change {
-                    target,
-                    revision,
-                    since,
-                } => {
-                    let since = (*since).min(at);
-                    self.writer
-                        .change_since(self.cfg, at, since, *target, revision)?;
-                    self.stats.changes += 1;
-                }
-            }
-            self.stats.first.get_or_insert(at);
-            self.stats.last = Some(at);
-            self.dirty = true;
-        }
+        self.stats.first = Some(self.stats.first.map_or(time, |first| first.min(time)));
+        self.stats.last = Some(seen);
+        self.dirty = true;
         Ok(())
     }
 
@@ -326,13 +264,10 @@ impl<W: io::Write> Out<'_, W> {
 
 /// Samples one signal as the daemon's sampler does, stamping each reading with the
 /// scheduled time of its tick.
-#[allow(clippy::too_many_arguments)]
 async fn sample_loop(
-    task: usize,
     signal: usize,
     source: Arc<Source>,
-    interval: Duration,
-    timeout: Duration,
+    (interval, timeout): (Duration, Duration),
     clock: Clock,
     tx: mpsc::Sender<Msg>,
     token: CancellationToken,
@@ -348,13 +283,8 @@ async fn sample_loop(
             _ = token.cancelled() => return,
             r = source.sample_within(timeout) => r,
         };
-        // The next tick is scheduled at least one interval after this one.
-        let msg = Msg {
-            task,
-            floor: at.plus(interval),
-            row: Some((at, Row::Reading(Reading { signal, state }))),
-        };
-        if tx.send(msg).await.is_err() {
+        let reading = Input::Reading(Reading { signal, state });
+        if tx.send((at, reading)).await.is_err() {
             return;
         }
     }
@@ -363,7 +293,6 @@ async fn sample_loop(
 /// Watches one `cgroup_oom` signal as the daemon's watcher does, stamping each reading
 /// with the time it was seen.
 async fn watch_loop(
-    task: usize,
     signal: usize,
     mut watch: source::cgroup_oom::OomWatch,
     clock: Clock,
@@ -377,13 +306,8 @@ async fn watch_loop(
         };
         let at = clock.now();
         for state in states {
-            // A later reading is seen later: this one's time is the task's floor.
-            let msg = Msg {
-                task,
-                floor: at,
-                row: Some((at, Row::Reading(Reading { signal, state }))),
-            };
-            if tx.send(msg).await.is_err() {
+            let reading = Input::Reading(Reading { signal, state });
+            if tx.send((at, reading)).await.is_err() {
                 return;
             }
         }
@@ -393,7 +317,6 @@ async fn watch_loop(
 /// Observes one target's revision as the daemon's change loop does; sends a change when
 /// the revision is first seen or differs from the last one sent.
 async fn change_loop(
-    task: usize,
     target: usize,
     name: String,
     (spec, mut observer): (ChangeSpec, source::change::Observer),
@@ -424,45 +347,33 @@ async fn change_loop(
             _ = token.cancelled() => return,
             r = observer.observe() => r,
         };
-        let msg = match observed {
-            Ok(revision) => {
-                if last_error.take().is_some() {
-                    tracing::info!(target = %name, "change observer works again");
-                }
-                let since = previous.unwrap_or(started);
-                previous = Some(started);
-                // Seen now, happened after the observation before: as the daemon's
-                // change loop hands it to the engine.
-                let row = (sent.as_deref() != Some(&revision)).then(|| {
-                    sent = Some(revision.clone());
-                    let change = Row::Change {
-                        target,
-                        revision,
-                        since,
-                    };
-                    (started, change)
-                });
-                // A change seen next time is stamped with that observation's start.
-                Msg {
-                    task,
-                    floor: started,
-                    row,
-                }
-            }
+        let revision = match observed {
+            Ok(revision) => revision,
             Err(e) => {
                 if last_error.as_deref() != Some(&e) {
                     tracing::warn!(target = %name, error = %e, "cannot observe the target's revision");
                     last_error = Some(e);
                 }
-                // A change seen next time is stamped with that observation's start.
-                Msg {
-                    task,
-                    floor: clock.now(),
-                    row: None,
-                }
+                continue;
             }
         };
-        if tx.send(msg).await.is_err() {
+        if last_error.take().is_some() {
+            tracing::info!(target = %name, "change observer works again");
+        }
+        let since = previous.unwrap_or(started);
+        previous = Some(started);
+        if sent.as_deref() == Some(&revision) {
+            continue;
+        }
+        sent = Some(revision.clone());
+        // Seen at the start of this observation, happened after the observation before:
+        // as the daemon's change loop hands it to the engine.
+        let change = Input::Change {
+            target,
+            revision,
+            at: since,
+        };
+        if tx.send((started, change)).await.is_err() {
             return;
         }
     }

@@ -1,18 +1,20 @@
 //! The recording format: readings and change events as CSV rows, written by
 //! `rearguard record` and read by `rearguard replay` and the scenario corpus.
 //!
-//! One row per reading or change, in time order, with this header:
+//! One row per reading or change, in the order the engine was given them, with this
+//! header:
 //!
 //! ```text
-//! time,kind,target,signal,state,value,requests,detail
-//! 2026-11-22T10:00:00Z,change,shop,,,v2,,
-//! 2026-11-22T10:00:01Z,reading,shop,errors,value,80,1000,
-//! 2026-11-22T10:00:01Z,reading,shop,p95,value,0.25,,
-//! 2026-11-22T10:00:01Z,reading,shop,health,value,0,,HTTP 503 Service Unavailable
-//! 2026-11-22T10:00:01Z,reading,shop,oom,value,pod-7f9c,,
-//! 2026-11-22T10:00:02Z,reading,shop,errors,no_data,,,
-//! 2026-11-22T10:00:03Z,reading,shop,errors,insufficient,3,20,
-//! 2026-11-22T10:00:04Z,reading,shop,errors,error,connection refused,,
+//! time,kind,target,signal,state,value,requests,detail,seen
+//! 2026-11-22T10:00:00Z,change,shop,,,v2,,,
+//! 2026-11-22T10:00:01Z,reading,shop,errors,value,80,1000,,
+//! 2026-11-22T10:00:01Z,reading,shop,p95,value,0.25,,,
+//! 2026-11-22T10:00:01Z,reading,shop,health,value,0,,HTTP 503 Service Unavailable,
+//! 2026-11-22T10:00:01Z,reading,shop,oom,value,pod-7f9c,,,
+//! 2026-11-22T10:00:02Z,reading,shop,errors,no_data,,,,
+//! 2026-11-22T10:00:02Z,reading,shop,p95,value,0.31,,,2026-11-22T10:00:05.120Z
+//! 2026-11-22T10:00:03Z,reading,shop,errors,insufficient,3,20,,
+//! 2026-11-22T10:00:04Z,reading,shop,errors,error,connection refused,,,
 //! ```
 //!
 //! - `time`: RFC 3339 (`2026-11-22T10:00:01.250Z`) or Unix seconds (`1795341601.25`),
@@ -29,9 +31,23 @@
 //! - `detail`: what a check saw when it failed (empty: no detail); for a change, the
 //!   earliest time it can have happened when that is before the row's time (a polling
 //!   observer's previous observation, which still saw the old revision).
+//! - `seen`: when the engine was given the row, when that is after `time` (empty: at
+//!   `time`), in the same forms as `time`. A slow sample (a Prometheus query that took
+//!   3s) keeps its own time, at which the engine judges it (`for`, gaps), and is given
+//!   to the engine when it arrives, after the inputs and ticks of later times that came
+//!   first; `seen` says when, so that a replay gives it in the same place.
+//!
+//! Rows are in `seen` order (their time where `seen` is empty), which is the order the
+//! engine was given them; a row out of that order, or a `seen` before its row's time, is
+//! refused with its line. A signal's readings are in time order (a signal is sampled one
+//! sample after another). Recordings made before `seen`, with the header
+//! `time,kind,target,signal,state,value,requests,detail`, are still read: every row was
+//! given at its time.
 //!
 //! A change's row time is when rearguard saw it, the time the daemon's engine is given
-//! it; blame is counted from its `detail` (or the row's time). Recordings made before
+//! it (when it arrives later, at `seen`, the engine takes it at the latest time it has
+//! had, as the daemon's loop does); blame is counted from its `detail` (or the row's
+//! time). Recordings made before
 //! `detail` held it wrote a polled change at its earliest time and read back so.
 //!
 //! A rate is written as its two counts, exactly as the source gave them to the engine
@@ -44,7 +60,7 @@
 //!
 //! Readings are the checks of a rule: one signal has at most one reading at one time,
 //! except an event signal, whose events seen together share their time. A second
-//! reading of such a signal at the same time is refused, as a row out of time order is.
+//! reading of such a signal at the same time is refused, as a row out of order is.
 //!
 //! Recordings made before the counts, with the header
 //! `time,kind,target,signal,state,value,requests` and a rate's `value` an error ratio,
@@ -62,7 +78,13 @@ use crate::config::{Config, Signal, SignalKind};
 use crate::engine::{Input, Measure, Reading, ReadingState, Ts};
 
 /// The header line every recording starts with.
-pub const HEADER: [&str; 8] = [
+pub const HEADER: [&str; 9] = [
+    "time", "kind", "target", "signal", "state", "value", "requests", "detail", "seen",
+];
+
+/// The header of recordings made before `seen`: every row was given to the engine at its
+/// time.
+pub const HEADER_COUNTS: [&str; 8] = [
     "time", "kind", "target", "signal", "state", "value", "requests", "detail",
 ];
 
@@ -72,17 +94,42 @@ pub const HEADER_RATIO: [&str; 7] = [
     "time", "kind", "target", "signal", "state", "value", "requests",
 ];
 
-/// Which of the two headers a recording has.
+/// Which of the headers a recording has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Version {
     /// [`HEADER_RATIO`].
     Ratio,
-    /// [`HEADER`].
+    /// [`HEADER_COUNTS`].
     Counts,
+    /// [`HEADER`].
+    Seen,
 }
 
 /// What a failed check read from a [`HEADER_RATIO`] recording saw: it was not kept.
 const RATIO_CHECK_DETAIL: &str = "recorded as failed";
+
+/// One row: an input, the time it carries, and when the engine was given it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// A reading's time (when it was measured, which the engine judges it at); a
+    /// change's time (when it was seen; when it can have happened is its `at`).
+    pub time: Ts,
+    /// When the engine was given it: `time`, or later for an input that arrived after
+    /// others (a slow sample). Rows are in this order.
+    pub seen: Ts,
+    pub input: Input,
+}
+
+impl From<(Ts, Input)> for Row {
+    /// An input given to the engine at its time.
+    fn from((time, input): (Ts, Input)) -> Row {
+        Row {
+            time,
+            seen: time,
+            input,
+        }
+    }
+}
 
 /// A row that cannot be read, with its line number.
 #[derive(Debug, thiserror::Error)]
@@ -107,11 +154,17 @@ impl<W: io::Write> Writer<W> {
         Ok(Writer { csv })
     }
 
-    /// Writes a reading of `signal` (an index into `cfg.signals`).
+    /// Writes a reading of `signal` (an index into `cfg.signals`) given to the engine
+    /// at its time `at`.
     pub fn reading(&mut self, cfg: &Config, at: Ts, reading: &Reading) -> io::Result<()> {
-        let signal = &cfg.signals[reading.signal];
+        self.reading_seen(cfg, at, at, reading)
+    }
+
+    fn reading_seen(&mut self, cfg: &Config, at: Ts, seen: Ts, r: &Reading) -> io::Result<()> {
+        let signal = &cfg.signals[r.signal];
         let target = &cfg.targets[signal.target].name;
-        let (state, value, requests, detail) = fields(&reading.state);
+        let (state, value, requests, detail) = fields(&r.state);
+        let seen = seen_field(at, seen);
         self.csv
             .write_record([
                 &at.rfc3339(),
@@ -122,6 +175,7 @@ impl<W: io::Write> Writer<W> {
                 &value,
                 &requests,
                 &detail,
+                &seen,
             ])
             .map_err(io::Error::other)
     }
@@ -149,14 +203,34 @@ impl<W: io::Write> Writer<W> {
         target: usize,
         revision: &str,
     ) -> io::Result<()> {
-        let name = &cfg.targets[target].name;
-        let since = if since < at {
-            since.rfc3339()
+        let change = Change {
+            target,
+            revision,
+            since,
+        };
+        self.change_seen(cfg, at, at, change)
+    }
+
+    fn change_seen(&mut self, cfg: &Config, at: Ts, seen: Ts, c: Change) -> io::Result<()> {
+        let name = &cfg.targets[c.target].name;
+        let since = if c.since < at {
+            c.since.rfc3339()
         } else {
             String::new()
         };
+        let seen = seen_field(at, seen);
         self.csv
-            .write_record([&at.rfc3339(), "change", name, "", "", revision, "", &since])
+            .write_record([
+                &at.rfc3339(),
+                "change",
+                name,
+                "",
+                "",
+                c.revision,
+                "",
+                &since,
+                &seen,
+            ])
             .map_err(io::Error::other)
     }
 
@@ -164,13 +238,30 @@ impl<W: io::Write> Writer<W> {
     /// own `at`, when earlier, is written as its `detail`). Other inputs are not
     /// recorded, and are refused.
     pub fn input(&mut self, cfg: &Config, at: Ts, input: &Input) -> io::Result<()> {
+        self.row_parts(cfg, at, at, input)
+    }
+
+    /// Writes a row: its input at its time, and when the engine was given it in `seen`
+    /// when that is later. Rows must be written in `seen` order.
+    pub fn row(&mut self, cfg: &Config, row: &Row) -> io::Result<()> {
+        self.row_parts(cfg, row.time, row.seen, &row.input)
+    }
+
+    fn row_parts(&mut self, cfg: &Config, at: Ts, seen: Ts, input: &Input) -> io::Result<()> {
         match input {
-            Input::Reading(reading) => self.reading(cfg, at, reading),
+            Input::Reading(reading) => self.reading_seen(cfg, at, seen, reading),
             Input::Change {
                 target,
                 revision,
                 at: since,
-            } => self.change_since(cfg, at, *since, *target, revision),
+            } => {
+                let change = Change {
+                    target: *target,
+                    revision,
+                    since: *since,
+                };
+                self.change_seen(cfg, at, seen, change)
+            }
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "only readings and changes are recorded",
@@ -180,6 +271,22 @@ impl<W: io::Write> Writer<W> {
 
     pub fn flush(&mut self) -> io::Result<()> {
         self.csv.flush()
+    }
+}
+
+/// A change to write: its target, new revision and earliest time.
+struct Change<'a> {
+    target: usize,
+    revision: &'a str,
+    since: Ts,
+}
+
+/// The `seen` field: empty when the row was given to the engine at its time.
+fn seen_field(at: Ts, seen: Ts) -> String {
+    if seen > at {
+        seen.rfc3339()
+    } else {
+        String::new()
     }
 }
 
@@ -212,20 +319,21 @@ fn number(v: f64) -> String {
 }
 
 /// Reads a recording against a configuration: each row becomes an engine input with its
-/// time. Rows must be in time order, with at most one reading of a signal at one time
-/// (any number of an event signal's); an unknown signal or target is an error. Reading
-/// stops at the first error.
+/// time and when the engine was given it. Rows must be in `seen` order, a row's `seen`
+/// not before its time, a signal's readings in time order, at most one at one time (any
+/// number of an event signal's); an unknown signal or target is an error. Reading stops
+/// at the first error.
 pub fn read<'a, R: io::Read + 'a>(
     cfg: &'a Config,
     input: R,
-) -> impl Iterator<Item = Result<(Ts, Input), RowError>> + 'a {
+) -> impl Iterator<Item = Result<Row, RowError>> + 'a {
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
         .from_reader(input);
     let (version, header) = match version_of(&mut csv) {
         Ok(version) => (version, None),
-        Err(e) => (Version::Counts, Some(e)),
+        Err(e) => (Version::Seen, Some(e)),
     };
     Reader {
         cfg,
@@ -244,6 +352,7 @@ pub fn read<'a, R: io::Read + 'a>(
             .enumerate()
             .map(|(i, s)| (s.name.as_str(), i))
             .collect(),
+        last_seen: Ts(0),
         last: Ts(0),
         last_time_text: String::new(),
         last_reading: vec![None; cfg.signals.len()],
@@ -256,7 +365,8 @@ pub fn read<'a, R: io::Read + 'a>(
 fn version_of<R: io::Read>(csv: &mut csv::Reader<R>) -> Result<Version, RowError> {
     let error = |message| RowError { line: 1, message };
     match csv.headers() {
-        Ok(h) if h.iter().eq(HEADER) => Ok(Version::Counts),
+        Ok(h) if h.iter().eq(HEADER) => Ok(Version::Seen),
+        Ok(h) if h.iter().eq(HEADER_COUNTS) => Ok(Version::Counts),
         Ok(h) if h.iter().eq(HEADER_RATIO) => Ok(Version::Ratio),
         Ok(h) => Err(error(format!(
             "expected the header {:?}, got {:?}",
@@ -267,8 +377,9 @@ fn version_of<R: io::Read>(csv: &mut csv::Reader<R>) -> Result<Version, RowError
     }
 }
 
-/// The state of [`read`]: name indexes, the last time parsed (rows of one instant
-/// repeat the same time text), and each signal's last reading's time and line.
+/// The state of [`read`]: name indexes, the previous row's `seen`, the last time parsed
+/// (rows of one instant repeat the same time text), and each signal's last reading's
+/// time and line.
 struct Reader<'a, R: io::Read> {
     cfg: &'a Config,
     csv: csv::Reader<R>,
@@ -276,6 +387,7 @@ struct Reader<'a, R: io::Read> {
     record: csv::StringRecord,
     targets: HashMap<&'a str, usize>,
     signals: HashMap<&'a str, usize>,
+    last_seen: Ts,
     last: Ts,
     last_time_text: String,
     last_reading: Vec<Option<(Ts, u64)>>,
@@ -284,7 +396,7 @@ struct Reader<'a, R: io::Read> {
 }
 
 impl<R: io::Read> Iterator for Reader<'_, R> {
-    type Item = Result<(Ts, Input), RowError>;
+    type Item = Result<Row, RowError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(e) = self.header.take() {
@@ -314,49 +426,74 @@ impl<R: io::Read> Reader<'_, R> {
         self.record.position().map_or(0, |p| p.line())
     }
 
-    fn row(&mut self) -> Result<(Ts, Input), String> {
-        let at = self.time()?;
-        let input = self.input(at)?;
+    fn row(&mut self) -> Result<Row, String> {
+        let time = self.time()?;
+        let seen = self.seen(time)?;
+        let input = self.input(time)?;
         if let Input::Reading(r) = &input {
-            self.one_reading_at_a_time(r.signal, at)?;
+            self.readings_in_order(r.signal, time)?;
         }
-        Ok((at, input))
+        Ok(Row { time, seen, input })
     }
 
-    /// The row's time, which must not be before the previous row's.
+    /// The row's time.
     fn time(&mut self) -> Result<Ts, String> {
         let time_text = self.record.get(0).unwrap_or("");
-        let at = if time_text == self.last_time_text {
-            self.last
-        } else {
-            let at = parse_time(time_text)?;
+        if time_text != self.last_time_text {
+            self.last = parse_time(time_text)?;
             self.last_time_text.clear();
             self.last_time_text.push_str(time_text);
-            at
-        };
-        if at < self.last {
-            return Err(format!(
-                "time {at} is before the previous row's {}; rows must be in time order",
-                self.last
-            ));
         }
-        self.last = at;
-        Ok(at)
+        Ok(self.last)
     }
 
-    /// Refuses a second reading of a signal at one time: the engine would take it for
-    /// another check. An event signal's events seen together share their time.
-    fn one_reading_at_a_time(&mut self, signal: usize, at: Ts) -> Result<(), String> {
-        let sig = &self.cfg.signals[signal];
-        if sig.kind() == SignalKind::Event {
-            return Ok(());
+    /// When the row was given to the engine (its time when `seen` is empty): not before
+    /// its time, nor before the previous row's.
+    fn seen(&mut self, time: Ts) -> Result<Ts, String> {
+        let text = match self.version {
+            Version::Seen => self.record.get(8).unwrap_or(""),
+            Version::Counts | Version::Ratio => "",
+        };
+        let seen = if text.is_empty() {
+            time
+        } else {
+            let seen = parse_time(text).map_err(|e| format!("seen: {e}"))?;
+            if seen < time {
+                return Err(format!(
+                    "seen {seen} is before the row's time {time}; an input is given to the engine when it is there, not before"
+                ));
+            }
+            seen
+        };
+        if seen < self.last_seen {
+            let what = if text.is_empty() { "time" } else { "seen" };
+            return Err(format!(
+                "{what} {seen} is before the previous row's {}; rows must be in the order the engine was given them (their time, or `seen` when later)",
+                self.last_seen
+            ));
         }
+        self.last_seen = seen;
+        Ok(seen)
+    }
+
+    /// Refuses a reading of a signal before its previous one (a signal is sampled in
+    /// order), and a second reading of a signal at one time: the engine would take it
+    /// for another check. An event signal's events seen together share their time.
+    fn readings_in_order(&mut self, signal: usize, at: Ts) -> Result<(), String> {
+        let sig = &self.cfg.signals[signal];
         let line = self.line();
-        match self.last_reading[signal].replace((at, line)) {
-            Some((previous, first)) if previous == at => Err(format!(
-                "a second reading of signal {:?} at {at} (the first is on line {first}); a signal has one reading at a time, only an event signal's events may share one",
+        let previous = self.last_reading[signal].replace((at, line));
+        match previous {
+            Some((before, first)) if before > at => Err(format!(
+                "a reading of signal {:?} at {at} is before its previous reading at {before} (line {first}); a signal's readings are in time order",
                 sig.name
             )),
+            Some((before, first)) if before == at && sig.kind() != SignalKind::Event => {
+                Err(format!(
+                    "a second reading of signal {:?} at {at} (the first is on line {first}); a signal has one reading at a time, only an event signal's events may share one",
+                    sig.name
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -435,7 +572,7 @@ impl<R: io::Read> Reader<'_, R> {
             SignalKind::Number => Measure::Number(num(value, "value")?),
             SignalKind::Rate => match self.version {
                 // Whatever the source counted, as the engine judged it.
-                Version::Counts => Measure::Rate {
+                Version::Counts | Version::Seen => Measure::Rate {
                     errors: num(value, "value (the error count)")?,
                     requests: num(requests, "requests")?,
                 },
@@ -452,7 +589,9 @@ impl<R: io::Read> Reader<'_, R> {
                     }
                 };
                 let detail = match self.version {
-                    Version::Counts => (!detail.is_empty()).then(|| detail.to_owned()),
+                    Version::Counts | Version::Seen => {
+                        (!detail.is_empty()).then(|| detail.to_owned())
+                    }
                     Version::Ratio => (!ok).then(|| RATIO_CHECK_DETAIL.to_owned()),
                 };
                 Measure::Check { ok, detail }
@@ -598,16 +737,32 @@ latency = {{ histogram = "h_bucket" }}
 
     /// Writes `rows` as a recording and reads it back.
     fn round_trip(cfg: &Config, rows: &[(Ts, Input)]) -> Vec<(Ts, Input)> {
+        let rows: Vec<Row> = rows.iter().cloned().map(Row::from).collect();
+        round_trip_rows(cfg, &rows)
+            .into_iter()
+            .map(|r| {
+                assert_eq!(r.seen, r.time, "{r:?}");
+                (r.time, r.input)
+            })
+            .collect()
+    }
+
+    fn round_trip_rows(cfg: &Config, rows: &[Row]) -> Vec<Row> {
+        let out = written(cfg, rows);
+        read(cfg, out.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("{e}\n{out}"))
+    }
+
+    fn written(cfg: &Config, rows: &[Row]) -> String {
         let mut out = Vec::new();
         let mut w = Writer::new(&mut out).unwrap();
-        for (at, input) in rows {
-            w.input(cfg, *at, input).unwrap();
+        for row in rows {
+            w.row(cfg, row).unwrap();
         }
         w.flush().unwrap();
         drop(w);
-        read(cfg, out.as_slice())
-            .collect::<Result<_, _>>()
-            .unwrap_or_else(|e| panic!("{e}\n{}", String::from_utf8_lossy(&out)))
+        String::from_utf8(out).unwrap()
     }
 
     fn reading(signal: usize, state: ReadingState) -> Input {
@@ -740,35 +895,35 @@ latency = {{ histogram = "h_bucket" }}
         }
     }
 
-    const H: &str = "time,kind,target,signal,state,value,requests,detail\n";
+    const H: &str = "time,kind,target,signal,state,value,requests,detail,seen\n";
 
     #[test]
     fn bad_rows_are_errors_with_their_line() {
         let cfg = cfg();
         let cases = [
             ("time,kind\n".to_owned(), "expected the header"),
-            (format!("{H}soon,reading,shop,errors,value,1,10,\n"), "line 2: expected a time"),
-            (format!("{H}1,reading,nope,errors,value,1,10,\n"), "no target is named \"nope\""),
-            (format!("{H}1,reading,shop,nope,value,1,10,\n"), "no signal is named \"nope\""),
+            (format!("{H}soon,reading,shop,errors,value,1,10,,\n"), "line 2: expected a time"),
+            (format!("{H}1,reading,nope,errors,value,1,10,,\n"), "no target is named \"nope\""),
+            (format!("{H}1,reading,shop,nope,value,1,10,,\n"), "no signal is named \"nope\""),
             (
-                format!("{H}1,reading,shop,errors,value,0.1,,\n"),
+                format!("{H}1,reading,shop,errors,value,0.1,,,\n"),
                 "expected a number for requests",
             ),
-            (format!("{H}1,reading,shop,health,value,yes,,\n"), "a check's value is 1"),
-            (format!("{H}1,reading,shop,errors,maybe,,,\n"), "expected the state"),
+            (format!("{H}1,reading,shop,health,value,yes,,,\n"), "a check's value is 1"),
+            (format!("{H}1,reading,shop,errors,maybe,,,,\n"), "expected the state"),
             (
-                format!("{H}1795341601341601.25,reading,shop,p95,no_data,,,\n"),
+                format!("{H}1795341601341601.25,reading,shop,p95,no_data,,,,\n"),
                 "the latest a recording holds",
             ),
             (
-                format!("{H}2,reading,shop,p95,value,1,,\n1,reading,shop,p95,value,1,,\n"),
+                format!("{H}2,reading,shop,p95,value,1,,,\n1,reading,shop,p95,value,1,,,\n"),
                 "line 3: time",
             ),
             (format!("{H}1,reading,shop,p95\n"), "line 2"),
-            (format!("{H}1,change,shop,,,v2,,soon\n"), "a change's detail: expected a time"),
-            (format!("{H}1,change,shop,,,v2,,2\n"), "is after its time"),
+            (format!("{H}1,change,shop,,,v2,,soon,\n"), "a change's detail: expected a time"),
+            (format!("{H}1,change,shop,,,v2,,2,\n"), "is after its time"),
             // A row of the old width under the new header.
-            (format!("{H}1,reading,shop,p95,value,1,\n"), "line 2"),
+            (format!("{H}1,reading,shop,p95,value,1,,\n"), "line 2"),
             (
                 "time,kind,target,signal,state,value,requests\n1,reading,shop,errors,value,1.5,10\n"
                     .to_owned(),
@@ -803,8 +958,9 @@ latency = {{ histogram = "h_bucket" }}
         w.flush().unwrap();
         drop(w);
         assert!(
-            String::from_utf8_lossy(&out)
-                .ends_with("2026-11-22T10:00:04.500Z,change,shop,,,v2,,2026-11-22T10:00:00.000Z\n"),
+            String::from_utf8_lossy(&out).ends_with(
+                "2026-11-22T10:00:04.500Z,change,shop,,,v2,,2026-11-22T10:00:00.000Z,\n"
+            ),
             "{}",
             String::from_utf8_lossy(&out)
         );
@@ -814,7 +970,7 @@ latency = {{ histogram = "h_bucket" }}
     fn a_second_reading_of_a_signal_at_one_time_is_refused_with_both_lines() {
         let cfg = cfg();
         let text = format!(
-            "{H}1,reading,shop,errors,value,1,100,\n1,reading,shop,p95,value,0.2,,\n1,reading,shop,errors,value,2,100,\n"
+            "{H}1,reading,shop,errors,value,1,100,,\n1,reading,shop,p95,value,0.2,,,\n1,reading,shop,errors,value,2,100,,\n"
         );
         let rows: Vec<_> = read(&cfg, text.as_bytes()).collect();
         assert_eq!(rows.len(), 3, "{rows:?}");
@@ -833,13 +989,13 @@ latency = {{ histogram = "h_bucket" }}
     fn an_event_signal_may_have_several_events_at_one_time() {
         let cfg = cfg();
         let text = format!(
-            "{H}1,reading,shop,oom,value,pod-a,,\n1,reading,shop,oom,value,pod-b,,\n1.001,reading,shop,errors,value,1,100,\n"
+            "{H}1,reading,shop,oom,value,pod-a,,,\n1,reading,shop,oom,value,pod-b,,,\n1.001,reading,shop,errors,value,1,100,,\n"
         );
-        let rows: Vec<(Ts, Input)> = read(&cfg, text.as_bytes())
+        let rows: Vec<Row> = read(&cfg, text.as_bytes())
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(rows.len(), 3);
-        assert_eq!(rows[0].0, rows[1].0);
+        assert_eq!(rows[0].time, rows[1].time);
     }
 
     #[test]
@@ -848,12 +1004,12 @@ latency = {{ histogram = "h_bucket" }}
         let text = "time,kind,target,signal,state,value,requests\n\
             1,reading,shop,errors,value,0.08,25\n\
             1,reading,shop,health,value,0,\n";
-        let rows: Vec<(Ts, Input)> = read(&cfg, text.as_bytes())
+        let rows: Vec<Row> = read(&cfg, text.as_bytes())
             .collect::<Result<_, _>>()
             .unwrap();
         let states: Vec<&ReadingState> = rows
             .iter()
-            .map(|(_, i)| match i {
+            .map(|r| match &r.input {
                 Input::Reading(r) => &r.state,
                 other => panic!("{other:?}"),
             })
@@ -870,6 +1026,101 @@ latency = {{ histogram = "h_bucket" }}
                     detail: Some(RATIO_CHECK_DETAIL.into())
                 }),
             ]
+        );
+    }
+
+    #[test]
+    fn a_late_reading_keeps_its_time_and_when_it_was_given_in_seen_order() {
+        let cfg = cfg();
+        let t = Ts(1_795_341_601_000);
+        let secs = |n: u64| t.plus(Duration::from_millis(n));
+        let p95 = |v| reading(3, ReadingState::Value(Measure::Number(v)));
+        let errors = reading(
+            0,
+            ReadingState::Value(Measure::Rate {
+                errors: 1.0,
+                requests: 100.0,
+            }),
+        );
+        let row = |time, seen, input| Row { time, seen, input };
+        let rows = vec![
+            row(secs(1000), secs(1000), errors.clone()),
+            // Sampled at 0.5s, given to the engine at 3.12s, after the reading of 2s.
+            row(secs(2000), secs(2000), p95(0.2)),
+            row(secs(500), secs(3120), p95(0.3)),
+            row(secs(3120), secs(3120), errors),
+        ];
+        let text = written(&cfg, &rows);
+        assert!(
+            text.contains(
+                "\n2026-11-22T10:00:01.500Z,reading,shop,p95,value,0.3,,,2026-11-22T10:00:04.120Z\n"
+            ) && text.contains(",value,0.2,,,\n"),
+            "{text}"
+        );
+        // The p95 readings are not in time order here: 2s, then 0.5s.
+        let swapped = [rows[1].clone(), rows[2].clone()];
+        assert!(
+            read(&cfg, written(&cfg, &swapped).as_bytes())
+                .find_map(Result::err)
+                .is_some_and(|e| e.line == 3 && e.message.contains("before its previous reading")),
+        );
+        let mut in_order = rows.clone();
+        in_order.remove(1);
+        assert_eq!(round_trip_rows(&cfg, &in_order), in_order);
+    }
+
+    #[test]
+    fn a_seen_before_its_time_or_out_of_order_is_refused_with_its_line() {
+        let cfg = cfg();
+        let cases = [
+            (
+                format!("{H}2,reading,shop,p95,value,1,,,1.5\n"),
+                2,
+                "seen 1970-01-01T00:00:01.500Z is before the row's time",
+            ),
+            (
+                format!("{H}1,reading,shop,p95,value,1,,,3\n2,reading,shop,errors,value,1,10,,\n"),
+                3,
+                "time 1970-01-01T00:00:02.000Z is before the previous row's 1970-01-01T00:00:03.000Z; rows must be in the order the engine was given them",
+            ),
+            (
+                format!(
+                    "{H}1,reading,shop,p95,value,1,,,3\n2,reading,shop,errors,value,1,10,,2.5\n"
+                ),
+                3,
+                "seen 1970-01-01T00:00:02.500Z is before the previous row's",
+            ),
+            (
+                format!("{H}1,reading,shop,p95,value,1,,,later\n"),
+                2,
+                "seen: expected a time",
+            ),
+        ];
+        for (text, line, want) in cases {
+            let err = read(&cfg, text.as_bytes())
+                .find_map(Result::err)
+                .unwrap_or_else(|| panic!("no error for {text:?}"));
+            assert!(
+                err.line == line && err.message.contains(want),
+                "{text:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_recording_without_seen_reads_with_every_row_given_at_its_time() {
+        let cfg = cfg();
+        let text = "time,kind,target,signal,state,value,requests,detail\n\
+            1,change,shop,,,v2,,0.5\n\
+            2,reading,shop,p95,value,0.25,,\n";
+        let rows: Vec<Row> = read(&cfg, text.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let times: Vec<(Ts, Ts)> = rows.iter().map(|r| (r.time, r.seen)).collect();
+        assert_eq!(times, [(Ts(1000), Ts(1000)), (Ts(2000), Ts(2000))]);
+        assert!(
+            matches!(&rows[0].input, Input::Change { at, .. } if *at == Ts(500)),
+            "{rows:?}"
         );
     }
 

@@ -2,14 +2,18 @@
 //! recording, with no side effects, reporting what would have happened.
 //!
 //! [`run`] feeds every row of a recording (see [`crate::recording`]) to a fresh
-//! [`Engine`] at the row's time. Time advances exactly as in the daemon: before each
-//! input, an `Input::Tick` is given every `daemon.tick` (on a grid that starts at the
-//! first row) up to and including the input's time, so `within` windows expire,
-//! verification windows end, blindness is declared and delayed notifications go out at
-//! the ticks where the daemon would have done it. A plan step ordered by the engine is
-//! never run: replay answers it at once, at the same engine time, as succeeded or (with
-//! [`StepOutcome::Fail`]) failed with the error `replay: steps fail by request`, so a
-//! failed rollback and the circuit breaker can be tried too.
+//! [`Engine`] in the order the daemon's engine was given them (`seen`), each as the
+//! daemon's loop gives it: a reading at its own time (when it was measured, even when it
+//! arrived late), a change at its time or the latest engine time so far, whichever is
+//! later. Time advances exactly as in the daemon: before each input, an `Input::Tick` is
+//! given every `daemon.tick` (on a grid that starts when the first row was given) up to
+//! and including when the input was given, so `within` windows expire, verification
+//! windows end, blindness is declared and delayed notifications go out at the ticks where
+//! the daemon would have done it; a tick due at the instant an input was given comes
+//! first. A plan step ordered by the engine is never run: replay answers it at once, when
+//! the input that ordered it was given, as succeeded or (with [`StepOutcome::Fail`])
+//! failed with the error `replay: steps fail by request`, so a failed rollback and the
+//! circuit breaker can be tried too.
 //!
 //! After the last row, time runs on without readings for the longest verification window
 //! plus the longest escalation delay (`after`) of the configuration, so that a
@@ -89,7 +93,7 @@ use crate::config::Config;
 use crate::engine::{
     Cause, Effect, Engine, Entry, EntryKind, Incident, Input, Outcome, StepOrder, StepResult, Ts,
 };
-use crate::recording::RowError;
+use crate::recording::{Row, RowError};
 
 /// The error every step gets with [`StepOutcome::Fail`].
 pub const FAIL_ERROR: &str = "replay: steps fail by request";
@@ -117,7 +121,7 @@ pub struct Summary {
     pub readings: u64,
     /// Change rows replayed (the first observation of a target included).
     pub changes: u64,
-    /// The time of the first and the last row.
+    /// The earliest time of a row, and when the last row was given to the engine.
     pub from: Option<Ts>,
     pub to: Option<Ts>,
     /// The last tick given: time ran on past `to` to let verifications and escalations
@@ -175,13 +179,14 @@ impl IncidentSummary {
     }
 }
 
-/// Replays `inputs` (rows in time order, as [`crate::recording::read`] gives them)
-/// through a fresh engine for `cfg`. Every effect goes to `on_effect` with its engine
-/// time, in order. A row error stops the replay and is returned; the effects before it
-/// have been reported.
-pub fn run(
+/// Replays `inputs` (rows in the order they were given to the engine, as
+/// [`crate::recording::read`] gives them, or inputs each given at its time) through a
+/// fresh engine for `cfg`. Every effect goes to `on_effect` with its engine time, in
+/// order. A row error stops the replay and is returned; the effects before it have been
+/// reported.
+pub fn run<R: Into<Row>>(
     cfg: &Config,
-    inputs: impl Iterator<Item = Result<(Ts, Input), RowError>>,
+    inputs: impl Iterator<Item = Result<R, RowError>>,
     opts: &Options,
     on_effect: &mut dyn FnMut(Ts, &Effect),
 ) -> Result<Summary, RowError> {
@@ -190,17 +195,17 @@ pub fn run(
         steps: opts.steps,
         summary: Summary::default(),
         first_steps: HashMap::new(),
+        last: Ts(0),
         on_effect,
     };
     // A zero tick cannot pass validation; guard anyway so that the loop ends.
     let tick = cfg.daemon.tick.max(Duration::from_millis(1));
     let mut next_tick: Option<Ts> = None;
     for row in inputs {
-        let (at, input) = row?;
-        let next = next_tick.get_or_insert(at);
-        while *next <= at {
-            r.apply(Input::Tick, *next);
-            r.summary.ticked_until = Some(*next);
+        let Row { time, seen, input } = row?.into();
+        let next = next_tick.get_or_insert(seen);
+        while *next <= seen {
+            r.tick(*next);
             *next = next.plus(tick);
         }
         match input {
@@ -208,15 +213,14 @@ pub fn run(
             Input::Change { .. } => r.summary.changes += 1,
             _ => {}
         }
-        r.summary.from.get_or_insert(at);
-        r.summary.to = Some(at);
-        r.apply(input, at);
+        r.summary.from = Some(r.summary.from.map_or(time, |from| from.min(time)));
+        r.summary.to = Some(seen);
+        r.give(input, time, seen);
     }
     if let (Some(mut next), Some(last)) = (next_tick, r.summary.to) {
         let end = last.plus(run_on(cfg)).plus(tick);
         while next <= end {
-            r.apply(Input::Tick, next);
-            r.summary.ticked_until = Some(next);
+            r.tick(next);
             next = next.plus(tick);
         }
     }
@@ -254,13 +258,35 @@ struct Replay<'a> {
     steps: StepOutcome,
     summary: Summary,
     first_steps: HashMap<String, Ts>,
+    /// The latest engine time given so far.
+    last: Ts,
     on_effect: &'a mut dyn FnMut(Ts, &Effect),
 }
 
 impl Replay<'_> {
-    /// Gives one input to the engine, then the answers to the steps it orders, until no
-    /// step is outstanding.
-    fn apply(&mut self, input: Input, at: Ts) {
+    fn tick(&mut self, at: Ts) {
+        // As the daemon's loop: never behind the latest time given.
+        let at = at.max(self.last);
+        self.give(Input::Tick, at, at);
+        self.summary.ticked_until = Some(at);
+    }
+
+    /// Gives the engine an input of time `time` when the daemon's loop was given it
+    /// (`seen`), at the engine time that loop gives it (`daemon::generation::input_time`:
+    /// a reading at its own time, anything else no earlier than the latest time given),
+    /// then the answers to the steps it orders, at `seen`.
+    fn give(&mut self, input: Input, time: Ts, seen: Ts) {
+        let at = match input {
+            Input::Reading(_) => time,
+            _ => time.max(self.last),
+        };
+        self.last = self.last.max(at);
+        self.apply(input, at, seen.max(self.last));
+    }
+
+    /// Gives one input to the engine at `at`, then the answers to the steps it orders at
+    /// `answered` (when the daemon's loop gets them back), until no step is outstanding.
+    fn apply(&mut self, input: Input, mut at: Ts, answered: Ts) {
         let mut effects = self.engine.step(input, at);
         // Nearly every step returns nothing; only then is there work to do.
         while !effects.is_empty() {
@@ -285,6 +311,10 @@ impl Replay<'_> {
                 }
             }
             effects = Vec::new();
+            if !answers.is_empty() {
+                at = answered;
+                self.last = self.last.max(at);
+            }
             for answer in answers {
                 effects.extend(self.engine.step(Input::StepDone(answer), at));
             }
@@ -654,19 +684,18 @@ pub mod support {
         (summary, seen)
     }
 
-    /// Writes `rows` as a recording (each at its time, as `record` does), reads it
-    /// back and replays it; a row that does not read back is the error.
+    /// Writes `rows` as a recording (in the order given, each with its time and when
+    /// the engine was given it, as `record` does), reads it back and replays it; a row
+    /// that does not read back is the error.
     pub fn replay_recorded(
         cfg: &Config,
-        rows: &[(Ts, Input)],
+        rows: &[Row],
         opts: &Options,
     ) -> Result<Replayed, RowError> {
         let mut csv = Vec::new();
         let mut writer = crate::recording::Writer::new(&mut csv).expect("writes to memory");
-        for (at, input) in rows {
-            writer
-                .input(cfg, *at, input)
-                .expect("a reading or a change");
+        for row in rows {
+            writer.row(cfg, row).expect("a reading or a change");
         }
         writer.flush().expect("writes to memory");
         drop(writer);
@@ -786,6 +815,46 @@ type = "log"
         })
         .unwrap();
         (summary, seen)
+    }
+
+    /// The bad deploy with the failed probe of 12s arriving late, at 14.5s: given to the
+    /// engine after the ticks of 13s and 14s, at its own time, and the step it orders
+    /// answered when it arrived.
+    #[test]
+    fn a_late_reading_is_judged_at_its_time_when_it_was_given() {
+        let cfg = cfg("");
+        let late = at(14).plus(Duration::from_millis(500));
+        let rows: Vec<Result<Row, RowError>> = bad_deploy()
+            .into_iter()
+            .map(|r| {
+                let mut row = Row::from(r.unwrap());
+                if row.time == at(12) {
+                    row.seen = late;
+                }
+                if row.time > at(12) {
+                    row.seen = row.time.max(late);
+                }
+                Ok(row)
+            })
+            .collect();
+        let mut seen: Vec<(Ts, Effect)> = Vec::new();
+        let s = run(&cfg, rows.into_iter(), &Options::default(), &mut |t, e| {
+            seen.push((t, e.clone()))
+        })
+        .unwrap();
+        let fired = seen
+            .iter()
+            .position(|(_, e)| matches!(e, Effect::RuleChanged { transition, .. } if transition.to == Phase::Firing))
+            .expect("the rule fires");
+        assert_eq!(seen[fired].0, at(12), "{seen:#?}");
+        let step = seen.iter().find(|(_, e)| matches!(e, Effect::RunStep(_)));
+        assert_eq!(step.map(|(t, _)| *t), Some(at(12)), "{seen:#?}");
+        let answered = seen.iter().find(|(_, e)| {
+            matches!(e, Effect::Timeline { entry, .. } if matches!(entry.kind, EntryKind::StepFinished { .. }))
+        });
+        assert_eq!(answered.map(|(t, _)| *t), Some(late), "{seen:#?}");
+        assert_eq!((s.from, s.to), (Some(at(0)), Some(at(15))));
+        assert_eq!(s.ticked_until.map(|t| t >= at(15)), Some(true));
     }
 
     #[test]
@@ -1102,6 +1171,7 @@ consecutive = 1
             "{down:#?}"
         );
 
+        let rows: Vec<Row> = rows.into_iter().map(Row::from).collect();
         let (summary, replayed) = support::replay_recorded(&cfg, &rows, &opts)
             .unwrap_or_else(|e| panic!("the recording does not replay: {e}"));
         assert_eq!(replayed, live);

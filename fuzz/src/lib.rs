@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use rearguard::config::{self, Config, Format};
-use rearguard::engine::{Input, Measure, ReadingState, Ts};
-use rearguard::recording;
+use rearguard::engine::{Measure, ReadingState, Ts};
+use rearguard::recording::{self, Row};
 use rearguard::source::alertmanager::{Delivery, Receiver};
 use rearguard::source::scrape;
 
@@ -255,18 +255,18 @@ pub fn recording(data: &[u8]) -> Result<usize, String> {
     Ok(rows.len())
 }
 
-fn read(cfg: &Config, data: &[u8]) -> Result<Vec<(Ts, Input)>, String> {
+fn read(cfg: &Config, data: &[u8]) -> Result<Vec<Row>, String> {
     recording::read(cfg, data)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())
 }
 
-fn write(cfg: &Config, rows: &[(Ts, Input)]) -> String {
+fn write(cfg: &Config, rows: &[Row]) -> String {
     let mut out = Vec::new();
     let mut writer = recording::Writer::new(&mut out).expect("writing to memory");
-    for (at, input) in rows {
+    for row in rows {
         writer
-            .input(cfg, *at, input)
+            .row(cfg, row)
             .expect("a row that was read is written");
     }
     writer.flush().expect("writing to memory");

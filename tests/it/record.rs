@@ -13,7 +13,7 @@ use rearguard::config::Config;
 use rearguard::engine::{Effect, Engine, Input, Measure, Phase, Reading, ReadingState, Ts};
 use rearguard::history::{self, HistoryError};
 use rearguard::record;
-use rearguard::recording;
+use rearguard::recording::{self, Row};
 use tokio_util::sync::CancellationToken;
 
 use crate::promstack;
@@ -67,35 +67,48 @@ async fn health_server() -> support::TestServer {
 }
 
 /// The rows of a recording, read back against its configuration.
-fn read_back(cfg: &Config, text: &str) -> Vec<(Ts, Input)> {
+fn read_back(cfg: &Config, text: &str) -> Vec<Row> {
     recording::read(cfg, text.as_bytes())
         .collect::<Result<_, _>>()
         .unwrap_or_else(|e| panic!("the recording does not read back: {e}\n{text}"))
 }
 
-fn readings_of(rows: &[(Ts, Input)], signal: usize) -> Vec<(Ts, ReadingState)> {
+/// A signal's readings with their times, in the order written.
+fn readings_of(rows: &[Row], signal: usize) -> Vec<(Ts, ReadingState)> {
+    readings_seen(rows, signal)
+        .into_iter()
+        .map(|(at, _, state)| (at, state))
+        .collect()
+}
+
+/// A signal's readings with their times and when they arrived, in the order written.
+fn readings_seen(rows: &[Row], signal: usize) -> Vec<(Ts, Ts, ReadingState)> {
     rows.iter()
-        .filter_map(|(at, input)| match input {
+        .filter_map(|r| match &r.input {
             Input::Reading(Reading { signal: s, state }) if *s == signal => {
-                Some((*at, state.clone()))
+                Some((r.time, r.seen, state.clone()))
             }
             _ => None,
         })
         .collect()
 }
 
+fn rows_of(inputs: &[(Ts, Input)]) -> Vec<Row> {
+    inputs.iter().cloned().map(Row::from).collect()
+}
+
 /// Each change's row time (when it was seen), earliest time, and revision.
-fn changes_of(rows: &[(Ts, Input)]) -> Vec<(Ts, Ts, String)> {
+fn changes_of(rows: &[Row]) -> Vec<(Ts, Ts, String)> {
     rows.iter()
-        .filter_map(|(seen, input)| match input {
-            Input::Change { revision, at, .. } => Some((*seen, *at, revision.clone())),
+        .filter_map(|r| match &r.input {
+            Input::Change { revision, at, .. } => Some((r.time, *at, revision.clone())),
             _ => None,
         })
         .collect()
 }
 
 #[tokio::test]
-async fn recording_writes_every_signal_on_its_interval_and_the_changes_in_time_order() {
+async fn recording_writes_every_signal_on_its_interval_and_the_changes_in_arrival_order() {
     let dir = support::temp_dir();
     releases(dir.path());
     let server = health_server().await;
@@ -149,8 +162,8 @@ timeout = "1s"
     let rows = read_back(&cfg, &text);
 
     assert!(
-        rows.windows(2).all(|w| w[0].0 <= w[1].0),
-        "rows out of time order:\n{text}"
+        rows.windows(2).all(|w| w[0].seen <= w[1].seen),
+        "rows out of arrival order:\n{text}"
     );
     let changes = changes_of(&rows);
     assert_eq!(
@@ -200,12 +213,15 @@ timeout = "1s"
     }
     assert_eq!(stats.changes, 2);
     assert_eq!(stats.readings as usize, rows.len() - 2);
-    assert_eq!(stats.first, rows.first().map(|r| r.0));
-    assert_eq!(stats.last, rows.last().map(|r| r.0));
+    assert_eq!(stats.first, rows.iter().map(|r| r.time).min());
+    assert_eq!(stats.last, rows.last().map(|r| r.seen));
 }
 
+/// A slow sample holds nothing back: it is written when it arrives, after the readings
+/// of later times that came first, with its scheduled time and its arrival in `seen`.
+/// A sample still running at shutdown is abandoned, and the recording stops at once.
 #[tokio::test]
-async fn recording_stops_promptly_on_shutdown_and_writes_what_a_slow_sample_held_back() {
+async fn recording_writes_a_slow_sample_when_it_arrives_and_stops_promptly_on_shutdown() {
     let server = health_server().await;
     let cfg = support::config(&format!(
         r#"
@@ -224,6 +240,14 @@ timeout = "1s"
 name = "slow"
 target = "shop"
 type = "exec"
+command = ["/bin/sleep", "1"]
+interval = "100ms"
+timeout = "20s"
+
+[[signal]]
+name = "stuck"
+target = "shop"
+type = "exec"
 command = ["/bin/sleep", "30"]
 interval = "100ms"
 timeout = "20s"
@@ -236,12 +260,11 @@ timeout = "20s"
         let (cfg, out, shutdown) = (cfg.clone(), out.clone(), shutdown.clone());
         async move { record::record(&cfg, out, shutdown, None).await }
     });
-    support::poll_until(Duration::from_secs(10), || server.request_count() >= 5)
-        .await
-        .expect("the probe is sampled");
-    // The slow check's first sample, stamped at the start, is still running: no later
-    // row may be written before it, so nothing but the header is out yet.
-    assert_eq!(out.text().lines().count(), 1, "{}", out.text());
+    support::poll_until(Duration::from_secs(10), || {
+        out.text().matches(",shop,slow,").count() >= 2
+    })
+    .await
+    .unwrap_or_else(|_| panic!("two slow samples were not written:\n{}", out.text()));
     let stopping = tokio::time::Instant::now();
     shutdown.cancel();
     let stats = tokio::time::timeout(Duration::from_secs(3), recording)
@@ -250,11 +273,29 @@ timeout = "20s"
         .unwrap()
         .expect("the recording ends cleanly");
     assert!(stopping.elapsed() < Duration::from_secs(2));
-    let rows = read_back(&cfg, &out.text());
-    let health = readings_of(&rows, 0);
-    assert!(health.len() >= 4, "{rows:?}");
+    let text = out.text();
+    let rows = read_back(&cfg, &text);
+    let slow = readings_seen(&rows, 1);
+    assert!(slow.len() >= 2, "{text}");
     assert!(
-        readings_of(&rows, 1).is_empty(),
+        slow.iter().all(|(at, seen, _)| seen.0 >= at.0 + 900),
+        "a slow sample arrives a second after its time:\n{text}"
+    );
+    // The first slow sample was written after the health readings of the second it took.
+    let first_slow = rows
+        .iter()
+        .position(|r| matches!(&r.input, Input::Reading(r) if r.signal == 1))
+        .unwrap();
+    let later_first = rows[..first_slow]
+        .iter()
+        .filter(|r| r.time > slow[0].0)
+        .count();
+    assert!(
+        later_first >= 5,
+        "{later_first} rows of later times first:\n{text}"
+    );
+    assert!(
+        readings_of(&rows, 2).is_empty(),
         "the abandoned sample is not written"
     );
     assert_eq!(stats.readings as usize, rows.len());
@@ -391,7 +432,7 @@ async fn history_reads_the_error_rate_before_and_after_a_change_one_reading_per_
         "sorted by time"
     );
     let steps = (p.to.0 / 1000 - p.from.0 / 1000 + 1) as usize;
-    let rows: Vec<(Ts, Input)> = h.inputs.clone();
+    let rows = rows_of(&h.inputs);
     let errors = readings_of(&rows, 0);
     let p95 = readings_of(&rows, 2);
     assert_eq!(errors.len(), steps, "one reading per step");
@@ -432,7 +473,7 @@ async fn history_reads_the_error_rate_before_and_after_a_change_one_reading_per_
     let h = history::prometheus_range(&p.cfg, p.from, to, Duration::from_millis(1))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let errors = readings_of(&h.inputs, 0);
+    let errors = readings_of(&rows_of(&h.inputs), 0);
     assert_eq!(errors.len(), 12_001);
     assert!(errors.windows(2).all(|w| w[1].0.0 - w[0].0.0 == 1));
 }

@@ -17,14 +17,14 @@
 //! tasks woke first; every target's first observation comes with the first tick.
 //!
 //! What is modelled: sources that answer at once (a reading reaches the loop at its
-//! scheduled time), changes seen when they happen, and changes a polling observer sees
-//! up to 4s after they happened (sent then, with `at` the time they happened: the
-//! engine judges a change when it is seen, and blames from its `at`; `record` writes it
-//! at the time seen with `at` as its detail). Not modelled, because live and replay do
-//! part there today: a sample that takes time (live, the loop takes its reading on
-//! arrival, after the ticks and inputs of later times that came first, and a step
-//! ordered on it finishes at the arrival; replay takes the reading in the order of its
-//! scheduled time, where `record` writes it).
+//! scheduled time) and slow samples, which reach it up to 4s after their scheduled time
+//! (the loop takes the reading on arrival, after the ticks and inputs of later times
+//! that came first, judges it at its own time, and a step ordered on it finishes at the
+//! arrival; `record` writes the row then, with its time and the arrival in `seen`);
+//! changes seen when they happen, and changes a polling observer sees up to 4s after
+//! they happened (sent then, with `at` the time they happened: the engine judges a
+//! change when it is seen, and blames from its `at`; `record` writes it at the time seen
+//! with `at` as its detail).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -36,6 +36,7 @@ use rearguard::daemon::{self, Event, Injector};
 use rearguard::engine::{
     Effect, EntryKind, Input, Measure, Phase, Reading, ReadingState, StepOrder, Ts,
 };
+use rearguard::recording::Row;
 use rearguard::replay;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -99,6 +100,9 @@ struct SignalCase {
     interval_s: u64,
     /// Milliseconds past the tick grid of its first sample; never 0.
     phase_ms: u64,
+    /// How late a slow sample can reach the engine's loop, in milliseconds (0: every
+    /// sample answers at once).
+    late_ms: u64,
     /// A rule on it, if any.
     rule: Option<RuleCase>,
     /// Runs of samples: a regime, how many samples, and a seed for the values.
@@ -176,6 +180,7 @@ fn signal(kind: Kind) -> impl Strategy<Value = SignalCase> {
     (
         1u64..3,
         1u64..TICK_MS,
+        prop_oneof![1 => Just(0u64), 1 => 1u64..4000],
         proptest::option::weighted(0.8, rule()),
         // Healthy at first, so that a breach can follow a change, and healthy again
         // at the end, so that a rollback can be verified.
@@ -184,13 +189,14 @@ fn signal(kind: Kind) -> impl Strategy<Value = SignalCase> {
         (4usize..10, any::<u32>()).prop_map(|(n, seed)| (Regime::Good, n, seed)),
     )
         .prop_map(
-            move |(interval_s, phase_ms, rule, healthy, mut runs, again)| {
+            move |(interval_s, phase_ms, late_ms, rule, healthy, mut runs, again)| {
                 runs.insert(0, healthy);
                 runs.push(again);
                 SignalCase {
                     kind,
                     interval_s,
                     phase_ms,
+                    late_ms,
                     rule,
                     runs,
                 }
@@ -405,57 +411,96 @@ fn number(v: f64) -> ReadingState {
     ReadingState::Value(Measure::Number(v))
 }
 
-/// The inputs of a case, in the order the daemon is sent them: each with its time in
-/// milliseconds after the daemon's start. Every target's first observation comes at 0.
-fn inputs(case: &Case) -> Vec<(u64, Input)> {
+/// One input of a case: when the daemon's loop is sent it and the time it carries
+/// (milliseconds after the daemon's start), and the input.
+struct Sent {
+    seen: u64,
+    time: u64,
+    input: Input,
+}
+
+/// The inputs of a case, in the order the daemon is sent them. Every target's first
+/// observation comes at 0.
+fn inputs(case: &Case) -> Vec<Sent> {
     let mut rows = Vec::new();
     let mut signal = 0;
     for (t, target) in case.targets.iter().enumerate() {
         let revisions = std::iter::once(0).chain(target.changes.iter().copied());
         for (n, at) in revisions.enumerate() {
             // Seen `poll_lag_ms` later (off the tick grid), except the first observation.
-            let mut seen = at + if n == 0 { 0 } else { target.poll_lag_ms };
-            if n > 0 && seen % TICK_MS == 0 {
-                seen += 1;
-            }
+            let seen = off_grid(at + if n == 0 { 0 } else { target.poll_lag_ms }, n > 0);
             let change = Input::Change {
                 target: t,
                 revision: format!("v{}", n + 1),
                 at: Ts(at),
             };
-            rows.push((seen, change));
+            rows.push(Sent {
+                seen,
+                time: seen,
+                input: change,
+            });
         }
         for sig in &target.signals {
-            let samples = sig
-                .runs
-                .iter()
-                .flat_map(|&(regime, n, seed)| (0..n as u32).map(move |k| (regime, seed ^ k)));
-            for (k, (regime, seed)) in samples.enumerate() {
-                let at = sig.phase_ms + k as u64 * sig.interval_s * 1000;
-                if at > case.secs * 1000 {
-                    break;
-                }
-                let reading = Reading {
-                    signal,
-                    state: state(sig.kind, regime, seed),
-                };
-                rows.push((at, Input::Reading(reading)));
-            }
+            rows.extend(samples(case, sig, signal));
             signal += 1;
         }
     }
-    // Stable: inputs of one instant keep the order above.
-    rows.sort_by_key(|(at, _)| *at);
+    // Stable: inputs sent at one instant keep the order above.
+    rows.sort_by_key(|r| r.seen);
     rows
 }
 
-/// The inputs at engine times: `offset` after `start`; a change's own `at` (an offset
-/// too) is when it happened, at or before it was seen.
-fn stamped(rows: &[(u64, Input)], start: Ts) -> Vec<(Ts, Input)> {
+/// A time moved off the tick grid, when `off` (whether a tick or an input sent at one
+/// instant comes first is up to which task wakes first).
+fn off_grid(ms: u64, off: bool) -> u64 {
+    if off && ms.is_multiple_of(TICK_MS) {
+        ms + 1
+    } else {
+        ms
+    }
+}
+
+/// The samples of signal number `signal`, each at its scheduled time, sent when it is
+/// read: at once, or (one in three, when the signal is slow) up to `late_ms` later,
+/// never before the sample before it (a sampler takes one sample after another).
+fn samples(case: &Case, sig: &SignalCase, signal: usize) -> Vec<Sent> {
+    let runs = sig
+        .runs
+        .iter()
+        .flat_map(|&(regime, n, seed)| (0..n as u32).map(move |k| (regime, seed ^ k)));
+    let mut sent: Vec<Sent> = Vec::new();
+    for (k, (regime, seed)) in runs.enumerate() {
+        let time = sig.phase_ms + k as u64 * sig.interval_s * 1000;
+        if time > case.secs * 1000 {
+            break;
+        }
+        let late = if sig.late_ms > 0 && seed % 3 == 0 {
+            u64::from(seed / 3) % sig.late_ms
+        } else {
+            0
+        };
+        let after = sent.last().map_or(0, |s| s.seen + 1);
+        let seen = (time + late).max(after);
+        let input = Input::Reading(Reading {
+            signal,
+            state: state(sig.kind, regime, seed),
+        });
+        sent.push(Sent {
+            seen: off_grid(seen, seen != time),
+            time,
+            input,
+        });
+    }
+    sent
+}
+
+/// The inputs at engine times, `start` plus their offsets; a change's own `at` (an
+/// offset too) is when it happened, at or before it was seen.
+fn stamped(rows: &[Sent], start: Ts) -> Vec<Row> {
+    let at = |ms: u64| Ts(start.0 + ms);
     rows.iter()
-        .map(|(offset, input)| {
-            let at = Ts(start.0 + offset);
-            let input = match input {
+        .map(|r| {
+            let input = match &r.input {
                 Input::Change {
                     target,
                     revision,
@@ -463,11 +508,15 @@ fn stamped(rows: &[(u64, Input)], start: Ts) -> Vec<(Ts, Input)> {
                 } => Input::Change {
                     target: *target,
                     revision: revision.clone(),
-                    at: Ts(start.0 + happened.0),
+                    at: at(happened.0),
                 },
                 other => other.clone(),
             };
-            (at, input)
+            Row {
+                time: at(r.time),
+                seen: at(r.seen),
+                input,
+            }
         })
         .collect()
 }
@@ -715,23 +764,24 @@ impl Live {
     }
 }
 
-/// Runs a case live: the daemon fed the inputs at their times until `run_on` after the
-/// last, on a paused clock. Returns the inputs as stamped, and what the daemon did.
-async fn live(cfg: &Config, rows: &[(u64, Input)], run_on: Duration) -> LiveRun {
+/// Runs a case live: the daemon sent each input with its time when it is seen, until
+/// `run_on` after the last, on a paused clock. Returns the inputs as stamped, and what
+/// the daemon did.
+async fn live(cfg: &Config, rows: &[Sent], run_on: Duration) -> LiveRun {
     let mut daemon = Live::start(cfg.clone()).await;
     let stamped = stamped(rows, daemon.injector.now);
-    for (at, input) in &stamped {
-        daemon.run_until(*at).await;
-        daemon.send(*at, input.clone()).await;
+    for row in &stamped {
+        daemon.run_until(row.seen).await;
+        daemon.send(row.time, row.input.clone()).await;
     }
-    let last = stamped.last().map_or(daemon.injector.now, |(at, _)| *at);
+    let last = stamped.last().map_or(daemon.injector.now, |r| r.seen);
     daemon.run_until(last.plus(run_on)).await;
     let effects = daemon.stop().await;
     LiveRun { stamped, effects }
 }
 
 struct LiveRun {
-    stamped: Vec<(Ts, Input)>,
+    stamped: Vec<Row>,
     effects: Vec<(Ts, Effect)>,
 }
 
