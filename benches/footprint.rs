@@ -24,6 +24,14 @@
 //! one core. `FOOTPRINT_N` sets the sizes (default "1,100,1000"); `FOOTPRINT_SIDES` the
 //! sides (default "rearguard,prometheus,monit").
 //!
+//! The peak resident set since the start (VmHWM, start-up included) is read at the end of
+//! the window. `FOOTPRINT_BEFORE=PATH` names another rearguard binary (an earlier build,
+//! copied aside) that runs as one more side, "before", right after this build's, so that a
+//! change is measured before and after in one run on the same machine; the last table
+//! judges the footprint issue's goals against monit in the same run. `FOOTPRINT_BIN=PATH`
+//! measures that binary instead of the one cargo built with the bench (the release
+//! build, when the bench itself is built with `--profile dev` to save a build).
+//!
 //! `cargo bench --bench footprint` (needs the Debian packages `prometheus`,
 //! `prometheus-alertmanager` and `monit`). Under `cargo test` it does nothing.
 
@@ -156,6 +164,12 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 /// (VmRSS, RssAnon, RssFile in kB, Threads) from `/proc/PID/status`.
 fn status(pid: u32) -> (u64, u64, u64, u64) {
+    let f = status_fields(pid, &["VmRSS:", "RssAnon:", "RssFile:", "Threads:"]);
+    (f[0], f[1], f[2], f[3])
+}
+
+/// The values of `keys` in `/proc/PID/status` (kB for sizes), 0 for one it lacks.
+fn status_fields(pid: u32, keys: &[&str]) -> Vec<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
     let field = |key: &str| {
         text.lines()
@@ -164,12 +178,7 @@ fn status(pid: u32) -> (u64, u64, u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (
-        field("VmRSS:"),
-        field("RssAnon:"),
-        field("RssFile:"),
-        field("Threads:"),
-    )
+    keys.iter().map(|k| field(k)).collect()
 }
 
 /// Resident memory by kind of mapping, from `/proc/PID/smaps`, in kB.
@@ -179,6 +188,8 @@ fn smaps_summary(pid: u32) -> String {
     };
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
     let (mut bin, mut libs, mut heap, mut anon, mut anon_n, mut stack) = (0, 0, 0, 0, 0, 0);
+    // Pages of the binary's own mappings that were written (relocated data, .data, .bss).
+    let mut bin_written = 0;
     let mut kind = 0;
     for line in text.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
@@ -196,8 +207,12 @@ fn smaps_summary(pid: u32) -> String {
             } else {
                 1
             };
+        } else if let Some(v) = line.strip_prefix("Anonymous:") {
+            if kind == 0 {
+                bin_written += kb_value(v);
+            }
         } else if let Some(v) = line.strip_prefix("Rss:") {
-            let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            let kb = kb_value(v);
             match kind {
                 0 => bin += kb,
                 1 => libs += kb,
@@ -208,8 +223,12 @@ fn smaps_summary(pid: u32) -> String {
         }
     }
     format!(
-        "binary {bin} kB, other files {libs} kB, [heap] {heap} kB, anonymous {anon} kB in {anon_n} mappings, [stack] {stack} kB"
+        "binary {bin} kB (of it written {bin_written} kB), other files {libs} kB, [heap] {heap} kB, anonymous {anon} kB in {anon_n} mappings, [stack] {stack} kB"
     )
+}
+
+fn kb_value(v: &str) -> u64 {
+    v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0)
 }
 
 struct Measured {
@@ -219,7 +238,11 @@ struct Measured {
     anon_median_kb: u64,
     file_median_kb: u64,
     threads_max: u64,
+    /// VmHWM at the end of the window: the peak resident set since the start.
+    hwm_kb: u64,
     cpu_pct: f64,
+    /// Checks (probes, scrapes) answered per second during the window, 0 if not counted.
+    rate: f64,
     smaps: String,
 }
 
@@ -266,7 +289,9 @@ async fn measure(procs: &[&Proc], window: Duration) -> (Vec<Measured>, f64) {
                 anon_median_kb: median(s.iter().map(|x| x.1).collect()),
                 file_median_kb: median(s.iter().map(|x| x.2).collect()),
                 threads_max: s.iter().map(|x| x.3).max().unwrap_or(0),
+                hwm_kb: status_fields(p.pid, &["VmHWM:"])[0],
                 cpu_pct: (end[i] - start[i]) as f64 / tck / wall * 100.0,
+                rate: 0.0,
                 smaps: smaps_summary(p.pid),
             }
         })
@@ -280,12 +305,13 @@ fn mb(kb: u64) -> String {
 
 fn describe(m: &Measured) -> String {
     format!(
-        "  {}: RSS median {} max {} (anon {}, file {}), threads max {}, CPU {:.2}% of one core\n    smaps at the end: {}",
+        "  {}: RSS median {} max {} (anon {}, file {}), peak since start (VmHWM) {}, threads max {}, CPU {:.2}% of one core\n    smaps at the end: {}",
         m.name,
         mb(m.rss_median_kb),
         mb(m.rss_max_kb),
         mb(m.anon_median_kb),
         mb(m.file_median_kb),
+        mb(m.hwm_kb),
         m.threads_max,
         m.cpu_pct,
         m.smaps
@@ -342,6 +368,8 @@ struct Row {
     n: usize,
     rearguard: Option<Measured>,
     rearguard_note: String,
+    /// The binary of `FOOTPRINT_BEFORE`, for a before-and-after in one run.
+    before: Option<Measured>,
     stack: Option<(Measured, Measured)>,
     stack_note: String,
     monit: Option<Measured>,
@@ -399,6 +427,7 @@ async fn run_monit(
     let h0 = hits.health.load(Ordering::Relaxed);
     let (mut m, self_cpu) = measure(&[&proc], window).await;
     let checks = (hits.health.load(Ordering::Relaxed) - h0) as f64 / window.as_secs_f64();
+    m.iter_mut().for_each(|m| m.rate = checks);
     let alive = proc.alive();
     proc.kill().await;
     let log = std::fs::read_to_string(dir.path().join("monit.log")).unwrap_or_default();
@@ -410,6 +439,8 @@ async fn run_monit(
 }
 
 async fn run_rearguard(
+    side: &'static str,
+    bin: &Path,
     n: usize,
     base: &str,
     hits: &Hits,
@@ -427,14 +458,13 @@ async fn run_rearguard(
     }
     let config = dir.path().join("rearguard.toml");
     std::fs::write(&config, rearguard_config(n, dir.path(), base)).unwrap();
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_rearguard"));
     let args = vec![
         "run".to_owned(),
         "--config".to_owned(),
         config.display().to_string(),
     ];
     let before = hits.health.load(Ordering::Relaxed);
-    let mut proc = Proc::spawn("rearguard", &bin, &args, dir.path());
+    let mut proc = Proc::spawn(side, bin, &args, dir.path());
     // Started: every probe has reached the server once.
     let started = support::poll_until(Duration::from_secs(60), || {
         hits.health.load(Ordering::Relaxed) >= before + n
@@ -449,6 +479,7 @@ async fn run_rearguard(
     let h0 = hits.health.load(Ordering::Relaxed);
     let (mut m, self_cpu) = measure(&[&proc], window).await;
     let probes = (hits.health.load(Ordering::Relaxed) - h0) as f64 / window.as_secs_f64();
+    m.iter_mut().for_each(|m| m.rate = probes);
     let alive = proc.alive();
     let log = proc.log();
     proc.kill().await;
@@ -575,6 +606,11 @@ async fn run_stack(
 
 async fn bench(ns: Vec<usize>, sides: Vec<String>, warmup: Duration, window: Duration) -> Vec<Row> {
     let side = |name: &str| sides.iter().any(|s| s == name);
+    let before_bin = std::env::var_os("FOOTPRINT_BEFORE").map(PathBuf::from);
+    let this_bin = std::env::var_os("FOOTPRINT_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_rearguard")),
+        PathBuf::from,
+    );
     let hits = Arc::new(Hits::default());
     let app = Router::new()
         .route("/health/{i}", get(health))
@@ -588,7 +624,7 @@ async fn bench(ns: Vec<usize>, sides: Vec<String>, warmup: Duration, window: Dur
     for n in ns {
         let t = Instant::now();
         let (rearguard, rearguard_note) = if side("rearguard") {
-            run_rearguard(n, &base, &hits, warmup, window).await
+            run_rearguard("rearguard", &this_bin, n, &base, &hits, warmup, window).await
         } else {
             (None, "skipped (FOOTPRINT_SIDES)".to_owned())
         };
@@ -597,6 +633,23 @@ async fn bench(ns: Vec<usize>, sides: Vec<String>, warmup: Duration, window: Dur
             println!("{}", describe(m));
         }
         println!("  {rearguard_note}");
+        let before = match before_bin.as_deref() {
+            Some(bin) if side("before") => {
+                let t = Instant::now();
+                let (m, note) = run_rearguard("before", bin, n, &base, &hits, warmup, window).await;
+                println!(
+                    "N = {n}, before: {} ({:.0} s):",
+                    bin.display(),
+                    t.elapsed().as_secs_f64()
+                );
+                if let Some(m) = &m {
+                    println!("{}", describe(m));
+                }
+                println!("  {note}");
+                m
+            }
+            _ => None,
+        };
         let t = Instant::now();
         let (stack, stack_note) = if side("prometheus") {
             run_stack(n, &addr, &hits, warmup, window).await
@@ -626,6 +679,7 @@ async fn bench(ns: Vec<usize>, sides: Vec<String>, warmup: Duration, window: Dur
             n,
             rearguard,
             rearguard_note,
+            before,
             stack,
             stack_note,
             monit,
@@ -705,35 +759,72 @@ fn main() {
         }
     }
     println!();
-    println!(
-        "| N | rearguard RSS median | rearguard CPU | monit RSS median / max | monit CPU | monit checks per second (of N) | RSS ratio monit / rearguard | CPU ratio monit / rearguard |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &rows {
-        let (Some(rg), Some(m)) = (&r.rearguard, &r.monit) else {
-            println!("| {} | - | - | - | - | - | - | - |", r.n);
-            if r.monit.is_none() {
-                println!("  monit: {}", r.monit_note);
-            }
-            continue;
-        };
-        println!(
-            "| {} | {} | {:.2}% | {} / {} | {:.2}% | {:.1} | {:.2}x | {:.2}x |",
-            r.n,
-            mb(rg.rss_median_kb),
-            rg.cpu_pct,
-            mb(m.rss_median_kb),
-            mb(m.rss_max_kb),
-            m.cpu_pct,
-            r.monit_rate,
-            m.rss_median_kb as f64 / rg.rss_median_kb as f64,
-            m.cpu_pct / rg.cpu_pct,
-        );
-    }
+    print_beside_monit(&rows);
     println!(
         "\nwarm-up {} s, window {} s, whole run {:.0} s",
         warmup.as_secs(),
         window.as_secs(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The table beside monit: resident set (median over the window, and the peak since the
+/// start, VmHWM) and CPU of rearguard, of the `FOOTPRINT_BEFORE` binary when it ran, and
+/// of monit, then the goals judged on this run.
+fn print_beside_monit(rows: &[Row]) {
+    let cell = |m: Option<&Measured>| {
+        m.map_or("- | -".to_owned(), |m| {
+            format!(
+                "{} / {} | {:.2}%",
+                mb(m.rss_median_kb),
+                mb(m.hwm_kb),
+                m.cpu_pct
+            )
+        })
+    };
+    println!(
+        "| N | rearguard RSS median / peak | rearguard CPU | before RSS median / peak | before CPU | monit RSS median / peak | monit CPU | monit checks per second (of N) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {:.1} |",
+            r.n,
+            cell(r.rearguard.as_ref()),
+            cell(r.before.as_ref()),
+            cell(r.monit.as_ref()),
+            r.monit_rate
+        );
+        if r.monit.is_none() {
+            println!("  monit: {}", r.monit_note);
+        }
+    }
+    for r in rows {
+        let (Some(rg), Some(m)) = (&r.rearguard, &r.monit) else {
+            continue;
+        };
+        let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+        if r.n == 1 {
+            let ok = rg.hwm_kb <= m.hwm_kb && rg.hwm_kb <= 8 * 1024;
+            println!(
+                "goal at N = 1, peak at most monit's and 8 MB: {} ({} against monit's {})",
+                verdict(ok),
+                mb(rg.hwm_kb),
+                mb(m.hwm_kb)
+            );
+        } else if r.n == 1000 {
+            let ok = rg.rss_max_kb <= 20 * 1024 && rg.cpu_pct <= m.cpu_pct;
+            // monit's cycle outgrows 1 s at this size, so CPU per check is shown too.
+            let per_check = |m: &Measured| m.cpu_pct / 100.0 * 1e6 / m.rate.max(1.0);
+            println!(
+                "goal at N = 1000, at most 20 MB and no more CPU than monit: {} ({} max, {:.2}% against monit's {:.2}%; {:.0} against {:.0} us of CPU per check)",
+                verdict(ok),
+                mb(rg.rss_max_kb),
+                rg.cpu_pct,
+                m.cpu_pct,
+                per_check(rg),
+                per_check(m)
+            );
+        }
+    }
 }
