@@ -184,3 +184,40 @@ config_files = ["etc/shop/.env", "/etc/*/app.toml", "/etc/shop/../x", "/etc/shop
         "a wildcard in the file name is fine: {errors:#?}"
     );
 }
+
+#[test]
+fn a_restore_config_files_step_needs_a_target_with_config_files() {
+    let text = r#"
+[[target]]
+name = "shop"
+change = { type = "release_symlink", path = "/srv/shop/current" }
+plan = "restore"
+
+[[plan]]
+name = "restore"
+steps = [{ name = "files back", type = "restore_config_files" }]
+"#;
+    let errors = support::config_errors(text);
+    let want = "target[0].plan: plan \"restore\" has a restore_config_files step (\"files back\") but this target has no config_files to snapshot";
+    assert!(
+        errors.iter().any(|e| e.contains(want)),
+        "{want}\nin {errors:#?}"
+    );
+    let with_files = text.replace(
+        "plan = \"restore\"",
+        "plan = \"restore\"\nconfig_files = [\"/srv/shop/.env\"]",
+    );
+    let loaded = rearguard::config::load_str(
+        &with_files,
+        rearguard::config::Format::Toml,
+        std::iter::empty(),
+        Path::new("."),
+    );
+    if let Err(errors) = loaded {
+        let errors: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+        assert!(
+            !errors.iter().any(|e| e.contains("restore_config_files step")),
+            "{errors:#?}"
+        );
+    }
+}

@@ -383,6 +383,33 @@ pub(super) fn check_verification(
             .retain(|&r| rules.get(r).is_some_and(Option::is_some));
     }
     check_verify_windows(ctx, plans, targets, rules);
+    check_config_file_steps(ctx, plans, targets);
+}
+
+/// A `restore_config_files` step restores the snapshot of the target's `config_files`:
+/// a target without them has no snapshot to restore, which would only show when the
+/// step runs in an incident.
+fn check_config_file_steps(ctx: &mut Ctx, plans: &[Option<Plan>], targets: &[Option<Target>]) {
+    for (ti, t) in slots(targets) {
+        let Some(plan) = t.plan.and_then(|pi| plans.get(pi)?.as_ref()) else {
+            continue;
+        };
+        let restores = plan
+            .steps
+            .iter()
+            .find(|s| matches!(s.action, ActionSpec::RestoreConfigFiles(_)));
+        if let Some(step) = restores
+            && t.config_files.is_empty()
+        {
+            ctx.err(
+                format!("target[{ti}].plan"),
+                format!(
+                    "plan {:?} has a restore_config_files step ({:?}) but this target has no config_files to snapshot",
+                    plan.name, step.name
+                ),
+            );
+        }
+    }
 }
 
 /// The filled slots with their positions in the file.
