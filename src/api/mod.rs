@@ -12,6 +12,7 @@
 pub mod control;
 pub mod metrics;
 pub mod server;
+pub mod status_page;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

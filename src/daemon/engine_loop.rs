@@ -105,6 +105,9 @@ impl Generation<'_> {
         // Every input carries the time it happened (see `input_time`).
         let now = input_time(&input, at, self.last);
         self.last = self.last.max(now);
+        if let Input::Reading(r) = &input {
+            self.charts.reading(&self.cfg, r, now);
+        }
         let effects = self.step_timed(input, now);
         self.settle(effects, now, Publish::IfChanged);
     }

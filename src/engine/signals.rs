@@ -9,7 +9,7 @@ use super::{
     Cause, Engine, EntryKind, HISTORY_CAP, IncidentState, Measure, Outcome, ReadingState, Ts,
 };
 use crate::config::Occasion;
-use crate::config::units::format_duration;
+use crate::config::units::human_duration;
 
 impl Engine {
     /// Keeps a finite value of a signal that has a baseline, within its window.
@@ -72,7 +72,7 @@ impl Engine {
             "watchdog is blind: signal {} has failed to read since {} ({} ago): {why}",
             sig.name,
             since.clock(),
-            format_duration(now.since(since))
+            human_duration(now.since(since))
         );
         let idx = match self.open_incident(target, Cause::Blind) {
             Some(idx) => idx,
