@@ -604,7 +604,12 @@ impl Store {
     }
 
     /// The revision changes of a target up to `to_ms`, the newest `limit`, oldest first.
-    pub fn changes(&self, target: &str, to_ms: u64, limit: u64) -> Result<Vec<ChangeRow>, StoreError> {
+    pub fn changes(
+        &self,
+        target: &str,
+        to_ms: u64,
+        limit: u64,
+    ) -> Result<Vec<ChangeRow>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT target, at_ms, from_revision, to_revision FROM changes
@@ -1233,17 +1238,20 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let n = READINGS_KEPT_PER_SIGNAL + 10;
         let batch: Vec<ReadingRow> = (0..n).map(|i| reading("a", 1_000 + i)).collect();
-        store
-            .record_readings(&batch, &[])
-            .unwrap();
-        store
-            .record_readings(&[reading("b", 5)], &[])
-            .unwrap();
+        store.record_readings(&batch, &[]).unwrap();
+        store.record_readings(&[reading("b", 5)], &[]).unwrap();
         let kept = store.readings("a", 0, u64::MAX >> 2).unwrap();
         assert_eq!(kept.len() as u64, READINGS_KEPT_PER_SIGNAL);
         assert_eq!(kept[0].at_ms, 1_010, "the oldest go first");
-        assert_eq!(store.latest_reading("a").unwrap().unwrap().at_ms, 1_000 + n - 1);
-        assert_eq!(store.readings("b", 0, 10).unwrap().len(), 1, "other signals stay");
+        assert_eq!(
+            store.latest_reading("a").unwrap().unwrap().at_ms,
+            1_000 + n - 1
+        );
+        assert_eq!(
+            store.readings("b", 0, 10).unwrap().len(),
+            1,
+            "other signals stay"
+        );
         // A day after the newest, the old ones go.
         let later = 1_000 + n + READINGS_KEPT_FOR_MS + 1;
         store.record_readings(&[reading("a", later)], &[]).unwrap();
@@ -1269,6 +1277,11 @@ mod tests {
         let before = store.changes("shop", 205, 2).unwrap();
         let names: Vec<&str> = before.iter().map(|c| c.to.as_str()).collect();
         assert_eq!(names, ["v20", "v21"]);
-        assert!(store.changes("other", u64::MAX >> 2, 10).unwrap().is_empty());
+        assert!(
+            store
+                .changes("other", u64::MAX >> 2, 10)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -115,7 +115,10 @@ fn targets(out: &mut String, status: &Status) {
             esc(t.revision.as_deref().unwrap_or("not known yet")),
             t.breaker
                 .as_deref()
-                .map_or("closed".to_owned(), |why| format!("<strong>open</strong>: {}", esc(why))),
+                .map_or("closed".to_owned(), |why| format!(
+                    "<strong>open</strong>: {}",
+                    esc(why)
+                )),
             if t.paused { "paused" } else { "on" },
             esc(&t.bad.join(", "))
         );
@@ -211,11 +214,20 @@ fn incident(out: &mut String, cfg: &Config, store: &crate::store::Store, inc: &I
         esc(&inc.breach_started.rfc3339())
     );
     for (at, text) in report::story(inc, cfg, &ev) {
-        let _ = write!(out, "<li><span class=\"muted\">{}</span> {}</li>", esc(&at.clock()), esc(&text));
+        let _ = write!(
+            out,
+            "<li><span class=\"muted\">{}</span> {}</li>",
+            esc(&at.clock()),
+            esc(&text)
+        );
     }
     out.push_str("</ol>");
     for (_, chart) in report::charts(inc, cfg, &ev) {
-        let _ = write!(out, "<div class=\"chart\">{}</div>", report::chart::svg(&chart));
+        let _ = write!(
+            out,
+            "<div class=\"chart\">{}</div>",
+            report::chart::svg(&chart)
+        );
     }
     out.push_str("</section>");
 }
@@ -225,7 +237,11 @@ fn recent(out: &mut String, store: &crate::store::Store) {
     let rows = match store.recent_incidents(RECENT) {
         Ok(rows) => rows,
         Err(e) => {
-            let _ = write!(out, "<p>cannot read the closed incidents: {}</p>", esc(&e.to_string()));
+            let _ = write!(
+                out,
+                "<p>cannot read the closed incidents: {}</p>",
+                esc(&e.to_string())
+            );
             return;
         }
     };

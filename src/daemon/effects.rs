@@ -68,13 +68,6 @@ impl Generation<'_> {
             if self.shared.observer.is_some() {
                 self.shared.tell(Event::Effect(at, effect.clone()));
             }
-            if let Effect::ChangeObserved {
-                target, from, to, ..
-            } = &effect
-            {
-                let name = &self.cfg.targets[*target].name;
-                self.charts.change(name, from, to, at);
-            }
             self.carry_out(&effect);
         }
     }

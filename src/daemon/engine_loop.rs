@@ -105,10 +105,18 @@ impl Generation<'_> {
         // Every input carries the time it happened (see `input_time`).
         let now = input_time(&input, at, self.last);
         self.last = self.last.max(now);
-        if let Input::Reading(r) = &input {
-            self.charts.reading(&self.cfg, r, now);
-        }
+        let change_at = match &input {
+            Input::Reading(r) => {
+                self.charts.reading(&self.cfg, r, now);
+                None
+            }
+            Input::Change { at, .. } => Some((*at).min(now)),
+            _ => None,
+        };
         let effects = self.step_timed(input, now);
+        if let Some(at) = change_at {
+            self.charts.changes(&self.cfg, &effects, at);
+        }
         self.settle(effects, now, Publish::IfChanged);
     }
 

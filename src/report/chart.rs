@@ -81,13 +81,15 @@ pub struct Chart {
 }
 
 const WIDTH: f64 = 860.0;
-const HEIGHT: f64 = 310.0;
+const HEIGHT: f64 = 330.0;
 const LEFT: f64 = 72.0;
 const RIGHT: f64 = 840.0;
-const TOP: f64 = 46.0;
-const BOTTOM: f64 = 210.0;
+const TOP: f64 = 70.0;
+const BOTTOM: f64 = 230.0;
+/// The rows of marker labels above the plot.
+const LABEL_ROWS: [f64; 4] = [28.0, 40.0, 52.0, 64.0];
 /// Where readings without a value are drawn, below the plot.
-const BAND: f64 = 222.0;
+const BAND: f64 = 242.0;
 /// Value points drawn as dots only up to this many; the line is always drawn.
 const DOTS_MAX: usize = 300;
 
@@ -186,15 +188,20 @@ fn axes(out: &mut String, c: &Chart, f: &Frame) {
             esc(&label)
         );
     }
-    for i in 0..=4u64 {
-        let at = Ts(c.from.0 + (c.to.0.saturating_sub(c.from.0)) * i / 4);
+    let (step, precise) = time_step(c.to.0.saturating_sub(c.from.0));
+    let mut at = c.from.0.div_ceil(step) * step;
+    while at <= c.to.0 {
+        let clock = Ts(at).clock();
+        let label = if precise { &clock[..10] } else { &clock[..8] };
+        let x = f.x(Ts(at));
         let _ = write!(
             out,
-            r##"<text x="{:.1}" y="{}" text-anchor="middle" fill="#444444">{}</text>"##,
-            f.x(at),
+            r##"<line x1="{x:.1}" y1="{BOTTOM}" x2="{x:.1}" y2="{}" stroke="#bbbbbb"/><text x="{x:.1}" y="{}" text-anchor="middle" fill="#444444">{}</text>"##,
+            BOTTOM + 4.0,
             BAND + 26.0,
-            esc(&at.clock()[..8])
+            esc(label)
         );
+        at += step;
     }
     let _ = write!(
         out,
@@ -202,6 +209,20 @@ fn axes(out: &mut String, c: &Chart, f: &Frame) {
         LEFT - 4.0,
         BAND + 8.0
     );
+}
+
+/// The step between time ticks (a round length, about six ticks over `span_ms`) and
+/// whether labels need tenths of a second.
+fn time_step(span_ms: u64) -> (u64, bool) {
+    const STEPS: [u64; 17] = [
+        100, 200, 500, 1_000, 2_000, 5_000, 10_000, 15_000, 30_000, 60_000, 120_000, 300_000,
+        600_000, 900_000, 1_800_000, 3_600_000, 7_200_000,
+    ];
+    let step = STEPS
+        .into_iter()
+        .find(|&s| span_ms / s <= 6)
+        .unwrap_or_else(|| span_ms.div_ceil(6 * 3_600_000) * 3_600_000);
+    (step, step < 1_000)
 }
 
 fn threshold(out: &mut String, c: &Chart, f: &Frame) {
@@ -327,20 +348,41 @@ fn same_kind(a: &Seen, b: &Seen) -> bool {
     std::mem::discriminant(a) == std::mem::discriminant(b)
 }
 
+/// A line per marker; its label goes in the first row above the plot where it does not
+/// overlap another (markers close in time share the space); one that fits nowhere keeps
+/// only its tooltip.
 fn markers(out: &mut String, c: &Chart, f: &Frame) {
-    for (i, m) in c.markers.iter().enumerate() {
+    let mut ends = [f64::MIN; LABEL_ROWS.len()];
+    for m in &c.markers {
         let x = f.x(m.at);
-        let y = if i % 2 == 0 { 28.0 } else { 40.0 };
-        let anchor = if x > RIGHT - 120.0 { "end" } else { "start" };
+        let width = 6.0 * m.label.chars().count() as f64;
+        let (start, anchor) = if x + 2.0 + width > WIDTH - 4.0 {
+            (x - 2.0 - width, "end")
+        } else {
+            (x + 2.0, "start")
+        };
+        let row = ends.iter().position(|&end| start > end + 4.0);
+        let (top, label) = match row {
+            Some(i) => {
+                ends[i] = start + width;
+                let tx = if anchor == "end" { x - 2.0 } else { x + 2.0 };
+                (
+                    LABEL_ROWS[i] + 2.0,
+                    format!(
+                        r##"<text x="{tx:.1}" y="{}" text-anchor="{anchor}" fill="{}">{}</text>"##,
+                        LABEL_ROWS[i],
+                        m.kind.colour(),
+                        esc(&m.label)
+                    ),
+                )
+            }
+            None => (TOP, String::new()),
+        };
         let _ = write!(
             out,
-            r##"<g data-marker="{}"><line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{BOTTOM}" stroke="{}" stroke-width="1.2"/><text x="{:.1}" y="{y}" text-anchor="{anchor}" fill="{}">{}</text><title>{} {}</title></g>"##,
+            r##"<g data-marker="{}"><line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{BOTTOM}" stroke="{}" stroke-width="1.2"/>{label}<title>{} {}</title></g>"##,
             m.kind.name(),
-            y + 2.0,
             m.kind.colour(),
-            if anchor == "end" { x - 2.0 } else { x + 2.0 },
-            m.kind.colour(),
-            esc(&m.label),
             esc(&m.at.clock()),
             esc(&m.label)
         );
@@ -501,6 +543,32 @@ mod tests {
         assert_eq!(count(&svg, "<polyline data-reading=\"value\""), 1);
         assert_eq!(count(&svg, "<circle data-reading=\"value\""), 3);
         assert!(!svg.contains(&format!("cy=\"{BOTTOM:.1}\"")), "{svg}");
+    }
+
+    #[test]
+    fn time_ticks_are_round_and_about_six() {
+        assert_eq!(time_step(3_870), (1_000, false));
+        assert_eq!(time_step(900), (200, true));
+        assert_eq!(time_step(40 * 60_000), (600_000, false));
+        assert_eq!(time_step(3 * 86_400_000), (43_200_000, false));
+    }
+
+    #[test]
+    fn labels_of_markers_close_in_time_go_on_separate_rows() {
+        let mut c = chart(vec![point(10, Seen::Value(0.01))]);
+        for m in &mut c.markers {
+            m.at = Ts(60_000);
+        }
+        let svg = svg(&c);
+        let rows: Vec<&str> = LABEL_ROWS
+            .iter()
+            .filter(|y| svg.contains(&format!("y=\"{y}\" text-anchor")))
+            .map(|_| "row")
+            .collect();
+        assert_eq!(rows.len(), LABEL_ROWS.len(), "{svg}");
+        // Six markers, four rows: two keep only their tooltip, and each is still drawn.
+        assert_eq!(count(&svg, "<g data-marker="), 8);
+        assert_eq!(count(&svg, "<title>00:01:00.000 "), 6);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::config::units::{Condition, Threshold, Unit};
 use crate::config::{Config, Rule, RuleMode, SignalKind};
-use crate::engine::{Measure, Reading, ReadingState, Ts};
+use crate::engine::{Effect, Measure, Reading, ReadingState, Ts};
 use crate::store::{ChangeRow, ReadingRow, Store};
 
 /// How long readings wait in memory, at most, before they are written.
@@ -177,14 +177,23 @@ impl Recorder {
         }
     }
 
-    /// A revision change the engine observed.
-    pub fn change(&mut self, target: &str, from: &str, to: &str, at: Ts) {
-        self.changes.push(ChangeRow {
-            target: target.to_owned(),
-            at_ms: at.0,
-            from: from.to_owned(),
-            to: to.to_owned(),
-        });
+    /// The revision changes among an engine step's effects, which happened at `at` (the
+    /// change input's time, the earliest the change can have happened, as the engine
+    /// takes it).
+    pub fn changes(&mut self, cfg: &Config, effects: &[Effect], at: Ts) {
+        for e in effects {
+            if let Effect::ChangeObserved {
+                target, from, to, ..
+            } = e
+            {
+                self.changes.push(ChangeRow {
+                    target: cfg.targets[*target].name.clone(),
+                    at_ms: at.0,
+                    from: from.clone(),
+                    to: to.clone(),
+                });
+            }
+        }
     }
 
     /// Writes what waits when it is time: `urgent` (the step had effects), after
@@ -274,8 +283,20 @@ min_requests = 20
         let rows = rows(
             "errors",
             &[
-                (1, ReadingState::Value(Measure::Rate { errors: 5.0, requests: 100.0 })),
-                (2, ReadingState::Value(Measure::Rate { errors: 1.0, requests: 3.0 })),
+                (
+                    1,
+                    ReadingState::Value(Measure::Rate {
+                        errors: 5.0,
+                        requests: 100.0,
+                    }),
+                ),
+                (
+                    2,
+                    ReadingState::Value(Measure::Rate {
+                        errors: 1.0,
+                        requests: 3.0,
+                    }),
+                ),
                 (3, ReadingState::NoData),
                 (4, ReadingState::SourceError("secret-ish text".to_owned())),
                 (5, ReadingState::Insufficient { have: 2, need: 20 }),
@@ -328,7 +349,12 @@ within = "1m"
         let event = |k: &str| ReadingState::Value(Measure::Event { key: k.to_owned() });
         let rows = rows(
             "oom",
-            &[(0, event("a")), (10, event("b")), (10, event("b")), (65, event("c"))],
+            &[
+                (0, event("a")),
+                (10, event("b")),
+                (10, event("b")),
+                (65, event("c")),
+            ],
         );
         let values: Vec<Seen> = points_for(&rule, kind, &rows)
             .into_iter()

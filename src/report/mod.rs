@@ -62,17 +62,25 @@ impl Evidence {
             })
             .pop();
         let start = match &blamed {
-            Some(c) if inc.breach_started.since(Ts(c.at_ms)) <= CHANGE_DRAWN_WITHIN => {
-                Ts(c.at_ms)
-            }
+            Some(c) if inc.breach_started.since(Ts(c.at_ms)) <= CHANGE_DRAWN_WITHIN => Ts(c.at_ms),
             _ => inc.breach_started,
         }
         .min(inc.opened_at);
         let end = inc.closed_at.unwrap_or(now).max(start);
-        let lead = (end.since(start) / 4).max(Duration::from_secs(30));
+        let rules = charted_rules(inc, cfg);
+        let interval = rules
+            .iter()
+            .map(|&r| cfg.signals[cfg.rules[r].signal].interval)
+            .max()
+            .unwrap_or(Duration::from_secs(1));
+        let lead = (end.since(start) / 4).max(interval * 5);
         let (from, to) = (start.minus(lead), end);
         let changes = store
-            .changes(&inc.target_name, to.0, crate::store::CHANGES_KEPT_PER_TARGET)
+            .changes(
+                &inc.target_name,
+                to.0,
+                crate::store::CHANGES_KEPT_PER_TARGET,
+            )
             .unwrap_or_else(|e| {
                 warn(e);
                 Vec::new()
@@ -80,7 +88,7 @@ impl Evidence {
             .into_iter()
             .filter(|c| c.at_ms >= from.0)
             .collect();
-        let points = charted_rules(inc, cfg)
+        let points = rules
             .into_iter()
             .map(|r| {
                 let rule = &cfg.rules[r];
@@ -165,8 +173,13 @@ fn first_reading(inc: &Incident, cfg: &Config, ev: &Evidence) -> String {
         .and_then(|(_, points)| points.iter().rev().find(|p| p.at <= inc.breach_started))
         .filter(|p| p.at == inc.breach_started);
     match seen {
+        Some(p) if kind == crate::config::SignalKind::Check => format!(
+            "first breaching reading of rule {}: {}",
+            rule.name,
+            history::describe(rule, kind, p)
+        ),
         Some(p) => format!(
-            "first breaching reading of rule {}: {} ({})",
+            "first breaching reading of rule {}: {}, which breaches {}",
             rule.name,
             history::describe(rule, kind, p),
             rule.when.describe()
@@ -236,19 +249,14 @@ fn markers(inc: &Incident, ev: &Evidence, fired: Ts) -> Vec<Marker> {
             mark(Ts(c.at_ms), MarkerKind::Change, label)
         })
         .collect();
-    out.push(mark(inc.breach_started, MarkerKind::Breach, "breach".into()));
+    out.push(mark(
+        inc.breach_started,
+        MarkerKind::Breach,
+        "breach".into(),
+    ));
     out.push(mark(fired, MarkerKind::Fired, "fired".into()));
-    if let Some(e) = inc
-        .timeline
-        .iter()
-        .find(|e| e.kind == EntryKind::Decision && !e.text.starts_with("resolved"))
-    {
-        let label = if e.text.starts_with("rolling back") {
-            "decision: roll back"
-        } else {
-            "decision: people decide"
-        };
-        out.push(mark(e.at, MarkerKind::Decision, label.into()));
+    if let Some((at, label)) = decision(inc) {
+        out.push(mark(at, MarkerKind::Decision, label.into()));
     }
     let mut step = 0;
     for e in &inc.timeline {
@@ -256,7 +264,11 @@ fn markers(inc: &Incident, ev: &Evidence, fired: Ts) -> Vec<Marker> {
             EntryKind::StepFinished { ok, .. } => {
                 step += 1;
                 let verdict = if *ok { "ok" } else { "failed" };
-                out.push(mark(e.at, MarkerKind::Step, format!("step {step} {verdict}")));
+                out.push(mark(
+                    e.at,
+                    MarkerKind::Step,
+                    format!("step {step} {verdict}"),
+                ));
             }
             EntryKind::Verification => {
                 out.push(mark(e.at, MarkerKind::Verification, "verification".into()))
@@ -273,6 +285,22 @@ fn markers(inc: &Incident, ev: &Evidence, fired: Ts) -> Vec<Marker> {
     }
     out.sort_by_key(|m| m.at);
     out
+}
+
+/// When rearguard decided, and what: the line that starts the rollback, else the line
+/// with the reason it escalated.
+fn decision(inc: &Incident) -> Option<(Ts, &'static str)> {
+    let decisions = || {
+        inc.timeline
+            .iter()
+            .filter(|e| e.kind == EntryKind::Decision)
+    };
+    if let Some(e) = decisions().find(|e| e.text.starts_with("rolling back")) {
+        return Some((e.at, "decision: roll back"));
+    }
+    let reason = inc.escalation_reason.as_deref()?;
+    let e = decisions().find(|e| e.text.contains(reason))?;
+    Some((e.at, "decision: people decide"))
 }
 
 /// Renders the report of a closed (or closing) incident, linking the charts `write`
