@@ -512,3 +512,164 @@ fn put(dir: &Path, name: &str, text: &str) -> io::Result<()> {
 fn esc(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Entry, IncidentState};
+
+    const CFG: &str = r#"
+[daemon]
+state_dir = "/tmp/rearguard-report-test"
+[[target]]
+name = "shop"
+[[signal]]
+name = "errors"
+target = "shop"
+type = "scrape"
+url = "http://127.0.0.1:1/metrics"
+interval = "10s"
+error_rate = { requests = 'http_requests_total', errors = 'code=~"5.."' }
+[[rule]]
+name = "error-rate"
+signal = "errors"
+when = "> 5%"
+for = "1m"
+"#;
+
+    fn entry(s: u64, kind: EntryKind, text: &str) -> Entry {
+        Entry {
+            at: Ts(s * 1000),
+            kind,
+            text: text.to_owned(),
+        }
+    }
+
+    fn incident() -> Incident {
+        Incident {
+            id: "shop-1".to_owned(),
+            target: 0,
+            target_name: "shop".to_owned(),
+            cause: Cause::Breach,
+            state: IncidentState::Resolved,
+            opened_at: Ts(160_000),
+            closed_at: Some(Ts(221_000)),
+            breach_started: Ts(100_000),
+            rules: vec![0],
+            blind_signals: Vec::new(),
+            plan: None,
+            from_revision: None,
+            to_revision: None,
+            plan_finished_at: None,
+            acknowledged: false,
+            refused_by_gate: false,
+            escalation_reason: Some("people decide".to_owned()),
+            outcome: Some(Outcome::Recovered),
+            timeline: vec![
+                entry(160, EntryKind::Rule, "rule error-rate fired: 12%"),
+                entry(160, EntryKind::Notification, "notified (opened): team"),
+                entry(160, EntryKind::Decision, "escalated: people decide"),
+                entry(
+                    161,
+                    EntryKind::StepFinished {
+                        ok: true,
+                        duration_ms: 5_996,
+                        output: String::new(),
+                    },
+                    "step 1/1 \"look\" succeeded in 6.0 s",
+                ),
+                entry(221, EntryKind::Decision, "resolved: recovered"),
+            ],
+            steps: Vec::new(),
+            failed_attempts: 0,
+            notified: Default::default(),
+            follows: None,
+        }
+    }
+
+    fn evidence() -> Evidence {
+        let value = |s: u64, v: f64| Point {
+            at: Ts(s * 1000),
+            seen: history::Seen::Value(v),
+        };
+        Evidence {
+            blamed: Some(ChangeRow {
+                target: "shop".to_owned(),
+                at_ms: 90_000,
+                from: "v1".to_owned(),
+                to: "v2".to_owned(),
+            }),
+            changes: Vec::new(),
+            from: Ts(60_000),
+            to: Ts(221_000),
+            points: vec![(0, vec![value(90, 0.01), value(100, 0.125)])],
+        }
+    }
+
+    fn config() -> Config {
+        crate::config::load_str(
+            CFG,
+            crate::config::Format::Toml,
+            std::iter::empty(),
+            Path::new("/tmp"),
+        )
+        .expect("valid")
+    }
+
+    #[test]
+    fn the_story_starts_with_the_change_and_the_first_breaching_reading() {
+        let story = story(&incident(), &config(), &evidence());
+        let texts: Vec<&str> = story.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(
+            texts[..3],
+            [
+                "revision changed from v1 to v2: the latest change before the breach, which began 10.0 s later",
+                "first breaching reading of rule error-rate: 12.5%, which breaches > 5%",
+                "rule error-rate fired: 12%",
+            ]
+        );
+        assert!(!texts.iter().any(|t| t.starts_with("notified")));
+        let mut without = evidence();
+        without.blamed = None;
+        without.points[0].1.pop();
+        let story = super::story(&incident(), &config(), &without);
+        assert_eq!(
+            story[0].1,
+            "first breaching reading of rule error-rate (> 5%); the reading itself is no longer kept"
+        );
+    }
+
+    #[test]
+    fn the_report_lists_notifications_once_links_its_chart_and_writes_durations_for_people() {
+        let md = render(&incident(), &config(), &evidence());
+        assert_eq!(md.matches("notified (opened): team").count(), 1, "{md}");
+        assert!(md.contains("## Notifications\n\n- "), "{md}");
+        assert!(md.contains("](shop-1-error-rate.svg)"), "{md}");
+        assert!(md.contains("took 6.0 s."), "{md}");
+        assert!(md.contains("(open for 1 min 1 s)"), "{md}");
+        assert!(md.contains("every 10.0 s"), "{md}");
+    }
+
+    #[test]
+    fn written_charts_carry_the_markers_of_the_incident() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &incident(), &config(), &evidence()).unwrap();
+        assert_eq!(path, dir.path().join("reports/shop-1.md"));
+        let chart = chart_path(dir.path(), "shop-1", "error-rate");
+        let svg = std::fs::read_to_string(chart).unwrap();
+        for marker in [
+            "threshold",
+            "for",
+            "breach",
+            "fired",
+            "decision",
+            "step",
+            "resolved",
+        ] {
+            assert!(
+                svg.contains(&format!("data-marker=\"{marker}\"")),
+                "{marker}: {svg}"
+            );
+        }
+    }
+}
