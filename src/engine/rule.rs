@@ -26,7 +26,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use crate::config::units::human_duration;
+use crate::config::units::format_duration;
 use crate::config::{Condition, Policy, Rule, RuleMode, Threshold, Unit};
 
 use super::reading::{Measure, ReadingState, Ts};
@@ -485,13 +485,13 @@ impl RuleState {
             Seen::Check(true, _) => "check passed".to_owned(),
             Seen::Check(false, Some(d)) => format!("check failed: {d}"),
             Seen::Check(false, None) => "check failed".to_owned(),
-            Seen::Events(n, w) => format!("{n} distinct events within {}", human_duration(*w)),
+            Seen::Events(n, w) => format!("{n} distinct events within {}", format_duration(*w)),
         };
         if judged_clear {
             let held = if rule.clear_for.is_zero() {
                 String::new()
             } else {
-                format!(" for {}", human_duration(rule.clear_for))
+                format!(" for {}", format_duration(rule.clear_for))
             };
             format!("{seen}; clears when {}{held}", cond.describe())
         } else {

@@ -199,9 +199,6 @@ impl Recorder {
     /// Writes what waits when it is time: `urgent` (the step had effects), after
     /// [`FLUSH_EVERY`], or when many wait.
     pub fn write_if_due(&mut self, store: &Store, now: Ts, urgent: bool) {
-        if self.readings.is_empty() && self.changes.is_empty() {
-            return;
-        }
         let due = self
             .last_write
             .is_none_or(|last| now.since(last) >= FLUSH_EVERY);
@@ -213,6 +210,9 @@ impl Recorder {
     /// Writes what waits now (before a report reads it back).
     pub fn write(&mut self, store: &Store, now: Ts) {
         self.last_write = Some(now);
+        if self.readings.is_empty() && self.changes.is_empty() {
+            return;
+        }
         match store.record_readings(&self.readings, &self.changes) {
             Ok(()) => {
                 self.readings.clear();
