@@ -234,7 +234,7 @@ impl Recorder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn rows(signal: &str, states: &[(u64, ReadingState)]) -> Vec<ReadingRow> {
@@ -256,7 +256,8 @@ mod tests {
         (cfg.rules[0].clone(), kind)
     }
 
-    const RATE: &str = r#"
+    /// A rate rule the report's tests share.
+    pub(in crate::report) const RATE: &str = r#"
 [daemon]
 state_dir = "/tmp/x"
 [[target]]

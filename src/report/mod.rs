@@ -518,25 +518,6 @@ mod tests {
     use super::*;
     use crate::engine::{Entry, IncidentState};
 
-    const CFG: &str = r#"
-[daemon]
-state_dir = "/tmp/rearguard-report-test"
-[[target]]
-name = "shop"
-[[signal]]
-name = "errors"
-target = "shop"
-type = "scrape"
-url = "http://127.0.0.1:1/metrics"
-interval = "10s"
-error_rate = { requests = 'http_requests_total', errors = 'code=~"5.."' }
-[[rule]]
-name = "error-rate"
-signal = "errors"
-when = "> 5%"
-for = "1m"
-"#;
-
     fn entry(s: u64, kind: EntryKind, text: &str) -> Entry {
         Entry {
             at: Ts(s * 1000),
@@ -608,7 +589,7 @@ for = "1m"
 
     fn config() -> Config {
         crate::config::load_str(
-            CFG,
+            history::tests::RATE,
             crate::config::Format::Toml,
             std::iter::empty(),
             Path::new("/tmp"),

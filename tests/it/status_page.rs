@@ -11,27 +11,26 @@ use std::time::Duration;
 use rearguard::daemon::Event;
 use rearguard::engine::{Effect, Outcome};
 
-use crate::daemon::{Fixture, load};
+use crate::daemon::{Fixture, load, switch_back};
 use crate::support;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// The plan: wait until the test lets it go (so the incident is open while the browser
-/// looks), then switch back.
+/// The first step waits until the test lets it go, so the incident is open while the
+/// browser looks.
 const PLAN: &str = r#"
 [[plan.step]]
 name = "wait for the test"
 type = "exec"
 command = ["/bin/sh", "-c", "while [ ! -e {dir}/go ]; do sleep 0.05; done"]
 timeout = "30s"
-
-[[plan.step]]
-name = "switch back"
-type = "release_switch"
-current = "{dir}/current"
-releases = "{dir}/releases"
-timeout = "5s"
 "#;
+
+/// The plan: the waiting step, then the fixture's switch back.
+fn plan(f: &Fixture) -> String {
+    let dir = f.path().display().to_string();
+    PLAN.replace("{dir}", &dir) + &switch_back(f)
+}
 
 /// Runs headless Chromium on `url` with `args` (one browser start), in a fresh profile
 /// under `tmp`, killed by its process group if it does not finish in time. Its stdout.
@@ -94,7 +93,7 @@ fn listening(d: &crate::running::Running) -> String {
 async fn a_person_sees_the_incident_its_value_and_chart_in_a_browser_and_the_report_tells_the_story()
  {
     let f = Fixture::new().await;
-    let plan = PLAN.replace("{dir}", &f.path().display().to_string());
+    let plan = plan(&f);
     let mut d = f
         .start_and_deploy(&f.config(&plan, "read_open = true"))
         .await;
@@ -259,7 +258,7 @@ async fn the_status_page_needs_the_read_token_unless_reads_are_open() {
     let dir = f.path().display().to_string();
     std::fs::write(f.path().join("token"), "page-token-81c2").unwrap();
     let extra = format!("control_token = {{ file = \"{dir}/token\" }}");
-    let plan = PLAN.replace("{dir}", &dir);
+    let plan = plan(&f);
     let mut d = crate::running::start(load(&f.config(&plan, &extra)));
     d.wait_for("start", 10, |e| matches!(e, Event::Started))
         .await;
