@@ -34,6 +34,8 @@ listen = "127.0.0.1:0"
 mode = "enforce"
 tick = "100ms"
 drain_timeout = "5s"
+# The status page on `listen` is open to read (loopback only, for the demo's length).
+read_open = true
 
 [[target]]
 name = "shop"
@@ -270,6 +272,7 @@ async fn run_inner(dir: Option<PathBuf>) -> Result<(), String> {
     let mut deployed = false;
     let mut outcome = None;
     let mut report = None;
+    let mut charts = Vec::new();
     // The first phase waits until rearguard has seen v1 as the current revision and a
     // few healthy probes, so the deploy of v2 is a real change against a healthy
     // baseline.
@@ -319,13 +322,20 @@ async fn run_inner(dir: Option<PathBuf>) -> Result<(), String> {
             }
             Event::Effect(_, Effect::IncidentClosed(inc)) => {
                 outcome = inc.outcome.clone();
+                charts = inc
+                    .rules
+                    .iter()
+                    .map(|&r| {
+                        let name = &cfg.rules[r].name;
+                        crate::report::chart_path(&cfg.daemon.state_dir, &inc.id, name)
+                    })
+                    .collect();
                 shutdown.cancel();
             }
-            Event::Effect(..)
-            | Event::Delivery(_)
-            | Event::Listening(_)
-            | Event::Reloaded
-            | Event::ReloadRefused(_) => {}
+            Event::Listening(addr) => say(&format!(
+                "status page: http://{addr}/ (while the demo runs)"
+            )),
+            Event::Effect(..) | Event::Delivery(_) | Event::Reloaded | Event::ReloadRefused(_) => {}
             Event::Report { path, .. } => report = Some(path),
             Event::Stopped => break,
         }
@@ -343,6 +353,9 @@ async fn run_inner(dir: Option<PathBuf>) -> Result<(), String> {
                 started.elapsed().as_secs_f64()
             );
             println!("incident report: {}", path.display());
+            for chart in &charts {
+                println!("chart: {}", chart.display());
+            }
             Ok(())
         }
         _ => Err(format!(

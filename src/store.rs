@@ -191,6 +191,51 @@ pub struct StepRecord {
     pub closed: Vec<(String, String, u64, u64, String, String)>,
 }
 
+/// The most readings kept per signal, the newest; older ones are deleted as new ones are
+/// written. With [`READINGS_KEPT_FOR`], this bounds what the charts can show: 4096
+/// readings are 11 hours of a signal sampled every 10 s, 17 minutes of one sampled
+/// every 250 ms.
+pub const READINGS_KEPT_PER_SIGNAL: u64 = 4096;
+
+/// Readings older than this before the newest one written are deleted.
+pub const READINGS_KEPT_FOR_MS: u64 = 24 * 3_600_000;
+
+/// The most revision changes kept per target, the newest.
+pub const CHANGES_KEPT_PER_TARGET: u64 = 100;
+
+/// One reading of one signal, as kept for the charts: `state` is `value`, `no_data`,
+/// `insufficient` or `error`; `value` the number a value reading showed (a rate as a
+/// fraction), `count` a rate's requests, `detail` an event's key or an insufficient
+/// reading's `have/need`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadingRow {
+    pub signal: String,
+    pub at_ms: u64,
+    pub state: String,
+    pub value: Option<f64>,
+    pub count: Option<f64>,
+    pub detail: Option<String>,
+}
+
+/// One observed revision change of one target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeRow {
+    pub target: String,
+    pub at_ms: u64,
+    pub from: String,
+    pub to: String,
+}
+
+/// A closed incident in brief, for lists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClosedRow {
+    pub id: String,
+    pub target: String,
+    pub opened_ms: u64,
+    pub closed_ms: u64,
+    pub outcome: String,
+}
+
 /// The state store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Store {
@@ -255,6 +300,22 @@ CREATE TABLE IF NOT EXISTS memory_discarded (
     at_ms,
     body
 );
+CREATE TABLE IF NOT EXISTS readings (
+    signal TEXT NOT NULL,
+    at_ms  INTEGER NOT NULL,
+    state  TEXT NOT NULL,
+    value  REAL,
+    count  REAL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS readings_by_signal ON readings (signal, at_ms);
+CREATE TABLE IF NOT EXISTS changes (
+    target        TEXT NOT NULL,
+    at_ms         INTEGER NOT NULL,
+    from_revision TEXT NOT NULL,
+    to_revision   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_by_target ON changes (target, at_ms);
 CREATE TABLE IF NOT EXISTS threads (
     notifier  TEXT NOT NULL,
     incident  TEXT NOT NULL,
@@ -454,6 +515,135 @@ impl Store {
                 })
             },
         )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Writes readings and revision changes in one transaction, then deletes what is
+    /// past the bounds ([`READINGS_KEPT_PER_SIGNAL`], [`READINGS_KEPT_FOR_MS`],
+    /// [`CHANGES_KEPT_PER_TARGET`]) for the signals and targets written.
+    pub fn record_readings(
+        &self,
+        readings: &[ReadingRow],
+        changes: &[ChangeRow],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO readings (signal, at_ms, state, value, count, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for r in readings {
+                insert.execute(params![
+                    r.signal,
+                    r.at_ms as i64,
+                    r.state,
+                    r.value,
+                    r.count,
+                    r.detail
+                ])?;
+            }
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO changes (target, at_ms, from_revision, to_revision)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for c in changes {
+                insert.execute(params![c.target, c.at_ms as i64, c.from, c.to])?;
+            }
+        }
+        let newest = readings.iter().map(|r| r.at_ms).max().unwrap_or(0);
+        let mut signals: Vec<&str> = readings.iter().map(|r| r.signal.as_str()).collect();
+        signals.sort_unstable();
+        signals.dedup();
+        for signal in signals {
+            tx.prepare_cached(
+                "DELETE FROM readings WHERE signal = ?1 AND (at_ms < ?2 OR at_ms <
+                   (SELECT at_ms FROM readings WHERE signal = ?1 ORDER BY at_ms DESC LIMIT 1 OFFSET ?3))",
+            )?
+            .execute(params![
+                signal,
+                newest.saturating_sub(READINGS_KEPT_FOR_MS) as i64,
+                (READINGS_KEPT_PER_SIGNAL - 1) as i64
+            ])?;
+        }
+        for c in changes {
+            tx.prepare_cached(
+                "DELETE FROM changes WHERE target = ?1 AND at_ms <
+                   (SELECT at_ms FROM changes WHERE target = ?1 ORDER BY at_ms DESC LIMIT 1 OFFSET ?2)",
+            )?
+            .execute(params![c.target, (CHANGES_KEPT_PER_TARGET - 1) as i64])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The readings of a signal from `from_ms` to `to_ms` (inclusive), oldest first.
+    pub fn readings(
+        &self,
+        signal: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<ReadingRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT signal, at_ms, state, value, count, detail FROM readings
+             WHERE signal = ?1 AND at_ms BETWEEN ?2 AND ?3 ORDER BY at_ms, rowid",
+        )?;
+        let rows = stmt.query_map(params![signal, from_ms as i64, to_ms as i64], reading_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest reading of a signal, if one is kept.
+    pub fn latest_reading(&self, signal: &str) -> Result<Option<ReadingRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT signal, at_ms, state, value, count, detail FROM readings
+             WHERE signal = ?1 ORDER BY at_ms DESC, rowid DESC LIMIT 1",
+        )?;
+        Ok(stmt.query_row(params![signal], reading_row).optional()?)
+    }
+
+    /// The revision changes of a target up to `to_ms`, the newest `limit`, oldest first.
+    pub fn changes(
+        &self,
+        target: &str,
+        to_ms: u64,
+        limit: u64,
+    ) -> Result<Vec<ChangeRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT target, at_ms, from_revision, to_revision FROM changes
+             WHERE target = ?1 AND at_ms <= ?2 ORDER BY at_ms DESC, rowid DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![target, to_ms as i64, limit as i64], |r| {
+            Ok(ChangeRow {
+                target: r.get(0)?,
+                at_ms: r.get::<_, i64>(1)? as u64,
+                from: r.get(2)?,
+                to: r.get(3)?,
+            })
+        })?;
+        let mut out: Vec<ChangeRow> = rows.collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The newest `limit` closed incidents, newest first.
+    pub fn recent_incidents(&self, limit: u64) -> Result<Vec<ClosedRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, target, opened_ms, closed_ms, outcome FROM incidents
+             ORDER BY closed_ms DESC, id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok(ClosedRow {
+                id: r.get(0)?,
+                target: r.get(1)?,
+                opened_ms: r.get::<_, i64>(2)? as u64,
+                closed_ms: r.get::<_, i64>(3)? as u64,
+                outcome: r.get(4)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -752,6 +942,17 @@ fn keep_aside(path: &Path, now_ms: u64) -> std::io::Result<PathBuf> {
     Ok(kept_as)
 }
 
+fn reading_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReadingRow> {
+    Ok(ReadingRow {
+        signal: r.get(0)?,
+        at_ms: r.get::<_, i64>(1)? as u64,
+        state: r.get(2)?,
+        value: r.get(3)?,
+        count: r.get(4)?,
+        detail: r.get(5)?,
+    })
+}
+
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Row, StoreError>> {
     let state: String = r.get(5)?;
     let Some(state) = State::parse(&state) else {
@@ -1018,5 +1219,69 @@ mod tests {
         assert_eq!(store.prune(200).unwrap(), 1);
         assert_eq!(store.thread("s", "i1").unwrap(), None);
         assert_eq!(store.next_pending("s").unwrap().unwrap().id, "new");
+    }
+
+    fn reading(signal: &str, at_ms: u64) -> ReadingRow {
+        ReadingRow {
+            signal: signal.to_owned(),
+            at_ms,
+            state: "value".to_owned(),
+            value: Some(at_ms as f64),
+            count: None,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn readings_are_kept_per_signal_within_their_count_and_age_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let n = READINGS_KEPT_PER_SIGNAL + 10;
+        let batch: Vec<ReadingRow> = (0..n).map(|i| reading("a", 1_000 + i)).collect();
+        store.record_readings(&batch, &[]).unwrap();
+        store.record_readings(&[reading("b", 5)], &[]).unwrap();
+        let kept = store.readings("a", 0, u64::MAX >> 2).unwrap();
+        assert_eq!(kept.len() as u64, READINGS_KEPT_PER_SIGNAL);
+        assert_eq!(kept[0].at_ms, 1_010, "the oldest go first");
+        assert_eq!(
+            store.latest_reading("a").unwrap().unwrap().at_ms,
+            1_000 + n - 1
+        );
+        assert_eq!(
+            store.readings("b", 0, 10).unwrap().len(),
+            1,
+            "other signals stay"
+        );
+        // A day after the newest, the old ones go.
+        let later = 1_000 + n + READINGS_KEPT_FOR_MS + 1;
+        store.record_readings(&[reading("a", later)], &[]).unwrap();
+        assert_eq!(store.readings("a", 0, u64::MAX >> 2).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn changes_are_kept_newest_per_target_and_read_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let changes: Vec<ChangeRow> = (0..CHANGES_KEPT_PER_TARGET + 5)
+            .map(|i| ChangeRow {
+                target: "shop".to_owned(),
+                at_ms: i * 10,
+                from: format!("v{i}"),
+                to: format!("v{}", i + 1),
+            })
+            .collect();
+        store.record_readings(&[], &changes).unwrap();
+        let all = store.changes("shop", u64::MAX >> 2, 1000).unwrap();
+        assert_eq!(all.len() as u64, CHANGES_KEPT_PER_TARGET);
+        assert_eq!(all[0].from, "v5");
+        let before = store.changes("shop", 205, 2).unwrap();
+        let names: Vec<&str> = before.iter().map(|c| c.to.as_str()).collect();
+        assert_eq!(names, ["v20", "v21"]);
+        assert!(
+            store
+                .changes("other", u64::MAX >> 2, 10)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRef, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -105,7 +105,7 @@ pub fn router(control: Arc<Control>) -> Router {
 }
 
 /// An answer as one line of text: why a call was refused, or what it did.
-struct Answer(StatusCode, String);
+pub(crate) struct Answer(StatusCode, String);
 
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
@@ -198,14 +198,19 @@ fn printable(c: char) -> bool {
         && !('\u{2066}'..='\u{2069}').contains(&c)
 }
 
-/// A caller the token lets read (or any caller, when reads are open).
-struct Reader;
+/// A caller the token lets read (or any caller, when reads are open); for any router
+/// whose state holds the [`Control`] (the status page's too).
+pub(crate) struct Reader;
 
-impl FromRequestParts<Arc<Control>> for Reader {
+impl<S: Send + Sync> FromRequestParts<S> for Reader
+where
+    Arc<Control>: FromRef<S>,
+{
     type Rejection = Answer;
 
-    async fn from_request_parts(parts: &mut Parts, control: &Arc<Control>) -> Result<Self, Answer> {
-        authorize(control, &parts.headers, true).map_err(|(code, why)| refuse(code, why))?;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Answer> {
+        let control = Arc::<Control>::from_ref(state);
+        authorize(&control, &parts.headers, true).map_err(|(code, why)| refuse(code, why))?;
         Ok(Reader)
     }
 }

@@ -3,8 +3,8 @@
 //! loop turning) and `/readyz` (has the daemon finished starting, is it stopping, can it
 //! write its state store).
 //!
-//! `server` serves them (and the control API and the webhook the daemon merges in) on the
-//! listening socket, within its connection limits.
+//! `server` serves them (and the control API, the status page and the webhook the daemon
+//! merges in) on the listening socket, within its connection limits.
 //!
 //! These endpoints only read: they take no token and change nothing. What they report is
 //! pushed into [`Metrics`] and [`Health`] by the daemon; this module decides nothing
@@ -13,6 +13,7 @@
 pub mod control;
 pub mod metrics;
 pub mod server;
+pub mod status_page;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

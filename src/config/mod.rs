@@ -83,8 +83,8 @@ pub struct Daemon {
     pub blind_share: BlindShare,
     /// The bearer token of the control API; without it, the control API is off.
     pub control_token: Option<SecretString>,
-    /// Whether the read-only control endpoints (status, incidents, why) answer without
-    /// the token.
+    /// Whether the read-only control endpoints (status, incidents, why, the status page)
+    /// answer without the token.
     pub read_open: bool,
     /// The bounds of the HTTP listener on `listen`.
     pub listener: ListenerLimits,

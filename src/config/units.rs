@@ -111,6 +111,39 @@ pub fn format_duration(d: Duration) -> String {
     out
 }
 
+/// Formats a duration the way people write it in prose: `825 ms`, `6.0 s` (tenths under a
+/// minute), `1 min 1 s`, `2 h 5 min`, `1 d 3 h`. Every duration in an incident's
+/// timeline, report, `why` and notifications is written by this one function; a rule's
+/// condition keeps the configuration's own spelling (`for 5m`).
+pub fn human_duration(d: Duration) -> String {
+    const MIN: u128 = 60_000;
+    const HOUR: u128 = 60 * MIN;
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms} ms");
+    }
+    let tenths = (ms + 50) / 100;
+    if tenths < 600 {
+        return format!("{}.{} s", tenths / 10, tenths % 10);
+    }
+    // Each unit is rounded first, so that 59 min 59.6 s reads as `1 h`, not `60 min`.
+    let secs = (ms + 500) / 1000;
+    let mins = (ms + MIN / 2) / MIN;
+    let (big, small, names) = if secs < 3600 {
+        (secs / 60, secs % 60, ("min", "s"))
+    } else if mins < 24 * 60 {
+        (mins / 60, mins % 60, ("h", "min"))
+    } else {
+        let h = (ms + HOUR / 2) / HOUR;
+        (h / 24, h % 24, ("d", "h"))
+    };
+    if small == 0 {
+        format!("{big} {}", names.0)
+    } else {
+        format!("{big} {} {small} {}", names.0, names.1)
+    }
+}
+
 /// Parses a percentage such as `"5%"` or `"99.5%"` into a fraction (0.05, 0.995).
 pub fn parse_percent(text: &str) -> Result<f64, String> {
     let bad = || format!("expected a percentage like \"5%\", got {text:?}");
@@ -312,6 +345,30 @@ pub fn parse_condition(text: &str) -> Result<Condition, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_written_for_people_one_way() {
+        let cases = [
+            (0, "0 ms"),
+            (825, "825 ms"),
+            (999, "999 ms"),
+            (1000, "1.0 s"),
+            (5996, "6.0 s"),
+            (1540, "1.5 s"),
+            (59_949, "59.9 s"),
+            (59_950, "1 min"),
+            (61_000, "1 min 1 s"),
+            (300_000, "5 min"),
+            (3_599_600, "1 h"),
+            (3_600_000, "1 h"),
+            (5_400_000, "1 h 30 min"),
+            (86_400_000, "1 d"),
+            (97_200_000, "1 d 3 h"),
+        ];
+        for (ms, text) in cases {
+            assert_eq!(human_duration(Duration::from_millis(ms)), text, "{ms} ms");
+        }
+    }
 
     #[test]
     fn durations_parse_as_humans_write_them() {

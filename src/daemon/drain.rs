@@ -34,6 +34,8 @@ impl Generation<'_> {
             tracing::warn!(incident = %inc.id, state = inc.state.name(), "incident left open; the next start resumes it");
         }
         self.last_write();
+        let last = self.last;
+        self.charts.write(&self.shared.store, last);
         drop(self.tx);
         self.tasks.flush_outbox(&self.cfg).await;
         self.tasks.stop_all().await;

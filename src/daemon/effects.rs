@@ -55,11 +55,13 @@ impl Generation<'_> {
         if publish {
             self.publish(now);
         }
-        if !effects.is_empty() {
+        let urgent = !effects.is_empty();
+        if urgent {
             let record = step_record(&self.cfg, &self.engine, &effects, now);
             self.unsaved.add(record, effects, now);
         }
         self.write_unsaved(now);
+        self.charts.write_if_due(&self.shared.store, now, urgent);
     }
 
     /// Publishes what the control API's readers see.
@@ -129,8 +131,11 @@ impl Generation<'_> {
         self.tasks.tracker.spawn(step.run());
     }
 
-    fn write_report(&self, inc: &crate::engine::Incident) {
-        match crate::report::write(&self.cfg.daemon.state_dir, inc, &self.cfg) {
+    fn write_report(&mut self, inc: &crate::engine::Incident) {
+        let now = inc.closed_at.unwrap_or(self.last);
+        self.charts.write(&self.shared.store, now);
+        let evidence = crate::report::Evidence::load(&self.shared.store, &self.cfg, inc, now);
+        match crate::report::write(&self.cfg.daemon.state_dir, inc, &self.cfg, &evidence) {
             Ok(path) => {
                 tracing::info!(incident = %inc.id, path = %path.display(), "incident report written");
                 self.shared.tell(Event::Report {

@@ -109,6 +109,14 @@ impl Generation<'_> {
         };
         let now = input_time(&input, at, self.last);
         self.last = self.last.max(now);
+        let change_at = match &input {
+            Input::Reading(r) => {
+                self.charts.reading(&self.cfg, r, now);
+                None
+            }
+            Input::Change { at, .. } => Some((*at).min(now)),
+            _ => None,
+        };
         let effects = self.step_timed(input, now);
         if let Some(signal) = signal {
             let rules = self
@@ -116,6 +124,9 @@ impl Generation<'_> {
                 .get(signal)
                 .map_or(&[][..], Vec::as_slice);
             judged(&self.metrics, &self.engine, rules.iter().copied());
+        }
+        if let Some(at) = change_at {
+            self.charts.changes(&self.cfg, &effects, at);
         }
         self.settle(effects, now, Publish::IfChanged);
     }

@@ -109,6 +109,8 @@ pub(super) struct Generation<'a> {
     pub(super) pending: Option<Box<Parts>>,
     /// What waits for the state store: the engine's state and its held effects.
     pub(super) unsaved: Unsaved,
+    /// Readings and changes kept for the charts, written to the store in batches.
+    pub(super) charts: crate::report::history::Recorder,
     pub(super) told_waiting: bool,
 }
 
@@ -186,6 +188,7 @@ impl<'a> Generation<'a> {
             watches: Watches::default(),
             pending: None,
             unsaved: Unsaved::default(),
+            charts: Default::default(),
             told_waiting: false,
         };
         generation.announce(reloaded);

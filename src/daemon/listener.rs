@@ -150,19 +150,25 @@ pub(super) fn stall_after(cfg: &Config) -> Duration {
     (cfg.daemon.tick * 5).max(Duration::from_secs(5))
 }
 
-/// A generation's router: metrics, health and readiness, and the control API.
+/// A generation's router: metrics, health and readiness, the control API and the status
+/// page.
 pub(super) fn app(
     shared: &Shared,
     cfg: &Config,
     metrics: &Arc<Metrics>,
     control: control::Control,
 ) -> axum::Router {
+    let control = Arc::new(control);
     crate::api::router(
         Arc::clone(metrics),
         Arc::clone(&shared.health),
         stall_after(cfg),
     )
-    .merge(control::router(Arc::new(control)))
+    .merge(control::router(Arc::clone(&control)))
+    .merge(crate::api::status_page::router(
+        control,
+        Arc::new(cfg.clone()),
+    ))
 }
 
 /// What the webhook handler needs.

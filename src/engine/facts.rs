@@ -5,7 +5,7 @@
 //! It does no I/O and reads no clock, and it changes no state: it only reads the engine.
 
 use super::{Engine, EntryKind, Facts, Incident, IncidentState, Phase, RuleFact, Ts};
-use crate::config::units::format_duration;
+use crate::config::units::human_duration;
 use crate::config::{Occasion, Plan};
 
 impl Engine {
@@ -117,18 +117,18 @@ fn rollback_progress(inc: &Incident, plan: Option<&Plan>) -> String {
             step + 1,
             p.steps.len(),
             p.steps[step].name,
-            format_duration(p.verify.window)
+            human_duration(p.verify.window)
         ),
         (Some(p), IncidentState::Verifying { .. }) => format!(
             "verifying for {} that the rules clear",
-            format_duration(p.verify.window)
+            human_duration(p.verify.window)
         ),
         (Some(p), _) => format!(
             "running plan {} ({} step{}), then verifying for {}",
             p.name,
             p.steps.len(),
             if p.steps.len() == 1 { "" } else { "s" },
-            format_duration(p.verify.window)
+            human_duration(p.verify.window)
         ),
         _ => "people decide what to do next".to_owned(),
     }

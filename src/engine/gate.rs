@@ -9,7 +9,7 @@
 //! It does no I/O and reads no clock; the checks change no state.
 
 use super::{Cause, Engine, EntryKind, IncidentState, Phase, TargetState, Transition, Ts};
-use crate::config::units::format_duration;
+use crate::config::units::human_duration;
 use crate::config::{Mode, Occasion, Target};
 
 /// When a rule was last away from `ok` (pending or firing): the stretch under way and
@@ -66,7 +66,7 @@ impl Engine {
     /// the target's state records the change.
     pub(super) fn previous_health(&self, target: usize, old: &str, at: Ts) -> (bool, String) {
         let window = self.cfg.targets[target].healthy_for;
-        let span = format_duration(window);
+        let span = human_duration(window);
         if self.targets[target].bad.contains(old) {
             let by = self.bad_by(target, old);
             return (
@@ -237,8 +237,8 @@ fn blame_refusal(target: &Target, ts: &TargetState, breach: Ts) -> Option<String
     if after > target.blame_window {
         return Some(format!(
             "the breach began {} after the latest change (to {current}), outside the blame window of {}",
-            format_duration(after),
-            format_duration(target.blame_window)
+            human_duration(after),
+            human_duration(target.blame_window)
         ));
     }
     None
@@ -252,8 +252,8 @@ fn limit_refusal(target: &Target, ts: &TargetState, now: Ts) -> Option<String> {
     {
         return Some(format!(
             "the last rollback ended {} ago, within the cooldown of {}",
-            format_duration(now.since(end)),
-            format_duration(target.cooldown)
+            human_duration(now.since(end)),
+            human_duration(target.cooldown)
         ));
     }
     let recent = ts
@@ -264,7 +264,7 @@ fn limit_refusal(target: &Target, ts: &TargetState, now: Ts) -> Option<String> {
     if recent >= target.max_rollbacks as usize {
         return Some(format!(
             "{recent} rollbacks within {} already, the maximum",
-            format_duration(target.rollback_period)
+            human_duration(target.rollback_period)
         ));
     }
     None

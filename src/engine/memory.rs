@@ -284,7 +284,7 @@ impl Engine {
         let restart = match why {
             Resume::Restart => format!(
                 "rearguard restarted after {} without a record",
-                crate::config::units::format_duration(down)
+                crate::config::units::human_duration(down)
             ),
             Resume::Reload => "configuration reloaded".to_owned(),
         };

@@ -9,7 +9,7 @@
 use super::{
     Effect, Engine, EntryKind, IncidentState, Outcome, Phase, StepFact, StepOrder, StepResult, Ts,
 };
-use crate::config::units::format_duration;
+use crate::config::units::human_duration;
 use crate::config::{Occasion, OnFailure};
 
 impl Engine {
@@ -33,8 +33,8 @@ impl Engine {
         let text = format!(
             "rolling back from {from} to {to} with plan {}: the breach began {} after the change to {from}, inside the blame window of {}, and {to} was healthy; {from} is marked bad",
             self.cfg.plans[self.cfg.targets[t].plan.expect("checked by decide")].name,
-            format_duration(self.incidents[idx].breach_started.since(changed_at)),
-            format_duration(self.cfg.targets[t].blame_window),
+            human_duration(self.incidents[idx].breach_started.since(changed_at)),
+            human_duration(self.cfg.targets[t].blame_window),
         );
         self.begin_rollback(idx, text, now);
     }
@@ -172,9 +172,9 @@ impl Engine {
                 output: r.output.clone(),
             },
             format!(
-                "step {}/{count} {name:?} {verdict} in {}ms",
+                "step {}/{count} {name:?} {verdict} in {}",
                 r.step + 1,
-                r.duration_ms
+                human_duration(std::time::Duration::from_millis(r.duration_ms))
             ),
         );
         self.incidents[idx].steps.push(StepFact {
@@ -212,7 +212,7 @@ impl Engine {
             .collect();
         let text = format!(
             "plan finished; verifying for {} that these rules are clear: {}",
-            format_duration(plan.verify.window),
+            human_duration(plan.verify.window),
             names.join(", ")
         );
         let inc = &mut self.incidents[idx];

@@ -6,7 +6,7 @@
 //! It does no I/O and reads no clock; it does not judge rules (see `rule.rs`).
 
 use super::{Engine, HISTORY_CAP, Measure, ReadingState, Ts};
-use crate::config::units::format_duration;
+use crate::config::units::human_duration;
 
 impl Engine {
     /// Keeps a finite value of a signal that has a baseline, within its window.
@@ -68,7 +68,7 @@ impl Engine {
             "watchdog is blind: signal {} has failed to read since {} ({} ago): {why}",
             sig.name,
             since.clock(),
-            format_duration(now.since(since))
+            human_duration(now.since(since))
         );
         self.blind_because(s, since, text, now);
     }

@@ -924,7 +924,7 @@ fn rollback_verification_compares_with_the_baseline_from_before_the_bad_deploy()
         17m notify rollback_started
         17m run step 0 attempt 1 (v2 -> v1)
         17m run step 1 attempt 1 (v2 -> v1)
-        17m plan finished; verifying for 5m that these rules are clear: slower
+        17m plan finished; verifying for 5 min that these rules are clear: slower
         17m30s change v2 -> v1 (v2 unhealthy)
         22m verification failed: slower is still firing (500ms (baseline 100ms); clears when <= 1.5x baseline)
         22m escalated: verification failed: slower is still firing...
@@ -970,7 +970,7 @@ fn breach_in_the_blame_window_rolls_back_step_by_step_and_verifies() {
         &format!(
             "{DEPLOY_AND_BREACH_EFFECTS}
             14m30s run step 1 attempt 1 (v2 -> v1)
-            15m plan finished; verifying for 5m that these rules are clear: errors-high
+            15m plan finished; verifying for 5 min that these rules are clear: errors-high
             15m10s change v2 -> v1 (v2 unhealthy)
             16m rule errors-high firing -> ok
             20m verification passed: every rule is clear
@@ -1010,7 +1010,7 @@ fn verification_waits_for_the_whole_window() {
         &format!(
             "{DEPLOY_AND_BREACH_EFFECTS}
             15m run step 1 attempt 1 (v2 -> v1)
-            15m plan finished; verifying for 5m that these rules are clear: errors-high
+            15m plan finished; verifying for 5 min that these rules are clear: errors-high
             16m rule errors-high firing -> ok
             "
         ),
@@ -1032,7 +1032,7 @@ fn breach_three_days_after_the_last_deploy_escalates_instead_of_rolling_back() {
         3d rule errors-high ok -> pending
         3d2m rule errors-high pending -> firing
         3d2m notify opened
-        3d2m escalated: the breach began 2d23h50m after the latest change (to v2), outside the blame window of 30m
+        3d2m escalated: the breach began 3 d after the latest change (to v2), outside the blame window of 30 min
         3d2m notify not_rolled_back
         3d3m rule errors-high firing -> ok
         3d3m notify resolved
@@ -1195,7 +1195,7 @@ fn failed_step_with_on_failure_continue_lets_the_plan_go_on() {
         &format!(
             "{DEPLOY_AND_BREACH_EFFECTS}
             15m run step 1 attempt 1 (v2 -> v1)
-            16m plan finished; verifying for 5m that these rules are clear: errors-high
+            16m plan finished; verifying for 5 min that these rules are clear: errors-high
             17m rule errors-high firing -> ok
             21m verification passed: every rule is clear
             21m notify rollback_succeeded
@@ -1214,7 +1214,7 @@ fn verification_fails_when_the_rule_still_fires_at_the_end_of_the_window() {
         &format!(
             "{DEPLOY_AND_BREACH_EFFECTS}
             15m run step 1 attempt 1 (v2 -> v1)
-            15m plan finished; verifying for 5m that these rules are clear: errors-high
+            15m plan finished; verifying for 5 min that these rules are clear: errors-high
             20m verification failed: errors-high is still firing (10% (10/100 requests); clears when <= 5%)
             20m escalated: verification failed: errors-high is still firing...
             20m notify verification_failed
@@ -1239,7 +1239,7 @@ fn verification_cannot_tell_when_no_reading_came_after_the_plan() {
             "{DEPLOY_AND_BREACH_EFFECTS}
             14m30s rule errors-high firing -> ok
             15m run step 1 attempt 1 (v2 -> v1)
-            15m plan finished; verifying for 5m that these rules are clear: errors-high
+            15m plan finished; verifying for 5 min that these rules are clear: errors-high
             20m verification inconclusive: errors-high has had no measured reading since the plan finished (0% (0/100 requests); fires when > 5% for 2m)
             20m escalated: verification inconclusive: errors-high has had no measured reading since the plan finished...
             20m notify verification_inconclusive
@@ -1261,7 +1261,7 @@ const REFIRE: &str = "
 
 const REFIRE_EFFECTS: &str = "
     15m run step 1 attempt 1 (v2 -> v1)
-    15m plan finished; verifying for 5m that these rules are clear: errors-high
+    15m plan finished; verifying for 5 min that these rules are clear: errors-high
     15m30s change v2 -> v1 (v2 unhealthy)
     16m rule errors-high firing -> ok
     17m rule errors-high ok -> pending
@@ -1366,7 +1366,7 @@ fn rollback_within_the_cooldown_is_refused() {
         14m notify rollback_started
         14m run step 0 attempt 1 (v2 -> v1)
         15m run step 1 attempt 1 (v2 -> v1)
-        15m plan finished; verifying for 5m that these rules are clear: errors-high
+        15m plan finished; verifying for 5 min that these rules are clear: errors-high
         15m change v2 -> v1 (v2 unhealthy)
         16m rule errors-high firing -> ok
         20m verification passed: every rule is clear
@@ -1377,7 +1377,7 @@ fn rollback_within_the_cooldown_is_refused() {
         26m rule errors-high ok -> pending
         28m rule errors-high pending -> firing
         28m notify opened
-        28m escalated: the last rollback ended 8m ago, within the cooldown of 15m
+        28m escalated: the last rollback ended 8 min ago, within the cooldown of 15 min
         28m notify not_rolled_back
         ",
     );
@@ -1401,7 +1401,7 @@ fn rollbacks_are_limited_to_max_rollbacks_per_period() {
         52m rule errors-high ok -> pending
         54m rule errors-high pending -> firing
         54m notify opened
-        54m escalated: 2 rollbacks within 1h already, the maximum
+        54m escalated: 2 rollbacks within 1 h already, the maximum
         54m notify not_rolled_back
         55m rule errors-high firing -> ok
         55m notify resolved
@@ -1448,7 +1448,7 @@ fn max_rollbacks_holds_however_large_it_is() {
         12h2m rule errors-high ok -> pending
         12h4m rule errors-high pending -> firing
         12h4m notify opened
-        12h4m escalated: 70 rollbacks within 1d already, the maximum
+        12h4m escalated: 70 rollbacks within 1 d already, the maximum
         12h4m notify not_rolled_back
         ",
     );
@@ -1976,7 +1976,7 @@ fn a_rollback_that_verifies_within_its_limit_is_not_reported_slow() {
         14m rule errors-high pending -> firing
         14m run step 0 attempt 1 (v2 -> v1)
         15m run step 1 attempt 1 (v2 -> v1)
-        15m plan finished; verifying for 5m that these rules are clear: errors-high
+        15m plan finished; verifying for 5 min that these rules are clear: errors-high
         16m rule errors-high firing -> ok
         20m verification passed: every rule is clear
         20m closed Breach incident: rolled back
@@ -2032,7 +2032,7 @@ fn notifications_carry_the_facts_of_the_incident() {
         &format!(
             "{DEPLOY_AND_BREACH_EFFECTS}
             15m run step 1 attempt 1 (v2 -> v1)
-            15m plan finished; verifying for 5m that these rules are clear: errors-high
+            15m plan finished; verifying for 5 min that these rules are clear: errors-high
             16m rule errors-high firing -> ok
             20m verification passed: every rule is clear
             20m notify rollback_succeeded
@@ -2100,11 +2100,11 @@ fn an_operator_rolls_back_an_incident_rearguard_would_not_act_on() {
         10m change v1 -> v2 (v1 healthy)
         50m rule errors-high ok -> pending
         52m rule errors-high pending -> firing
-        52m escalated: the breach began 40m after the latest change (to v2), outside the blame window of 30m
+        52m escalated: the breach began 40 min after the latest change (to v2), outside the blame window of 30 min
         52m notify not_rolled_back (team)
         53m run step 0 attempt 1 (v2 -> v1)
         54m run step 1 attempt 1 (v2 -> v1)
-        54m plan finished; verifying for 5m that these rules are clear: errors-high
+        54m plan finished; verifying for 5 min that these rules are clear: errors-high
         55m rule errors-high firing -> ok
         59m verification passed: every rule is clear
         59m notify resolved -> chat
@@ -2150,7 +2150,7 @@ fn an_operators_rollback_is_refused_when_it_cannot_be_safe() {
         50m rule errors-high ok -> pending
         52m rule errors-high pending -> firing
         52m notify opened
-        52m escalated: the breach began 40m after the latest change (to v2), outside the blame window of 30m
+        52m escalated: the breach began 40 min after the latest change (to v2), outside the blame window of 30 min
         52m notify not_rolled_back
         53m rejected: shadow mode: rearguard never acts
         ",
@@ -2230,7 +2230,7 @@ fn verification_resumes_after_a_restart_and_no_step_runs_again() {
         &format!(
             "{DEPLOY_AND_BREACH_EFFECTS}
             15m run step 1 attempt 1 (v2 -> v1)
-            15m plan finished; verifying for 5m that these rules are clear: errors-high
+            15m plan finished; verifying for 5 min that these rules are clear: errors-high
             16m restart
             16m rule errors-high firing -> ok
             21m verification passed: every rule is clear
@@ -2250,7 +2250,7 @@ fn verification_resumes_after_a_restart_and_no_step_runs_again() {
         .unwrap();
     assert!(
         closed.timeline.iter().any(|e| e.text.contains(
-            "rearguard restarted after 1m without a record; incident restored (verifying)"
+            "rearguard restarted after 1 min without a record; incident restored (verifying)"
         )),
         "{:#?}",
         closed.timeline
@@ -2370,7 +2370,7 @@ fn a_reload_keeps_an_incident_and_its_verification_deadline() {
         &format!(
             "{DEPLOY_AND_BREACH_EFFECTS}
             15m run step 1 attempt 1 (v2 -> v1)
-            15m plan finished; verifying for 5m that these rules are clear: errors-high
+            15m plan finished; verifying for 5 min that these rules are clear: errors-high
             16m reload
             16m rule errors-high firing -> ok
             20m verification passed: every rule is clear

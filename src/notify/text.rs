@@ -3,7 +3,7 @@
 //! `text`).
 
 use super::Message;
-use crate::config::units::format_duration;
+use crate::config::units::human_duration;
 use crate::engine::Ts;
 
 /// The marker that ends a cut text.
@@ -103,7 +103,7 @@ pub fn facts(msg: &Message) -> Vec<(&'static str, String)> {
                 s.name,
                 s.action,
                 s.attempt,
-                format_duration(std::time::Duration::from_millis(s.duration_ms))
+                human_duration(std::time::Duration::from_millis(s.duration_ms))
             ),
         ));
     }

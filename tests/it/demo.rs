@@ -53,4 +53,18 @@ async fn demo_rolls_the_bad_release_back_and_exits_zero_with_a_report() {
         stdout.contains(&reports[0].display().to_string()),
         "the report path is printed"
     );
+    assert!(
+        stdout.contains("status page: http://127.0.0.1:"),
+        "the status page's address is printed: {stdout}"
+    );
+    let chart = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("chart: "))
+        .unwrap_or_else(|| panic!("the chart's path is printed: {stdout}"));
+    let svg = std::fs::read_to_string(chart).unwrap();
+    assert!(svg.contains("data-marker=\"change\""), "{svg}");
+    assert!(report.contains(&format!(
+        "]({})",
+        std::path::Path::new(chart).file_name().unwrap().to_string_lossy()
+    )));
 }

@@ -216,7 +216,9 @@ steps = [{ name = "files back", type = "restore_config_files" }]
     if let Err(errors) = loaded {
         let errors: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
         assert!(
-            !errors.iter().any(|e| e.contains("restore_config_files step")),
+            !errors
+                .iter()
+                .any(|e| e.contains("restore_config_files step")),
             "{errors:#?}"
         );
     }

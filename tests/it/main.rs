@@ -53,6 +53,7 @@ mod scrape_conformance;
 mod smtp;
 mod sources;
 mod state_lock;
+mod status_page;
 mod support;
 mod systemd;
 mod unit;

@@ -238,7 +238,7 @@ fn the_previous_revision_is_healthy_only_without_unrest_for_healthy_for() {
             12m rule errors-high ok -> pending
             14m rule errors-high pending -> firing
             14m notify opened (team)
-            14m escalated: the previous revision v1 was not healthy: rule slow was pending from 11:14:40.000 to 11:15:40.000, within the 10m before the change
+            14m escalated: the previous revision v1 was not healthy: rule slow was pending from 11:14:40.000 to 11:15:40.000, within the 10 min before the change
             14m notify not_rolled_back (on call)
             ",
             &[],
@@ -248,14 +248,14 @@ fn the_previous_revision_is_healthy_only_without_unrest_for_healthy_for() {
             judged("", false),
             &noise_then_deploy(20),
             &noise_then_rollback(20),
-            &["the previous revision v1 was healthy: no rule pending or firing in the 10m before the change"],
+            &["the previous revision v1 was healthy: no rule pending or firing in the 10 min before the change"],
         ),
         (
             "a shorter healthy_for looks at less",
             judged("healthy_for = \"30s\"\n", false),
             &noise_then_deploy(10),
             &noise_then_rollback(10),
-            &["the previous revision v1 was healthy: no rule pending or firing in the 30s before the change"],
+            &["the previous revision v1 was healthy: no rule pending or firing in the 30.0 s before the change"],
         ),
     ]);
 }
