@@ -444,6 +444,11 @@ pub struct Rule {
     pub confidence: Option<f64>,
     /// How much history before a change forms the baseline of a `x baseline` condition.
     pub baseline_window: Duration,
+    /// The fewest readings a baseline must hold (`baseline_min_samples`), and the share
+    /// of `baseline_window` they must cover (`baseline_min_coverage`); below either
+    /// there is no baseline and the rule holds.
+    pub baseline_min_samples: u32,
+    pub baseline_min_coverage: f64,
     pub no_data: Policy,
     pub insufficient: Policy,
     /// The longest time between two readings of the rule's signal that still counts as

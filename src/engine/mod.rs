@@ -10,13 +10,14 @@
 //! signal and target), its construction and accessors, and `step`, which hands each input
 //! to its handler: readings and ticks here, the rest in the files named after what they
 //! decide. `incidents.rs` opens, finds, logs and resolves incidents and reacts to rule
-//! transitions; `signals.rs` keeps baselines and detects blindness; `change.rs` handles
-//! an observed revision; `gate.rs` is the decision gate; `plan.rs` runs plan steps and
+//! transitions; `signals.rs` keeps baselines (taken and guarded in `baseline.rs`) and
+//! detects blindness; `change.rs` handles an observed revision; `gate.rs` is the decision gate; `plan.rs` runs plan steps and
 //! verifies them; `escalation.rs` sends and schedules notices; `facts.rs` says what people
 //! are told; `commands.rs` applies operator commands; `bake.rs` emits `Baked`. None of
 //! them does I/O or reads a clock.
 
 mod bake;
+mod baseline;
 mod change;
 mod commands;
 mod escalation;
@@ -205,10 +206,9 @@ struct SignalState {
     error_since: Option<Ts>,
     last_error: Option<String>,
     blind: bool,
-    /// Values kept for baselines, oldest first; only for signals that need them.
-    history: VecDeque<(Ts, f64)>,
+    /// Readings kept for baselines, oldest first; only for signals that need them.
+    history: VecDeque<(Ts, baseline::Kept)>,
     keep: Option<std::time::Duration>,
-    baseline: Option<f64>,
 }
 
 /// The most values a signal keeps for its baseline.
@@ -368,11 +368,9 @@ impl Engine {
             }
         }
         self.remember_value(r.signal, &r.state, now);
-        let baseline = self.signals[r.signal].baseline;
         for k in 0..self.by_signal[r.signal].len() {
             let ri = self.by_signal[r.signal][k];
-            if let Some(t) = self.rules[ri].on_reading(&self.cfg.rules[ri], &r.state, baseline, now)
-            {
+            if let Some(t) = self.rules[ri].on_reading(&self.cfg.rules[ri], &r.state, now) {
                 self.rule_changed(ri, t, now);
             }
         }

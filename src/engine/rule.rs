@@ -15,6 +15,10 @@
 //! - within: the number of distinct event keys seen in the window meets the condition
 //!   (events are counted in time; runs do not apply).
 //!
+//! A `x baseline` rule compares with the median of its baseline (see `baseline.rs`);
+//! without a baseline worth its name (none taken, or too few readings covering too
+//! little of the window) every reading is held, whatever the rule's policies.
+//!
 //! A held reading keeps the phase: a pending rule stays pending (its proof restarts),
 //! a firing rule stays firing (missing data never clears it). Once firing, a rule
 //! clears when its clear condition has held on every reading of one run for
@@ -29,6 +33,7 @@ use std::collections::{HashSet, VecDeque};
 use crate::config::units::format_duration;
 use crate::config::{Condition, Policy, Rule, RuleMode, Threshold, Unit};
 
+use super::baseline::Baseline;
 use super::reading::{Measure, ReadingState, Ts};
 use super::stats;
 
@@ -67,7 +72,10 @@ pub struct Transition {
 enum Seen {
     Nothing,
     NoData,
+    /// No baseline was taken: no change observed, or none since rearguard started.
     NoBaseline,
+    /// A baseline too thin to be one (see `Baseline::thin`).
+    ThinBaseline,
     Insufficient(f64, f64),
     Number(f64, Option<f64>),
     /// Errors, requests, and whether a confidence bound was applied.
@@ -114,6 +122,8 @@ pub struct RuleState {
     pub last_unmeasured_at: Option<Ts>,
     /// What the last judged reading showed, for evidence.
     seen: Seen,
+    /// The baseline taken at the target's latest change, for rules that compare with one.
+    baseline: Option<Baseline>,
 }
 
 impl RuleState {
@@ -131,7 +141,13 @@ impl RuleState {
             last_value_at: None,
             last_unmeasured_at: None,
             seen: Seen::Nothing,
+            baseline: None,
         }
+    }
+
+    /// The baseline taken at the target's latest change.
+    pub fn set_baseline(&mut self, baseline: Baseline) {
+        self.baseline = Some(baseline);
     }
 
     /// A rule that was firing when rearguard stopped, with fresh windows: it clears the
@@ -149,13 +165,11 @@ impl RuleState {
         self.breach_since
     }
 
-    /// Applies one reading. `baseline` is the signal's value before the target's latest
-    /// change, for `x baseline` conditions.
+    /// Applies one reading.
     pub fn on_reading(
         &mut self,
         rule: &Rule,
         reading: &ReadingState,
-        baseline: Option<f64>,
         now: Ts,
     ) -> Option<Transition> {
         // A `within` rule counts events; a reading without one neither adds nor clears.
@@ -185,7 +199,7 @@ impl RuleState {
                 }
                 return self.evaluate_events(rule, now);
             }
-            ReadingState::Value(m) => self.judge(rule, m, baseline, firing, now),
+            ReadingState::Value(m) => self.judge(rule, m, firing, now),
         };
         // Only a measured value is evidence (`judge` stamps `last_value_at`): a reading a
         // policy turns into a verdict, or a held one, never verifies a rollback.
@@ -264,14 +278,7 @@ impl RuleState {
 
     /// Judges a measurement against the breach condition, or the clear condition when
     /// firing. Records what was seen for the evidence of a later transition.
-    fn judge(
-        &mut self,
-        rule: &Rule,
-        m: &Measure,
-        baseline: Option<f64>,
-        firing: bool,
-        now: Ts,
-    ) -> Verdict {
+    fn judge(&mut self, rule: &Rule, m: &Measure, firing: bool, now: Ts) -> Verdict {
         let cond = if firing { rule.clear } else { rule.when };
         let holds = match *m {
             Measure::Number(v) => {
@@ -286,10 +293,19 @@ impl RuleState {
                         ..
                     }
                 );
-                if needs_baseline && baseline.is_none() {
-                    self.seen = Seen::NoBaseline;
-                    return policy_verdict(rule.insufficient);
-                }
+                let baseline = if needs_baseline {
+                    // Without a baseline worth its name there is nothing to compare with:
+                    // the rule holds, whatever its policies (never a breach, never a clear).
+                    match self.worthy_baseline(rule) {
+                        Ok(b) => b,
+                        Err(seen) => {
+                            self.seen = seen;
+                            return Verdict::Hold;
+                        }
+                    }
+                } else {
+                    None
+                };
                 self.seen = Seen::Number(v, baseline);
                 compare(cond, v, baseline)
             }
@@ -332,6 +348,17 @@ impl RuleState {
         } else {
             Verdict::Good
         }
+    }
+
+    /// The median of the rule's baseline, or why there is none: none taken, or too thin
+    /// (fewer than `baseline_min_samples` readings, or less than `baseline_min_coverage`
+    /// of the window covered).
+    fn worthy_baseline(&self, rule: &Rule) -> Result<Option<f64>, Seen> {
+        let b = self.baseline.as_ref().ok_or(Seen::NoBaseline)?;
+        if b.thin(rule).is_some() {
+            return Err(Seen::ThinBaseline);
+        }
+        b.median().map(Some).ok_or(Seen::NoBaseline)
     }
 
     fn apply(&mut self, rule: &Rule, verdict: Verdict, now: Ts) -> Option<Transition> {
@@ -452,7 +479,16 @@ impl RuleState {
         let seen = match &self.seen {
             Seen::Nothing => "no reading yet".to_owned(),
             Seen::NoData => "no data".to_owned(),
-            Seen::NoBaseline => "no baseline captured before the latest change".to_owned(),
+            Seen::NoBaseline => {
+                "no baseline: none was taken before the latest change (no change observed since rearguard started, or no readings before it)".to_owned()
+            }
+            Seen::ThinBaseline => format!(
+                "no baseline: {}",
+                self.baseline
+                    .as_ref()
+                    .and_then(|b| b.thin(rule))
+                    .unwrap_or_default()
+            ),
             Seen::Insufficient(have, need) => {
                 format!("insufficient samples ({have:.0} of {need:.0} needed)")
             }

@@ -283,6 +283,20 @@ def blind_inside_breach():
     ])
 
 
+def thin_baseline():
+    # rearguard starts at 10:00 and v2 is deployed 30s later: three p95 readings of a
+    # quiet moment (100ms) are all there is before the change. v2 runs at the service's
+    # usual 180ms. Three readings covering 5% of the 10m window are no baseline, so the
+    # `> 1.5x baseline` rule holds instead of rolling back a healthy deploy.
+    r = Recording()
+    r.change(0, "v1")
+    for s in range(10, 21 * 60 + 1, 10):
+        wobble = ((s // 10) % 5 - 2) * 0.002
+        r.number(s, "p95", (0.100 if s <= 30 else 0.180) + wobble)
+    r.change(30, "v2")
+    r.write("deploy-right-after-start-thin-baseline")
+
+
 if __name__ == "__main__":
     bad_deploy()
     rollback_does_not_fix()
@@ -299,3 +313,4 @@ if __name__ == "__main__":
     rollback_then_silence()
     lull_after_pending()
     blind_inside_breach()
+    thin_baseline()

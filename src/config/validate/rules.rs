@@ -54,6 +54,9 @@ fn check_alone(ctx: &mut Ctx, p: &str, raw: &RawRule) {
     if let Some(Err(m)) = raw.confidence.as_deref().map(parse_percent) {
         ctx.err(format!("{p}.confidence"), m);
     }
+    if let Some(Err(m)) = raw.baseline_min_coverage.as_deref().map(parse_percent) {
+        ctx.err(format!("{p}.baseline_min_coverage"), m);
+    }
     policy(ctx, format!("{p}.no_data"), &raw.no_data);
     policy(ctx, format!("{p}.insufficient"), &raw.insufficient);
 }
@@ -65,19 +68,8 @@ fn rule(ctx: &mut Ctx, p: &str, raw: &RawRule, signal: usize, sig: &Signal) -> O
     let mode = mode(ctx, p, raw, sig)?;
     let clear = clear(ctx, p, raw, when, kind);
     let confidence = rate_options(ctx, p, raw, sig);
-    let uses_baseline = matches!(
-        when,
-        Condition::Compare {
-            threshold: Threshold::BaselineRatio(_),
-            ..
-        }
-    );
-    if raw.baseline_window.is_some() && !uses_baseline {
-        ctx.err(
-            format!("{p}.baseline_window"),
-            "applies only to a condition like \"> 1.5x baseline\"",
-        );
-    }
+    let (baseline_window, baseline_min_samples, baseline_min_coverage) =
+        baseline_keys(ctx, p, raw, uses_ratio(when));
     Some(Rule {
         name: raw.name.clone(),
         target: sig.target,
@@ -88,15 +80,61 @@ fn rule(ctx: &mut Ctx, p: &str, raw: &RawRule, signal: usize, sig: &Signal) -> O
         clear_for: ctx.duration(format!("{p}.clear_for"), &raw.clear_for, Duration::ZERO),
         min_requests: raw.min_requests.unwrap_or(0),
         confidence,
-        baseline_window: ctx.positive_duration(
-            format!("{p}.baseline_window"),
-            &raw.baseline_window,
-            Duration::from_secs(1800),
-        ),
+        baseline_window,
+        baseline_min_samples,
+        baseline_min_coverage,
         no_data: policy(ctx, format!("{p}.no_data"), &raw.no_data),
         insufficient: policy(ctx, format!("{p}.insufficient"), &raw.insufficient),
         max_gap: sig.max_gap(),
     })
+}
+
+fn uses_ratio(c: Condition) -> bool {
+    matches!(
+        c,
+        Condition::Compare {
+            threshold: Threshold::BaselineRatio(_),
+            ..
+        }
+    )
+}
+
+/// `baseline_window` (default 30m), `baseline_min_samples` (10) and
+/// `baseline_min_coverage` (50%), which apply only to a rule that compares with a
+/// baseline (`uses`).
+fn baseline_keys(ctx: &mut Ctx, p: &str, raw: &RawRule, uses: bool) -> (Duration, u32, f64) {
+    if !uses {
+        for (key, set) in [
+            ("baseline_window", raw.baseline_window.is_some()),
+            ("baseline_min_samples", raw.baseline_min_samples.is_some()),
+            ("baseline_min_coverage", raw.baseline_min_coverage.is_some()),
+        ] {
+            if set {
+                ctx.err(
+                    format!("{p}.{key}"),
+                    "applies only to a condition like \"> 1.5x baseline\"",
+                );
+            }
+        }
+    }
+    let window = ctx.positive_duration(
+        format!("{p}.baseline_window"),
+        &raw.baseline_window,
+        Duration::from_secs(1800),
+    );
+    let samples = raw.baseline_min_samples.unwrap_or(10);
+    if samples == 0 {
+        ctx.err(format!("{p}.baseline_min_samples"), "must be at least 1");
+    }
+    let coverage = match raw.baseline_min_coverage.as_deref().map(parse_percent) {
+        None => 0.5,
+        Some(Ok(c)) => c,
+        Some(Err(m)) => {
+            ctx.err(format!("{p}.baseline_min_coverage"), m);
+            0.5
+        }
+    };
+    (window, samples.max(1), coverage)
 }
 
 /// `when`: required except for a check signal, where it is `failing`.
