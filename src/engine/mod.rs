@@ -11,7 +11,8 @@
 //! to its handler: readings and ticks here, the rest in the files named after what they
 //! decide. `incidents.rs` opens, finds, logs and resolves incidents and reacts to rule
 //! transitions; `signals.rs` keeps baselines (taken and guarded in `baseline.rs`) and
-//! detects blindness; `change.rs` handles an observed revision; `gate.rs` is the decision gate; `plan.rs` runs plan steps and
+//! detects blindness; `judge.rs` is the statistics of `> baseline` rules and the notice
+//! when one cannot judge a change; `change.rs` handles an observed revision; `gate.rs` is the decision gate; `plan.rs` runs plan steps and
 //! verifies them; `escalation.rs` sends and schedules notices; `facts.rs` says what people
 //! are told; `commands.rs` applies operator commands; `bake.rs` emits `Baked`. None of
 //! them does I/O or reads a clock.
@@ -25,6 +26,7 @@ mod facts;
 mod gate;
 mod incident;
 mod incidents;
+mod judge;
 mod memory;
 mod plan;
 mod reading;
@@ -368,11 +370,26 @@ impl Engine {
             }
         }
         self.remember_value(r.signal, &r.state, now);
+        let signal = &self.cfg.signals[r.signal];
+        let change = rule::Change {
+            at: self.targets[signal.target].changed_at,
+            window: signal.window(),
+            interval: signal.interval,
+        };
+        let mut cannot_judge = Vec::new();
         for k in 0..self.by_signal[r.signal].len() {
             let ri = self.by_signal[r.signal][k];
-            if let Some(t) = self.rules[ri].on_reading(&self.cfg.rules[ri], &r.state, now) {
+            let rule = &self.cfg.rules[ri];
+            let transition = self.rules[ri].on_reading(rule, &r.state, &change, now);
+            if let Some(text) = self.rules[ri].overdue_judgement(rule, &change, now) {
+                cannot_judge.push((ri, text));
+            }
+            if let Some(t) = transition {
                 self.rule_changed(ri, t, now);
             }
+        }
+        for (ri, text) in cannot_judge {
+            self.cannot_judge(ri, text, now);
         }
     }
 
@@ -413,7 +430,7 @@ fn uses_baseline(r: &Rule) -> bool {
         matches!(
             c,
             Condition::Compare {
-                threshold: Threshold::BaselineRatio(_),
+                threshold: Threshold::BaselineRatio(_) | Threshold::Baseline,
                 ..
             }
         )

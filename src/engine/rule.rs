@@ -31,9 +31,12 @@
 use std::collections::{HashSet, VecDeque};
 
 use crate::config::units::format_duration;
-use crate::config::{Condition, Policy, Rule, RuleMode, Threshold, Unit};
+use std::time::Duration;
+
+use crate::config::{Condition, Judge, Policy, Rule, RuleMode, Threshold, Unit};
 
 use super::baseline::Baseline;
+use super::judge::{self, Decision, JudgeState};
 use super::reading::{Measure, ReadingState, Ts};
 use super::stats;
 
@@ -76,6 +79,8 @@ enum Seen {
     NoBaseline,
     /// A baseline too thin to be one (see `Baseline::thin`).
     ThinBaseline,
+    /// What a judge decided, and on what.
+    Judged(judge::Facts),
     Insufficient(f64, f64),
     Number(f64, Option<f64>),
     /// Errors, requests, and whether a confidence bound was applied.
@@ -124,6 +129,18 @@ pub struct RuleState {
     seen: Seen,
     /// The baseline taken at the target's latest change, for rules that compare with one.
     baseline: Option<Baseline>,
+    /// A judge's sample since the latest change.
+    judge: Option<Box<JudgeState>>,
+}
+
+/// What a rule is told of its target's latest change and its signal's sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Change {
+    /// When the latest change happened; `None` before any change was observed.
+    pub at: Option<Ts>,
+    /// The signal's query window (rate and quantile readings overlap across it).
+    pub window: Duration,
+    pub interval: Duration,
 }
 
 impl RuleState {
@@ -142,6 +159,7 @@ impl RuleState {
             last_unmeasured_at: None,
             seen: Seen::Nothing,
             baseline: None,
+            judge: None,
         }
     }
 
@@ -165,11 +183,12 @@ impl RuleState {
         self.breach_since
     }
 
-    /// Applies one reading.
+    /// Applies one reading. `change` is the target's latest change, for judges.
     pub fn on_reading(
         &mut self,
         rule: &Rule,
         reading: &ReadingState,
+        change: &Change,
         now: Ts,
     ) -> Option<Transition> {
         // A `within` rule counts events; a reading without one neither adds nor clears.
@@ -199,7 +218,10 @@ impl RuleState {
                 }
                 return self.evaluate_events(rule, now);
             }
-            ReadingState::Value(m) => self.judge(rule, m, firing, now),
+            ReadingState::Value(m) => match &rule.judge {
+                Some(j) => self.judged(rule, j, m, change, now),
+                None => self.judge(rule, m, firing, now),
+            },
         };
         // Only a measured value is evidence (`judge` stamps `last_value_at`): a reading a
         // policy turns into a verdict, or a held one, never verifies a rollback.
@@ -350,6 +372,81 @@ impl RuleState {
         }
     }
 
+    /// A judge's verdict on a measurement: worse is a breach (or no clear), not worse a
+    /// good reading, inconclusive a held one. A reading with no value follows the
+    /// rule's `no_data` policy; without a baseline worth its name the judge holds.
+    fn judged(&mut self, rule: &Rule, j: &Judge, m: &Measure, change: &Change, now: Ts) -> Verdict {
+        let missing = match *m {
+            Measure::Number(v) => !v.is_finite(),
+            Measure::Rate { errors, requests } => {
+                !(errors.is_finite() && requests.is_finite() && requests > 0.0)
+            }
+            _ => false,
+        };
+        if missing {
+            self.seen = Seen::NoData;
+            return policy_verdict(rule.no_data);
+        }
+        let state = self
+            .judge
+            .get_or_insert_with(|| Box::new(JudgeState::new()));
+        state.follow(change.at);
+        let base = match (&self.baseline, change.at) {
+            (Some(b), Some(at)) if now >= at => b,
+            _ => {
+                self.seen = Seen::NoBaseline;
+                return Verdict::Hold;
+            }
+        };
+        if base.thin(rule).is_some() {
+            self.seen = Seen::ThinBaseline;
+            return Verdict::Hold;
+        }
+        let span = (change.window, change.interval);
+        let decision = state.judge(rule, j, base, m, span, now);
+        if let Some(f) = state.facts {
+            self.seen = Seen::Judged(f);
+        }
+        match decision {
+            Decision::Inconclusive => Verdict::Hold,
+            Decision::Worse => {
+                self.last_value_at = Some(now);
+                Verdict::Bad
+            }
+            Decision::NotWorse => {
+                self.last_value_at = Some(now);
+                Verdict::Good
+            }
+        }
+    }
+
+    /// The notice a judge owes when it has been inconclusive (never worse nor not worse)
+    /// for its `inconclusive_after` since the latest change: once per change.
+    pub fn overdue_judgement(&mut self, rule: &Rule, change: &Change, now: Ts) -> Option<String> {
+        let j = rule.judge.as_ref()?;
+        let at = change.at?;
+        if now.since(at) < j.inconclusive_after {
+            return None;
+        }
+        let state = self
+            .judge
+            .get_or_insert_with(|| Box::new(JudgeState::new()));
+        state.follow(Some(at));
+        if state.told || state.decided {
+            return None;
+        }
+        state.told = true;
+        let why = match &self.seen {
+            Seen::Judged(f) => f.describe(j),
+            _ => self.seen_text(rule, rule.when),
+        };
+        Some(format!(
+            "rule {} is still inconclusive {} after the change: {why}",
+            rule.name,
+            format_duration(now.since(at))
+        ))
+    }
+
     /// The median of the rule's baseline, or why there is none: none taken, or too thin
     /// (fewer than `baseline_min_samples` readings, or less than `baseline_min_coverage`
     /// of the window covered).
@@ -475,8 +572,40 @@ impl RuleState {
     /// The last reading against the condition that was judged, in words.
     pub fn evidence(&self, rule: &Rule, judged_clear: bool) -> String {
         let cond = if judged_clear { rule.clear } else { rule.when };
+        let seen = self.seen_text(rule, cond);
+        if let Some(j) = &rule.judge {
+            let effect = Unit::Plain.format(j.min_effect);
+            let level = Unit::Percent.format(j.confidence);
+            return if judged_clear {
+                format!(
+                    "{seen}; clears when the judge finds it not worse than {effect}x the baseline at {level}"
+                )
+            } else {
+                format!(
+                    "{seen}; fires when the judge finds it worse than {effect}x the baseline at {level}"
+                )
+            };
+        }
+        if judged_clear {
+            let held = if rule.clear_for.is_zero() {
+                String::new()
+            } else {
+                format!(" for {}", format_duration(rule.clear_for))
+            };
+            format!("{seen}; clears when {}{held}", cond.describe())
+        } else {
+            format!(
+                "{seen}; fires when {} {}",
+                cond.describe(),
+                rule.mode.describe()
+            )
+        }
+    }
+
+    /// What the last judged reading showed, in words.
+    fn seen_text(&self, rule: &Rule, cond: Condition) -> String {
         let unit = value_unit(rule);
-        let seen = match &self.seen {
+        match &self.seen {
             Seen::Nothing => "no reading yet".to_owned(),
             Seen::NoData => "no data".to_owned(),
             Seen::NoBaseline => {
@@ -522,20 +651,7 @@ impl RuleState {
             Seen::Check(false, Some(d)) => format!("check failed: {d}"),
             Seen::Check(false, None) => "check failed".to_owned(),
             Seen::Events(n, w) => format!("{n} distinct events within {}", format_duration(*w)),
-        };
-        if judged_clear {
-            let held = if rule.clear_for.is_zero() {
-                String::new()
-            } else {
-                format!(" for {}", format_duration(rule.clear_for))
-            };
-            format!("{seen}; clears when {}{held}", cond.describe())
-        } else {
-            format!(
-                "{seen}; fires when {} {}",
-                cond.describe(),
-                rule.mode.describe()
-            )
+            Seen::Judged(f) => rule.judge.as_ref().map_or_else(String::new, |j| f.describe(j)),
         }
     }
 }
@@ -563,6 +679,11 @@ fn compare(cond: Condition, value: f64, baseline: Option<f64>) -> bool {
             cmp,
             threshold: Threshold::BaselineRatio(r),
         } => baseline.is_some_and(|b| cmp.holds(value, r * b)),
+        // A judge decides by its own test (`judge.rs`), never by comparing one value.
+        Condition::Compare {
+            threshold: Threshold::Baseline,
+            ..
+        } => false,
     }
 }
 
@@ -581,7 +702,7 @@ fn value_unit(rule: &Rule) -> Unit {
             ..
         } => unit,
         Condition::Compare {
-            threshold: Threshold::BaselineRatio(_),
+            threshold: Threshold::BaselineRatio(_) | Threshold::Baseline,
             ..
         } => Unit::Seconds,
         _ => Unit::Plain,

@@ -13,6 +13,7 @@ use proptest::prelude::*;
 
 mod baseline;
 mod judgement;
+mod judges;
 mod verification;
 
 use super::*;
