@@ -540,6 +540,19 @@ pub fn describe(file: &Path, cfg: &Config) -> String {
                     format_duration(signal.timeout)
                 ),
             };
+            if let Some(j) = &rule.judge {
+                // A judge has no bound of its own: it decides when the evidence does.
+                s.push_str(&format!(
+                    "    rule {}: {} {} (a judge: {}x at {}); detection depends on traffic and effect, at least {} ({sampling})\n",
+                    rule.name,
+                    signal.name,
+                    rule.when.describe(),
+                    config::units::Unit::Plain.format(j.min_effect),
+                    config::units::Unit::Percent.format(j.confidence),
+                    format_duration(rule.worst_case_detection(signal)),
+                ));
+                continue;
+            }
             s.push_str(&format!(
                 "    rule {}: {} {} {}; worst-case detection {} ({sampling})\n",
                 rule.name,

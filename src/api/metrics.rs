@@ -559,7 +559,9 @@ fn epoch_seconds(at: SystemTime) -> f64 {
 }
 
 /// The value a rule with breach condition `when` breaches past, given the baseline it
-/// was last judged against: NaN for a `x baseline` rule without one.
+/// was last judged against: NaN for a `x baseline` rule without one; for a judge
+/// (`> baseline`), the baseline's error ratio or median itself (the judge fires on a
+/// confident effect past it, not at a fixed line).
 fn threshold(when: Condition, baseline: Option<f64>) -> f64 {
     match when {
         Condition::Failing => 1.0,
@@ -572,6 +574,10 @@ fn threshold(when: Condition, baseline: Option<f64>) -> f64 {
             threshold: Threshold::BaselineRatio(r),
             ..
         } => baseline.map_or(f64::NAN, |b| r * b),
+        Condition::Compare {
+            threshold: Threshold::Baseline,
+            ..
+        } => baseline.unwrap_or(f64::NAN),
     }
 }
 

@@ -489,14 +489,37 @@ pub struct Rule {
     pub min_requests: u64,
     /// The one-sided confidence level (0.95) that the true rate is past the threshold.
     pub confidence: Option<f64>,
-    /// How much history before a change forms the baseline of a `x baseline` condition.
+    /// How much history before a change forms the baseline of a `x baseline` condition
+    /// or a judge.
     pub baseline_window: Duration,
+    /// The fewest readings a baseline must hold (`baseline_min_samples`), and the share
+    /// of `baseline_window` they must cover (`baseline_min_coverage`); below either
+    /// there is no baseline and the rule holds.
+    pub baseline_min_samples: u32,
+    pub baseline_min_coverage: f64,
+    /// The statistical judge of a `> baseline` condition; `None` for other conditions.
+    pub judge: Option<Judge>,
     pub no_data: Policy,
     pub insufficient: Policy,
     /// The longest time between two readings of the rule's signal that still counts as
     /// unbroken observation (see [`Signal::max_gap`]); a longer silence restarts the
     /// proof of `for`, `consecutive`, `m_of_n` and `clear_for`.
     pub max_gap: Duration,
+}
+
+/// A judge (`when = "> baseline"`): whether the target is worse since its latest change
+/// than in the baseline window before it, decided with a stated confidence by a test
+/// that stays valid when asked at every reading (see `engine::judge`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Judge {
+    /// The confidence (0.99) a "worse" needs; `1 - confidence` bounds the share of
+    /// healthy changes it calls worse, however often it is asked.
+    pub confidence: f64,
+    /// How much worse counts (1.5 = the error ratio, or the median and spread, 1.5
+    /// times the baseline's).
+    pub min_effect: f64,
+    /// How long after a change an inconclusive judge tells people it cannot judge.
+    pub inconclusive_after: Duration,
 }
 
 /// How a rule turns a sequence of breaching evaluations into firing.
@@ -900,10 +923,12 @@ pub enum Occasion {
     RuleJoined,
     /// A revision rearguard marked bad (rolled back from) is deployed again.
     BadRevisionDeployed,
+    /// A judge (`> baseline`) was still inconclusive `inconclusive_after` a change.
+    CannotJudge,
 }
 
 impl Occasion {
-    pub const ALL: [Occasion; 14] = [
+    pub const ALL: [Occasion; 15] = [
         Occasion::Opened,
         Occasion::RollbackStarted,
         Occasion::RollbackSlow,
@@ -918,6 +943,7 @@ impl Occasion {
         Occasion::Resolved,
         Occasion::RuleJoined,
         Occasion::BadRevisionDeployed,
+        Occasion::CannotJudge,
     ];
 
     pub fn name(self) -> &'static str {
@@ -936,6 +962,7 @@ impl Occasion {
             Occasion::Resolved => "resolved",
             Occasion::RuleJoined => "rule_joined",
             Occasion::BadRevisionDeployed => "bad_revision_deployed",
+            Occasion::CannotJudge => "cannot_judge",
         }
     }
 
@@ -956,6 +983,7 @@ impl Occasion {
             Occasion::Resolved => "incident resolved",
             Occasion::RuleJoined => "another rule fired",
             Occasion::BadRevisionDeployed => "a revision marked bad is deployed again",
+            Occasion::CannotJudge => "cannot judge the latest change",
         }
     }
 
@@ -970,7 +998,11 @@ impl Occasion {
     /// delayed nor repeated (the acknowledgement, the resolution, another rule firing
     /// into it, a revision marked bad deployed again).
     pub fn told_at_once(self) -> bool {
-        self.closes_loop() || matches!(self, Occasion::RuleJoined | Occasion::BadRevisionDeployed)
+        self.closes_loop()
+            || matches!(
+                self,
+                Occasion::RuleJoined | Occasion::BadRevisionDeployed | Occasion::CannotJudge
+            )
     }
 }
 

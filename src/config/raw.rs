@@ -341,6 +341,10 @@ pub struct RawRule {
     pub min_requests: Option<u64>,
     pub confidence: Option<String>,
     pub baseline_window: Option<String>,
+    pub baseline_min_samples: Option<u32>,
+    pub baseline_min_coverage: Option<String>,
+    pub min_effect: Option<String>,
+    pub inconclusive_after: Option<String>,
     pub no_data: Option<String>,
     pub insufficient: Option<String>,
 }

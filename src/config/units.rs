@@ -244,6 +244,8 @@ pub enum Threshold {
     Value(f64, Unit),
     /// A multiple of the baseline captured before the latest change.
     BaselineRatio(f64),
+    /// Worse than before the latest change, judged by a statistical test (`> baseline`).
+    Baseline,
 }
 
 /// A parsed condition: `failing` for pass/fail checks, or a comparison.
@@ -284,12 +286,16 @@ impl Condition {
                 cmp,
                 threshold: Threshold::BaselineRatio(r),
             } => format!("{} {}x baseline", cmp.symbol(), format_number(*r)),
+            Condition::Compare {
+                cmp,
+                threshold: Threshold::Baseline,
+            } => format!("{} baseline", cmp.symbol()),
         }
     }
 }
 
 /// Parses a condition: `"failing"`, `"passing"`, `"> 5%"`, `">= 200ms"`, `"> 3"`,
-/// `"> 1.5x baseline"`.
+/// `"> 1.5x baseline"`, `"> baseline"`.
 pub fn parse_condition(text: &str) -> Result<Condition, String> {
     let bad = || {
         format!(
@@ -314,6 +320,12 @@ pub fn parse_condition(text: &str) -> Result<Condition, String> {
         return Err(bad());
     };
     let rest = rest.trim();
+    if rest == "baseline" {
+        return Ok(Condition::Compare {
+            cmp,
+            threshold: Threshold::Baseline,
+        });
+    }
     if let Some(ratio) = rest.strip_suffix("baseline") {
         let ratio = ratio.trim().strip_suffix('x').ok_or_else(bad)?;
         let r: f64 = ratio.trim().parse().map_err(|_| bad())?;
@@ -439,6 +451,7 @@ mod tests {
         check("> 3", Cmp::Gt, Threshold::Value(3.0, Unit::Plain));
         check("< 1%", Cmp::Lt, Threshold::Value(0.01, Unit::Percent));
         check("> 1.5x baseline", Cmp::Gt, Threshold::BaselineRatio(1.5));
+        check("> baseline", Cmp::Gt, Threshold::Baseline);
         assert_eq!(parse_condition("failing").unwrap(), Condition::Failing);
         for text in ["5%", "> five", "== 3", "> 1.5 baseline", "> 120%", "> NaN"] {
             assert!(parse_condition(text).is_err(), "{text}");
@@ -453,6 +466,7 @@ mod tests {
             "> 3",
             "< 1%",
             "> 1.5x baseline",
+            "> baseline",
             "failing",
         ] {
             assert_eq!(parse_condition(text).unwrap().describe(), text);

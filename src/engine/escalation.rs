@@ -204,9 +204,7 @@ impl Engine {
     }
 
     /// Tells of a revision marked bad deployed again while no incident of its target is
-    /// open: under the id of the incident that marked it bad (its thread, its alert), at
-    /// once, to the notifiers of the levels that list the occasion (every notifier
-    /// without a ladder). The line is logged under that id.
+    /// open: under the id of the incident that marked it bad (its thread, its alert).
     pub(super) fn announce_bad_revision(
         &mut self,
         target: usize,
@@ -215,9 +213,33 @@ impl Engine {
         text: String,
         now: Ts,
     ) {
-        let occasion = Occasion::BadRevisionDeployed;
-        let name = self.cfg.targets[target].name.clone();
+        let name = &self.cfg.targets[target].name;
         let incident = marked_by.unwrap_or_else(|| format!("{name}-{revision}-deployed-again"));
+        let next = format!(
+            "people must check why {revision} runs again: rearguard never rolls back to a revision marked bad"
+        );
+        let announcement = Announcement {
+            occasion: Occasion::BadRevisionDeployed,
+            incident,
+            to_revision: Some(revision.to_owned()),
+            text,
+            next,
+        };
+        self.announce(target, announcement, now);
+    }
+
+    /// Tells people of something that needs no incident of its own, under the id it
+    /// names, at once, to the notifiers of the levels that list the occasion (every
+    /// notifier without a ladder). The line is logged under that id.
+    pub(super) fn announce(&mut self, target: usize, a: Announcement, now: Ts) {
+        let Announcement {
+            occasion,
+            incident,
+            to_revision,
+            text,
+            next,
+        } = a;
+        let name = self.cfg.targets[target].name.clone();
         let entry = Entry {
             at: now,
             kind: EntryKind::Decision,
@@ -263,12 +285,10 @@ impl Engine {
             blind_signals: Vec::new(),
             plan: None,
             from_revision: None,
-            to_revision: Some(revision.to_owned()),
+            to_revision,
             steps: Vec::new(),
             reason: Some(text),
-            next: format!(
-                "people must check why {revision} runs again: rearguard never rolls back to a revision marked bad"
-            ),
+            next,
         };
         self.out.push(Effect::Notify(Box::new(Notification {
             incident,
@@ -280,4 +300,15 @@ impl Engine {
             facts,
         })));
     }
+}
+
+/// What [`Engine::announce`] tells.
+pub(super) struct Announcement {
+    pub occasion: Occasion,
+    /// The id it is told under (an incident's, or one made for it).
+    pub incident: String,
+    pub to_revision: Option<String>,
+    pub text: String,
+    /// What happens next, in words.
+    pub next: String,
 }

@@ -100,12 +100,14 @@ fn what_next(inc: &Incident, plan: Option<&Plan>, occasion: Occasion) -> String 
         }
         Occasion::Acknowledged => "reminders stop; people are in charge".to_owned(),
         Occasion::Resolved => "nothing: the incident is closed".to_owned(),
-        Occasion::RuleJoined | Occasion::BadRevisionDeployed => match inc.state {
+        Occasion::RuleJoined | Occasion::BadRevisionDeployed | Occasion::CannotJudge => {
+            match inc.state {
             IncidentState::Acting { .. } | IncidentState::Verifying { .. } => {
                 rollback_progress(inc, plan)
             }
             _ => "people decide: rearguard does not act on this incident by itself".to_owned(),
-        },
+            }
+        }
     }
 }
 

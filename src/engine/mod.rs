@@ -10,14 +10,16 @@
 //! signal and target), its construction and accessors, and `step`, which hands each input
 //! to its handler: readings and ticks here, the rest in the files named after what they
 //! decide. `incidents.rs` opens, finds, logs and resolves incidents and reacts to rule
-//! transitions; `signals.rs` keeps baselines and detects blindness (`blind.rs` its share
-//! rule); `change.rs` handles
+//! transitions; `signals.rs` keeps baselines (taken and guarded in `baseline.rs`) and
+//! detects blindness (`blind.rs` its share rule); `judge.rs` is the statistics of
+//! `> baseline` rules and the notice when one cannot judge a change; `change.rs` handles
 //! an observed revision; `gate.rs` is the decision gate; `plan.rs` runs plan steps and
 //! verifies them; `escalation.rs` sends and schedules notices; `facts.rs` says what people
 //! are told; `commands.rs` applies operator commands; `bake.rs` emits `Baked`. None of
 //! them does I/O or reads a clock.
 
 mod bake;
+mod baseline;
 mod blind;
 mod change;
 mod commands;
@@ -26,6 +28,7 @@ mod facts;
 mod gate;
 mod incident;
 mod incidents;
+mod judge;
 mod memory;
 mod plan;
 mod reading;
@@ -209,10 +212,9 @@ struct SignalState {
     error_since: Option<Ts>,
     last_error: Option<String>,
     blind: bool,
-    /// Values kept for baselines, oldest first; only for signals that need them.
-    history: VecDeque<(Ts, f64)>,
+    /// Readings kept for baselines, oldest first; only for signals that need them.
+    history: VecDeque<(Ts, baseline::Kept)>,
     keep: Option<std::time::Duration>,
-    baseline: Option<f64>,
 }
 
 /// The most values a signal keeps for its baseline.
@@ -323,7 +325,7 @@ impl Engine {
     /// The value of the latest reading the rule judged and the baseline it was judged
     /// against; `None` when that reading had no value (see `RuleState::judged`).
     pub fn rule_judged(&self, rule: usize) -> Option<(f64, Option<f64>)> {
-        self.rules.get(rule)?.judged()
+        self.rules.get(rule)?.latest_judged()
     }
 
     /// Until when an operator silenced the rule, if they did and it has not ended.
@@ -363,13 +365,26 @@ impl Engine {
         }
         self.note_sight(r.signal, &r.state, now);
         self.remember_value(r.signal, &r.state, now);
-        let baseline = self.signals[r.signal].baseline;
+        let signal = &self.cfg.signals[r.signal];
+        let change = rule::Change {
+            at: self.targets[signal.target].changed_at,
+            window: signal.window(),
+            interval: signal.interval,
+        };
+        let mut cannot_judge = Vec::new();
         for k in 0..self.by_signal[r.signal].len() {
             let ri = self.by_signal[r.signal][k];
-            if let Some(t) = self.rules[ri].on_reading(&self.cfg.rules[ri], &r.state, baseline, now)
-            {
+            let rule = &self.cfg.rules[ri];
+            let transition = self.rules[ri].on_reading(rule, &r.state, &change, now);
+            if let Some(text) = self.rules[ri].overdue_judgement(rule, &change, now) {
+                cannot_judge.push((ri, text));
+            }
+            if let Some(t) = transition {
                 self.rule_changed(ri, t, now);
             }
+        }
+        for (ri, text) in cannot_judge {
+            self.cannot_judge(ri, text, now);
         }
     }
 
@@ -410,7 +425,7 @@ fn uses_baseline(r: &Rule) -> bool {
         matches!(
             c,
             Condition::Compare {
-                threshold: Threshold::BaselineRatio(_),
+                threshold: Threshold::BaselineRatio(_) | Threshold::Baseline,
                 ..
             }
         )

@@ -15,6 +15,10 @@
 //! - within: the number of distinct event keys seen in the window meets the condition
 //!   (events are counted in time; runs do not apply).
 //!
+//! A `x baseline` rule compares with the median of its baseline (see `baseline.rs`);
+//! without a baseline worth its name (none taken, or too few readings covering too
+//! little of the window) every reading is held, whatever the rule's policies.
+//!
 //! A held reading keeps the phase: a pending rule stays pending (its proof restarts),
 //! a firing rule stays firing (missing data never clears it). Once firing, a rule
 //! clears when its clear condition has held on every reading of one run for
@@ -27,8 +31,12 @@
 use std::collections::{HashSet, VecDeque};
 
 use crate::config::units::format_duration;
-use crate::config::{Condition, Policy, Rule, RuleMode, Threshold, Unit};
+use std::time::Duration;
 
+use crate::config::{Condition, Judge, Policy, Rule, RuleMode, Threshold, Unit};
+
+use super::baseline::Baseline;
+use super::judge::{self, Decision, JudgeState};
 use super::reading::{Measure, ReadingState, Ts};
 use super::stats;
 
@@ -67,7 +75,12 @@ pub struct Transition {
 enum Seen {
     Nothing,
     NoData,
+    /// No baseline was taken: no change observed, or none since rearguard started.
     NoBaseline,
+    /// A baseline too thin to be one (see `Baseline::thin`).
+    ThinBaseline,
+    /// What a judge decided, and on what.
+    Judged(judge::Facts),
     Insufficient(f64, f64),
     Number(f64, Option<f64>),
     /// Errors, requests, and whether a confidence bound was applied.
@@ -114,6 +127,20 @@ pub struct RuleState {
     pub last_unmeasured_at: Option<Ts>,
     /// What the last judged reading showed, for evidence.
     seen: Seen,
+    /// The baseline taken at the target's latest change, for rules that compare with one.
+    baseline: Option<Baseline>,
+    /// A judge's sample since the latest change.
+    judge: Option<Box<JudgeState>>,
+}
+
+/// What a rule is told of its target's latest change and its signal's sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Change {
+    /// When the latest change happened; `None` before any change was observed.
+    pub at: Option<Ts>,
+    /// The signal's query window (rate and quantile readings overlap across it).
+    pub window: Duration,
+    pub interval: Duration,
 }
 
 impl RuleState {
@@ -131,7 +158,14 @@ impl RuleState {
             last_value_at: None,
             last_unmeasured_at: None,
             seen: Seen::Nothing,
+            baseline: None,
+            judge: None,
         }
+    }
+
+    /// The baseline taken at the target's latest change.
+    pub fn set_baseline(&mut self, baseline: Baseline) {
+        self.baseline = Some(baseline);
     }
 
     /// A rule that was firing when rearguard stopped, with fresh windows: it clears the
@@ -149,13 +183,12 @@ impl RuleState {
         self.breach_since
     }
 
-    /// Applies one reading. `baseline` is the signal's value before the target's latest
-    /// change, for `x baseline` conditions.
+    /// Applies one reading. `change` is the target's latest change, for judges.
     pub fn on_reading(
         &mut self,
         rule: &Rule,
         reading: &ReadingState,
-        baseline: Option<f64>,
+        change: &Change,
         now: Ts,
     ) -> Option<Transition> {
         // A `within` rule counts events; a reading without one neither adds nor clears.
@@ -185,7 +218,10 @@ impl RuleState {
                 }
                 return self.evaluate_events(rule, now);
             }
-            ReadingState::Value(m) => self.judge(rule, m, baseline, firing, now),
+            ReadingState::Value(m) => match &rule.judge {
+                Some(j) => self.judged(rule, j, m, change, now),
+                None => self.judge(rule, m, firing, now),
+            },
         };
         // Only a measured value is evidence (`judge` stamps `last_value_at`): a reading a
         // policy turns into a verdict, or a held one, never verifies a rollback.
@@ -264,14 +300,7 @@ impl RuleState {
 
     /// Judges a measurement against the breach condition, or the clear condition when
     /// firing. Records what was seen for the evidence of a later transition.
-    fn judge(
-        &mut self,
-        rule: &Rule,
-        m: &Measure,
-        baseline: Option<f64>,
-        firing: bool,
-        now: Ts,
-    ) -> Verdict {
+    fn judge(&mut self, rule: &Rule, m: &Measure, firing: bool, now: Ts) -> Verdict {
         let cond = if firing { rule.clear } else { rule.when };
         let holds = match *m {
             Measure::Number(v) => {
@@ -286,10 +315,19 @@ impl RuleState {
                         ..
                     }
                 );
-                if needs_baseline && baseline.is_none() {
-                    self.seen = Seen::NoBaseline;
-                    return policy_verdict(rule.insufficient);
-                }
+                let baseline = if needs_baseline {
+                    // Without a baseline worth its name there is nothing to compare with:
+                    // the rule holds, whatever its policies (never a breach, never a clear).
+                    match self.worthy_baseline(rule) {
+                        Ok(b) => b,
+                        Err(seen) => {
+                            self.seen = seen;
+                            return Verdict::Hold;
+                        }
+                    }
+                } else {
+                    None
+                };
                 self.seen = Seen::Number(v, baseline);
                 compare(cond, v, baseline)
             }
@@ -332,6 +370,92 @@ impl RuleState {
         } else {
             Verdict::Good
         }
+    }
+
+    /// A judge's verdict on a measurement: worse is a breach (or no clear), not worse a
+    /// good reading, inconclusive a held one. A reading with no value follows the
+    /// rule's `no_data` policy; without a baseline worth its name the judge holds.
+    fn judged(&mut self, rule: &Rule, j: &Judge, m: &Measure, change: &Change, now: Ts) -> Verdict {
+        let missing = match *m {
+            Measure::Number(v) => !v.is_finite(),
+            Measure::Rate { errors, requests } => {
+                !(errors.is_finite() && requests.is_finite() && requests > 0.0)
+            }
+            _ => false,
+        };
+        if missing {
+            self.seen = Seen::NoData;
+            return policy_verdict(rule.no_data);
+        }
+        let state = self
+            .judge
+            .get_or_insert_with(|| Box::new(JudgeState::new()));
+        state.follow(change.at);
+        let base = match (&self.baseline, change.at) {
+            (Some(b), Some(at)) if now >= at => b,
+            _ => {
+                self.seen = Seen::NoBaseline;
+                return Verdict::Hold;
+            }
+        };
+        if base.thin(rule).is_some() {
+            self.seen = Seen::ThinBaseline;
+            return Verdict::Hold;
+        }
+        let span = (change.window, change.interval);
+        let decision = state.judge(rule, j, base, m, span, now);
+        if let Some(f) = state.facts {
+            self.seen = Seen::Judged(f);
+        }
+        match decision {
+            Decision::Inconclusive => Verdict::Hold,
+            Decision::Worse => {
+                self.last_value_at = Some(now);
+                Verdict::Bad
+            }
+            Decision::NotWorse => {
+                self.last_value_at = Some(now);
+                Verdict::Good
+            }
+        }
+    }
+
+    /// The notice a judge owes when it has been inconclusive (never worse nor not worse)
+    /// for its `inconclusive_after` since the latest change: once per change.
+    pub fn overdue_judgement(&mut self, rule: &Rule, change: &Change, now: Ts) -> Option<String> {
+        let j = rule.judge.as_ref()?;
+        let at = change.at?;
+        if now.since(at) < j.inconclusive_after {
+            return None;
+        }
+        let state = self
+            .judge
+            .get_or_insert_with(|| Box::new(JudgeState::new()));
+        state.follow(Some(at));
+        if state.told || state.decided {
+            return None;
+        }
+        state.told = true;
+        let why = match &self.seen {
+            Seen::Judged(f) => f.describe(j),
+            _ => self.seen_text(rule, rule.when),
+        };
+        Some(format!(
+            "rule {} is still inconclusive {} after the change: {why}",
+            rule.name,
+            format_duration(now.since(at))
+        ))
+    }
+
+    /// The median of the rule's baseline, or why there is none: none taken, or too thin
+    /// (fewer than `baseline_min_samples` readings, or less than `baseline_min_coverage`
+    /// of the window covered).
+    fn worthy_baseline(&self, rule: &Rule) -> Result<Option<f64>, Seen> {
+        let b = self.baseline.as_ref().ok_or(Seen::NoBaseline)?;
+        if b.thin(rule).is_some() {
+            return Err(Seen::ThinBaseline);
+        }
+        b.median().map(Some).ok_or(Seen::NoBaseline)
     }
 
     fn apply(&mut self, rule: &Rule, verdict: Verdict, now: Ts) -> Option<Transition> {
@@ -449,25 +573,72 @@ impl RuleState {
     /// for a failed check and 0 for a passed one, the count of distinct events), with
     /// the baseline it was judged against; `None` before the first reading and when the
     /// latest had no value (no data, too few requests, no baseline). A source error is
-    /// not judged and leaves it as it was.
-    pub fn judged(&self) -> Option<(f64, Option<f64>)> {
-        match self.seen {
-            Seen::Number(v, baseline) => Some((v, baseline)),
+    /// not judged and leaves it as it was. A judge's value is the error ratio or median
+    /// since the change, against the baseline's.
+    pub fn latest_judged(&self) -> Option<(f64, Option<f64>)> {
+        match &self.seen {
+            Seen::Number(v, baseline) => Some((*v, *baseline)),
+            Seen::Judged(f) => Some((f.post_mid, Some(f.base_mid))),
             Seen::Rate(errors, requests, _) => Some((errors / requests, None)),
-            Seen::Check(ok, _) => Some((if ok { 0.0 } else { 1.0 }, None)),
-            Seen::Events(count, _) => Some((count, None)),
-            Seen::Nothing | Seen::NoData | Seen::NoBaseline | Seen::Insufficient(..) => None,
+            Seen::Check(ok, _) => Some((if *ok { 0.0 } else { 1.0 }, None)),
+            Seen::Events(count, _) => Some((*count, None)),
+            Seen::Nothing
+            | Seen::NoData
+            | Seen::NoBaseline
+            | Seen::ThinBaseline
+            | Seen::Insufficient(..) => None,
         }
     }
 
     /// The last reading against the condition that was judged, in words.
     pub fn evidence(&self, rule: &Rule, judged_clear: bool) -> String {
         let cond = if judged_clear { rule.clear } else { rule.when };
+        let seen = self.seen_text(rule, cond);
+        if let Some(j) = &rule.judge {
+            let effect = Unit::Plain.format(j.min_effect);
+            let level = Unit::Percent.format(j.confidence);
+            return if judged_clear {
+                format!(
+                    "{seen}; clears when the judge finds it not worse than {effect}x the baseline at {level}"
+                )
+            } else {
+                format!(
+                    "{seen}; fires when the judge finds it worse than {effect}x the baseline at {level}"
+                )
+            };
+        }
+        if judged_clear {
+            let held = if rule.clear_for.is_zero() {
+                String::new()
+            } else {
+                format!(" for {}", format_duration(rule.clear_for))
+            };
+            format!("{seen}; clears when {}{held}", cond.describe())
+        } else {
+            format!(
+                "{seen}; fires when {} {}",
+                cond.describe(),
+                rule.mode.describe()
+            )
+        }
+    }
+
+    /// What the last judged reading showed, in words.
+    fn seen_text(&self, rule: &Rule, cond: Condition) -> String {
         let unit = value_unit(rule);
-        let seen = match &self.seen {
+        match &self.seen {
             Seen::Nothing => "no reading yet".to_owned(),
             Seen::NoData => "no data".to_owned(),
-            Seen::NoBaseline => "no baseline captured before the latest change".to_owned(),
+            Seen::NoBaseline => {
+                "no baseline: none was taken before the latest change (no change observed since rearguard started, or no readings before it)".to_owned()
+            }
+            Seen::ThinBaseline => format!(
+                "no baseline: {}",
+                self.baseline
+                    .as_ref()
+                    .and_then(|b| b.thin(rule))
+                    .unwrap_or_default()
+            ),
             Seen::Insufficient(have, need) => {
                 format!("insufficient samples ({have:.0} of {need:.0} needed)")
             }
@@ -501,20 +672,7 @@ impl RuleState {
             Seen::Check(false, Some(d)) => format!("check failed: {d}"),
             Seen::Check(false, None) => "check failed".to_owned(),
             Seen::Events(n, w) => format!("{n} distinct events within {}", format_duration(*w)),
-        };
-        if judged_clear {
-            let held = if rule.clear_for.is_zero() {
-                String::new()
-            } else {
-                format!(" for {}", format_duration(rule.clear_for))
-            };
-            format!("{seen}; clears when {}{held}", cond.describe())
-        } else {
-            format!(
-                "{seen}; fires when {} {}",
-                cond.describe(),
-                rule.mode.describe()
-            )
+            Seen::Judged(f) => rule.judge.as_ref().map_or_else(String::new, |j| f.describe(j)),
         }
     }
 }
@@ -542,6 +700,11 @@ fn compare(cond: Condition, value: f64, baseline: Option<f64>) -> bool {
             cmp,
             threshold: Threshold::BaselineRatio(r),
         } => baseline.is_some_and(|b| cmp.holds(value, r * b)),
+        // A judge decides by its own test (`judge.rs`), never by comparing one value.
+        Condition::Compare {
+            threshold: Threshold::Baseline,
+            ..
+        } => false,
     }
 }
 
@@ -560,7 +723,7 @@ fn value_unit(rule: &Rule) -> Unit {
             ..
         } => unit,
         Condition::Compare {
-            threshold: Threshold::BaselineRatio(_),
+            threshold: Threshold::BaselineRatio(_) | Threshold::Baseline,
             ..
         } => Unit::Seconds,
         _ => Unit::Plain,

@@ -3,7 +3,7 @@
 //! is a rule, a sequence of readings at the signal's own cadence, and the phase after
 //! each reading; the rule state is driven directly, without the engine around it.
 
-use super::{Phase, RuleState};
+use super::{Change, Phase, RuleState};
 use crate::config::units::parse_duration;
 use crate::config::{Config, SignalKind};
 use crate::engine::reading::{Measure, ReadingState, Ts};
@@ -55,7 +55,7 @@ fn phases(keys: &str, script: &str) -> String {
             .split_once('*')
             .map_or((word, 1), |(w, n)| (w, n.parse().expect("a count")));
         for _ in 0..times {
-            state.on_reading(rule, &reading(signal.kind(), word), None, now);
+            state.on_reading(rule, &reading(signal.kind(), word), &Change::default(), now);
             seen.push(match state.phase {
                 Phase::Ok => "o",
                 Phase::Pending => "p",
@@ -295,11 +295,16 @@ fn the_breach_start_survives_held_readings_so_blame_sees_it() {
     let mut state = RuleState::new();
     let minute = |m: u64| Ts::from_secs(1_795_000_000 + m * 60);
     let bad = reading(SignalKind::Rate, "bad");
-    state.on_reading(rule, &bad, None, minute(0));
-    state.on_reading(rule, &reading(SignalKind::Rate, "few"), None, minute(1));
+    state.on_reading(rule, &bad, &Change::default(), minute(0));
+    state.on_reading(
+        rule,
+        &reading(SignalKind::Rate, "few"),
+        &Change::default(),
+        minute(1),
+    );
     let fired: Vec<(u64, Option<Ts>)> = (2..=8)
         .filter_map(|m| {
-            let t = state.on_reading(rule, &bad, None, minute(m))?;
+            let t = state.on_reading(rule, &bad, &Change::default(), minute(m))?;
             (t.to == Phase::Firing).then_some((m, t.breach_since))
         })
         .collect();
@@ -314,8 +319,13 @@ fn the_judged_value_is_the_latest_measured_one_and_none_without_a_value() {
     let mut judged = Vec::new();
     let mut now = Ts::from_secs(1_795_000_000);
     for word in ["bad", "err", "good", "few", "none", "bad"] {
-        state.on_reading(rule, &reading(SignalKind::Rate, word), None, now);
-        judged.push(state.judged());
+        state.on_reading(
+            rule,
+            &reading(SignalKind::Rate, word),
+            &Change::default(),
+            now,
+        );
+        judged.push(state.latest_judged());
         now = now.plus(std::time::Duration::from_secs(60));
     }
     // A source error judges nothing: the value before it stays.

@@ -5,43 +5,49 @@
 //!
 //! It does no I/O and reads no clock; it does not judge rules (see `rule.rs`).
 
+use super::baseline::{Baseline, Kept, fresh_share};
 use super::{Engine, HISTORY_CAP, Measure, ReadingState, Ts};
 use crate::config::units::human_duration;
 
 impl Engine {
-    /// Keeps a finite value of a signal that has a baseline, within its window.
+    /// Keeps a finite reading of a signal that has a baseline, within its window.
     pub(super) fn remember_value(&mut self, s: usize, state: &ReadingState, now: Ts) {
+        let cfg = &self.cfg.signals[s];
         let sig = &mut self.signals[s];
-        if let (Some(keep), ReadingState::Value(Measure::Number(v))) = (sig.keep, state)
-            && v.is_finite()
-        {
-            sig.history.push_back((now, *v));
-            let start = now.minus(keep);
-            while sig.history.front().is_some_and(|(t, _)| *t < start)
-                || sig.history.len() > HISTORY_CAP
+        let Some(keep) = sig.keep else {
+            return;
+        };
+        let kept = match *state {
+            ReadingState::Value(Measure::Number(v)) if v.is_finite() => Kept::Number(v),
+            ReadingState::Value(Measure::Rate { errors, requests })
+                if errors.is_finite() && requests.is_finite() && requests >= 0.0 =>
             {
-                sig.history.pop_front();
+                let last = sig.history.back().map(|(t, _)| *t);
+                let share = fresh_share(last, now, cfg.window(), cfg.max_gap());
+                Kept::Rate {
+                    errors: errors.clamp(0.0, requests) * share,
+                    requests: requests * share,
+                }
             }
+            _ => return,
+        };
+        sig.history.push_back((now, kept));
+        let start = now.minus(keep);
+        while sig.history.front().is_some_and(|(t, _)| *t < start)
+            || sig.history.len() > HISTORY_CAP
+        {
+            sig.history.pop_front();
         }
     }
 
-    /// Takes the baselines of the target's signals from the values before a change at
-    /// `at`: the median of each signal's window before it.
+    /// Gives each baseline rule of the target its baseline from the readings before a
+    /// change at `at` (see `baseline.rs`).
     pub(super) fn rebaseline(&mut self, target: usize, at: Ts) {
-        for (s, sig) in self.cfg.signals.iter().enumerate() {
-            if sig.target != target {
-                continue;
-            }
-            let st = &mut self.signals[s];
-            if let Some(keep) = st.keep {
-                let start = at.minus(keep);
-                let mut values: Vec<f64> = st
-                    .history
-                    .iter()
-                    .filter(|(t, _)| *t >= start && *t < at)
-                    .map(|(_, v)| *v)
-                    .collect();
-                st.baseline = median(&mut values);
+        for (ri, rule) in self.cfg.rules.iter().enumerate() {
+            if rule.target == target && super::uses_baseline(rule) {
+                let history = &self.signals[rule.signal].history;
+                let b = Baseline::take(history, at, rule.baseline_window, rule.max_gap);
+                self.rules[ri].set_baseline(b);
             }
         }
     }
@@ -72,17 +78,4 @@ impl Engine {
         );
         self.blind_because(s, since, text, now);
     }
-}
-
-fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(|a, b| a.total_cmp(b));
-    let n = values.len();
-    Some(if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    })
 }

@@ -61,6 +61,7 @@ pub fn reason(occasion: Occasion) -> Option<(&'static str, &'static str)> {
         Occasion::Resolved => ("IncidentResolved", "Normal"),
         Occasion::RuleJoined => ("RuleJoined", "Warning"),
         Occasion::BadRevisionDeployed => ("BadRevisionDeployed", "Warning"),
+        Occasion::CannotJudge => ("CannotJudge", "Warning"),
         Occasion::RollbackSlow | Occasion::AttemptsFailed => return None,
     })
 }

@@ -63,7 +63,7 @@ pub fn event(occasion: Occasion) -> Event {
         | Occasion::AttemptsFailed
         | Occasion::RollbackSlow => trigger("critical"),
         Occasion::Opened | Occasion::NotRolledBack | Occasion::RuleJoined => trigger("error"),
-        Occasion::BadRevisionDeployed => trigger("warning"),
+        Occasion::BadRevisionDeployed | Occasion::CannotJudge => trigger("warning"),
         Occasion::RollbackSucceeded => trigger("info"),
     }
 }

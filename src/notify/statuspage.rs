@@ -40,7 +40,8 @@ pub fn incident_status(occasion: Occasion) -> &'static str {
         | Occasion::VerificationInconclusive
         | Occasion::Acknowledged
         | Occasion::RuleJoined
-        | Occasion::BadRevisionDeployed => "identified",
+        | Occasion::BadRevisionDeployed
+        | Occasion::CannotJudge => "identified",
         Occasion::RollbackSucceeded => "monitoring",
         Occasion::Resolved => "resolved",
     }
@@ -51,7 +52,10 @@ pub fn incident_status(occasion: Occasion) -> &'static str {
 /// leave the component as it is (`None`).
 pub fn component_status(occasion: Occasion) -> Option<&'static str> {
     match occasion {
-        Occasion::Acknowledged | Occasion::RuleJoined | Occasion::BadRevisionDeployed => None,
+        Occasion::Acknowledged
+        | Occasion::RuleJoined
+        | Occasion::BadRevisionDeployed
+        | Occasion::CannotJudge => None,
         Occasion::Resolved => Some("operational"),
         Occasion::RollbackSucceeded => Some("degraded_performance"),
         Occasion::RollbackFailed | Occasion::VerificationFailed | Occasion::Blind => {

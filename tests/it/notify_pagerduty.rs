@@ -304,6 +304,7 @@ async fn every_occasion_is_a_valid_event_with_its_severity() {
         ("blind", "critical"),
         ("rule_joined", "error"),
         ("bad_revision_deployed", "warning"),
+        ("cannot_judge", "warning"),
     ]
     .map(|(c, s)| (c.to_owned(), json!(s)));
     assert_eq!(severities, expected);

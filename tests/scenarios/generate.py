@@ -314,6 +314,94 @@ def config_only_change(name, base):
     r.write(name)
 
 
+def thin_baseline():
+    # rearguard starts at 10:00 and v2 is deployed 30s later: three p95 readings of a
+    # quiet moment (100ms) are all there is before the change. v2 runs at the service's
+    # usual 180ms. Three readings covering 5% of the 10m window are no baseline, so the
+    # `> 1.5x baseline` rule holds instead of rolling back a healthy deploy.
+    r = Recording()
+    r.change(0, "v1")
+    for s in range(10, 21 * 60 + 1, 10):
+        wobble = ((s // 10) % 5 - 2) * 0.002
+        r.number(s, "p95", (0.100 if s <= 30 else 0.180) + wobble)
+    r.change(30, "v2")
+    r.write("deploy-right-after-start-thin-baseline")
+
+
+class Noise:
+    """A seeded xorshift generator: the recordings are the same on every run."""
+
+    def __init__(self, seed):
+        self.s = seed
+
+    def uniform(self):
+        s = self.s
+        s ^= (s << 13) & 0xFFFFFFFFFFFFFFFF
+        s ^= s >> 7
+        s ^= (s << 17) & 0xFFFFFFFFFFFFFFFF
+        self.s = s
+        return (s >> 11) / float(1 << 53)
+
+    def normal(self):
+        import math
+        u = max(self.uniform(), 1e-12)
+        return math.sqrt(-2 * math.log(u)) * math.cos(2 * math.pi * self.uniform())
+
+    def binomial(self, n, p):
+        return sum(1 for _ in range(n) if self.uniform() < p)
+
+
+def judged_errors(name, seed, per_minute, before, after, minutes_after, rollback_at=None):
+    # Readings every 15s of a 1m window (so each overlaps the last three); deployed at
+    # 60m after an hour of v1. Each 15s slice of traffic is drawn once; a reading sums
+    # the last four slices, as Prometheus's increase over 1m does.
+    r = Recording()
+    noise = Noise(seed)
+    r.change(0, "v1")
+    slices = []
+    end = 60 * 60 + minutes_after * 60
+    for s in range(15, end + 1, 15):
+        on_v2 = 60 * 60 < s <= (rollback_at or end + 1)
+        ratio = after if on_v2 else before
+        # Requests of this slice: a quarter of the minute's, spread evenly when fewer.
+        n = (s // 15) * per_minute // 4 - (s // 15 - 1) * per_minute // 4
+        slices.append((noise.binomial(n, ratio), n))
+        last = slices[-4:]
+        r.rate(s, "errors", sum(e for e, _ in last), sum(n for _, n in last))
+    r.change(60 * 60, "v2")
+    if rollback_at:
+        r.change(rollback_at, "v1")
+    r.write(name)
+
+
+def judge_regression():
+    # v2 triples the error ratio (1% to 3%) at 400 requests a minute: below the
+    # runbook's 5% bar, so a threshold rule never sees it; the judge does. The rollback
+    # (v1 again) is recorded 20m after the deploy.
+    judged_errors("judge-errors-tripled-regression", 11, 400, 0.01, 0.03, 50, rollback_at=60 * 60 + 20 * 60)
+
+
+def judge_low_traffic():
+    # 2 requests a minute at a 2% error ratio: an hour before the change is 120 requests
+    # with a few errors, and v2's first 40 minutes say as little. The judge stays
+    # inconclusive, never acts, and tells people it cannot judge v2 after 30m.
+    judged_errors("judge-low-traffic-deploy", 12, 2, 0.02, 0.02, 40)
+
+
+def judge_noisy_healthy():
+    # p95 around 190ms, its bar 200ms: each minute's p95 wanders by 8% and the service
+    # drifts slowly; v2 is the same service. The judge must not fire.
+    r = Recording()
+    noise = Noise(13)
+    r.change(0, "v1")
+    drift = 0.0
+    for s in range(15, 120 * 60 + 1, 15):
+        drift = 0.98 * drift + 0.01 * noise.normal()
+        r.number(s, "p95", 0.190 * (1 + drift + 0.08 * noise.normal()))
+    r.change(60 * 60, "v2")
+    r.write("judge-noisy-healthy-deploy")
+
+
 if __name__ == "__main__":
     bad_deploy()
     rollback_does_not_fix()
@@ -333,3 +421,7 @@ if __name__ == "__main__":
     prometheus_every_other_query()
     config_only_change("configmap-only-change", "18")
     config_only_change("env-file-only-change", "v18")
+    thin_baseline()
+    judge_regression()
+    judge_low_traffic()
+    judge_noisy_healthy()

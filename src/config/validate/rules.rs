@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::ctx::{Ctx, each_slot};
 use crate::config::raw::RawRule;
 use crate::config::units::{Condition, Threshold, Unit, parse_condition, parse_percent};
-use crate::config::{Policy, Rule, RuleMode, Signal, SignalKind};
+use crate::config::{Judge, Policy, Rule, RuleMode, Signal, SignalKind};
 
 /// One slot per rule of the file, `None` unless its item and signal are valid. A rule
 /// whose signal exists in the file but has errors is left out silently (those errors
@@ -54,6 +54,17 @@ fn check_alone(ctx: &mut Ctx, p: &str, raw: &RawRule) {
     if let Some(Err(m)) = raw.confidence.as_deref().map(parse_percent) {
         ctx.err(format!("{p}.confidence"), m);
     }
+    if let Some(Err(m)) = raw.min_effect.as_deref().map(parse_effect) {
+        ctx.err(format!("{p}.min_effect"), m);
+    }
+    if let Some(Err(m)) = raw.baseline_min_coverage.as_deref().map(parse_percent) {
+        ctx.err(format!("{p}.baseline_min_coverage"), m);
+    }
+    ctx.duration(
+        format!("{p}.inconclusive_after"),
+        &raw.inconclusive_after,
+        Duration::ZERO,
+    );
     policy(ctx, format!("{p}.no_data"), &raw.no_data);
     policy(ctx, format!("{p}.insufficient"), &raw.insufficient);
 }
@@ -62,22 +73,28 @@ fn rule(ctx: &mut Ctx, p: &str, raw: &RawRule, signal: usize, sig: &Signal) -> O
     let kind = sig.kind();
     let when = when(ctx, p, raw, kind)?;
     check_condition_fits(ctx, &format!("{p}.when"), &when, kind, false);
-    let mode = mode(ctx, p, raw, sig)?;
-    let clear = clear(ctx, p, raw, when, kind);
-    let confidence = rate_options(ctx, p, raw, sig);
-    let uses_baseline = matches!(
+    let judged = matches!(
         when,
         Condition::Compare {
-            threshold: Threshold::BaselineRatio(_),
+            threshold: Threshold::Baseline,
             ..
         }
     );
-    if raw.baseline_window.is_some() && !uses_baseline {
-        ctx.err(
-            format!("{p}.baseline_window"),
-            "applies only to a condition like \"> 1.5x baseline\"",
-        );
-    }
+    let mode = if judged && !has_mode(raw) {
+        // A judge decides with its own confidence: its first "worse" is the breach.
+        RuleMode::Consecutive { n: 1 }
+    } else {
+        mode(ctx, p, raw, sig)?
+    };
+    let clear = clear(ctx, p, raw, when, kind);
+    let (confidence, judge) = if judged {
+        (None, Some(judge(ctx, p, raw, kind)))
+    } else {
+        not_judged(ctx, p, raw);
+        (rate_options(ctx, p, raw, sig), None)
+    };
+    let (baseline_window, baseline_min_samples, baseline_min_coverage) =
+        baseline_keys(ctx, p, raw, judged || uses_ratio(when));
     Some(Rule {
         name: raw.name.clone(),
         target: sig.target,
@@ -88,15 +105,145 @@ fn rule(ctx: &mut Ctx, p: &str, raw: &RawRule, signal: usize, sig: &Signal) -> O
         clear_for: ctx.duration(format!("{p}.clear_for"), &raw.clear_for, Duration::ZERO),
         min_requests: raw.min_requests.unwrap_or(0),
         confidence,
-        baseline_window: ctx.positive_duration(
-            format!("{p}.baseline_window"),
-            &raw.baseline_window,
-            Duration::from_secs(1800),
-        ),
+        baseline_window,
+        baseline_min_samples,
+        baseline_min_coverage,
+        judge,
         no_data: policy(ctx, format!("{p}.no_data"), &raw.no_data),
         insufficient: policy(ctx, format!("{p}.insufficient"), &raw.insufficient),
         max_gap: sig.max_gap(),
     })
+}
+
+fn uses_ratio(c: Condition) -> bool {
+    matches!(
+        c,
+        Condition::Compare {
+            threshold: Threshold::BaselineRatio(_),
+            ..
+        }
+    )
+}
+
+fn has_mode(raw: &RawRule) -> bool {
+    raw.for_.is_some() || raw.consecutive.is_some() || raw.m_of_n.is_some() || raw.within.is_some()
+}
+
+/// `baseline_window` (default 30m), `baseline_min_samples` (10) and
+/// `baseline_min_coverage` (50%), which apply only to a rule that compares with a
+/// baseline (`uses`).
+fn baseline_keys(ctx: &mut Ctx, p: &str, raw: &RawRule, uses: bool) -> (Duration, u32, f64) {
+    if !uses {
+        for (key, set) in [
+            ("baseline_window", raw.baseline_window.is_some()),
+            ("baseline_min_samples", raw.baseline_min_samples.is_some()),
+            ("baseline_min_coverage", raw.baseline_min_coverage.is_some()),
+        ] {
+            if set {
+                ctx.err(
+                    format!("{p}.{key}"),
+                    "applies only to a condition like \"> 1.5x baseline\" or \"> baseline\"",
+                );
+            }
+        }
+    }
+    let window = ctx.positive_duration(
+        format!("{p}.baseline_window"),
+        &raw.baseline_window,
+        Duration::from_secs(1800),
+    );
+    let samples = raw.baseline_min_samples.unwrap_or(10);
+    if samples == 0 {
+        ctx.err(format!("{p}.baseline_min_samples"), "must be at least 1");
+    }
+    let coverage = match raw.baseline_min_coverage.as_deref().map(parse_percent) {
+        None => 0.5,
+        Some(Ok(c)) => c,
+        Some(Err(m)) => {
+            ctx.err(format!("{p}.baseline_min_coverage"), m);
+            0.5
+        }
+    };
+    (window, samples.max(1), coverage)
+}
+
+/// The keys of a judge (`when = "> baseline"`): `confidence` (default 99%),
+/// `min_effect` (default 1.5x on a rate, 1.2x on a number), `inconclusive_after`
+/// (default 30m). A judge weighs every request, so `min_requests` does not apply, and
+/// its clear is its own ("not worse"), so `clear` cannot be written.
+fn judge(ctx: &mut Ctx, p: &str, raw: &RawRule, kind: SignalKind) -> Judge {
+    if raw.min_requests.is_some() {
+        ctx.err(
+            format!("{p}.min_requests"),
+            "a judge weighs every request; set `min_effect` and `confidence` instead",
+        );
+    }
+    if raw.clear.is_some() {
+        ctx.err(
+            format!("{p}.clear"),
+            "a judge clears when it finds the target not worse: `clear` does not apply",
+        );
+    }
+    let confidence = match raw.confidence.as_deref().map(parse_percent) {
+        None => 0.99,
+        Some(Ok(c)) if (0.5..1.0).contains(&c) => c,
+        Some(Ok(_)) => {
+            ctx.err(
+                format!("{p}.confidence"),
+                "expected a level from 50% to below 100%, like \"99%\"",
+            );
+            0.99
+        }
+        Some(Err(m)) => {
+            ctx.err(format!("{p}.confidence"), m);
+            0.99
+        }
+    };
+    let default_effect = if kind == SignalKind::Rate { 1.5 } else { 1.2 };
+    let min_effect = match raw.min_effect.as_deref().map(parse_effect) {
+        None => default_effect,
+        Some(Ok(e)) => e,
+        Some(Err(m)) => {
+            ctx.err(format!("{p}.min_effect"), m);
+            default_effect
+        }
+    };
+    Judge {
+        confidence,
+        min_effect,
+        inconclusive_after: ctx.positive_duration(
+            format!("{p}.inconclusive_after"),
+            &raw.inconclusive_after,
+            Duration::from_secs(1800),
+        ),
+    }
+}
+
+/// The keys only a judge takes, refused on any other rule.
+fn not_judged(ctx: &mut Ctx, p: &str, raw: &RawRule) {
+    for (key, set) in [
+        ("min_effect", raw.min_effect.is_some()),
+        ("inconclusive_after", raw.inconclusive_after.is_some()),
+    ] {
+        if set {
+            ctx.err(
+                format!("{p}.{key}"),
+                "applies only to a judge, `when = \"> baseline\"`",
+            );
+        }
+    }
+}
+
+/// An effect written as a multiple, `"1.5x"`, of at least 1.
+fn parse_effect(text: &str) -> Result<f64, String> {
+    let bad = || format!("expected a multiple of at least 1 like \"1.5x\", got {text:?}");
+    let number = text.trim().strip_suffix('x').ok_or_else(bad)?;
+    let v: f64 = number.trim().parse().map_err(|_| bad())?;
+    if (1.0..=100.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(bad())
+    }
 }
 
 /// `when`: required except for a check signal, where it is `failing`.
@@ -316,6 +463,34 @@ fn check_condition_fits(
         (Condition::Compare { .. }, SignalKind::Check) => {
             Some("a check signal passes or fails: use \"failing\"".to_owned())
         }
+        (
+            Condition::Compare {
+                threshold: Threshold::Baseline,
+                ..
+            },
+            _,
+        ) if is_clear => Some(
+            "a judge clears when it finds the target not worse: compare with a value or a multiple of the baseline".to_owned(),
+        ),
+        (
+            Condition::Compare {
+                cmp,
+                threshold: Threshold::Baseline,
+            },
+            SignalKind::Rate | SignalKind::Number,
+        ) => (!cmp.is_upper()).then(|| {
+            "a judge asks whether the target got worse (higher): write \"> baseline\"".to_owned()
+        }),
+        (
+            Condition::Compare {
+                threshold: Threshold::Baseline,
+                ..
+            },
+            _,
+        ) => Some(format!(
+            "a judge (\"> baseline\") applies to rate and number signals; this is a {} signal",
+            kind.name()
+        )),
         (
             Condition::Compare {
                 threshold: Threshold::BaselineRatio(_),
