@@ -195,7 +195,10 @@ plan = "restore"
 
 [[plan]]
 name = "restore"
-steps = [{ name = "files back", type = "restore_config_files" }]
+
+[[plan.step]]
+name = "files back"
+type = "restore_config_files"
 "#;
     let errors = support::config_errors(text);
     let want = "target[0].plan: plan \"restore\" has a restore_config_files step (\"files back\") but this target has no config_files to snapshot";
