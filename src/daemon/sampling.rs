@@ -242,10 +242,16 @@ impl Observer {
     /// interval otherwise. False when cancelled.
     async fn wait(&mut self, failing: bool, token: &CancellationToken) -> bool {
         match &mut self.how {
-            source::change::Observer::Kube(w) if !failing => tokio::select! {
-                _ = token.cancelled() => false,
-                _ = w.changed() => true,
-            },
+            source::change::Observer::Kube(w) if !failing => {
+                // Referenced ConfigMaps and Secrets are not watched: read them again
+                // within CONFIG_RECHECK of the last observation.
+                let recheck = w.reads_config();
+                tokio::select! {
+                    _ = token.cancelled() => false,
+                    _ = w.changed() => true,
+                    _ = tokio::time::sleep(source::kube_deployment::CONFIG_RECHECK), if recheck => true,
+                }
+            }
             _ => tokio::select! {
                 _ = token.cancelled() => false,
                 _ = self.ticker.tick() => true,

@@ -33,6 +33,11 @@ use crate::source::change::Generations;
 
 /// How long one watch request stays open before it is renewed.
 const WATCH_SECONDS: u32 = 60;
+/// How often a Deployment whose pod template references ConfigMaps or Secrets is read
+/// again between watch events: those objects are not watched (that would need watch
+/// rights on every ConfigMap and Secret of the namespace), so a change of them alone is
+/// seen within this time.
+pub const CONFIG_RECHECK: Duration = Duration::from_secs(10);
 
 /// The revision of `deployment` from its ReplicaSets.
 pub fn revision_of(deployment: &Deployment, sets: &[ReplicaSet]) -> Result<String, String> {
@@ -176,6 +181,12 @@ impl Watcher {
         // Configuration that cannot be read is taken as unchanged, never as a change.
         let digest = self.config_hash.clone().filter(|_| readable);
         Ok(self.generations.name(&revision, digest.as_deref()))
+    }
+
+    /// Whether the pod template references ConfigMaps or Secrets, as last read: they are
+    /// not watched, so the observer reads them again every [`CONFIG_RECHECK`].
+    pub fn reads_config(&self) -> bool {
+        !self.objects.is_empty()
     }
 
     /// The content hash of the Deployment's configuration, as last read. It covers
