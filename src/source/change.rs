@@ -13,6 +13,7 @@
 //! `env`, never the rest of rearguard's (see [`crate::process`]).
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::clip_start;
 use crate::config::ChangeSpec;
@@ -183,11 +184,24 @@ impl Generations {
         with_config(base, self.generation)
     }
 
+    /// Whether `base` observed with configuration `digest` would be a configuration-only
+    /// change: the same revision as before with other configuration.
+    pub fn config_only(&self, base: &str, digest: &str) -> bool {
+        self.base.as_deref() == Some(base) && self.digest.as_deref().is_some_and(|d| d != digest)
+    }
+
     /// Whether the configuration is the one first seen with the revision (generation 0).
     pub fn generation(&self) -> u32 {
         self.generation
     }
 }
+
+/// How long an observer waits before it names a configuration-only change, to look
+/// again: a deploy that writes the configuration first and switches the revision a moment
+/// later (`kubectl apply -f dir/`, a release script that writes `.env` and then the link)
+/// is one change of both, not `18+cfg.1` then `19` (a rollback to `18+cfg.1` would find
+/// no snapshot of it).
+pub const CONFIG_SETTLE: Duration = Duration::from_secs(2);
 
 /// The most bytes one configuration file of a host target may hold: it is read whole at
 /// each observation and copied into the state directory when its revision bakes.
@@ -326,10 +340,25 @@ impl HostObserver {
 
     /// The target's revision with its configuration generation. Files that cannot be
     /// read are logged (once per error, naming the file) and taken as unchanged.
+    /// A configuration-only change is looked at again after [`CONFIG_SETTLE`].
     pub async fn observe(&mut self) -> Result<String, String> {
+        let (mut base, mut digest) = self.read().await?;
+        if digest
+            .as_deref()
+            .is_some_and(|d| self.generations.config_only(&base, d))
+        {
+            tokio::time::sleep(CONFIG_SETTLE).await;
+            (base, digest) = self.read().await?;
+        }
+        Ok(self.generations.name(&base, digest.as_deref()))
+    }
+
+    /// The observed revision and the digest of the files (`None`: none are named, or
+    /// they cannot be read, which is logged once per error and taken as unchanged).
+    async fn read(&mut self) -> Result<(String, Option<String>), String> {
         let base = observe(&self.spec).await?;
         if self.config_files.is_empty() {
-            return Ok(base);
+            return Ok((base, None));
         }
         let patterns = self.config_files.clone();
         let digest = tokio::task::spawn_blocking(move || config_digest(&patterns))
@@ -348,7 +377,7 @@ impl HostObserver {
                 None
             }
         };
-        Ok(self.generations.name(&base, digest.as_deref()))
+        Ok((base, digest))
     }
 }
 
@@ -500,5 +529,44 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A release script that writes the configuration and switches the link a moment
+    /// later is one change of both (`v19`), not `v18+cfg.1` then `v19`; a change of the
+    /// files alone is still a generation once it has settled.
+    #[tokio::test]
+    async fn a_configuration_change_followed_by_a_new_release_is_one_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let releases = dir.path();
+        for r in ["v18", "v19"] {
+            std::fs::create_dir(releases.join(r)).unwrap();
+        }
+        let current = releases.join("current");
+        std::os::unix::fs::symlink(releases.join("v18"), &current).unwrap();
+        let env = releases.join(".env");
+        std::fs::write(&env, "MODE=a\n").unwrap();
+        let spec = ChangeSpec::ReleaseSymlink {
+            path: current.clone(),
+            interval: Duration::from_secs(1),
+        };
+        let files = [env.to_str().unwrap().to_owned()];
+        let mut observer = HostObserver::new(&spec, &files, None);
+        assert_eq!(observer.observe().await.unwrap(), "v18");
+
+        std::fs::write(&env, "MODE=b\n").unwrap();
+        let switch = {
+            let (current, v19) = (current.clone(), releases.join("v19"));
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let next = current.with_extension("next");
+                std::os::unix::fs::symlink(v19, &next).unwrap();
+                std::fs::rename(next, &current).unwrap();
+            })
+        };
+        assert_eq!(observer.observe().await.unwrap(), "v19");
+        switch.await.unwrap();
+
+        std::fs::write(&env, "MODE=c\n").unwrap();
+        assert_eq!(observer.observe().await.unwrap(), "v19+cfg.1");
     }
 }

@@ -155,9 +155,29 @@ impl Watcher {
         self
     }
 
-    /// The Deployment's current revision with its configuration generation (`18+cfg.2`);
-    /// remembers the version read for [`changed`](Self::changed).
+    /// The Deployment's current revision with its configuration generation (`18+cfg.2`).
+    /// A configuration-only change is looked at again after
+    /// [`CONFIG_SETTLE`](crate::source::change::CONFIG_SETTLE).
     pub async fn observe(&mut self) -> Result<String, String> {
+        let (mut revision, mut observed) = self.read().await?;
+        let config_only = observed.as_ref().is_ok_and(|o| {
+            let hash = crate::kube::config::config_hash(o);
+            self.generations.config_only(&revision, &hash)
+        });
+        if config_only {
+            tokio::time::sleep(crate::source::change::CONFIG_SETTLE).await;
+            (revision, observed) = self.read().await?;
+        }
+        let readable = observed.is_ok();
+        self.config_seen(&revision, observed);
+        // Configuration that cannot be read is taken as unchanged, never as a change.
+        let digest = self.config_hash.clone().filter(|_| readable);
+        Ok(self.generations.name(&revision, digest.as_deref()))
+    }
+
+    /// The Deployment's revision and its referenced configuration as read now;
+    /// remembers the version read for [`changed`](Self::changed).
+    async fn read(&mut self) -> Result<(String, Result<Vec<Observed>, KubeError>), String> {
         let t = &self.target;
         let result: Result<(String, Result<Vec<Observed>, KubeError>), StepError> = async {
             let client = self.handle.client().await?;
@@ -175,12 +195,7 @@ impl Watcher {
             Ok((revision, observed))
         }
         .await;
-        let (revision, observed) = result.map_err(|e| e.to_string())?;
-        let readable = observed.is_ok();
-        self.config_seen(&revision, observed);
-        // Configuration that cannot be read is taken as unchanged, never as a change.
-        let digest = self.config_hash.clone().filter(|_| readable);
-        Ok(self.generations.name(&revision, digest.as_deref()))
+        result.map_err(|e| e.to_string())
     }
 
     /// Whether the pod template references ConfigMaps or Secrets, as last read: they are
