@@ -190,8 +190,10 @@ async fn kill_9_during_verification_resumes_it_and_the_rollback_completes() {
     };
     let second = crash_when(&f, &cfg, "verifying", verifying).await;
     let reports = state.join("reports");
+    let markdown = |p: &std::path::Path| p.extension().is_some_and(|x| x == "md");
     support::poll_until(Duration::from_secs(20), || {
-        std::fs::read_dir(&reports).is_ok_and(|d| d.count() > 0)
+        std::fs::read_dir(&reports)
+            .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| markdown(&e.path()))))
     })
     .await
     .unwrap_or_else(|_| {
@@ -200,10 +202,12 @@ async fn kill_9_during_verification_resumes_it_and_the_rollback_completes() {
             latest_incident(&state)
         )
     });
+    // The report, not the charts beside it.
     let report = std::fs::read_dir(&reports)
         .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-        .next()
+        .map(|e| e.unwrap().path())
+        .find(|p| markdown(p))
+        .map(|p| std::fs::read_to_string(p).unwrap())
         .unwrap();
     assert!(report.contains("rolled back and verified"), "{report}");
     assert!(report.contains("incident restored (verifying)"), "{report}");
