@@ -198,20 +198,7 @@ pub async fn run(dir: Option<PathBuf>) -> ExitCode {
 
 async fn run_inner(dir: Option<PathBuf>) -> Result<(), String> {
     let started = Instant::now();
-    let dir = match dir {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!(
-            "rearguard-demo-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-        )),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?;
+    let dir = demo_dir(dir)?;
     lay_out(&dir).map_err(|e| format!("cannot lay out releases in {}: {e}", dir.display()))?;
 
     let svc = Arc::new(Service {
@@ -224,22 +211,7 @@ async fn run_inner(dir: Option<PathBuf>) -> Result<(), String> {
         requests_err: AtomicU64::new(0),
     });
     svc.restart()?;
-    let app = Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/admin/restart", post(restart))
-        .with_state(Arc::clone(&svc));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("cannot listen on loopback: {e}"))?;
-    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-    let stop_service = CancellationToken::new();
-    let service_stop = stop_service.clone();
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { service_stop.cancelled().await })
-            .await;
-    });
+    let (port, stop_service, server) = serve(Arc::clone(&svc)).await?;
 
     let text = DEMO_CONFIG
         .replace("{dir}", &dir.display().to_string())
@@ -248,15 +220,14 @@ async fn run_inner(dir: Option<PathBuf>) -> Result<(), String> {
         .map_err(|e| format!("the demo configuration is invalid:\n{e}"))?;
     std::fs::write(dir.join("rearguard.toml"), &text).map_err(|e| e.to_string())?;
 
-    let say = |text: &str| println!("[{:>5.1}s] {text}", started.elapsed().as_secs_f64());
     println!(
         "rearguard demo: a simulated service on 127.0.0.1:{port}, releases in {}",
         dir.display()
     );
     println!("configuration: {}\n", dir.join("rearguard.toml").display());
-    say("service started on release v1 (healthy)");
+    say(started, "service started on release v1 (healthy)");
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
     let shutdown = CancellationToken::new();
     let daemon = tokio::spawn(daemon::run(
         cfg.clone(),
@@ -267,12 +238,83 @@ async fn run_inner(dir: Option<PathBuf>) -> Result<(), String> {
             reload: None,
         },
     ));
+    let ending = follow(started, &cfg, &svc, rx, &shutdown).await;
+    // Also when the demo failed: the daemon drains and stops before the service does.
+    shutdown.cancel();
+    let _ = daemon.await;
+    let release = svc.current();
+    stop_service.cancel();
+    let _ = server.await;
+    conclude(started, &ending?, &release)
+}
 
+/// The demo's directory: the one given, or a new one under the temporary directory;
+/// created and resolved.
+fn demo_dir(dir: Option<PathBuf>) -> Result<PathBuf, String> {
+    let dir = match dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!(
+            "rearguard-demo-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        )),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    dir.canonicalize()
+        .map_err(|e| format!("cannot resolve {}: {e}", dir.display()))
+}
+
+/// Serves the simulated service on a loopback port until the returned token is
+/// cancelled.
+async fn serve(
+    svc: Arc<Service>,
+) -> Result<(u16, CancellationToken, tokio::task::JoinHandle<()>), String> {
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/admin/restart", post(restart))
+        .with_state(svc);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot listen on loopback: {e}"))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stopped.cancelled().await })
+            .await;
+    });
+    Ok((port, stop, server))
+}
+
+/// One line of the demo's story, with the time since it started.
+fn say(started: Instant, text: &str) {
+    println!("[{:>5.1}s] {text}", started.elapsed().as_secs_f64());
+}
+
+/// How the daemon's run ended, as the demo saw it.
+#[derive(Default)]
+struct Ending {
+    outcome: Option<Outcome>,
+    report: Option<PathBuf>,
+    charts: Vec<PathBuf>,
+}
+
+/// Deploys v2 once rearguard has had time to see v1 healthy, then tells what the daemon
+/// does until it stops (the incident closed) or 60 s passed.
+async fn follow(
+    started: Instant,
+    cfg: &config::Config,
+    svc: &Service,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    shutdown: &CancellationToken,
+) -> Result<Ending, String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut deployed = false;
-    let mut outcome = None;
-    let mut report = None;
-    let mut charts = Vec::new();
+    let mut ending = Ending::default();
     // The first phase waits until rearguard has seen v1 as the current revision and a
     // few healthy probes, so the deploy of v2 is a real change against a healthy
     // baseline.
@@ -282,8 +324,8 @@ async fn run_inner(dir: Option<PathBuf>) -> Result<(), String> {
             e = rx.recv() => e,
             _ = tokio::time::sleep_until(deploy_at), if !deployed => {
                 deployed = true;
-                say("deploying v2: current -> releases/v2, restarting the service");
-                deploy(&dir, "v2").map_err(|e| format!("cannot deploy v2: {e}"))?;
+                say(started, "deploying v2: current -> releases/v2, restarting the service");
+                deploy(&svc.dir, "v2").map_err(|e| format!("cannot deploy v2: {e}"))?;
                 svc.restart()?;
                 continue;
             }
@@ -292,80 +334,95 @@ async fn run_inner(dir: Option<PathBuf>) -> Result<(), String> {
                 return Err("no rollback within 60s".to_owned());
             }
         };
-        let Some(event) = next else { break };
-        match event {
-            Event::Started => {
-                say("rearguard started: watching /health every 250ms, rule: 3 consecutive failures")
-            }
-            Event::Effect(_, Effect::ChangeObserved { from, to, .. }) => say(&format!(
-                "rearguard saw the revision change: {from} -> {to}"
-            )),
-            Event::Effect(_, Effect::RuleChanged { rule, transition }) => say(&format!(
-                "rule {}: {} -> {} ({})",
-                cfg.rules[rule].name,
-                transition.from.name(),
-                transition.to.name(),
-                transition.evidence
-            )),
-            Event::Effect(_, Effect::Timeline { entry, .. }) => match entry.kind {
-                EntryKind::Rule | EntryKind::Notification => {}
-                EntryKind::StepFinished { ref output, .. } => {
-                    say(&entry.text);
-                    for line in output.lines().filter(|l| !l.trim().is_empty()).take(4) {
-                        println!("          | {line}");
-                    }
-                }
-                _ => say(&entry.text),
-            },
-            Event::Effect(_, Effect::Notify(n)) => {
-                say(&format!("notify ({}): {}", n.occasion.name(), n.summary))
-            }
-            Event::Effect(_, Effect::IncidentClosed(inc)) => {
-                outcome = inc.outcome.clone();
-                charts = inc
-                    .rules
-                    .iter()
-                    .map(|&r| {
-                        let name = &cfg.rules[r].name;
-                        crate::report::chart_path(&cfg.daemon.state_dir, &inc.id, name)
-                    })
-                    .collect();
-                shutdown.cancel();
-            }
-            Event::Listening(addr) => say(&format!(
-                "status page: http://{addr}/ (while the demo runs)"
-            )),
-            Event::Effect(..) | Event::Delivery(_) | Event::Reloaded | Event::ReloadRefused(_) => {}
-            Event::Report { path, .. } => report = Some(path),
-            Event::Stopped => break,
+        match next {
+            None | Some(Event::Stopped) => return Ok(ending),
+            Some(event) => tell(started, cfg, event, &mut ending, shutdown),
         }
     }
-    let _ = daemon.await;
-    let release = svc.current();
-    stop_service.cancel();
-    let _ = server.await;
+}
 
+/// Tells one of the daemon's events; an incident closing ends the run.
+fn tell(
+    started: Instant,
+    cfg: &config::Config,
+    event: Event,
+    ending: &mut Ending,
+    shutdown: &CancellationToken,
+) {
+    let say = |text: &str| say(started, text);
+    match event {
+        Event::Started => {
+            say("rearguard started: watching /health every 250ms, rule: 3 consecutive failures")
+        }
+        Event::Effect(_, Effect::ChangeObserved { from, to, .. }) => say(&format!(
+            "rearguard saw the revision change: {from} -> {to}"
+        )),
+        Event::Effect(_, Effect::RuleChanged { rule, transition }) => say(&format!(
+            "rule {}: {} -> {} ({})",
+            cfg.rules[rule].name,
+            transition.from.name(),
+            transition.to.name(),
+            transition.evidence
+        )),
+        Event::Effect(_, Effect::Timeline { entry, .. }) => match entry.kind {
+            EntryKind::Rule | EntryKind::Notification => {}
+            EntryKind::StepFinished { ref output, .. } => {
+                say(&entry.text);
+                for line in output.lines().filter(|l| !l.trim().is_empty()).take(4) {
+                    println!("          | {line}");
+                }
+            }
+            _ => say(&entry.text),
+        },
+        Event::Effect(_, Effect::Notify(n)) => {
+            say(&format!("notify ({}): {}", n.occasion.name(), n.summary))
+        }
+        Event::Effect(_, Effect::IncidentClosed(inc)) => {
+            ending.outcome = inc.outcome.clone();
+            ending.charts = inc
+                .rules
+                .iter()
+                .map(|&r| {
+                    let name = &cfg.rules[r].name;
+                    crate::report::chart_path(&cfg.daemon.state_dir, &inc.id, name)
+                })
+                .collect();
+            shutdown.cancel();
+        }
+        Event::Listening(addr) => say(&format!(
+            "status page: http://{addr}/ (while the demo runs)"
+        )),
+        Event::Effect(..) | Event::Delivery(_) | Event::Reloaded | Event::ReloadRefused(_) => {}
+        Event::Report { path, .. } => ending.report = Some(path),
+        Event::Stopped => {}
+    }
+}
+
+/// The demo's verdict: rolled back to v1, verified, reported; or what went otherwise.
+fn conclude(started: Instant, ending: &Ending, release: &Release) -> Result<(), String> {
     println!();
-    match (&outcome, &report) {
+    match (&ending.outcome, &ending.report) {
         (Some(Outcome::RolledBack), Some(path)) if release.healthy && release.name == "v1" => {
             println!(
                 "rolled back to v1 and verified healthy in {:.1}s",
                 started.elapsed().as_secs_f64()
             );
             println!("incident report: {}", path.display());
-            for chart in &charts {
+            for chart in &ending.charts {
                 println!("chart: {}", chart.display());
             }
             Ok(())
         }
         _ => Err(format!(
-            "the demo did not end as expected: outcome {outcome:?}, service on {} ({}), report {report:?}",
+            "the demo did not end as expected: outcome {:?}, service on {} ({}), report {:?}",
+            ending.outcome,
             release.name,
             if release.healthy {
                 "healthy"
             } else {
                 "unhealthy"
-            }
+            },
+            ending.report
         )),
     }
 }

@@ -307,7 +307,18 @@ fn decision(inc: &Incident) -> Option<(Ts, &'static str)> {
 /// puts beside it.
 pub fn render(inc: &Incident, cfg: &Config, ev: &Evidence) -> String {
     let mut md = String::new();
-    let outcome = match &inc.outcome {
+    summary(&mut md, inc, cfg);
+    rules(&mut md, inc, cfg);
+    timeline(&mut md, inc, cfg, ev);
+    actions(&mut md, inc);
+    listed(&mut md, inc, EntryKind::Verification, "Verification");
+    listed(&mut md, inc, EntryKind::Notification, "Notifications");
+    md
+}
+
+/// The incident's outcome, in words.
+fn outcome_text(inc: &Incident) -> String {
+    match &inc.outcome {
         Some(Outcome::RolledBack) => "rolled back and verified".to_owned(),
         Some(Outcome::RolledBackUnverified) => {
             "rolled back, not verified: the verification window ended without measured readings showing the rules clear".to_owned()
@@ -322,7 +333,12 @@ pub fn render(inc: &Incident, cfg: &Config, ev: &Evidence) -> String {
                 .to_owned()
         }
         None => format!("open ({})", inc.state.name()),
-    };
+    }
+}
+
+/// The report's title and the table that sums the incident up.
+fn summary(md: &mut String, inc: &Incident, cfg: &Config) {
+    let outcome = outcome_text(inc);
     let _ = writeln!(md, "# Incident {}\n", inc.id);
     let _ = writeln!(md, "| | |\n|---|---|");
     let _ = writeln!(md, "| Target | {} |", esc(&inc.target_name));
@@ -358,7 +374,10 @@ pub fn render(inc: &Incident, cfg: &Config, ev: &Evidence) -> String {
     if inc.acknowledged {
         let _ = writeln!(md, "| Acknowledged | yes |");
     }
+}
 
+/// The rules in the incident, each with its signal and condition.
+fn rules(md: &mut String, inc: &Incident, cfg: &Config) {
     if !inc.rules.is_empty() {
         let _ = writeln!(md, "\n## Rules\n");
         let _ = writeln!(
@@ -380,7 +399,10 @@ pub fn render(inc: &Incident, cfg: &Config, ev: &Evidence) -> String {
             );
         }
     }
+}
 
+/// The story of the incident and the links to its charts.
+fn timeline(md: &mut String, inc: &Incident, cfg: &Config, ev: &Evidence) {
     let _ = writeln!(md, "\n## Timeline\n");
     let _ = writeln!(md, "| Time (UTC) | Event |\n|---|---|");
     for (at, text) in story(inc, cfg, ev) {
@@ -398,7 +420,10 @@ pub fn render(inc: &Incident, cfg: &Config, ev: &Evidence) -> String {
             );
         }
     }
+}
 
+/// Each step that ran: its result, duration and output.
+fn actions(md: &mut String, inc: &Incident) {
     let steps: Vec<_> = inc
         .timeline
         .iter()
@@ -434,33 +459,18 @@ pub fn render(inc: &Incident, cfg: &Config, ev: &Evidence) -> String {
             }
         }
     }
+}
 
-    let verification: Vec<_> = inc
-        .timeline
-        .iter()
-        .filter(|e| e.kind == EntryKind::Verification)
-        .collect();
-    if !verification.is_empty() {
-        let _ = writeln!(md, "## Verification\n");
-        for e in verification {
+/// The timeline's entries of one kind under a heading of their own, when there are any.
+fn listed(md: &mut String, inc: &Incident, kind: EntryKind, heading: &str) {
+    let entries: Vec<_> = inc.timeline.iter().filter(|e| e.kind == kind).collect();
+    if !entries.is_empty() {
+        let _ = writeln!(md, "## {heading}\n");
+        for e in entries {
             let _ = writeln!(md, "- {}: {}", e.at.rfc3339(), e.text);
         }
         md.push('\n');
     }
-
-    let notices: Vec<_> = inc
-        .timeline
-        .iter()
-        .filter(|e| e.kind == EntryKind::Notification)
-        .collect();
-    if !notices.is_empty() {
-        let _ = writeln!(md, "## Notifications\n");
-        for e in notices {
-            let _ = writeln!(md, "- {}: {}", e.at.rfc3339(), e.text);
-        }
-        md.push('\n');
-    }
-    md
 }
 
 /// Writes the report to `<state_dir>/reports/<id>.md` and its charts beside it, each
